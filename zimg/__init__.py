@@ -1,0 +1,1 @@
+"""zimg: distributed image processing (and any numpy work) over ZeroMQ, with Erlang-style actors."""

@@ -1,0 +1,361 @@
+"""Pure wire codec: Python terms to ZeroMQ frames and back, with limits. Never imports zmq.
+
+A message, as a DEALER sends it, is ``[MAGIC, command, header, *frames]``:
+
+- ``MAGIC`` is ``b"ZIMG1"`` (protocol name and version);
+- ``command`` is one byte, a :class:`Command`;
+- ``header`` is a msgpack map with string keys whose values are *terms*;
+- ``frames`` are raw buffers: array data and large byte strings, referenced from the header.
+
+Terms are None, bool, int, float, str, bytes, list, tuple, dict, :class:`Pid`, :class:`Ref` and numpy
+arrays of a numeric dtype. Tuples, pids, refs, arrays and large byte strings are msgpack ext types
+(see ``docs/protocol.md``). Arrays are made contiguous on the way out and rebuilt zero-copy and
+read-only on the way in. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from zimg._errors import WireError
+
+MAGIC = b"ZIMG1"
+
+
+class Command(enum.IntEnum):
+    """The one-byte command that follows the magic frame."""
+
+    HELLO = 0x01
+    WELCOME = 0x02
+    REJECT = 0x03
+    HEARTBEAT = 0x04
+    DISCONNECT = 0x05
+    NODES = 0x06
+    SPAWN = 0x10
+    SPAWNED = 0x11
+    SEND = 0x12
+    LINK = 0x13
+    UNLINK = 0x14
+    MONITOR = 0x15
+    DEMONITOR = 0x16
+    EXIT = 0x17
+    DOWN = 0x18
+    JOB = 0x20
+    RESULT = 0x21
+    ERROR = 0x7F
+
+
+_COMMANDS = {int(c): c for c in Command}
+
+
+class Ext(enum.IntEnum):
+    """msgpack ext type codes used inside headers."""
+
+    PID = 1
+    REF = 2
+    TUPLE = 3
+    ARRAY = 4
+    BLOB = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Pid:
+    """A process (actor) identifier: node name, node incarnation and a serial on that node."""
+
+    node: str
+    incarnation: int
+    serial: int
+
+    def __repr__(self) -> str:
+        return f"<{self.node}.{self.serial}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A unique reference, as made by ``make_ref`` or ``monitor``."""
+
+    node: str
+    incarnation: int
+    serial: int
+
+    def __repr__(self) -> str:
+        return f"#Ref<{self.node}.{self.serial}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds enforced on every message, encoded or decoded.
+
+    Attributes:
+        max_header_bytes: largest msgpack header frame.
+        max_frames: most raw frames after the header.
+        max_frame_bytes: largest raw frame.
+        max_depth: deepest nesting of lists, tuples and dicts in the header.
+        max_ndim: most dimensions of an array.
+        inline_bytes_max: byte strings longer than this travel as a raw frame.
+    """
+
+    max_header_bytes: int = 1 << 20
+    max_frames: int = 256
+    max_frame_bytes: int = 1 << 30
+    max_depth: int = 32
+    max_ndim: int = 8
+    inline_bytes_max: int = 64 << 10
+
+
+DEFAULT_LIMITS = Limits()
+
+# Plain numeric dtypes only: never object, void, unicode or datetime.
+_DTYPE_RE = re.compile(r"^[<>|=]?(b1|i1|u1|i2|u2|i4|u4|i8|u8|f2|f4|f8|c8|c16)$")
+
+
+@dataclass(slots=True)
+class Message:
+    """A decoded message: its command and its header (a dict of terms)."""
+
+    command: Command
+    header: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- encoding
+
+
+class _Encoder:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.frames: list[Any] = []
+
+    def _frame(self, buf: Any, nbytes: int) -> int:
+        if nbytes > self.limits.max_frame_bytes:
+            raise WireError(
+                f"frame of {nbytes} bytes exceeds the limit of {self.limits.max_frame_bytes}"
+            )
+        if len(self.frames) >= self.limits.max_frames:
+            raise WireError(f"more than {self.limits.max_frames} raw frames in one message")
+        self.frames.append(buf)
+        return len(self.frames) - 1
+
+    def walk(self, obj: Any, depth: int) -> Any:
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        if isinstance(obj, bytes | bytearray | memoryview):
+            data = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
+            if len(data) > self.limits.inline_bytes_max:
+                return msgpack.ExtType(Ext.BLOB, _pack(self._frame(data, len(data))))
+            return bytes(data)
+        if isinstance(obj, np.ndarray):
+            return self._array(obj)
+        if isinstance(obj, Pid | Ref):
+            code = Ext.PID if isinstance(obj, Pid) else Ext.REF
+            return msgpack.ExtType(code, _pack([obj.node, obj.incarnation, obj.serial]))
+        if isinstance(obj, np.generic):
+            return self.walk(obj.item(), depth)
+        if depth >= self.limits.max_depth:
+            raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
+        if isinstance(obj, list):
+            return [self.walk(x, depth + 1) for x in obj]
+        if isinstance(obj, tuple):
+            return msgpack.ExtType(Ext.TUPLE, _pack([self.walk(x, depth + 1) for x in obj]))
+        if isinstance(obj, dict):
+            return {self.walk(k, depth + 1): self.walk(v, depth + 1) for k, v in obj.items()}
+        raise WireError(f"cannot send a value of type {type(obj).__name__}")
+
+    def _array(self, arr: np.ndarray[Any, Any]) -> msgpack.ExtType:
+        if not _DTYPE_RE.match(arr.dtype.str):
+            raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
+        if arr.ndim > self.limits.max_ndim:
+            raise WireError(f"array has {arr.ndim} dimensions; the limit is {self.limits.max_ndim}")
+        arr = np.ascontiguousarray(arr)
+        index = self._frame(arr, arr.nbytes)
+        return msgpack.ExtType(Ext.ARRAY, _pack([index, arr.dtype.str, list(arr.shape)]))
+
+
+def _pack(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise WireError(f"cannot encode: {exc}") from exc
+
+
+def encode(
+    command: Command, header: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS
+) -> list[Any]:
+    """Encode a message into the frames a DEALER sends.
+
+    Args:
+        command: the message's command.
+        header: a mapping of string keys to terms.
+        limits: the bounds to enforce.
+
+    Returns:
+        ``[MAGIC, command byte, header, *raw frames]``; raw frames are the arrays themselves
+        (contiguous) or memoryviews, ready for ``send_multipart(..., copy=False)``.
+
+    Raises:
+        WireError: a value cannot be sent, or a limit is exceeded.
+    """
+    enc = _Encoder(limits)
+    body = {}
+    for key, value in header.items():
+        if not isinstance(key, str):
+            raise WireError(f"header keys must be str, not {type(key).__name__}")
+        body[key] = enc.walk(value, 1)
+    packed = _pack(body)
+    if len(packed) > limits.max_header_bytes:
+        raise WireError(
+            f"header of {len(packed)} bytes exceeds the limit of {limits.max_header_bytes}"
+        )
+    return [MAGIC, bytes((int(command),)), packed, *enc.frames]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class _Decoder:
+    def __init__(self, frames: list[memoryview], limits: Limits) -> None:
+        self.frames = frames
+        self.used = [False] * len(frames)
+        self.limits = limits
+        self.ext_depth = 0
+
+    def unpack(self, data: bytes | memoryview) -> Any:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            ext_hook=self.ext_hook,
+        )
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == Ext.TUPLE:
+            self.ext_depth += 1
+            if self.ext_depth > self.limits.max_depth:
+                raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
+            try:
+                items = self.unpack(data)
+            finally:
+                self.ext_depth -= 1
+            if not isinstance(items, list):
+                raise WireError("tuple ext does not hold an array")
+            return tuple(items)
+        if code in (Ext.PID, Ext.REF):
+            parts = msgpack.unpackb(data, raw=False)
+            if (
+                not isinstance(parts, list)
+                or len(parts) != 3
+                or not isinstance(parts[0], str)
+                or not all(type(p) is int for p in parts[1:])
+            ):
+                raise WireError("pid/ref ext must be [str, int, int]")
+            cls = Pid if code == Ext.PID else Ref
+            return cls(parts[0], parts[1], parts[2])
+        if code == Ext.ARRAY:
+            return self._array(msgpack.unpackb(data, raw=False))
+        if code == Ext.BLOB:
+            index = msgpack.unpackb(data, raw=False)
+            return bytes(self._take(index))
+        raise WireError(f"unknown ext type {code}")
+
+    def _take(self, index: Any) -> memoryview:
+        if type(index) is not int or not 0 <= index < len(self.frames):
+            raise WireError(f"reference to frame {index!r}, but the message has {len(self.frames)}")
+        if self.used[index]:
+            raise WireError(f"frame {index} is referenced twice")
+        self.used[index] = True
+        return self.frames[index]
+
+    def _array(self, spec: Any) -> np.ndarray[Any, Any]:
+        if not isinstance(spec, list) or len(spec) != 3:
+            raise WireError("array ext must be [frame, dtype, shape]")
+        index, dtype_str, shape = spec
+        if not isinstance(dtype_str, str) or not _DTYPE_RE.match(dtype_str):
+            raise WireError(f"array dtype {dtype_str!r} is not allowed")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > self.limits.max_ndim
+            or not all(type(n) is int and n >= 0 for n in shape)
+        ):
+            raise WireError(f"array shape {shape!r} is not a list of at most "
+                            f"{self.limits.max_ndim} non-negative ints")
+        buf = self._take(index)
+        dtype = np.dtype(dtype_str)
+        count = math.prod(shape)
+        if count * dtype.itemsize != buf.nbytes:
+            raise WireError(
+                f"array frame {index} holds {buf.nbytes} bytes but dtype {dtype_str} and shape "
+                f"{tuple(shape)} need {count * dtype.itemsize}"
+            )
+        arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+        arr.flags.writeable = False
+        return arr
+
+
+def _check_depth(term: Any, max_depth: int) -> None:
+    stack: list[tuple[Any, int]] = [(term, 0)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, list | tuple):
+            children: Any = obj
+        elif isinstance(obj, dict):
+            children = [*obj.keys(), *obj.values()]
+        else:
+            continue
+        if depth > max_depth:
+            raise WireError(f"term nested deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Decode the frames of one message (without any routing frame).
+
+    Args:
+        frames: buffers (bytes, memoryview, zmq.Frame, ...): magic, command, header, raw frames.
+        limits: the bounds to enforce.
+
+    Returns:
+        The message. Arrays in its header are read-only views of the raw frames.
+
+    Raises:
+        WireError: anything about the message is malformed or over a limit; the text says what.
+    """
+    if len(frames) < 3:
+        raise WireError(f"a message needs at least 3 frames, got {len(frames)}")
+    if len(frames) - 3 > limits.max_frames:
+        raise WireError(f"{len(frames) - 3} raw frames exceed the limit of {limits.max_frames}")
+    views = [memoryview(f) for f in frames]
+    if views[0] != MAGIC:
+        raise WireError(f"bad magic frame {bytes(views[0][:16])!r}, expected {MAGIC!r}")
+    if views[1].nbytes != 1 or views[1][0] not in _COMMANDS:
+        raise WireError(f"unknown command frame {bytes(views[1][:16])!r}")
+    command = _COMMANDS[views[1][0]]
+    if views[2].nbytes > limits.max_header_bytes:
+        raise WireError(
+            f"header of {views[2].nbytes} bytes exceeds the limit of {limits.max_header_bytes}"
+        )
+    raw = [v.cast("B") if v.ndim != 1 or v.format != "B" else v for v in views[3:]]
+    for i, v in enumerate(raw):
+        if v.nbytes > limits.max_frame_bytes:
+            raise WireError(f"frame {i} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
+    decoder = _Decoder(raw, limits)
+    try:
+        header = decoder.unpack(views[2])
+    except WireError:
+        raise
+    except Exception as exc:  # msgpack raises many types on garbage; all mean "malformed"
+        raise WireError(f"bad msgpack header: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
+        raise WireError("header must be a map with string keys")
+    _check_depth(header, limits.max_depth)
+    unused = [i for i, u in enumerate(decoder.used) if not u]
+    if unused:
+        raise WireError(f"raw frames {unused} are not referenced by the header")
+    return Message(command, header)
