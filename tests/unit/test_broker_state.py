@@ -1,0 +1,361 @@
+"""The broker's state machine, driven with a fake clock and no sockets."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from zimg import wire
+from zimg._broker_state import BrokerConfig, BrokerState, Log, Probe, Send
+from zimg.wire import Command, Pid
+
+CFG = BrokerConfig(heartbeat_interval_s=1.0, liveness=3, max_attempts=3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def advance(self, s: float) -> float:
+        self.now += s
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def state(clock: Clock) -> BrokerState:
+    return BrokerState(CFG, now=clock.now, epoch=42)
+
+
+def ident(name: str) -> bytes:
+    return f"{name}/1".encode()
+
+
+def hello(name: str, role: str = "worker", capacity: int = 2, **extra) -> list:
+    header = {"name": name, "role": role, "capacity": capacity, "incarnation": 1, "version": 1}
+    header.update(extra)
+    return wire.encode(Command.HELLO, header)
+
+
+def sends(instructions) -> list[tuple[bytes, wire.Message]]:
+    return [(i.identity, wire.decode(i.frames)) for i in instructions if isinstance(i, Send)]
+
+
+def join(state: BrokerState, clock: Clock, name: str, **kw) -> list:
+    return state.on_message(ident(name), hello(name, **kw), clock.now)
+
+
+def job(job_id: int, **extra) -> list:
+    header = {"id": job_id, "name": f"f{job_id}.jpg", "payload": np.zeros(4, np.uint8)}
+    header.update(extra)
+    return wire.encode(Command.JOB, header)
+
+
+def result(job_id: int, client: bytes, **extra) -> list:
+    header = {"id": job_id, "client": client, "ok": True, "attempt": 1}
+    header.update(extra)
+    return wire.encode(Command.RESULT, header)
+
+
+def test_hello_is_welcomed_with_epoch_and_timing(state, clock):
+    out = sends(join(state, clock, "n1"))
+    assert len(out) == 1
+    to, msg = out[0]
+    assert to == ident("n1")
+    assert msg.command is Command.WELCOME
+    assert msg.header["epoch"] == 42
+    assert msg.header["heartbeat_interval_s"] == 1.0
+    assert msg.header["liveness"] == 3
+    assert state.by_name["n1"].capacity == 2
+
+
+def test_second_live_holder_of_a_name_is_probed_then_rejected(state, clock):
+    join(state, clock, "n1")
+    newcomer = b"n1/2"
+    out = state.on_message(newcomer, hello("n1", incarnation=2), clock.now)
+    assert out == [Probe(ident("n1"))]
+    out = state.on_probe(ident("n1"), True, clock.now)
+    [(to, msg)] = sends(out)
+    assert to == newcomer
+    assert msg.command is Command.REJECT
+    assert "held by a live node" in msg.header["reason"]
+    assert state.by_name["n1"].identity == ident("n1")
+    assert state.stats["rejected"] == 1
+
+
+def test_name_of_a_dead_holder_goes_to_the_new_incarnation(state, clock):
+    join(state, clock, "n1")
+    newcomer = b"n1/2"
+    state.on_message(newcomer, hello("n1", incarnation=2), clock.now)
+    out = state.on_probe(ident("n1"), False, clock.now)
+    [(to, msg)] = sends(out)
+    assert (to, msg.command) == (newcomer, Command.WELCOME)
+    assert state.by_name["n1"].identity == newcomer
+    assert ident("n1") not in state.nodes
+
+
+def test_rehello_from_same_identity_is_welcomed_without_probe(state, clock):
+    join(state, clock, "n1")
+    out = join(state, clock, "n1", capacity=5)
+    assert not any(isinstance(i, Probe) for i in out)
+    assert [m.command for _, m in sends(out)] == [Command.WELCOME]
+    assert state.by_name["n1"].capacity == 5
+
+
+def test_wrong_protocol_version_is_rejected(state, clock):
+    out = state.on_message(ident("n1"), hello("n1", version=7), clock.now)
+    [(_, msg)] = sends(out)
+    assert msg.command is Command.REJECT
+    assert "version 7" in msg.header["reason"]
+    assert "n1" not in state.by_name
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [[b"garbage"], [b"ZIMG1", b"\x01", b"\xc1"], [b"ZIMG1", b"\x99", b"\x80"]],
+    ids=["short", "bad-msgpack", "unknown-command"],
+)
+def test_malformed_messages_are_counted_and_logged_once(state, clock, frames):
+    first = state.on_message(b"evil", frames, clock.now)
+    second = state.on_message(b"evil", frames, clock.now)
+    assert state.stats["malformed"] == 2
+    assert [type(i) for i in first] == [Log]
+    assert first[0].level == logging.WARNING
+    assert second == []
+    assert state.nodes == {}
+
+
+@pytest.mark.parametrize(
+    ("frames", "fragment"),
+    [
+        (hello("bad name!"), "invalid node name"),
+        (hello("n1\n"), "invalid node name"),
+        (hello("n1", role="emperor"), "role 'emperor'"),
+        (hello("n1", capacity=-1), "capacity -1"),
+        (hello("n1", capacity=5000), "capacity 5000"),
+        (hello("n1", capacity=True), "not bool"),
+        (wire.encode(Command.HELLO, {"name": "n1"}), "'role' is missing"),
+    ],
+    ids=["bad-name", "newline", "bad-role", "negative", "huge", "bool", "missing"],
+)
+def test_invalid_hello_is_rejected_with_the_reason(state, clock, frames, fragment):
+    out = state.on_message(b"n1/1", frames, clock.now)
+    [(to, msg)] = sends(out)
+    assert (to, msg.command) == (b"n1/1", Command.REJECT)
+    assert fragment in msg.header["reason"]
+    assert state.nodes == {}
+    assert state.stats["rejected"] == 1
+
+
+def test_unknown_peer_is_told_to_say_hello(state, clock):
+    out = state.on_message(b"stranger", wire.encode(Command.HEARTBEAT, {}), clock.now)
+    [(to, msg)] = sends(out)
+    assert (to, msg.command) == (b"stranger", Command.DISCONNECT)
+    assert "HELLO" in msg.header["reason"]
+
+
+def test_jobs_wait_for_a_worker_then_respect_its_capacity(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    client = ident("c")
+    for i in range(3):
+        assert sends(state.on_message(client, job(i), clock.now)) == []
+    out = sends(join(state, clock, "n1", capacity=2))
+    jobs = [m for _, m in out if m.command is Command.JOB]
+    assert [m.header["id"] for m in jobs] == [0, 1]
+    assert all(m.header["client"] == client and m.header["attempt"] == 1 for m in jobs)
+    assert np.array_equal(jobs[0].header["payload"], np.zeros(4, np.uint8))
+    # a result frees one credit, which goes to the third job
+    out = sends(state.on_message(ident("n1"), result(0, client), clock.now))
+    assert [(to, m.command) for to, m in out] == [
+        (client, Command.RESULT),
+        (ident("n1"), Command.JOB),
+    ]
+    assert out[1][1].header["id"] == 2
+
+
+def test_result_frames_are_forwarded_untouched(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1")
+    state.on_message(ident("c"), job(0), clock.now)
+    frames = result(0, ident("c"), payload=np.arange(6, dtype=np.uint8))
+    out = state.on_message(ident("n1"), frames, clock.now)
+    forwarded = [i for i in out if isinstance(i, Send) and i.identity == ident("c")]
+    assert len(forwarded) == 1
+    assert forwarded[0].frames is frames
+
+
+def test_jobs_spread_over_workers_least_loaded_first(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=2)
+    join(state, clock, "n2", capacity=2)
+    targets = []
+    for i in range(4):
+        out = sends(state.on_message(ident("c"), job(i), clock.now))
+        targets += [to for to, m in out if m.command is Command.JOB]
+    assert targets == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
+
+
+def test_duplicate_job_id_is_ignored(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    state.on_message(ident("c"), job(7), clock.now)
+    state.on_message(ident("c"), job(7), clock.now)
+    assert state.stats["jobs_received"] == 1
+    assert len(state.queue) == 1
+
+
+def test_heartbeats_go_to_every_node_once_per_interval(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "c", role="client", capacity=0)
+    assert sends(state.on_tick(clock.advance(0.5))) == []
+    out = sends(state.on_tick(clock.advance(0.6)))
+    assert sorted(to for to, m in out if m.command is Command.HEARTBEAT) == [
+        ident("c"),
+        ident("n1"),
+    ]
+    assert sends(state.on_tick(clock.advance(0.1))) == []
+
+
+def test_silent_worker_is_declared_dead_and_its_jobs_move(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    state.on_message(ident("c"), job(0), clock.now)
+    join(state, clock, "n2", capacity=1)
+    # n2 and the client keep talking; n1 goes silent
+    for _ in range(3):
+        clock.advance(1.0)
+        for who in ("n2", "c"):
+            state.on_message(ident(who), wire.encode(Command.HEARTBEAT, {}), clock.now)
+        assert "n1" in state.by_name
+    clock.advance(0.5)
+    for who in ("n2", "c"):
+        state.on_message(ident(who), wire.encode(Command.HEARTBEAT, {}), clock.now)
+    out = sends(state.on_tick(clock.now))
+    assert "n1" not in state.by_name
+    jobs = [(to, m) for to, m in out if m.command is Command.JOB]
+    assert [(to, m.header["id"], m.header["attempt"]) for to, m in jobs] == [(ident("n2"), 0, 2)]
+    assert state.stats["jobs_requeued"] == 1
+
+
+def test_deadline_tracks_the_earliest_expiry(state, clock):
+    join(state, clock, "n1")
+    assert state.next_deadline() == pytest.approx(clock.now + 1.0)
+    state.on_tick(clock.advance(1.0))
+    assert state.next_deadline() <= clock.now + 1.0
+
+
+def test_job_fails_after_max_attempts(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    state.on_message(ident("c"), job(0), clock.now)
+    last = []
+    for n in range(CFG.max_attempts):
+        join(state, clock, f"w{n}")
+        last = state.on_unreachable(ident(f"w{n}"), clock.now)
+    [(to, msg)] = [(to, m) for to, m in sends(last) if m.command is Command.RESULT]
+    assert to == ident("c")
+    assert msg.header["ok"] is False
+    assert msg.header["id"] == 0
+    assert "3 attempts" in msg.header["error"]
+    assert msg.header["attempt"] == 3
+    assert "w0, w1, w2" in msg.header["error"]
+    assert state.jobs == {}
+    assert state.stats["jobs_failed"] == 1
+
+
+def test_graceful_leave_requeues_without_spending_an_attempt(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    state.on_message(ident("c"), job(0), clock.now)
+    state.on_message(ident("n1"), wire.encode(Command.DISCONNECT, {"reason": "normal"}), clock.now)
+    out = sends(join(state, clock, "n2", capacity=1))
+    [msg] = [m for _, m in out if m.command is Command.JOB]
+    assert msg.header["attempt"] == 1
+
+
+def test_late_result_after_requeue_is_forwarded_and_cancels_the_retry(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    state.on_message(ident("c"), job(0), clock.now)
+    # n1 is declared dead while the job is queued again (no other worker)
+    state.on_unreachable(ident("n1"), clock.now)
+    assert state.jobs[(ident("c"), 0)].worker is None
+    # n1 comes back as a new incarnation and its old reply arrives
+    state.on_message(b"n1/9", hello("n1", incarnation=9, capacity=0), clock.now)
+    late = result(0, ident("c"))
+    out = state.on_message(b"n1/9", late, clock.now)
+    assert [(i.identity, i.frames) for i in out if isinstance(i, Send)] == [(ident("c"), late)]
+    assert state.jobs == {}
+    assert state.stats["late_results"] == 1
+    # a worker joining later is not given the finished job
+    out = sends(join(state, clock, "n2"))
+    assert [m.command for _, m in out] == [Command.WELCOME]
+
+
+def test_dead_client_jobs_are_dropped(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    for i in range(3):
+        state.on_message(ident("c"), job(i), clock.now)
+    state.on_unreachable(ident("c"), clock.now)
+    assert state.jobs == {}
+    out = sends(join(state, clock, "n1"))
+    assert [m.command for _, m in out] == [Command.WELCOME]
+
+
+def test_nodes_report(state, clock):
+    join(state, clock, "n1", capacity=3)
+    join(state, clock, "c", role="client", capacity=0)
+    state.on_message(ident("c"), job(0), clock.now)
+    clock.advance(0.25)
+    out = sends(state.on_message(b"anyone", wire.encode(Command.NODES, {}), clock.now))
+    [(to, msg)] = out
+    assert to == b"anyone"
+    nodes = {n["name"]: n for n in msg.header["nodes"]}
+    assert nodes["n1"]["role"] == "worker"
+    assert nodes["n1"]["capacity"] == 3
+    assert nodes["n1"]["active"] == 1
+    assert nodes["n1"]["last_seen_s"] == pytest.approx(0.25)
+    assert nodes["c"]["role"] == "client"
+    assert msg.header["stats"]["jobs_received"] == 1
+
+
+def test_actor_messages_route_by_pid_node(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    frames = wire.encode(Command.SEND, {"to": Pid("n2", 1, 5), "msg": "hi"})
+    out = state.on_message(ident("n1"), frames, clock.now)
+    assert [(i.identity, i.frames) for i in out if isinstance(i, Send)] == [(ident("n2"), frames)]
+    frames = wire.encode(Command.SEND, {"to": Pid("gone", 1, 5), "msg": "hi"})
+    assert state.on_message(ident("n1"), frames, clock.now) == []
+    assert state.stats["unroutable"] == 1
+
+
+def test_job_too_big_to_forward_fails_instead_of_sticking(clock):
+    limits = wire.Limits(max_header_bytes=300)
+    state = BrokerState(BrokerConfig(limits=limits), now=clock.now, epoch=1)
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1")
+    # fits the limit as sent, but not once the broker adds the client id and the attempt
+    frames = wire.encode(Command.JOB, {"id": 0, "pad": "x" * 285}, limits)
+    out = sends(state.on_message(ident("c"), frames, clock.now))
+    [(to, msg)] = out
+    assert (to, msg.command) == (ident("c"), Command.RESULT)
+    assert msg.header["ok"] is False
+    assert "cannot forward" in msg.header["error"]
+    assert state.by_name["n1"].active == set()
+    assert state.jobs == {}
+
+
+def test_result_from_a_node_not_given_the_job_is_dropped(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    join(state, clock, "n2", capacity=0)
+    state.on_message(ident("c"), job(0), clock.now)
+    out = state.on_message(ident("n2"), result(0, ident("c")), clock.now)
+    assert sends(out) == []
+    assert state.jobs[(ident("c"), 0)].worker == ident("n1")
+    assert state.stats["malformed"] == 1

@@ -1,0 +1,479 @@
+"""Pure broker logic: events in, instructions out. No sockets, no clock of its own.
+
+The broker loop (``zimg.broker``) feeds this state machine with what happened and carries out the
+instructions it returns:
+
+- ``on_message(identity, frames, now)``: a multipart message arrived from ``identity``;
+- ``on_tick(now)``: time passed (heartbeats, purging silent nodes);
+- ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone;
+- ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction.
+
+Instructions are :class:`Send` (frames to one identity), :class:`Probe` (is this identity still
+connected?) and :class:`Log`. Every method takes ``now`` in seconds, so tests drive it with a fake
+clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zimg import protocol, wire
+from zimg._errors import WireError
+from zimg.wire import Command, Pid
+
+JobKey = tuple[bytes, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Broker settings. Times are in seconds."""
+
+    heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
+    liveness: int = protocol.DEFAULT_LIVENESS
+    max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+
+    @property
+    def expiry_s(self) -> float:
+        """How long a node may stay silent before it is declared dead."""
+        return self.heartbeat_interval_s * self.liveness
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``frames`` to the peer with routing id ``identity``."""
+
+    identity: bytes
+    frames: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Find out whether ``identity`` still has a live connection; report with ``on_probe``."""
+
+    identity: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Log ``text`` at ``level``."""
+
+    level: int
+    text: str
+
+
+Instruction = Send | Probe | Log
+
+
+@dataclass(slots=True)
+class NodeRecord:
+    """What the broker knows of one connected node."""
+
+    name: str
+    identity: bytes
+    role: str
+    capacity: int
+    incarnation: int
+    joined_at: float
+    last_seen: float
+    active: set[JobKey] = field(default_factory=set)
+    done: int = 0
+    assigned_seq: int = 0
+
+    def free(self) -> int:
+        return self.capacity - len(self.active)
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A job the broker is responsible for until a result goes back to its client."""
+
+    key: JobKey
+    header: dict[str, Any]
+    attempt: int = 1
+    worker: bytes | None = None
+    workers_tried: list[str] = field(default_factory=list)
+
+
+_MAX_LOGGED_PEERS = 1024
+
+
+class BrokerState:
+    """The broker's node table, job queue and routing, as a pure state machine."""
+
+    def __init__(self, config: BrokerConfig | None = None, *, now: float, epoch: int) -> None:
+        self.config = config or BrokerConfig()
+        self.epoch = epoch
+        self.started_at = now
+        self.nodes: dict[bytes, NodeRecord] = {}
+        self.by_name: dict[str, NodeRecord] = {}
+        self.jobs: dict[JobKey, JobRecord] = {}
+        self.queue: deque[JobKey] = deque()
+        self.next_heartbeat = now + self.config.heartbeat_interval_s
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "messages",
+                "malformed",
+                "unknown_peer",
+                "rejected",
+                "jobs_received",
+                "jobs_dispatched",
+                "jobs_done",
+                "jobs_requeued",
+                "jobs_failed",
+                "late_results",
+                "unroutable",
+                "nodes_down",
+            ),
+            0,
+        )
+        self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+        self._logged_peers: set[bytes] = set()
+        self._seq = 0
+
+    # ------------------------------------------------------------------ events
+
+    def on_message(self, identity: bytes, frames: Sequence[Any], now: float) -> list[Instruction]:
+        """Handle one message from ``identity`` (frames without the routing frame)."""
+        self.stats["messages"] += 1
+        try:
+            msg = wire.decode(frames, self.config.limits)
+            return self._dispatch_command(identity, msg, frames, now)
+        except WireError as exc:
+            return self._malformed(identity, str(exc))
+
+    def on_tick(self, now: float) -> list[Instruction]:
+        """Send due heartbeats and declare silent nodes dead."""
+        out: list[Instruction] = []
+        if now >= self.next_heartbeat:
+            beat = wire.encode(Command.HEARTBEAT, {})
+            out.extend(Send(ident, beat) for ident in self.nodes)
+            self.next_heartbeat = now + self.config.heartbeat_interval_s
+        expired = [
+            n.identity for n in self.nodes.values() if now - n.last_seen > self.config.expiry_s
+        ]
+        for ident in expired:
+            out.extend(self._node_down(ident, protocol.NOCONNECTION, now, "missed heartbeats"))
+        return out
+
+    def on_unreachable(self, identity: bytes, now: float) -> list[Instruction]:
+        """A send to ``identity`` failed: its connection is gone, so the node is dead."""
+        self.stats["unroutable"] += 1
+        if identity in self.nodes:
+            return self._node_down(identity, protocol.NOCONNECTION, now, "connection closed")
+        return []
+
+    def on_probe(self, identity: bytes, reachable: bool, now: float) -> list[Instruction]:
+        """The answer to a :class:`Probe` of a node whose name a newcomer asked for."""
+        pending = self._pending_hello.pop(identity, None)
+        if pending is None:
+            return []
+        new_identity, header = pending
+        if reachable and identity in self.nodes:
+            return self._reject(new_identity, header["name"], now)
+        out: list[Instruction] = []
+        if identity in self.nodes:
+            out.extend(self._node_down(identity, protocol.NOCONNECTION, now, "connection closed"))
+        out.extend(self._admit(new_identity, header, now))
+        return out
+
+    def next_deadline(self) -> float:
+        """The latest time by which ``on_tick`` should be called again."""
+        deadline = self.next_heartbeat
+        for node in self.nodes.values():
+            deadline = min(deadline, node.last_seen + self.config.expiry_s)
+        return deadline
+
+    # ------------------------------------------------------------------ commands
+
+    def _dispatch_command(
+        self, identity: bytes, msg: wire.Message, frames: Sequence[Any], now: float
+    ) -> list[Instruction]:
+        cmd = msg.command
+        if cmd is Command.HELLO:
+            return self._hello(identity, msg.header, now)
+        if cmd is Command.NODES:
+            return [Send(identity, wire.encode(Command.NODES, self.nodes_report(now)))]
+        node = self.nodes.get(identity)
+        if node is None:
+            self.stats["unknown_peer"] += 1
+            if cmd in (Command.DISCONNECT, Command.REJECT):
+                return []
+            reason = "unknown node: send HELLO first"
+            return [Send(identity, wire.encode(Command.DISCONNECT, {"reason": reason}))]
+        node.last_seen = now
+        if cmd is Command.HEARTBEAT:
+            return []
+        if cmd is Command.JOB:
+            return self._job(node, msg.header, now)
+        if cmd is Command.RESULT:
+            return self._result(node, msg.header, frames, now)
+        if cmd is Command.DISCONNECT:
+            return self._node_down(identity, protocol.NORMAL, now, "left")
+        if cmd in _ROUTED_BY_PID:
+            return self._route(msg.header, frames)
+        return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
+
+    def _hello(self, identity: bytes, header: dict[str, Any], now: float) -> list[Instruction]:
+        try:
+            name = _check_hello(header)
+        except WireError as exc:
+            # Answer, so that the node stops asking and can tell its user why.
+            self.stats["rejected"] += 1
+            out = self._malformed(identity, str(exc))
+            return [Send(identity, wire.encode(Command.REJECT, {"reason": str(exc)})), *out]
+        holder = self.by_name.get(name)
+        if holder is not None and holder.identity != identity:
+            self._pending_hello[holder.identity] = (identity, header)
+            return [Probe(holder.identity)]
+        return self._admit(identity, header, now)
+
+    def _admit(self, identity: bytes, header: dict[str, Any], now: float) -> list[Instruction]:
+        name = header["name"]
+        node = self.nodes.get(identity)
+        out: list[Instruction] = []
+        if node is None:
+            node = NodeRecord(
+                name=name,
+                identity=identity,
+                role=header["role"],
+                capacity=header["capacity"],
+                incarnation=header["incarnation"],
+                joined_at=now,
+                last_seen=now,
+            )
+            self.nodes[identity] = node
+            self.by_name[name] = node
+            out.append(Log(logging.INFO, f"node {name} joined as {node.role}"))
+        else:
+            node.capacity = header["capacity"]
+            node.last_seen = now
+        welcome = {
+            "name": name,
+            "epoch": self.epoch,
+            "heartbeat_interval_s": self.config.heartbeat_interval_s,
+            "liveness": self.config.liveness,
+            "version": protocol.PROTOCOL_VERSION,
+        }
+        out.append(Send(identity, wire.encode(Command.WELCOME, welcome)))
+        out.extend(self._assign(now))
+        return out
+
+    def _reject(self, identity: bytes, name: str, now: float) -> list[Instruction]:
+        self.stats["rejected"] += 1
+        text = f"node name {name!r} is held by a live node; pick another --name"
+        return [
+            Send(identity, wire.encode(Command.REJECT, {"reason": text})),
+            Log(logging.WARNING, f"refused a second node named {name}"),
+        ]
+
+    def _job(self, client: NodeRecord, header: dict[str, Any], now: float) -> list[Instruction]:
+        job_id = protocol.field(header, "id", (int, str))
+        key: JobKey = (client.identity, job_id)
+        if key in self.jobs:
+            return []  # a resend of a job we already hold: idempotent
+        self.stats["jobs_received"] += 1
+        header = {k: v for k, v in header.items() if k not in ("client", "attempt")}
+        self.jobs[key] = JobRecord(key, header)
+        self.queue.append(key)
+        return self._assign(now)
+
+    def _result(
+        self, worker: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
+    ) -> list[Instruction]:
+        job_id = protocol.field(header, "id", (int, str))
+        client = protocol.field(header, "client", bytes)
+        key: JobKey = (client, job_id)
+        job = self.jobs.get(key)
+        if key in worker.active:
+            worker.active.discard(key)
+            worker.done += 1
+        elif job is not None and worker.name in job.workers_tried:
+            self.stats["late_results"] += 1  # e.g. from a node we had given up on
+        else:
+            # Not a job this node was given (or one this broker never saw, before a restart):
+            # the client resends what it has not received, so dropping loses nothing.
+            self.stats["late_results"] += 1
+            return self._malformed(worker.identity, f"RESULT for job {job_id!r} it was not given")
+        if self.jobs.pop(key, None) is not None:
+            self.stats["jobs_done"] += 1
+        out: list[Instruction] = []
+        if client in self.nodes:
+            out.append(Send(client, frames))
+        else:
+            self.stats["unroutable"] += 1
+        out.extend(self._assign(now))
+        return out
+
+    def _route(self, header: dict[str, Any], frames: Sequence[Any]) -> list[Instruction]:
+        to = header.get("to")
+        name = to.node if isinstance(to, Pid) else to
+        node = self.by_name.get(name) if isinstance(name, str) else None
+        if node is None:
+            self.stats["unroutable"] += 1
+            return []
+        return [Send(node.identity, frames)]
+
+    # ------------------------------------------------------------------ jobs
+
+    def _pick_worker(self) -> NodeRecord | None:
+        best: NodeRecord | None = None
+        for node in self.nodes.values():
+            if node.role != protocol.ROLE_WORKER or node.free() <= 0:
+                continue
+            if best is None or (len(node.active) / node.capacity, node.assigned_seq) < (
+                len(best.active) / best.capacity,
+                best.assigned_seq,
+            ):
+                best = node
+        return best
+
+    def _assign(self, now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        while self.queue:
+            worker = self._pick_worker()
+            if worker is None:
+                break
+            key = self.queue.popleft()
+            job = self.jobs.get(key)
+            if job is None or job.worker is not None:
+                continue  # finished or cancelled while queued
+            header = {**job.header, "client": key[0], "attempt": job.attempt}
+            try:
+                frames = wire.encode(Command.JOB, header, self.config.limits)
+            except WireError as exc:
+                out.extend(self._fail_job(job, f"cannot forward the job: {exc}"))
+                continue
+            job.worker = worker.identity
+            job.workers_tried.append(worker.name)
+            worker.active.add(key)
+            self._seq += 1
+            worker.assigned_seq = self._seq
+            self.stats["jobs_dispatched"] += 1
+            out.append(Send(worker.identity, frames))
+        return out
+
+    def _fail_job(self, job: JobRecord, text: str) -> list[Instruction]:
+        self.stats["jobs_failed"] += 1
+        client, job_id = job.key
+        del self.jobs[job.key]
+        if client not in self.nodes:
+            return []
+        result = {
+            "id": job_id,
+            "client": client,
+            "ok": False,
+            "error": text,
+            "node": job.workers_tried[-1] if job.workers_tried else None,
+            "attempt": len(job.workers_tried),
+        }
+        return [Send(client, wire.encode(Command.RESULT, result))]
+
+    # ------------------------------------------------------------------ node death
+
+    def _node_down(self, identity: bytes, reason: str, now: float, why: str) -> list[Instruction]:
+        node = self.nodes.pop(identity, None)
+        if node is None:
+            return []
+        if self.by_name.get(node.name) is node:
+            del self.by_name[node.name]
+        self.stats["nodes_down"] += 1
+        out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
+        graceful = reason == protocol.NORMAL
+        for key in sorted(node.active, key=repr):
+            job = self.jobs.get(key)
+            if job is None or job.worker != identity:
+                continue
+            job.worker = None
+            if not graceful:
+                job.attempt += 1
+            if job.attempt > self.config.max_attempts:
+                tried = ", ".join(job.workers_tried)
+                out.extend(
+                    self._fail_job(
+                        job,
+                        f"gave up after {self.config.max_attempts} attempts: "
+                        f"the worker died each time (tried {tried})",
+                    )
+                )
+            else:
+                self.stats["jobs_requeued"] += 1
+                self.queue.appendleft(key)
+        for key in [k for k in self.jobs if k[0] == identity]:
+            del self.jobs[key]  # the client is gone: nobody is waiting for these
+        out.extend(self._assign(now))
+        return out
+
+    # ------------------------------------------------------------------ reporting
+
+    def nodes_report(self, now: float) -> dict[str, Any]:
+        """The answer to ``NODES``: every node, the queue length and the counters."""
+        nodes = [
+            {
+                "name": n.name,
+                "role": n.role,
+                "capacity": n.capacity,
+                "active": len(n.active),
+                "done": n.done,
+                "last_seen_s": round(now - n.last_seen, 3),
+                "uptime_s": round(now - n.joined_at, 3),
+                "incarnation": n.incarnation,
+            }
+            for n in sorted(self.nodes.values(), key=lambda n: n.name)
+        ]
+        return {
+            "nodes": nodes,
+            "queued": sum(1 for j in self.jobs.values() if j.worker is None),
+            "stats": dict(self.stats),
+            "epoch": self.epoch,
+            "uptime_s": round(now - self.started_at, 3),
+        }
+
+    def _malformed(self, identity: bytes, text: str) -> list[Instruction]:
+        self.stats["malformed"] += 1
+        if identity in self._logged_peers or len(self._logged_peers) >= _MAX_LOGGED_PEERS:
+            return []
+        self._logged_peers.add(identity)
+        return [Log(logging.WARNING, f"dropped a malformed message from {identity!r}: {text}")]
+
+
+def _check_hello(header: dict[str, Any]) -> str:
+    """Validate a HELLO header and return the node name; raise WireError saying what is wrong."""
+    name: str = protocol.field(header, "name", str)
+    try:
+        protocol.check_name(name)
+    except ValueError as exc:
+        raise WireError(str(exc)) from None
+    role = protocol.field(header, "role", str)
+    if role not in protocol.ROLES:
+        raise WireError(f"role {role!r} is not one of {protocol.ROLES}")
+    capacity = protocol.field(header, "capacity", int)
+    if not 0 <= capacity <= protocol.MAX_CAPACITY:
+        raise WireError(f"capacity {capacity} is outside 0..{protocol.MAX_CAPACITY}")
+    protocol.field(header, "incarnation", int)
+    version = protocol.field(header, "version", int)
+    if version != protocol.PROTOCOL_VERSION:
+        raise WireError(
+            f"protocol version {version} is not supported (this broker speaks "
+            f"{protocol.PROTOCOL_VERSION})"
+        )
+    return name
+
+
+_ROUTED_BY_PID = frozenset(
+    {
+        Command.SPAWN,
+        Command.SPAWNED,
+        Command.SEND,
+        Command.LINK,
+        Command.UNLINK,
+        Command.MONITOR,
+        Command.DEMONITOR,
+        Command.EXIT,
+        Command.DOWN,
+    }
+)

@@ -1,0 +1,190 @@
+"""The broker process: one ROUTER socket driving the pure state machine in ``_broker_state``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from zimg import protocol
+from zimg._broker_state import BrokerConfig, BrokerState, Instruction, Log, Probe, Send
+from zimg.wire import MAGIC, Command
+
+log = logging.getLogger("zimg.broker")
+
+_MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
+_PROBE = [MAGIC, bytes((Command.HEARTBEAT,)), b"\x80"]  # a HEARTBEAT with an empty header
+
+
+class Broker:
+    """A zimg broker bound to ``url``.
+
+    Use :meth:`run` in the foreground (``zimg broker``), or :meth:`start` to run it on a
+    background thread (embedded clusters and tests) and :meth:`stop` to end it.
+    """
+
+    def __init__(
+        self,
+        url: str = protocol.DEFAULT_BROKER_URL,
+        config: BrokerConfig | None = None,
+        *,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self.url = url
+        self.config = config or BrokerConfig()
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bound = threading.Event()
+        self._error: BaseException | None = None
+        self.endpoint: str | None = None
+        self.state = BrokerState(self.config, now=time.monotonic(), epoch=secrets.randbits(63))
+        self._sock: zmq.Socket[bytes] | None = None
+        # Messages waiting for a peer whose queue is full (its high-water mark), in order.
+        self._backlog: dict[bytes, deque[Sequence[Any]]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, timeout_s: float = 5.0) -> Broker:
+        """Bind and run the broker on a daemon thread; return once it is bound."""
+        self._thread = threading.Thread(target=self._run_catching, name="zimg-broker", daemon=True)
+        self._thread.start()
+        if not self._bound.wait(timeout_s):
+            raise TimeoutError(f"broker did not bind {self.url} within {timeout_s} s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop_soon(self) -> None:
+        """Ask the loop to end (safe from a signal handler); :meth:`run` returns shortly after."""
+        self._stop.set()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the loop and close the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+        if self._own_context:
+            self._ctx.term()
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run_catching(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # reported to start(), which re-raises in the caller
+            self._error = exc
+            self._bound.set()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Bind and serve until :meth:`stop` is called (or KeyboardInterrupt)."""
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a node's new connection replaces its old one
+        limits = self.config.limits
+        sock.setsockopt(zmq.MAXMSGSIZE, max(limits.max_frame_bytes, limits.max_header_bytes))
+        try:
+            sock.bind(self.url)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise OSError(f"cannot bind the broker to {self.url}: {exc}") from exc
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._sock = sock
+        self._bound.set()
+        log.info("broker listening on %s (pid %d)", self.endpoint, os.getpid())
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        state = self.state
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                wait_s = min(max(0.0, state.next_deadline() - now), 0.01 if self._backlog else 0.1)
+                if poller.poll(int(wait_s * 1000)):
+                    for _ in range(_MAX_BATCH):
+                        try:
+                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        identity = frames[0].bytes
+                        self._execute(state.on_message(identity, frames[1:], time.monotonic()))
+                self._execute(state.on_tick(time.monotonic()))
+                if self._backlog:
+                    self._flush_backlog()
+        finally:
+            self._sock = None
+            sock.close(linger=0)
+
+    def _execute(self, instructions: Sequence[Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, Send):
+                if not self._send(ins.identity, ins.frames):
+                    self._execute(self.state.on_unreachable(ins.identity, time.monotonic()))
+            elif isinstance(ins, Probe):
+                reachable = self._send(ins.identity, _PROBE)
+                self._execute(self.state.on_probe(ins.identity, reachable, time.monotonic()))
+            elif isinstance(ins, Log):
+                log.log(ins.level, "%s", ins.text)
+
+    def _send(self, identity: bytes, frames: Sequence[Any]) -> bool:
+        """Send, or queue behind earlier messages if the peer's queue is full.
+
+        Returns:
+            False if the peer's connection is gone.
+        """
+        waiting = self._backlog.get(identity)
+        if waiting is not None:
+            waiting.append(frames)
+            return True
+        try:
+            self._send_now(identity, frames)
+        except zmq.Again:
+            self._backlog[identity] = deque([frames])
+            self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def _send_now(self, identity: bytes, frames: Sequence[Any]) -> None:
+        if self._sock is None:
+            raise RuntimeError("the broker socket is not open")
+        self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+
+    def _flush_backlog(self) -> None:
+        """Retry queued messages; drop those for peers that are no longer nodes."""
+        for identity in list(self._backlog):
+            waiting = self._backlog[identity]
+            if identity not in self.state.nodes:
+                self.state.stats["unroutable"] += len(waiting)
+                del self._backlog[identity]
+                continue
+            try:
+                while waiting:
+                    self._send_now(identity, waiting[0])
+                    waiting.popleft()
+            except zmq.Again:
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                del self._backlog[identity]
+                self._execute(self.state.on_unreachable(identity, time.monotonic()))
+                continue
+            del self._backlog[identity]

@@ -1,0 +1,68 @@
+"""Protocol constants and small pure helpers shared by the broker and the nodes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from zimg._errors import WireError
+
+PROTOCOL_VERSION = 1
+DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
+DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
+DEFAULT_LIVENESS = 3
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_CAPACITY = 4096
+
+ROLE_WORKER = "worker"
+ROLE_CLIENT = "client"
+ROLES = (ROLE_WORKER, ROLE_CLIENT)
+
+# Exit and down reasons that the system itself produces (Erlang's atoms, as strings).
+NORMAL = "normal"
+KILLED = "killed"
+NOPROC = "noproc"
+NOCONNECTION = "noconnection"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it is a valid node name, else raise ``ValueError``.
+
+    A node name is 1 to 64 characters: letters, digits and ``_ . @ -``, starting with a letter or
+    digit.
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid node name {name!r}: use 1-64 letters, digits, '_', '.', '@' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def node_identity(name: str, incarnation: int) -> bytes:
+    """The ZeroMQ routing id of a node: its name and incarnation, unique per process."""
+    return f"{name}/{incarnation:x}".encode()
+
+
+def field(header: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """Fetch ``header[key]`` and check its type, raising :class:`WireError` if it is wrong.
+
+    ``bool`` is never accepted where ``int`` is asked for.
+    """
+    try:
+        value = header[key]
+    except KeyError:
+        raise WireError(f"header field {key!r} is missing") from None
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool) and bool not in kinds:
+        raise WireError(f"header field {key!r} must be {_names(kinds)}, not bool")
+    if not isinstance(value, kinds):
+        raise WireError(f"header field {key!r} must be {_names(kinds)}, not {type(value).__name__}")
+    return value
+
+
+def _names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(k.__name__ for k in kinds)
