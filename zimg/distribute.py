@@ -1,0 +1,245 @@
+"""The client side of the job path: a bounded window of jobs in flight, dedup, and resend.
+
+:class:`JobClient` sends :class:`~zimg.jobs.JobRequest` s through a node's connection and yields
+each answer once, in completion order. It keeps at most ``window`` jobs unanswered, so memory stays
+flat however long the input is. When the node starts a new session with the broker (the broker
+restarted, or dropped us), every unanswered job is sent again; answers to jobs already answered, or
+never asked, are counted and ignored. That makes delivery at-least-once on the wire and
+exactly-once for the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from zimg import ops, wire
+from zimg._errors import WireError, ZimgTimeout
+from zimg.jobs import JobRequest, JobResult
+from zimg.node import Connection
+from zimg.wire import Command
+
+log = logging.getLogger("zimg.distribute")
+
+DEFAULT_WINDOW = 16
+_RESEND = object()
+
+
+@dataclass(slots=True)
+class Completed:
+    """One finished job: the request, its result and the round trip seen by the client."""
+
+    request: JobRequest
+    result: JobResult
+    latency_s: float
+
+
+class _ResultRouter:
+    """Routes RESULTs arriving on one connection to the JobClient that sent the job.
+
+    One per connection, so several JobClients (even on several threads) can share a node.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self._lock = threading.Lock()
+        self._routes: dict[int, queue.SimpleQueue[object]] = {}
+        self._inboxes: set[queue.SimpleQueue[object]] = set()
+        self.unrouted = 0
+        connection.on(Command.RESULT, self._on_result)
+        connection.on_session(self._on_session)
+
+    def expect(self, job_id: int, inbox: queue.SimpleQueue[object]) -> None:
+        with self._lock:
+            self._routes[job_id] = inbox
+
+    def forget(self, job_id: int) -> None:
+        with self._lock:
+            self._routes.pop(job_id, None)
+
+    def subscribe(self, inbox: queue.SimpleQueue[object]) -> None:
+        with self._lock:
+            self._inboxes.add(inbox)
+
+    def unsubscribe(self, inbox: queue.SimpleQueue[object]) -> None:
+        with self._lock:
+            self._inboxes.discard(inbox)
+
+    def _on_result(self, msg: wire.Message) -> None:
+        with self._lock:
+            inbox = self._routes.get(msg.header.get("id"))  # type: ignore[arg-type]
+            if inbox is None:
+                self.unrouted += 1  # a late answer to a job that was already answered
+                return
+        inbox.put(msg)
+
+    def _on_session(self) -> None:
+        with self._lock:
+            inboxes = list(self._inboxes)
+        for inbox in inboxes:
+            inbox.put(_RESEND)
+
+
+_routers: weakref.WeakKeyDictionary[Connection, _ResultRouter] = weakref.WeakKeyDictionary()
+_routers_lock = threading.Lock()
+
+
+def _router(connection: Connection) -> _ResultRouter:
+    with _routers_lock:
+        router = _routers.get(connection)
+        if router is None:
+            router = _routers[connection] = _ResultRouter(connection)
+        return router
+
+
+class JobClient:
+    """Sends jobs through ``connection`` and collects their results.
+
+    Job ids on the wire come from the connection's counter, so they are unique for the life of
+    the node, however many JobClients use it.
+
+    Args:
+        connection: a started (welcomed) connection.
+        window: the most jobs in flight at once.
+    """
+
+    def __init__(self, connection: Connection, *, window: int = DEFAULT_WINDOW) -> None:
+        if window < 1:
+            raise ValueError(f"window must be at least 1, got {window}")
+        self.connection = connection
+        self.window = window
+        self.duplicates = 0
+        self.resends = 0
+        self._router = _router(connection)
+        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._outstanding: dict[int, tuple[JobRequest, float]] = {}
+
+    def run(
+        self, requests: Iterable[JobRequest], *, idle_timeout_s: float | None = None
+    ) -> Iterator[Completed]:
+        """Send every request and yield each result once, as results arrive.
+
+        Args:
+            requests: consumed lazily, never more than ``window`` ahead of the results.
+            idle_timeout_s: give up if no result arrives for this long (None: wait forever).
+
+        Raises:
+            ZimgTimeout: ``idle_timeout_s`` passed with jobs unanswered.
+        """
+        self._router.subscribe(self._inbox)
+        try:
+            yield from self._run(iter(requests), idle_timeout_s)
+        finally:
+            self._router.unsubscribe(self._inbox)
+            for job_id in self._outstanding:
+                self._router.forget(job_id)
+            self._outstanding.clear()
+
+    def _run(
+        self, pending: Iterator[JobRequest], idle_timeout_s: float | None
+    ) -> Iterator[Completed]:
+        exhausted = False
+        while True:
+            while not exhausted and len(self._outstanding) < self.window:
+                request = next(pending, None)
+                if request is None:
+                    exhausted = True
+                    break
+                self._send(request)
+            if not self._outstanding:
+                return
+            try:
+                item = self._inbox.get(timeout=idle_timeout_s)
+            except queue.Empty:
+                raise ZimgTimeout(
+                    f"no result for {idle_timeout_s} s with {len(self._outstanding)} jobs "
+                    "unanswered; are any workers connected?"
+                ) from None
+            done = self._take(item)
+            if done is not None:
+                yield done
+
+    def _send(self, request: JobRequest) -> None:
+        job_id = next(self.connection.job_ids)
+        self._outstanding[job_id] = (request, time.perf_counter())
+        self._router.expect(job_id, self._inbox)
+        self.connection.send(Command.JOB, request.header(job_id))
+
+    def _take(self, item: object) -> Completed | None:
+        if item is _RESEND:
+            self.resends += 1
+            log.info("new broker session: resending %d unanswered jobs", len(self._outstanding))
+            for job_id, (request, _) in list(self._outstanding.items()):
+                self.connection.send(Command.JOB, request.header(job_id))
+            return None
+        if not isinstance(item, wire.Message):
+            return None
+        try:
+            result = JobResult.from_header(item.header)
+        except WireError as exc:
+            log.warning("dropped a malformed RESULT: %s", exc)
+            return None
+        entry = self._outstanding.pop(result.id, None)
+        if entry is None:
+            self.duplicates += 1  # a repeated answer: the job was already answered
+            return None
+        self._router.forget(result.id)
+        request, sent_at = entry
+        return Completed(request, result, time.perf_counter() - sent_at)
+
+
+@dataclass(slots=True)
+class Processed:
+    """One image that came back from :func:`distribute`."""
+
+    index: int
+    image: np.ndarray[Any, Any] | None
+    node: str | None
+    ms: float
+    error: str | None
+
+
+class _HasConnection(Protocol):
+    connection: Connection
+
+
+def distribute(
+    images: Iterable[np.ndarray[Any, Any]],
+    node: Connection | _HasConnection,
+    *,
+    pipeline: Sequence[ops.OpSpec] = ops.DEFAULT_PIPELINE,
+    window: int = DEFAULT_WINDOW,
+    idle_timeout_s: float | None = None,
+) -> Iterator[Processed]:
+    """Process arrays on the cluster; yield each result once, in completion order.
+
+    The notebook's ``DistributedImageProcessing.distribute``, with a bounded window and
+    redelivery: arrays travel raw (zero-copy), workers apply ``pipeline`` with their own name.
+
+    Args:
+        images: arrays to process, consumed lazily.
+        node: a started :class:`~zimg.node.Connection`, or a local cluster.
+        pipeline: the ops to apply (default: threshold, then label).
+        window: the most images in flight at once.
+        idle_timeout_s: give up if nothing comes back for this long.
+
+    Yields:
+        :class:`Processed` records; ``index`` is the position in ``images``.
+    """
+    conn = node if isinstance(node, Connection) else node.connection
+    wire_ops = [spec.to_wire() for spec in pipeline]
+    requests = (
+        JobRequest(i, f"array {i}", "raw", ".png", wire_ops, image)
+        for i, image in enumerate(images)
+    )
+    client = JobClient(conn, window=window)
+    for done in client.run(requests, idle_timeout_s=idle_timeout_s):
+        r = done.result
+        yield Processed(done.request.id, r.payload, r.node, r.ms, r.error)
