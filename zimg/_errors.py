@@ -1,16 +1,16 @@
 """The zimg error tree.
 
-    ZimgError
-    ├── WireError (ValueError)        a malformed message or one over the limits
-    ├── ZimgTimeout (TimeoutError)    receive / ask / connect gave up waiting
-    ├── ActorDeadError                the actor addressed is not alive
-    ├── RemoteError                   a remote behaviour or op raised; carries its text
-    ├── OpError (ValueError)          an image op was misnamed or misused
-    ├── ImageError (ValueError)       a file is missing, is not an image, or is too large
-    ├── RejectedError                 the broker refused this node (e.g. its name is taken)
-    ├── ClosedError                   you closed the node, then used it
-    ├── BrokenError (ConnectionError) the peer broke the connection
-    └── FetchError                    `zimg fetch` could not download an image
+ZimgError
+├── WireError (ValueError)        a malformed message or one over the limits
+├── ZimgTimeout (TimeoutError)    receive / ask / connect gave up waiting
+├── ActorDeadError                the actor addressed is not alive
+├── RemoteError                   a remote behaviour or op raised; carries its text
+├── OpError (ValueError)          an image op was misnamed or misused
+├── ImageError (ValueError)       a file is missing, is not an image, or is too large
+├── RejectedError                 the broker refused this node (e.g. its name is taken)
+├── ClosedError                   you closed the node, then used it
+├── BrokenError (ConnectionError) the peer broke the connection
+└── FetchError                    `zimg fetch` could not download an image
 """
 
 from __future__ import annotations

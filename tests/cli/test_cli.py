@@ -1,0 +1,116 @@
+"""The command line through typer's CliRunner (workers of `run` and `demo` are real processes)."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from tests.reference import check_output, manifest
+from zimg.cli import app
+from zimg.testing import free_tcp_url
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("broker", "worker", "send", "run", "nodes", "fetch", "grid", "demo"):
+        assert command in result.output
+
+
+@pytest.mark.parametrize("command", ["send", "run", "worker", "broker"])
+def test_command_help_explains_options(command):
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    assert "--help" in result.output
+    assert len(result.output.splitlines()) > 8
+
+
+def test_broker_refuses_a_public_bind_without_insecure():
+    result = invoke("broker", "--bind", "tcp://0.0.0.0:5555")
+    assert result.exit_code == 2
+    assert "--insecure" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--payload", "zip"], "encoded, raw"),
+        (["--op", "nosuchop"], "nosuchop"),
+        (["--op", "threshold:bogus=1"], "bogus"),
+        (["--op", "threshold:thresh"], "NAME"),
+    ],
+)
+def test_bad_run_options_are_usage_errors(tmp_path, samples, args, fragment):
+    result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), *args)
+    assert result.exit_code == 2
+    assert fragment in result.output
+
+
+def test_worker_rejects_a_bad_name():
+    result = invoke("worker", "--name", "bad name!")
+    assert result.exit_code == 2
+    assert "invalid node name" in result.output
+
+
+@pytest.mark.timeout(20)
+def test_nodes_reports_a_missing_broker():
+    result = invoke("nodes", "--broker", free_tcp_url(), "--timeout", "0.3")
+    assert result.exit_code == 1
+    assert "no answer" in result.output
+
+
+def test_fetch_reports_a_bad_url(tmp_path):
+    result = invoke("fetch", "ftp://example.com/a.png", "-o", str(tmp_path))
+    assert result.exit_code == 1
+    assert "http" in result.output
+
+
+def test_grid_writes_one_image(tmp_path, samples):
+    files = [str(samples / n) for n in ("chelsea.jpg", "brick.jpg", "coins.png", "grass.png")] * 2
+    result = invoke("grid", *files, "-o", str(tmp_path / "g.png"), "--columns", "4")
+    assert result.exit_code == 0, result.output
+    grid = cv2.imread(str(tmp_path / "g.png"))
+    assert grid is not None
+    assert grid.shape[1] > grid.shape[0]  # 4 columns by 2 rows
+
+
+@pytest.mark.timeout(120)
+def test_run_processes_files_on_an_embedded_cluster(tmp_path, samples):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("chelsea.jpg", "brick.jpg", "coins.png", "grass.png"):
+        shutil.copyfile(samples / name, inputs / name)
+    out = tmp_path / "out"
+    result = invoke("run", *map(str, sorted(inputs.iterdir())), "-o", str(out), "--grid", str(tmp_path / "grid.png"))
+    assert result.exit_code == 0, result.output
+    entries = manifest(out)
+    assert len(entries) == 4
+    for entry in entries:
+        assert entry["node"] in ("n1", "n2")
+        check_output(entry)
+    assert (tmp_path / "grid.png").exists()
+    assert "per node" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_demo_makes_32_outputs_a_manifest_and_a_grid(tmp_path):
+    result = invoke("demo", "--dir", str(tmp_path / "demo"))
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "demo" / "out"
+    entries = manifest(out)
+    assert len(entries) == 32
+    assert {e["node"] for e in entries} == {"n1", "n2"}
+    for entry in entries:
+        check_output(entry)
+    assert (tmp_path / "demo" / "images" / "README.md").exists()
+    assert (tmp_path / "demo" / "grid.png").exists()
+    assert str(out) in result.output

@@ -1,0 +1,168 @@
+"""The whole path with real processes: `python -m zimg broker`, `worker` and `send`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.reference import check_output, manifest
+from zimg.batch import BatchOptions, run_batch
+from zimg.cluster import wait_for_workers
+from zimg.node import Connection, query_nodes
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def send(url: str, outdir: Path, *files: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "zimg", "send", "--broker", url, "-o", str(outdir), "--timeout", "60"]
+    cmd += [*extra, *map(str, files)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+
+
+def copies(src: Path, target: Path, n: int) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        dest = target / f"img_{i:02d}{src.suffix}"
+        shutil.copyfile(src, dest)
+        files.append(dest)
+    return files
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_32_copies_over_workers_are_pixel_exact(procs, tcp_url, tmp_path, samples, workers):
+    procs.broker(tcp_url)
+    names = [f"n{i + 1}" for i in range(workers)]
+    for name in names:
+        procs.worker(tcp_url, name, wait=False)
+    wait_for_workers(tcp_url, names, timeout_s=30)
+    files = copies(samples / "chelsea.jpg", tmp_path / "in", 32)
+    result = send(tcp_url, tmp_path / "out", *files)
+    assert result.returncode == 0, result.stderr
+    entries = manifest(tmp_path / "out")
+    assert len(entries) == 32
+    assert sorted(e["input"] for e in entries) == sorted(map(str, files))
+    assert len({e["output"] for e in entries}) == 32
+    assert {e["node"] for e in entries} == set(names)
+    for entry in entries:
+        assert entry["attempts"] == 1
+        check_output(entry)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.jpg")) == sorted(
+        f"img_{i:02d}_processed.jpg" for i in range(32)
+    )
+    assert "per node" in result.stdout
+
+
+def _image_kinds(target: Path, samples: Path) -> list[Path]:
+    """Grayscale JPEG and PNG, BGR, BGRA, and 16-bit gray and colour PNGs."""
+    target.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:120, 0:160]
+    gradient = (x * 400 + y * 100).astype(np.uint16)
+    made = {
+        "rgba.png": np.dstack([rng.integers(0, 256, (120, 160, 3), np.uint8), (x % 256).astype(np.uint8)]),
+        "gray16.png": gradient,
+        "bgr16.png": np.dstack([gradient, gradient[::-1], gradient[:, ::-1]]),
+    }
+    files = []
+    for name, arr in made.items():
+        assert cv2.imwrite(str(target / name), arr)
+        files.append(target / name)
+    for name in ("brick.jpg", "coins.png", "chelsea.jpg"):
+        shutil.copyfile(samples / name, target / name)
+        files.append(target / name)
+    return files
+
+
+@pytest.mark.parametrize("mode", ["encoded", "raw"])
+def test_payload_modes_and_image_kinds_are_pixel_exact(procs, ipc_url, tmp_path, samples, mode):
+    procs.broker(ipc_url)
+    procs.worker(ipc_url, "n1")
+    procs.worker(ipc_url, "n2")
+    files = _image_kinds(tmp_path / "in", samples)
+    with Connection(ipc_url, "tester").start() as conn:
+        report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "out", mode=mode))
+    assert report.failed == 0, report.entries
+    entries = manifest(tmp_path / "out")
+    assert len(entries) == len(files)
+    for entry in entries:
+        check_output(entry)
+    # the kinds survive: 16-bit stays 16-bit, RGBA keeps its alpha channel
+    out16 = cv2.imread(str(tmp_path / "out" / "bgr16_processed.png"), cv2.IMREAD_UNCHANGED)
+    assert out16.dtype == np.uint16
+    assert out16.shape == (120, 160, 3)
+    assert cv2.imread(str(tmp_path / "out" / "rgba_processed.png"), cv2.IMREAD_UNCHANGED).shape[2] == 4
+
+
+def test_bad_inputs_get_errors_and_the_rest_completes(procs, tcp_url, tmp_path, samples):
+    procs.broker(tcp_url)
+    procs.worker(tcp_url, "n1")
+    good = copies(samples / "chelsea.jpg", tmp_path / "in", 3)
+    text = tmp_path / "in" / "notes.jpg"
+    text.write_text("this is not a picture")
+    truncated = tmp_path / "in" / "cut.jpg"
+    truncated.write_bytes((samples / "chelsea.jpg").read_bytes()[:5000])
+    missing = tmp_path / "in" / "missing.png"
+    result = send(tcp_url, tmp_path / "out", good[0], text, missing, good[1], truncated, good[2])
+    assert result.returncode == 1, result.stdout + result.stderr
+    entries = {Path(e["input"]).name: e for e in manifest(tmp_path / "out")}
+    assert len(entries) == 6
+    for name in ("notes.jpg", "missing.png", "cut.jpg"):
+        assert entries[name]["output"] is None
+        assert name in entries[name]["error"]
+    assert "not an image" in entries["notes.jpg"]["error"] or "unrecognised" in entries["notes.jpg"]["error"]
+    assert "no such file" in entries["missing.png"]["error"]
+    for g in good:
+        check_output(entries[g.name])
+    assert "3 failed" in result.stdout
+    assert "notes.jpg" in result.stderr
+
+
+def test_nodes_lists_workers_and_clients(procs, tcp_url):
+    procs.broker(tcp_url)
+    procs.worker(tcp_url, "n1", "--capacity", "3")
+    procs.worker(tcp_url, "n2")
+    cmd = [sys.executable, "-m", "zimg", "nodes", "--broker", tcp_url, "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True)
+    report = json.loads(result.stdout)
+    nodes = {n["name"]: n for n in report["nodes"]}
+    assert set(nodes) == {"n1", "n2"}
+    assert nodes["n1"]["role"] == "worker"
+    assert nodes["n1"]["capacity"] == 3
+    assert nodes["n2"]["capacity"] == 2
+    assert all(0 <= n["last_seen_s"] < 3 for n in nodes.values())
+    table = subprocess.run(cmd[:-1], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "n1" in table and "worker" in table and "last heartbeat" in table
+
+
+def test_duplicate_worker_name_is_refused_with_a_clear_message(procs, tcp_url):
+    procs.broker(tcp_url)
+    procs.worker(tcp_url, "n1")
+    second = procs.worker(tcp_url, "n1", wait=False)
+    assert second.wait(30) == 1
+    assert "held by a live node" in procs.output()
+    assert [n["name"] for n in query_nodes(tcp_url)["nodes"]] == ["n1"]
+
+
+def test_worker_rejoins_after_the_broker_restarts(procs, tcp_url, tmp_path, samples):
+    broker = procs.broker(tcp_url, "--heartbeat", "0.2")
+    procs.worker(tcp_url, "n1")
+    broker.send_signal(signal.SIGKILL)
+    broker.wait(10)
+    procs.broker(tcp_url, "--heartbeat", "0.2")
+    wait_for_workers(tcp_url, ["n1"], timeout_s=20)
+    files = copies(samples / "coins.png", tmp_path / "in", 4)
+    result = send(tcp_url, tmp_path / "out", *files)
+    assert result.returncode == 0, result.stderr
+    entries = manifest(tmp_path / "out")
+    assert {e["node"] for e in entries} == {"n1"}
+    for entry in entries:
+        check_output(entry)

@@ -1,0 +1,41 @@
+"""The in-process reference: the notebook's ops written out with raw cv2 calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def reference(image: np.ndarray, node: str) -> np.ndarray:
+    """threshold(127, 255, binary), then the node name in Hershey simplex at (10, 30)."""
+    out = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
+    cv2.putText(out, node, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
+    return out
+
+
+def read(path: str | Path) -> np.ndarray:
+    return cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def manifest(outdir: Path) -> list[dict]:
+    lines = (outdir / "manifest.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def check_output(entry: dict) -> None:
+    """The output file is byte-identical to encoding the reference for the node that ran it."""
+    assert entry["error"] is None, entry
+    ref = reference(read(entry["input"]), entry["node"])
+    out_path = Path(entry["output"])
+    ok, expected = cv2.imencode(out_path.suffix, ref)
+    assert ok
+    actual = out_path.read_bytes()
+    assert actual == expected.tobytes(), f"{out_path} differs from the reference for {entry['node']}"
+    assert np.array_equal(read(out_path), read_encoded(expected)), out_path
+
+
+def read_encoded(buf: np.ndarray) -> np.ndarray:
+    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)

@@ -1,0 +1,626 @@
+"""Tests for the pure wire codec: round-trips, zero-copy, limits and garbage input."""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from zimg._errors import WireError
+from zimg.wire import (
+    DEFAULT_LIMITS,
+    MAGIC,
+    Command,
+    Ext,
+    Limits,
+    Message,
+    Pid,
+    Ref,
+    decode,
+    encode,
+)
+
+FAST = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
+BIG_ENDIAN = [">i2", ">u2", ">i4", ">u4", ">i8", ">u8", ">f2", ">f4", ">f8", ">c8", ">c16"]
+SEND = bytes([Command.SEND])
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def pack(obj):
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def ext(code, obj):
+    return msgpack.ExtType(int(code), pack(obj))
+
+
+def message(header, *frames):
+    """Frames of a hand-made message; ``header`` is a term for msgpack, or raw bytes."""
+    return [MAGIC, SEND, header if isinstance(header, bytes) else pack(header), *frames]
+
+
+def nest(levels, *wraps):
+    """``levels`` nested containers around None, made by cycling through ``wraps``."""
+    wraps = wraps or (lambda x: [x],)
+    term = None
+    for i in range(levels):
+        term = wraps[i % len(wraps)](term)
+    return term
+
+
+def assert_term_equal(got, want):
+    """Equal terms: same types (tuples stay tuples), float bits, array dtype/shape/bytes."""
+    if isinstance(want, np.ndarray):
+        assert type(got) is np.ndarray
+        assert got.dtype.str == want.dtype.str
+        assert got.shape == want.shape
+        assert got.tobytes() == want.tobytes()  # exact, so NaNs compare equal
+        assert not got.flags.writeable
+    elif isinstance(want, float):
+        assert type(got) is float
+        assert struct.pack("<d", got) == struct.pack("<d", want)  # NaN, -0.0
+    elif isinstance(want, bytes | bytearray | memoryview):
+        assert type(got) is bytes
+        assert got == bytes(want)
+    elif isinstance(want, list | tuple):
+        assert type(got) is type(want)
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            assert_term_equal(g, w)
+    elif isinstance(want, dict):
+        assert type(got) is dict
+        assert len(got) == len(want)
+        for (gk, gv), (wk, wv) in zip(got.items(), want.items(), strict=True):
+            assert_term_equal(gk, wk)
+            assert_term_equal(gv, wv)
+    else:
+        assert type(got) is type(want)
+        assert got == want
+
+
+def as_zmq_bytes(frame):
+    """What ``zmq.Frame.bytes`` would give (``tobytes`` also copes with zero-size shapes)."""
+    return memoryview(frame).tobytes()
+
+
+def as_zmq_buffer(frame):
+    """What ``zmq.Frame.buffer`` would give: a flat, writeable byte view."""
+    return memoryview(bytearray(memoryview(frame).tobytes()))
+
+
+TRANSPORTS = {
+    "objects": lambda f: f,
+    "bytes": as_zmq_bytes,
+    "cast-bytes": lambda f: bytes(memoryview(f).cast("B")) if memoryview(f).nbytes else b"",
+    "memoryview": memoryview,
+    "flat-buffer": as_zmq_buffer,
+}
+
+
+def roundtrip(header, transport=lambda f: f, command=Command.SEND, limits=DEFAULT_LIMITS):
+    frames = encode(command, header, limits)
+    got = decode([transport(f) for f in frames], limits)
+    assert isinstance(got, Message)
+    assert got.command is command
+    return got.header
+
+
+# ---------------------------------------------------------------- strategies
+
+
+@st.composite
+def arrays(draw):
+    dtype = np.dtype(draw(st.sampled_from(DTYPES + BIG_ENDIAN)))
+    native = dtype.newbyteorder("=")
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
+    arr = draw(hnp.arrays(native, shape)).astype(dtype)
+    view = draw(st.sampled_from(["as-is", "step", "transpose", "reverse"]))
+    if arr.ndim and view == "step":
+        arr = arr[..., ::2]
+    elif arr.ndim and view == "transpose":
+        arr = arr.T
+    elif arr.ndim and view == "reverse":
+        arr = arr[::-1]
+    return arr
+
+
+pid_fields = st.tuples(
+    st.text(max_size=8), st.integers(0, UINT64_MAX), st.integers(INT64_MIN, 2**63 - 1)
+)
+leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(INT64_MIN, UINT64_MAX)
+    | st.floats()
+    | st.text(max_size=16)
+    | st.binary(max_size=32)
+    | pid_fields.map(lambda t: Pid(*t))
+    | pid_fields.map(lambda t: Ref(*t))
+    | arrays()
+)
+keys = (
+    st.text(max_size=6)
+    | st.integers(INT64_MIN, UINT64_MAX)
+    | st.tuples(st.integers(-5, 5), st.text(max_size=3))
+    | pid_fields.map(lambda t: Pid(*t))
+)
+terms = st.recursive(
+    leaves,
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.lists(kids, max_size=4).map(tuple)
+        | st.dictionaries(keys, kids, max_size=4)
+    ),
+    max_leaves=10,
+)
+headers = st.dictionaries(st.text(max_size=8), terms, max_size=4)
+
+
+# ---------------------------------------------------------------- round-trips
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+@FAST
+@given(header=headers)
+def test_roundtrip(transport, header):
+    assert_term_equal(roundtrip(header, transport), header)
+
+
+@pytest.mark.parametrize("dtype", DTYPES + BIG_ENDIAN)
+@pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 0, 3), (2, 3, 4, 5)])
+@pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def test_every_dtype_and_shape(dtype, shape, transport):
+    arr = (np.arange(math.prod(shape)) % 7).reshape(shape).astype(dtype)
+    got = roundtrip({"a": arr, "t": (arr,)}, transport)
+    assert_term_equal(got, {"a": arr, "t": (arr,)})
+
+
+def test_special_floats_and_int_extremes():
+    header = {"f": [math.nan, -math.inf, math.inf, -0.0, 5e-324], "i": [INT64_MIN, UINT64_MAX]}
+    assert_term_equal(roundtrip(header), header)
+
+
+@pytest.mark.parametrize("command", list(Command))
+def test_every_command(command):
+    assert roundtrip({}, command=command) == {}
+
+
+def test_numpy_scalars_become_python_values():
+    got = roundtrip({"a": np.int64(-3), "b": np.float32(1.5), "c": np.bool_(True)})
+    assert_term_equal(got, {"a": -3, "b": 1.5, "c": True})
+
+
+def test_non_contiguous_and_fortran_arrays_are_made_contiguous():
+    base = np.arange(60, dtype="i4").reshape(3, 4, 5)
+    for arr in (base[:, ::2, 1:], base.T, np.asfortranarray(base), base[..., ::-1]):
+        frames = encode(Command.SEND, {"a": arr})
+        assert frames[3].flags.c_contiguous
+        assert_term_equal(decode(frames).header["a"], np.ascontiguousarray(arr))
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+def test_large_bytes_travel_as_a_raw_frame(kind, transport):
+    data, other = kind(bytes(range(256)) * 257), kind(b"\xfe" * (64 << 10) + b"!")  # > 64 KiB
+    header = {"big": data, "small": kind(b"x" * (64 << 10)), "a": np.arange(3), "t": (other,)}
+    frames = encode(Command.SEND, header)
+    assert len(frames) == 6  # exactly inline_bytes_max stays inline
+    assert np.shares_memory(np.frombuffer(frames[3], np.uint8), np.frombuffer(data, np.uint8))
+    assert_term_equal(decode([transport(f) for f in frames]).header, header)
+
+
+def test_non_contiguous_memoryview_is_sent():
+    for view in (
+        memoryview(bytes(range(40)))[::3],
+        memoryview(np.arange(40, dtype="u2").reshape(4, 10)[:, ::3]),
+        memoryview(np.zeros((0, 3))),
+        memoryview(np.array(7, "<u2")),
+    ):
+        assert roundtrip({"v": view})["v"] == view.tobytes()
+    big = memoryview(bytes(range(256)) * 600)[::2]  # > 64 KiB, so a raw frame
+    frames = encode(Command.SEND, {"v": big})
+    assert memoryview(frames[3]).c_contiguous
+    assert decode(frames).header["v"] == big.tobytes()
+
+
+def test_decode_accepts_any_layout_of_the_right_bytes():
+    arr = np.arange(6, dtype="<u2")
+    magic, command, header, data = encode(Command.SEND, {"a": arr})
+    spaced = np.zeros(24, "u1")
+    spaced[::2] = np.frombuffer(data, "u1")
+    frames = [
+        np.frombuffer(magic, "u1").reshape(5, 1),  # 2-d
+        np.array(command[0], "u1"),  # 0-d
+        np.frombuffer(header, "i1"),  # signed bytes
+        spaced[::2],  # non-contiguous
+    ]
+    assert_term_equal(decode(frames).header, {"a": arr})
+
+
+def _list(x):
+    return [x]
+
+
+def _tuple(x):
+    return (x,)
+
+
+def _dict(x):
+    return {"k": x}
+
+
+def _int_key_dict(x):
+    return {7: x}
+
+
+WRAPS = {
+    "list": (_list,),
+    "tuple": (_tuple,),
+    "dict": (_dict,),
+    "int-key dict": (_int_key_dict,),
+    "mixed": (_list, _tuple, _dict),
+}
+
+
+@pytest.mark.parametrize("wraps", WRAPS.values(), ids=WRAPS.keys())
+@pytest.mark.parametrize("limit", [1, 3, 32])
+def test_depth_limit_is_the_same_for_encode_and_decode(limit, wraps):
+    """``limit`` levels of lists, tuples and dicts pass both ways; one more fails both ways."""
+    limits = Limits(max_depth=limit)
+    ok, deep = {"a": nest(limit, *wraps)}, {"a": nest(limit + 1, *wraps)}
+    assert_term_equal(roundtrip(ok, limits=limits), ok)
+    with pytest.raises(WireError, match=f"nested deeper than {limit} levels"):
+        encode(Command.SEND, deep, limits)
+    lenient = encode(Command.SEND, deep, Limits(max_depth=99))
+    assert_term_equal(decode(lenient, Limits(max_depth=99)).header, deep)
+    with pytest.raises(WireError, match=f"nested deeper than {limit} levels"):
+        decode(lenient, limits)
+
+
+def test_limits_are_inclusive():
+    arr = np.zeros(8, "u1")
+    limits = Limits(max_frames=2, max_frame_bytes=8, max_ndim=2)
+    header = {"a": arr, "b": arr.reshape(2, 4)}
+    assert_term_equal(roundtrip(header, limits=limits), header)
+    size = len(encode(Command.SEND, header)[2])
+    assert_term_equal(roundtrip(header, limits=Limits(max_header_bytes=size)), header)
+
+
+# ---------------------------------------------------------------- zero-copy
+
+
+def test_decoded_array_is_a_view_of_the_frame():
+    arr = np.arange(12, dtype="<u2").reshape(3, 4)
+    frames = encode(Command.SEND, {"a": arr})
+    buf = bytearray(memoryview(frames[3]).tobytes())
+    got = decode([*frames[:3], buf]).header["a"]
+    assert np.shares_memory(got, np.frombuffer(buf, np.uint8))
+    assert not got.flags.writeable
+    buf[0] = 99
+    assert got[0, 0] == 99  # the very same memory
+    np.testing.assert_array_equal(got.ravel()[1:], arr.ravel()[1:])
+
+
+def test_encode_puts_contiguous_array_itself_in_the_frames():
+    arr = np.arange(12, dtype="f4").reshape(3, 4)
+    scalar = np.array(7, dtype="i8")
+    frames = encode(Command.SEND, {"a": arr, "s": scalar})
+    assert frames[3] is arr
+    assert frames[4] is scalar
+
+
+# ---------------------------------------------------------------- garbage input
+
+TOO_DEEP_BY_HAND = b"\x81\xa1a" + b"\x91" * 10_000 + b"\xc0"
+ARR = np.zeros(4, "<u2")
+
+GARBAGE = {
+    "no frames": ([], "at least 3 frames, got 0"),
+    "one frame": ([MAGIC], "at least 3 frames, got 1"),
+    "two frames": ([MAGIC, SEND], "at least 3 frames, got 2"),
+    "wrong magic": ([b"ZIMG2", SEND, pack({})], "bad magic frame b'ZIMG2'"),
+    "empty magic": ([b"", SEND, pack({})], "bad magic frame"),
+    "magic prefix": ([b"ZIMG", SEND, pack({})], "bad magic frame"),
+    "empty command": ([MAGIC, b"", pack({})], "unknown command frame b''"),
+    "two-byte command": ([MAGIC, SEND + b"\x00", pack({})], "unknown command frame"),
+    "unknown command": ([MAGIC, b"\xee", pack({})], "unknown command frame b'\\xee'"),
+    "zero command": ([MAGIC, b"\x00", pack({})], "unknown command frame"),
+    "non-buffer frame": ([MAGIC, SEND, pack({}), "text"], "frame 3 is not a buffer but a str"),
+    "None frame": ([MAGIC, None, pack({})], "frame 1 is not a buffer"),
+    "not msgpack": (message(b"\xc1"), "bad msgpack header"),
+    "empty header": (message(b""), "bad msgpack header"),
+    "truncated": (message(pack({"a": [1, 2, "xyz"]})[:-2]), "bad msgpack header"),
+    "trailing bytes": (message(pack({}) + b"\x00"), "bad msgpack header"),
+    "bad utf-8": (message(b"\x81\xa1a\xa2\xff\xfe"), "bad msgpack header"),
+    "unhashable key": (message(b"\x81\xa1a\x81\x91\x01\x02"), "bad msgpack header"),
+    "header is a list": (message([1, 2]), "header must be a map with string keys"),
+    "header is an int": (message(7), "header must be a map"),
+    "int header key": (message({"a": 1, 2: 3}), "header must be a map with string keys"),
+    "bytes header key": (message({b"a": 1}), "header must be a map with string keys"),
+    "40 nested lists": (message({"a": nest(40)}), "nested deeper than 32"),
+    "40 nested maps": (message({"a": nest(40, _dict)}), "nested deeper than 32"),
+    "10k nested lists": (message(TOO_DEEP_BY_HAND), "nested too deeply"),
+    "40 nested tuples": (message({"a": nest(40, lambda x: ext(Ext.TUPLE, [x]))}), "nested deeper"),
+    "10k nested tuples": (
+        message({"a": nest(10_000, lambda x: ext(Ext.TUPLE, [x]))}),
+        "nested deeper than 32",
+    ),
+    "tuple not array": (message({"a": ext(Ext.TUPLE, 5)}), "tuple ext does not hold an array"),
+    "unknown ext": (message({"a": msgpack.ExtType(42, b"")}), "unknown ext type 42"),
+    "ext zero": (message({"a": msgpack.ExtType(0, b"x")}), "unknown ext type 0"),
+    "timestamp ext": (message({"a": msgpack.Timestamp(1, 2)}), "Timestamp, which is not a term"),
+    "pid too short": (message({"p": ext(Ext.PID, ["n", 1])}), "pid/ref ext must be"),
+    "pid too long": (message({"p": ext(Ext.PID, ["n", 1, 2, 3])}), "pid/ref ext must be"),
+    "pid int node": (message({"p": ext(Ext.PID, [1, 2, 3])}), "pid/ref ext must be"),
+    "pid str serial": (message({"p": ext(Ext.PID, ["n", 1, "3"])}), "pid/ref ext must be"),
+    "pid bool": (message({"p": ext(Ext.PID, ["n", True, 3])}), "pid/ref ext must be"),
+    "pid map": (message({"p": ext(Ext.PID, {"n": 1})}), "pid/ref ext must be"),
+    "ref float": (message({"r": ext(Ext.REF, ["n", 1.0, 3])}), "pid/ref ext must be"),
+    "pid garbage": (message({"p": msgpack.ExtType(Ext.PID, b"\xc1")}), "bad msgpack header"),
+    "array spec short": (message({"a": ext(Ext.ARRAY, [0, "u1"])}, b"x"), "array ext must be"),
+    "array spec map": (message({"a": ext(Ext.ARRAY, {"i": 0})}, b"x"), "array ext must be"),
+    "dtype O": (message({"a": ext(Ext.ARRAY, [0, "|O", [1]])}, b"x" * 8), "dtype '|O'"),
+    "dtype V8": (message({"a": ext(Ext.ARRAY, [0, "|V8", [1]])}, b"x" * 8), "dtype '|V8'"),
+    "dtype U4": (message({"a": ext(Ext.ARRAY, [0, "<U4", [1]])}, b"x" * 16), "dtype '<U4'"),
+    "dtype M8": (message({"a": ext(Ext.ARRAY, [0, "<M8", [1]])}, b"x" * 8), "dtype '<M8'"),
+    "dtype M8[ns]": (message({"a": ext(Ext.ARRAY, [0, "<M8[ns]", [1]])}, b"x" * 8), "dtype"),
+    "dtype newline": (message({"a": ext(Ext.ARRAY, [0, "f8\n", [1]])}, b"x" * 8), "dtype"),
+    "dtype name": (message({"a": ext(Ext.ARRAY, [0, "float64", [1]])}, b"x" * 8), "dtype"),
+    "dtype int": (message({"a": ext(Ext.ARRAY, [0, 8, [1]])}, b"x" * 8), "dtype 8"),
+    "negative shape": (message({"a": ext(Ext.ARRAY, [0, "u1", [-1]])}, b""), "array shape [-1]"),
+    "shape not list": (message({"a": ext(Ext.ARRAY, [0, "u1", 3])}, b"xxx"), "array shape 3"),
+    "shape float": (message({"a": ext(Ext.ARRAY, [0, "u1", [3.0]])}, b"xxx"), "array shape"),
+    "shape bool": (message({"a": ext(Ext.ARRAY, [0, "u1", [True]])}, b"x"), "array shape"),
+    "too many dims": (message({"a": ext(Ext.ARRAY, [0, "u1", [1] * 9])}, b"x"), "at most 8"),
+    "frame too short": (
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, b"x" * 7),
+        "holds 7 bytes but dtype <u2 and shape (4,) need 8",
+    ),
+    "frame too long": (message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, b"x" * 9), "need 8"),
+    "huge shape": (
+        message({"a": ext(Ext.ARRAY, [0, "u1", [2**40, 2**40]])}, b"tiny"),
+        "holds 4 bytes",
+    ),
+    "huge empty shape": (
+        message({"a": ext(Ext.ARRAY, [0, "u1", [0, 2**63]])}, b""),
+        "cannot be built",
+    ),
+    "missing frame": (message({"a": ext(Ext.ARRAY, [1, "<u2", [4]])}, ARR), "reference to frame 1"),
+    "no frames at all": (message({"a": ext(Ext.ARRAY, [0, "u1", [0]])}), "message has 0"),
+    "negative frame": (message({"a": ext(Ext.ARRAY, [-1, "<u2", [4]])}, ARR), "frame -1"),
+    "str frame index": (message({"a": ext(Ext.ARRAY, ["0", "<u2", [4]])}, ARR), "frame '0'"),
+    "frame used twice": (
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]]), "b": ext(Ext.ARRAY, [0, "u1", [8]])}, ARR),
+        "frame 0 is referenced twice",
+    ),
+    "blob and array": (
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]]), "b": ext(Ext.BLOB, 0)}, ARR),
+        "referenced twice",
+    ),
+    "blob missing": (message({"b": ext(Ext.BLOB, 0)}), "reference to frame 0"),
+    "blob bad index": (message({"b": ext(Ext.BLOB, [0])}, b"x"), "reference to frame [0]"),
+    "extra frame": (message({}, b"spare"), "raw frames [0] are not referenced"),
+    "extra frame after used": (
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, ARR, b"x", b"y"),
+        "raw frames [1, 2] are not referenced",
+    ),
+}
+
+
+@pytest.mark.parametrize(("frames", "fragment"), GARBAGE.values(), ids=GARBAGE.keys())
+def test_garbage_raises_wire_error(frames, fragment):
+    with pytest.raises(WireError, match=re.escape(fragment)):
+        decode(frames)
+
+
+def test_over_limits_raise_wire_error():
+    arr = message({"a": ext(Ext.ARRAY, [0, "u1", [9]])}, b"x" * 9)
+    with pytest.raises(WireError, match="header of 17 bytes exceeds the limit of 16"):
+        decode(message({"a": "x" * 13}), Limits(max_header_bytes=16))
+    with pytest.raises(WireError, match="3 raw frames exceed the limit of 2"):
+        decode(message({}, b"", b"", b""), Limits(max_frames=2))
+    with pytest.raises(WireError, match="frame 0 of 9 bytes exceeds 8"):
+        decode(arr, Limits(max_frame_bytes=8))
+    with pytest.raises(WireError, match="nested deeper than 2"):
+        decode(message({"a": [[[1]]]}), Limits(max_depth=2))
+    with pytest.raises(WireError, match="at most 1 non-negative"):
+        decode(message({"a": ext(Ext.ARRAY, [0, "u1", [3, 3]])}, b"x" * 9), Limits(max_ndim=1))
+    assert decode(arr, Limits(max_frame_bytes=9, max_frames=1)).header["a"].shape == (9,)
+
+
+# ---------------------------------------------------------------- fuzzing
+
+ext_payloads = st.recursive(
+    st.integers(-3, 3) | st.text(max_size=4) | st.sampled_from([*DTYPES, "|O", "<U2"]),
+    lambda kids: st.lists(kids, max_size=4),
+    max_leaves=6,
+)
+ext_values = (
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=24))
+    | st.builds(ext, st.sampled_from(list(Ext)), ext_payloads)
+    | st.builds(msgpack.Timestamp, st.integers(0, 2**34), st.integers(0, 999_999_999))
+)
+msgpack_terms = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(INT64_MIN, UINT64_MAX)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=8)
+    | ext_values,
+    lambda kids: (
+        st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=4), kids, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def decode_or_wire_error(frames):
+    """Decode must give a message or a WireError; a message it gives must re-encode the same."""
+    try:
+        got = decode(frames)
+    except WireError:
+        return
+    assert isinstance(got, Message)
+    again = decode(encode(got.command, got.header))
+    assert_term_equal(again.header, got.header)
+
+
+@FAST
+@given(frames=st.lists(st.binary(max_size=40), max_size=8))
+def test_fuzz_random_frames(frames):
+    decode_or_wire_error(frames)
+
+
+@FAST
+@given(
+    command=st.binary(min_size=1, max_size=1),
+    header=st.binary(max_size=64),
+    raw=st.lists(st.binary(max_size=16), max_size=4),
+)
+def test_fuzz_random_header_bytes(command, header, raw):
+    decode_or_wire_error([MAGIC, command, header, *raw])
+
+
+@FAST
+@given(
+    header=st.dictionaries(st.text(max_size=4), msgpack_terms, max_size=4),
+    raw=st.lists(st.binary(max_size=16), max_size=4),
+)
+def test_fuzz_random_msgpack_with_exts(header, raw):
+    decode_or_wire_error(message(header, *raw))
+
+
+@st.composite
+def mutated_messages(draw):
+    frames = [as_zmq_bytes(f) for f in encode(Command.SEND, draw(headers))]
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(frames) - 1)) if frames else 0
+        op = draw(st.sampled_from(["flip", "truncate", "drop", "duplicate", "insert", "swap"]))
+        if op == "flip" and frames and frames[i]:
+            frame = bytearray(frames[i])
+            at = draw(st.integers(0, len(frame) - 1))
+            frame[at] ^= draw(st.integers(1, 255))
+            frames[i] = bytes(frame)
+        elif op == "truncate" and frames:
+            frames[i] = frames[i][: draw(st.integers(0, max(0, len(frames[i]) - 1)))]
+        elif op == "drop" and frames:
+            del frames[i]
+        elif op == "duplicate" and frames:
+            frames.insert(i, frames[i])
+        elif op == "insert":
+            frames.insert(i, draw(st.binary(max_size=16)))
+        elif op == "swap" and len(frames) > 1:
+            j = draw(st.integers(0, len(frames) - 1))
+            frames[i], frames[j] = frames[j], frames[i]
+    return frames
+
+
+@FAST
+@given(frames=mutated_messages())
+def test_fuzz_mutated_messages(frames):
+    decode_or_wire_error(frames)
+
+
+# ---------------------------------------------------------------- encode rejects
+
+
+def _function():
+    return None
+
+
+class _Thing:
+    pass
+
+
+UNSENDABLE = {
+    "object": (object(), "cannot send a value of type object"),
+    "instance": (_Thing(), "type _Thing"),
+    "set": ({1, 2}, "type set"),
+    "frozenset": (frozenset(), "type frozenset"),
+    "function": (_function, "type function"),
+    "lambda": (lambda: None, "type function"),
+    "builtin": (len, "type builtin_function_or_method"),
+    "class": (_Thing, "type type"),
+    "complex": (1j, "type complex"),
+    "numpy complex": (np.complex128(1j), "type complex"),
+    "range": (range(3), "type range"),
+    "nested set": ([1, (2, {3})], "type set"),
+    "set in dict": ({"k": {1}}, "type set"),
+    "set as key": ({frozenset(): 1}, "type frozenset"),
+    "object array": (np.array([object()], dtype=object), "arrays of dtype object"),
+    "unicode array": (np.array(["ab"]), "arrays of dtype <U2"),
+    "bytes array": (np.array([b"ab"]), "arrays of dtype |S2"),
+    "void array": (np.zeros(2, "V8"), "arrays of dtype |V8"),
+    "datetime array": (np.array(["2020-01-01"], dtype="M8[D]"), "arrays of dtype datetime64"),
+    "timedelta array": (np.zeros(2, "m8[s]"), "arrays of dtype timedelta64"),
+    "structured array": (np.zeros(2, [("a", "u2")]), "cannot be sent"),
+    "9-dim array": (np.zeros((1,) * 9), "array has 9 dimensions; the limit is 8"),
+    "int over uint64": (2**64, "cannot encode"),
+    "int under int64": (INT64_MIN - 1, "cannot encode"),
+    "big int in tuple": ((1, [2**70]), "cannot encode"),
+    "big int dict key": ({2**64: 1}, "cannot encode"),
+    "surrogate str": ("\ud800", "cannot encode"),
+    "pid int node": (Pid(1, 2, 3), "Pid fields must be (str, int, int)"),
+    "pid bool incarnation": (Pid("n", True, 3), "Pid fields must be"),
+    "ref float serial": (Ref("n", 1, 2.0), "Ref fields must be"),
+    "pid big serial": (Pid("n", 1, 2**64), "cannot encode"),
+    "33 nested lists": (nest(33), "nested deeper than 32 levels"),
+    "33 nested tuples": (nest(33, _tuple), "nested deeper than 32 levels"),
+    "33 nested dicts": (nest(33, _dict), "nested deeper than 32 levels"),
+}
+
+
+@pytest.mark.parametrize(("value", "fragment"), UNSENDABLE.values(), ids=UNSENDABLE.keys())
+def test_encode_rejects(value, fragment):
+    with pytest.raises(WireError, match=re.escape(fragment)):
+        encode(Command.SEND, {"v": value})
+
+
+def test_encode_rejects_self_referential_list():
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(WireError, match="nested deeper than 32"):
+        encode(Command.SEND, {"v": loop})
+
+
+@pytest.mark.parametrize("key", [1, b"k", ("a",), None, 1.5])
+def test_encode_rejects_non_str_header_keys(key):
+    with pytest.raises(WireError, match="header keys must be str"):
+        encode(Command.SEND, {"ok": 1, key: 2})
+
+
+@pytest.mark.parametrize("command", [0, 0x99, 256, -1, "SEND", None, True])
+def test_encode_rejects_unknown_commands(command):
+    with pytest.raises(WireError, match="unknown command"):
+        encode(command, {})
+
+
+def test_encode_enforces_limits():
+    arr = np.zeros(9, "u1")
+    with pytest.raises(WireError, match="frame of 9 bytes exceeds the limit of 8"):
+        encode(Command.SEND, {"a": arr}, Limits(max_frame_bytes=8))
+    with pytest.raises(WireError, match="frame of 9 bytes exceeds the limit of 8"):
+        encode(Command.SEND, {"b": b"x" * 9}, Limits(max_frame_bytes=8, inline_bytes_max=4))
+    with pytest.raises(WireError, match="more than 2 raw frames"):
+        encode(Command.SEND, {"a": [arr, arr, arr]}, Limits(max_frames=2))
+    with pytest.raises(WireError, match=r"header of \d+ bytes exceeds the limit of 10"):
+        encode(Command.SEND, {"s": "x" * 10}, Limits(max_header_bytes=10))
+    with pytest.raises(WireError, match="array has 3 dimensions; the limit is 2"):
+        encode(Command.SEND, {"a": arr.reshape(1, 3, 3)}, Limits(max_ndim=2))

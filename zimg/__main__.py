@@ -1,0 +1,5 @@
+"""``python -m zimg``: the same as the ``zimg`` command."""
+
+from zimg.cli import main
+
+main()

@@ -1,0 +1,466 @@
+"""The ``zimg`` command line: thin typer commands over the library."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from zimg import images, ops, protocol
+from zimg._broker_state import BrokerConfig
+from zimg._errors import OpError, ZimgError
+from zimg.batch import BatchOptions, BatchReport, run_batch
+from zimg.jobs import PAYLOAD_MODES
+from zimg.node import Connection
+
+app = typer.Typer(
+    help="Distributed image processing over ZeroMQ, with Erlang-style nodes.\n\n"
+    "Quick start: 'zimg run images/*.jpg' processes files on a local cluster it starts itself. "
+    "For several machines: 'zimg broker', then 'zimg worker --name n1' on each worker, "
+    "then 'zimg send images/*.jpg'.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+BrokerUrl = Annotated[
+    str, typer.Option("--broker", "-b", help="The broker's endpoint.", envvar="ZIMG_BROKER")
+]
+Files = Annotated[list[Path], typer.Argument(help="Image files to process.", show_default=False)]
+OutDir = Annotated[Path, typer.Option("--output", "-o", help="Directory for outputs and manifest.")]
+OpsOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--op",
+        help="An op, as NAME[:KEY=VALUE,...]; repeat for a pipeline. "
+        "Default: --op threshold --op label (the notebook's).",
+        show_default=False,
+    ),
+]
+Payload = Annotated[
+    str,
+    typer.Option(
+        "--payload",
+        help="encoded: ship file bytes, workers decode and encode (fast). "
+        "raw: ship decoded arrays, as the notebook does.",
+    ),
+]
+Grid = Annotated[
+    Path | None, typer.Option("--grid", help="Also write a 4-column grid of the outputs here.")
+]
+Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at once.")]
+Imports = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--import", help="Import this module first (registers user ops).", show_default=False
+    ),
+]
+LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse larger images.")]
+
+
+def main() -> None:
+    """Entry point of the ``zimg`` console script."""
+    app()
+
+
+def _setup_logging(level: str) -> None:
+    numeric = getattr(logging, level.upper(), None)
+    if not isinstance(numeric, int):
+        raise typer.BadParameter(f"unknown log level {level!r}", param_hint="--log-level")
+    logging.basicConfig(
+        level=numeric, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _pipeline(
+    op_texts: Sequence[str] | None, imports: Sequence[str] | None, *, strict: bool
+) -> list[ops.OpSpec]:
+    """Parse ``--op`` options; a bad one is a usage error (exit code 2).
+
+    With ``strict`` False (``zimg send``), ops unknown here are left for the workers, which may
+    have imported them; with ``strict`` True (``zimg run``, whose workers import what we import),
+    an unknown op is an error.
+    """
+    try:
+        for module in imports or ():
+            ops.load_module(module)
+        if not op_texts:
+            return list(ops.DEFAULT_PIPELINE)
+        specs = [ops.parse_op(text) for text in op_texts]
+        known = set(ops.registered_ops())
+        unknown = [s.name for s in specs if s.name not in known]
+        if unknown and not strict:
+            err.print(
+                f"[yellow]note:[/] ops {unknown} are not known here; the workers must know them"
+            )
+        ops.validate([s for s in specs if strict or s.name in known])
+    except OpError as exc:
+        raise _fail(str(exc), code=2) from None
+    return specs
+
+
+def _check_payload(mode: str) -> None:
+    if mode not in PAYLOAD_MODES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(PAYLOAD_MODES)}", param_hint="--payload"
+        )
+
+
+# ---------------------------------------------------------------------- servers
+
+
+@app.command()
+def broker(
+    bind: Annotated[
+        str, typer.Option("--bind", help="Endpoint to bind.", envvar="ZIMG_BIND")
+    ] = protocol.DEFAULT_BROKER_URL,
+    heartbeat: Annotated[
+        float, typer.Option("--heartbeat", help="Heartbeat interval in seconds.")
+    ] = protocol.DEFAULT_HEARTBEAT_INTERVAL_S,
+    liveness: Annotated[
+        int, typer.Option("--liveness", min=1, help="Missed heartbeats before a node is dead.")
+    ] = protocol.DEFAULT_LIVENESS,
+    max_attempts: Annotated[
+        int, typer.Option("--max-attempts", min=1, help="Deliveries of a job before it fails.")
+    ] = protocol.DEFAULT_MAX_ATTEMPTS,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a non-loopback bind without keys.")
+    ] = False,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run the broker: one ROUTER socket that every node connects to."""
+    from zimg.broker import Broker
+
+    _setup_logging(log_level)
+    if not insecure and not _is_local_endpoint(bind):
+        raise _fail(
+            f"{bind} is reachable from other machines, and this broker would admit anyone. "
+            "Bind a loopback address, or pass --insecure on a network you trust.",
+            code=2,
+        )
+    config = BrokerConfig(
+        heartbeat_interval_s=heartbeat, liveness=liveness, max_attempts=max_attempts
+    )
+    server = Broker(bind, config)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run()
+    except OSError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _is_local_endpoint(url: str) -> bool:
+    if url.startswith(("ipc://", "inproc://")):
+        return True
+    host = url.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+@app.command()
+def worker(
+    name: Annotated[str, typer.Option("--name", "-n", help="This node's unique name.")],
+    connect: Annotated[
+        str, typer.Option("--connect", "-c", help="The broker's endpoint.", envvar="ZIMG_BROKER")
+    ] = protocol.DEFAULT_BROKER_URL,
+    capacity: Annotated[
+        int, typer.Option("--capacity", min=1, help="Jobs run at once (threads, and credit).")
+    ] = 2,
+    imports: Imports = None,
+    cv_threads: Annotated[
+        int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
+    ] = 1,
+    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    log_level: LogLevel = "info",
+) -> None:
+    """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
+    from zimg.worker import Worker, configure_opencv
+
+    _setup_logging(log_level)
+    try:
+        protocol.check_name(name)
+        for module in imports or ():
+            ops.load_module(module)
+    except (ValueError, ZimgError) as exc:
+        raise _fail(str(exc), code=2) from None
+    configure_opencv(cv_threads)
+    node = Worker(connect, name, capacity=capacity, max_pixels=max_pixels)
+    signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
+    try:
+        node.start()
+    except ZimgError as exc:
+        node.stop()
+        raise _fail(str(exc)) from None
+    with contextlib.suppress(KeyboardInterrupt):
+        node.run_forever()
+
+
+# ---------------------------------------------------------------------- batches
+
+
+@app.command()
+def send(
+    files: Files,
+    broker_url: BrokerUrl = protocol.DEFAULT_BROKER_URL,
+    output: OutDir = Path("out"),
+    op: OpsOpt = None,
+    payload: Payload = "encoded",
+    grid: Grid = None,
+    window: Window = 16,
+    name: Annotated[str | None, typer.Option("--name", help="This node's name.")] = None,
+    imports: Imports = None,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Give up after this many seconds with no result.")
+    ] = 120.0,
+    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Send files to the workers of a running broker; write <name>_processed<ext> files."""
+    _setup_logging(log_level)
+    _check_payload(payload)
+    try:
+        options = BatchOptions(
+            outdir=output,
+            pipeline=_pipeline(op, imports, strict=False),
+            mode=payload,  # type: ignore[arg-type]  # checked by _check_payload
+            window=window,
+            max_pixels=max_pixels,
+            idle_timeout_s=timeout,
+        )
+        node_name = name or f"send-{os.getpid()}"
+        with Connection(broker_url, node_name).start(timeout_s=min(timeout, 10.0)) as conn:
+            report = _run_with_progress(conn, files, options)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    _finish(report, grid)
+
+
+@app.command()
+def run(
+    files: Files,
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 2,
+    capacity: Annotated[int, typer.Option("--capacity", min=1, help="Jobs per worker.")] = 2,
+    output: OutDir = Path("out"),
+    op: OpsOpt = None,
+    payload: Payload = "encoded",
+    grid: Grid = None,
+    window: Window = 16,
+    imports: Imports = None,
+    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Process files on an embedded local cluster (a broker and workers started for this call)."""
+    _setup_logging(log_level)
+    _check_payload(payload)
+    try:
+        options = BatchOptions(
+            outdir=output,
+            pipeline=_pipeline(op, imports, strict=True),
+            mode=payload,  # type: ignore[arg-type]  # checked by _check_payload
+            window=window,
+            max_pixels=max_pixels,
+        )
+        report = _run_local(files, options, workers=workers, capacity=capacity, imports=imports)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    _finish(report, grid)
+
+
+def _run_local(
+    files: Sequence[Path],
+    options: BatchOptions,
+    *,
+    workers: int,
+    capacity: int,
+    imports: Sequence[str] | None = None,
+) -> BatchReport:
+    from zimg.cluster import local_cluster
+
+    with err.status(f"starting a local cluster of {workers} workers..."):
+        cluster = local_cluster(workers, capacity=capacity, imports=imports or ())
+        running = cluster.__enter__()
+    try:
+        return _run_with_progress(running.connection, files, options)
+    finally:
+        cluster.__exit__(None, None, None)
+
+
+def _run_with_progress(
+    conn: Connection, files: Sequence[Path], options: BatchOptions
+) -> BatchReport:
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[errors]} errors"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("processing", total=len(files), errors=0)
+        failed = 0
+
+        def on_entry(entry: dict[str, Any]) -> None:
+            nonlocal failed
+            failed += entry["error"] is not None
+            progress.update(task, advance=1, errors=failed)
+
+        return run_batch(conn, files, options, on_entry=on_entry)
+
+
+def _finish(report: BatchReport, grid: Path | None) -> None:
+    table = Table(title="per node")
+    for col in ("node", "jobs", "errors", "mean ms", "share"):
+        table.add_column(col, justify="left" if col == "node" else "right")
+    total = max(1, sum(s.jobs for s in report.per_node.values()))
+    for node_name, s in sorted(report.per_node.items()):
+        mean = s.total_ms / s.jobs if s.jobs else 0.0
+        table.add_row(node_name, str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}")
+    out.print(table)
+    n = len(report.entries)
+    rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    out.print(
+        f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
+        f"manifest: {report.manifest}",
+        highlight=False,
+    )
+    for entry in report.entries:
+        if entry["error"] is not None:
+            err.print(f"[red]failed:[/] {entry['error']}", highlight=False)
+    if grid is not None and report.outputs:
+        try:
+            images.grid_from_files(report.outputs, grid)
+            out.print(f"grid: {grid}", highlight=False)
+        except ZimgError as exc:
+            raise _fail(f"cannot write the grid: {exc}") from None
+    if report.failed:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------- tools
+
+
+@app.command()
+def nodes(
+    broker_url: BrokerUrl = protocol.DEFAULT_BROKER_URL,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw report as JSON.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 5.0,
+) -> None:
+    """List the nodes connected to a broker."""
+    import json
+
+    from zimg.node import query_nodes
+
+    try:
+        report = query_nodes(broker_url, timeout_s=timeout)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"nodes at {broker_url}")
+    for col in ("name", "role", "capacity", "active", "done", "last heartbeat (s)"):
+        table.add_column(col, justify="left" if col in ("name", "role") else "right")
+    for n in report["nodes"]:
+        table.add_row(
+            n["name"],
+            n["role"],
+            str(n["capacity"]),
+            str(n["active"]),
+            str(n["done"]),
+            f"{n['last_seen_s']:.1f}",
+        )
+    out.print(table)
+    out.print(f"queued jobs: {report['queued']}", highlight=False)
+
+
+@app.command()
+def fetch(
+    url: Annotated[str, typer.Argument(help="http(s) URL of an image.")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File or directory to write.")
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 10.0,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest download.")] = 50 << 20,
+) -> None:
+    """Download an image (with a timeout, a size cap and a content-type check)."""
+    from zimg.fetch import fetch as do_fetch
+
+    try:
+        path = do_fetch(url, output, timeout_s=timeout, max_bytes=max_bytes)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"saved {path}", highlight=False)
+
+
+@app.command()
+def grid(
+    files: Files,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the grid.")] = Path(
+        "grid.png"
+    ),
+    columns: Annotated[int, typer.Option("--columns", min=1, help="Images per row.")] = 4,
+) -> None:
+    """Lay images out in a grid (the notebook's 4-column view), as one image file."""
+    try:
+        images.grid_from_files(files, output, columns=columns)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"grid: {output}", highlight=False)
+
+
+@app.command()
+def demo(
+    directory: Annotated[
+        Path, typer.Option("--dir", "-d", help="Where to put the demo's inputs and outputs.")
+    ] = Path("zimg-demo"),
+    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 2,
+    copies: Annotated[int, typer.Option("--copies", min=1, help="Input images to make.")] = 32,
+) -> None:
+    """Run the notebook's demo: 32 images on a local cluster of 2 workers, then a grid."""
+    _setup_logging("warning")
+    inputs = prepare_demo_inputs(directory / "images", copies)
+    options = BatchOptions(outdir=directory / "out")
+    try:
+        report = _run_local(inputs, options, workers=workers, capacity=2)
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
+    grid_path = directory / "grid.png"
+    _finish(report, grid_path)
+    out.print(f"inputs:  {directory / 'images'}\noutputs: {options.outdir}", highlight=False)
+
+
+def prepare_demo_inputs(target: Path, copies: int) -> list[Path]:
+    """Copy the bundled samples (and their README) to ``target`` and make ``copies`` inputs."""
+    target.mkdir(parents=True, exist_ok=True)
+    samples = resources.files("zimg") / "samples"
+    originals = sorted(p.name for p in samples.iterdir() if p.name != "README.md")
+    shutil.copyfile(str(samples / "README.md"), target / "README.md")
+    inputs = []
+    for i in range(copies):
+        name = originals[i % len(originals)]
+        dest = target / f"{i + 1:02d}_{name}"
+        shutil.copyfile(str(samples / name), dest)
+        inputs.append(dest)
+    return inputs

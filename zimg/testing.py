@@ -1,0 +1,97 @@
+"""Helpers for tests that run real zimg processes: start them, wait for them, always reap them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from zimg._errors import ZimgError, ZimgTimeout
+from zimg.cluster import stop_process, wait_for_workers
+from zimg.node import query_nodes
+
+
+def free_tcp_url(host: str = "127.0.0.1") -> str:
+    """A ``tcp://`` endpoint on a port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port = s.getsockname()[1]
+    return f"tcp://{host}:{port}"
+
+
+class Processes:
+    """Starts ``python -m zimg ...`` subprocesses, logs each to a file, and reaps them all.
+
+    Args:
+        logdir: where each process's combined stdout and stderr go.
+    """
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._count = 0
+
+    def zimg(self, label: str, *args: str) -> subprocess.Popen[bytes]:
+        """Start ``python -m zimg *args``; its output goes to ``logdir/<label>-<n>.log``."""
+        self._count += 1
+        log = open(self.logdir / f"{label}-{self._count}.log", "wb")  # noqa: SIM115  # closed below
+        try:
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            cmd = [sys.executable, "-m", "zimg", *args]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        finally:
+            log.close()
+        self.started.append((f"{label}-{self._count}", proc))
+        return proc
+
+    def broker(self, url: str, *args: str, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
+        """Start a broker bound to ``url`` and wait until it answers."""
+        proc = self.zimg("broker", "broker", "--bind", url, *args)
+        wait_for_broker(url, timeout_s=timeout_s, process=proc)
+        return proc
+
+    def worker(
+        self, url: str, name: str, *args: str, wait: bool = True, timeout_s: float = 30.0
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker named ``name``; by default wait until the broker lists it."""
+        proc = self.zimg(f"worker-{name}", "worker", "--name", name, "--connect", url, *args)
+        if wait:
+            wait_for_workers(url, [name], timeout_s=timeout_s, processes={name: proc})
+        return proc
+
+    def output(self) -> str:
+        """Everything the processes printed, for a failing test's message."""
+        parts = []
+        for path in sorted(self.logdir.glob("*.log")):
+            parts.append(f"----- {path.name}\n{path.read_text(errors='replace')}")
+        return "\n".join(parts)
+
+    def stop_all(self) -> None:
+        """SIGTERM every process still running, then SIGKILL any that linger."""
+        for _, proc in reversed(self.started):
+            stop_process(proc)
+
+
+def wait_for_broker(
+    url: str, *, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until a broker at ``url`` answers NODES.
+
+    Raises:
+        ZimgError: ``process`` exited first.
+        ZimgTimeout: no answer within ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            query_nodes(url, timeout_s=0.2)
+            return
+        except ZimgTimeout:
+            if process is not None and process.poll() is not None:
+                raise ZimgError(f"the broker exited with code {process.returncode}") from None
+            if time.monotonic() > deadline:
+                raise
