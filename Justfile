@@ -1,0 +1,34 @@
+# zimg recipes. `just` alone runs the tests and the linters, as CI does.
+
+default: test lint
+
+# Run the whole test suite (unit, integration, multiprocess, CLI).
+test *ARGS:
+    python -m pytest {{ARGS}}
+
+# Lint and type-check: ruff (rules and format) and mypy --strict on zimg/.
+lint:
+    ruff check .
+    ruff format --check .
+    mypy
+
+# Format the code in place.
+fmt:
+    ruff format .
+    ruff check --fix .
+
+# The notebook's demo: 32 images on an embedded cluster of 2 workers.
+demo:
+    zimg demo
+
+# A broker on the default endpoint (tcp://127.0.0.1:5555).
+broker:
+    zimg broker
+
+# A worker node named NAME, connected to the default broker.
+worker NAME:
+    zimg worker --name {{NAME}}
+
+# Send files to the default broker's workers; outputs go to ./out.
+send +FILES:
+    zimg send {{FILES}}
