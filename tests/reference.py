@@ -33,7 +33,9 @@ def check_output(entry: dict) -> None:
     ok, expected = cv2.imencode(out_path.suffix, ref)
     assert ok
     actual = out_path.read_bytes()
-    assert actual == expected.tobytes(), f"{out_path} differs from the reference for {entry['node']}"
+    assert actual == expected.tobytes(), (
+        f"{out_path} differs from the reference for {entry['node']}"
+    )
     assert np.array_equal(read(out_path), read_encoded(expected)), out_path
 
 

@@ -7,10 +7,10 @@ A message, as a DEALER sends it, is ``[MAGIC, command, header, *frames]``:
 - ``header`` is a msgpack map with string keys whose values are *terms*;
 - ``frames`` are raw buffers: array data and large byte strings, referenced from the header.
 
-Terms are None, bool, int, float, str, bytes, list, tuple, dict, :class:`Pid`, :class:`Ref` and numpy
-arrays of a numeric dtype. Tuples, pids, refs, arrays and large byte strings are msgpack ext types
-(see ``docs/protocol.md``). Arrays are made contiguous on the way out and rebuilt zero-copy and
-read-only on the way in. Nothing is ever pickled.
+Terms are None, bool, int, float, str, bytes, list, tuple, dict, :class:`Pid`, :class:`Ref` and
+numpy arrays of a numeric dtype. Tuples, pids, refs, arrays and large byte strings are msgpack ext
+types (see ``docs/protocol.md``). Arrays are made contiguous on the way out and rebuilt zero-copy
+and read-only on the way in. Nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 # Plain numeric dtypes only: never object, void, unicode or datetime.
-_DTYPE_RE = re.compile(r"^[<>|=]?(b1|i1|u1|i2|u2|i4|u4|i8|u8|f2|f4|f8|c8|c16)$")
+_DTYPE_RE = re.compile(r"\|(b1|i1|u1)|[<>](i2|u2|i4|u4|i8|u8|f2|f4|f8|c8|c16)")
 
 
 @dataclass(slots=True)
@@ -123,6 +123,26 @@ class Message:
 
     command: Command
     header: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_pid_parts(parts: Any) -> bool:
+    ok = isinstance(parts, list) and len(parts) == 3 and isinstance(parts[0], str)
+    return ok and all(type(p) is int for p in parts[1:])
+
+
+def _byte_view(buf: Any, what: str) -> memoryview:
+    """A flat unsigned-byte view of any buffer; copies only a non-contiguous one."""
+    try:
+        view = memoryview(buf)
+    except TypeError as exc:
+        raise WireError(f"{what} is not a buffer but a {type(buf).__name__}") from exc
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    if view.ndim == 1 and view.format == "B":
+        return view
+    if view.nbytes == 0:  # memoryview.cast refuses shapes with a zero in them
+        return memoryview(b"")
+    return view.cast("B")
 
 
 # ---------------------------------------------------------------- encoding
@@ -147,7 +167,7 @@ class _Encoder:
         if obj is None or isinstance(obj, bool | int | float | str):
             return obj
         if isinstance(obj, bytes | bytearray | memoryview):
-            data = memoryview(obj).cast("B") if isinstance(obj, memoryview) else obj
+            data = _byte_view(obj, "a memoryview") if isinstance(obj, memoryview) else obj
             if len(data) > self.limits.inline_bytes_max:
                 return msgpack.ExtType(Ext.BLOB, _pack(self._frame(data, len(data))))
             return bytes(data)
@@ -155,10 +175,12 @@ class _Encoder:
             return self._array(obj)
         if isinstance(obj, Pid | Ref):
             code = Ext.PID if isinstance(obj, Pid) else Ext.REF
+            if not _is_pid_parts([obj.node, obj.incarnation, obj.serial]):
+                raise WireError(f"{type(obj).__name__} fields must be (str, int, int), got {obj!r}")
             return msgpack.ExtType(code, _pack([obj.node, obj.incarnation, obj.serial]))
         if isinstance(obj, np.generic):
             return self.walk(obj.item(), depth)
-        if depth >= self.limits.max_depth:
+        if depth > self.limits.max_depth:
             raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
         if isinstance(obj, list):
             return [self.walk(x, depth + 1) for x in obj]
@@ -169,20 +191,22 @@ class _Encoder:
         raise WireError(f"cannot send a value of type {type(obj).__name__}")
 
     def _array(self, arr: np.ndarray[Any, Any]) -> msgpack.ExtType:
-        if not _DTYPE_RE.match(arr.dtype.str):
+        if not _DTYPE_RE.fullmatch(arr.dtype.str):
             raise WireError(f"arrays of dtype {arr.dtype} cannot be sent")
         if arr.ndim > self.limits.max_ndim:
             raise WireError(f"array has {arr.ndim} dimensions; the limit is {self.limits.max_ndim}")
-        arr = np.ascontiguousarray(arr)
+        if not arr.flags.c_contiguous:  # np.ascontiguousarray would also turn 0-d into 1-d
+            arr = np.ascontiguousarray(arr)
         index = self._frame(arr, arr.nbytes)
         return msgpack.ExtType(Ext.ARRAY, _pack([index, arr.dtype.str, list(arr.shape)]))
 
 
 def _pack(obj: Any) -> bytes:
     try:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
     except (OverflowError, ValueError, TypeError) as exc:
         raise WireError(f"cannot encode: {exc}") from exc
+    return packed
 
 
 def encode(
@@ -202,6 +226,8 @@ def encode(
     Raises:
         WireError: a value cannot be sent, or a limit is exceeded.
     """
+    if type(command) not in (Command, int) or command not in _COMMANDS:
+        raise WireError(f"unknown command {command!r}")
     enc = _Encoder(limits)
     body = {}
     for key, value in header.items():
@@ -249,12 +275,7 @@ class _Decoder:
             return tuple(items)
         if code in (Ext.PID, Ext.REF):
             parts = msgpack.unpackb(data, raw=False)
-            if (
-                not isinstance(parts, list)
-                or len(parts) != 3
-                or not isinstance(parts[0], str)
-                or not all(type(p) is int for p in parts[1:])
-            ):
+            if not _is_pid_parts(parts):
                 raise WireError("pid/ref ext must be [str, int, int]")
             cls = Pid if code == Ext.PID else Ref
             return cls(parts[0], parts[1], parts[2])
@@ -277,15 +298,17 @@ class _Decoder:
         if not isinstance(spec, list) or len(spec) != 3:
             raise WireError("array ext must be [frame, dtype, shape]")
         index, dtype_str, shape = spec
-        if not isinstance(dtype_str, str) or not _DTYPE_RE.match(dtype_str):
+        if not isinstance(dtype_str, str) or not _DTYPE_RE.fullmatch(dtype_str):
             raise WireError(f"array dtype {dtype_str!r} is not allowed")
         if (
             not isinstance(shape, list)
             or len(shape) > self.limits.max_ndim
             or not all(type(n) is int and n >= 0 for n in shape)
         ):
-            raise WireError(f"array shape {shape!r} is not a list of at most "
-                            f"{self.limits.max_ndim} non-negative ints")
+            raise WireError(
+                f"array shape {shape!r} is not a list of at most "
+                f"{self.limits.max_ndim} non-negative ints"
+            )
         buf = self._take(index)
         dtype = np.dtype(dtype_str)
         count = math.prod(shape)
@@ -294,12 +317,19 @@ class _Decoder:
                 f"array frame {index} holds {buf.nbytes} bytes but dtype {dtype_str} and shape "
                 f"{tuple(shape)} need {count * dtype.itemsize}"
             )
-        arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+        try:
+            arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+        except ValueError as exc:  # e.g. a zero-size array with a dimension over 2**63
+            raise WireError(f"array shape {tuple(shape)} cannot be built: {exc}") from exc
         arr.flags.writeable = False
         return arr
 
 
-def _check_depth(term: Any, max_depth: int) -> None:
+_LEAF_TYPES = (type(None), bool, int, float, str, bytes, Pid, Ref, np.ndarray)
+
+
+def _check_term(term: Any, max_depth: int) -> None:
+    """Check nesting depth, and that msgpack gave back only terms (it decodes ext -1 itself)."""
     stack: list[tuple[Any, int]] = [(term, 0)]
     while stack:
         obj, depth = stack.pop()
@@ -307,8 +337,10 @@ def _check_depth(term: Any, max_depth: int) -> None:
             children: Any = obj
         elif isinstance(obj, dict):
             children = [*obj.keys(), *obj.values()]
-        else:
+        elif type(obj) in _LEAF_TYPES:
             continue
+        else:
+            raise WireError(f"header holds a {type(obj).__name__}, which is not a term")
         if depth > max_depth:
             raise WireError(f"term nested deeper than {max_depth} levels")
         stack.extend((child, depth + 1) for child in children)
@@ -331,7 +363,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise WireError(f"a message needs at least 3 frames, got {len(frames)}")
     if len(frames) - 3 > limits.max_frames:
         raise WireError(f"{len(frames) - 3} raw frames exceed the limit of {limits.max_frames}")
-    views = [memoryview(f) for f in frames]
+    views = [_byte_view(f, f"frame {i}") for i, f in enumerate(frames)]
     if views[0] != MAGIC:
         raise WireError(f"bad magic frame {bytes(views[0][:16])!r}, expected {MAGIC!r}")
     if views[1].nbytes != 1 or views[1][0] not in _COMMANDS:
@@ -341,8 +373,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise WireError(
             f"header of {views[2].nbytes} bytes exceeds the limit of {limits.max_header_bytes}"
         )
-    raw = [v.cast("B") if v.ndim != 1 or v.format != "B" else v for v in views[3:]]
-    for i, v in enumerate(raw):
+    for i, v in enumerate(raw := views[3:]):
         if v.nbytes > limits.max_frame_bytes:
             raise WireError(f"frame {i} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
     decoder = _Decoder(raw, limits)
@@ -350,11 +381,13 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         header = decoder.unpack(views[2])
     except WireError:
         raise
+    except msgpack.StackError as exc:
+        raise WireError("header nested too deeply for msgpack to unpack") from exc
     except Exception as exc:  # msgpack raises many types on garbage; all mean "malformed"
         raise WireError(f"bad msgpack header: {type(exc).__name__}: {exc}") from exc
     if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
         raise WireError("header must be a map with string keys")
-    _check_depth(header, limits.max_depth)
+    _check_term(header, limits.max_depth)
     unused = [i for i, u in enumerate(decoder.used) if not u]
     if unused:
         raise WireError(f"raw frames {unused} are not referenced by the header")

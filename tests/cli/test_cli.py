@@ -90,7 +90,14 @@ def test_run_processes_files_on_an_embedded_cluster(tmp_path, samples):
     for name in ("chelsea.jpg", "brick.jpg", "coins.png", "grass.png"):
         shutil.copyfile(samples / name, inputs / name)
     out = tmp_path / "out"
-    result = invoke("run", *map(str, sorted(inputs.iterdir())), "-o", str(out), "--grid", str(tmp_path / "grid.png"))
+    result = invoke(
+        "run",
+        *map(str, sorted(inputs.iterdir())),
+        "-o",
+        str(out),
+        "--grid",
+        str(tmp_path / "grid.png"),
+    )
     assert result.exit_code == 0, result.output
     entries = manifest(out)
     assert len(entries) == 4

@@ -373,7 +373,7 @@ GARBAGE = {
     "pid map": (message({"p": ext(Ext.PID, {"n": 1})}), "pid/ref ext must be"),
     "ref float": (message({"r": ext(Ext.REF, ["n", 1.0, 3])}), "pid/ref ext must be"),
     "pid garbage": (message({"p": msgpack.ExtType(Ext.PID, b"\xc1")}), "bad msgpack header"),
-    "array spec short": (message({"a": ext(Ext.ARRAY, [0, "u1"])}, b"x"), "array ext must be"),
+    "array spec short": (message({"a": ext(Ext.ARRAY, [0, "|u1"])}, b"x"), "array ext must be"),
     "array spec map": (message({"a": ext(Ext.ARRAY, {"i": 0})}, b"x"), "array ext must be"),
     "dtype O": (message({"a": ext(Ext.ARRAY, [0, "|O", [1]])}, b"x" * 8), "dtype '|O'"),
     "dtype V8": (message({"a": ext(Ext.ARRAY, [0, "|V8", [1]])}, b"x" * 8), "dtype '|V8'"),
@@ -381,32 +381,34 @@ GARBAGE = {
     "dtype M8": (message({"a": ext(Ext.ARRAY, [0, "<M8", [1]])}, b"x" * 8), "dtype '<M8'"),
     "dtype M8[ns]": (message({"a": ext(Ext.ARRAY, [0, "<M8[ns]", [1]])}, b"x" * 8), "dtype"),
     "dtype newline": (message({"a": ext(Ext.ARRAY, [0, "f8\n", [1]])}, b"x" * 8), "dtype"),
+    "dtype native order": (message({"a": ext(Ext.ARRAY, [0, "=u2", [1]])}, b"xx"), "dtype '=u2'"),
+    "dtype no order": (message({"a": ext(Ext.ARRAY, [0, "u2", [1]])}, b"xx"), "dtype 'u2'"),
     "dtype name": (message({"a": ext(Ext.ARRAY, [0, "float64", [1]])}, b"x" * 8), "dtype"),
     "dtype int": (message({"a": ext(Ext.ARRAY, [0, 8, [1]])}, b"x" * 8), "dtype 8"),
-    "negative shape": (message({"a": ext(Ext.ARRAY, [0, "u1", [-1]])}, b""), "array shape [-1]"),
-    "shape not list": (message({"a": ext(Ext.ARRAY, [0, "u1", 3])}, b"xxx"), "array shape 3"),
-    "shape float": (message({"a": ext(Ext.ARRAY, [0, "u1", [3.0]])}, b"xxx"), "array shape"),
-    "shape bool": (message({"a": ext(Ext.ARRAY, [0, "u1", [True]])}, b"x"), "array shape"),
-    "too many dims": (message({"a": ext(Ext.ARRAY, [0, "u1", [1] * 9])}, b"x"), "at most 8"),
+    "negative shape": (message({"a": ext(Ext.ARRAY, [0, "|u1", [-1]])}, b""), "array shape [-1]"),
+    "shape not list": (message({"a": ext(Ext.ARRAY, [0, "|u1", 3])}, b"xxx"), "array shape 3"),
+    "shape float": (message({"a": ext(Ext.ARRAY, [0, "|u1", [3.0]])}, b"xxx"), "array shape"),
+    "shape bool": (message({"a": ext(Ext.ARRAY, [0, "|u1", [True]])}, b"x"), "array shape"),
+    "too many dims": (message({"a": ext(Ext.ARRAY, [0, "|u1", [1] * 9])}, b"x"), "at most 8"),
     "frame too short": (
         message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, b"x" * 7),
         "holds 7 bytes but dtype <u2 and shape (4,) need 8",
     ),
     "frame too long": (message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, b"x" * 9), "need 8"),
     "huge shape": (
-        message({"a": ext(Ext.ARRAY, [0, "u1", [2**40, 2**40]])}, b"tiny"),
+        message({"a": ext(Ext.ARRAY, [0, "|u1", [2**40, 2**40]])}, b"tiny"),
         "holds 4 bytes",
     ),
     "huge empty shape": (
-        message({"a": ext(Ext.ARRAY, [0, "u1", [0, 2**63]])}, b""),
+        message({"a": ext(Ext.ARRAY, [0, "|u1", [0, 2**63]])}, b""),
         "cannot be built",
     ),
     "missing frame": (message({"a": ext(Ext.ARRAY, [1, "<u2", [4]])}, ARR), "reference to frame 1"),
-    "no frames at all": (message({"a": ext(Ext.ARRAY, [0, "u1", [0]])}), "message has 0"),
+    "no frames at all": (message({"a": ext(Ext.ARRAY, [0, "|u1", [0]])}), "message has 0"),
     "negative frame": (message({"a": ext(Ext.ARRAY, [-1, "<u2", [4]])}, ARR), "frame -1"),
     "str frame index": (message({"a": ext(Ext.ARRAY, ["0", "<u2", [4]])}, ARR), "frame '0'"),
     "frame used twice": (
-        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]]), "b": ext(Ext.ARRAY, [0, "u1", [8]])}, ARR),
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]]), "b": ext(Ext.ARRAY, [0, "|u1", [8]])}, ARR),
         "frame 0 is referenced twice",
     ),
     "blob and array": (
@@ -430,7 +432,7 @@ def test_garbage_raises_wire_error(frames, fragment):
 
 
 def test_over_limits_raise_wire_error():
-    arr = message({"a": ext(Ext.ARRAY, [0, "u1", [9]])}, b"x" * 9)
+    arr = message({"a": ext(Ext.ARRAY, [0, "|u1", [9]])}, b"x" * 9)
     with pytest.raises(WireError, match="header of 17 bytes exceeds the limit of 16"):
         decode(message({"a": "x" * 13}), Limits(max_header_bytes=16))
     with pytest.raises(WireError, match="3 raw frames exceed the limit of 2"):
@@ -440,7 +442,7 @@ def test_over_limits_raise_wire_error():
     with pytest.raises(WireError, match="nested deeper than 2"):
         decode(message({"a": [[[1]]]}), Limits(max_depth=2))
     with pytest.raises(WireError, match="at most 1 non-negative"):
-        decode(message({"a": ext(Ext.ARRAY, [0, "u1", [3, 3]])}, b"x" * 9), Limits(max_ndim=1))
+        decode(message({"a": ext(Ext.ARRAY, [0, "|u1", [3, 3]])}, b"x" * 9), Limits(max_ndim=1))
     assert decode(arr, Limits(max_frame_bytes=9, max_frames=1)).header["a"].shape == (9,)
 
 
