@@ -72,8 +72,9 @@ class BatchReport:
 
     @property
     def outputs(self) -> list[Path]:
-        """The output files written, in completion order."""
-        return [Path(e["output"]) for e in self.entries if e["output"] is not None]
+        """The output files written, in the order of the inputs."""
+        done = sorted((e["index"], e["output"]) for e in self.entries if e["output"] is not None)
+        return [Path(output) for _, output in done]
 
 
 def plan_outputs(files: Sequence[Path], outdir: Path) -> list[Path]:
@@ -137,7 +138,7 @@ def run_batch(
                 try:
                     payload = _load_payload(path, options)
                 except ZimgError as exc:
-                    record(_entry(path, None, None, 0, None, str(exc)))
+                    record(_entry(job_id, path, None, None, 0, None, str(exc)))
                     continue
                 yield JobRequest(job_id, str(path), options.mode, path.suffix, wire_ops, payload)
 
@@ -154,6 +155,7 @@ def run_batch(
                 error = f"{request.name}: the worker returned no output"
             record(
                 _entry(
+                    request.id,
                     Path(request.name),
                     None if error else output,
                     result.node,
@@ -187,6 +189,7 @@ def _write_output(output: Path, payload: np.ndarray[Any, Any], request: JobReque
 
 
 def _entry(
+    index: int,
     path: Path,
     output: Path | None,
     node: str | None,
@@ -197,6 +200,7 @@ def _entry(
     latency_ms: float | None = None,
 ) -> dict[str, Any]:
     return {
+        "index": index,
         "input": str(path),
         "output": None if output is None else str(output),
         "node": node,
