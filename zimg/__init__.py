@@ -6,6 +6,8 @@ is the broker's pure logic and ``broker`` its ROUTER loop; ``node`` is a node's 
 ``images`` are the image work; ``cluster`` starts embedded clusters; ``cli`` is the command line.
 """
 
+from zimg import behaviours as behaviours  # registers the shipped behaviours
+from zimg._actor import ANY, ExitSignal, Process
 from zimg._broker_state import BrokerConfig
 from zimg._errors import (
     ActorDeadError,
@@ -16,20 +18,24 @@ from zimg._errors import (
     OpError,
     RejectedError,
     RemoteError,
+    SpawnError,
     WireError,
     ZimgError,
     ZimgTimeout,
 )
+from zimg._registry import behaviour, registered_behaviours
 from zimg.batch import BatchOptions, BatchReport, run_batch
 from zimg.broker import Broker
 from zimg.cluster import LocalCluster, local_cluster
+from zimg.connection import Connection, query_nodes
 from zimg.distribute import JobClient, Processed, distribute
-from zimg.node import Connection, query_nodes
+from zimg.node import Node, connect
 from zimg.ops import DEFAULT_PIPELINE, OpSpec, op, parse_op
 from zimg.wire import Pid, Ref
 from zimg.worker import Worker
 
 __all__ = [
+    "ANY",
     "DEFAULT_PIPELINE",
     "ActorDeadError",
     "BatchOptions",
@@ -39,25 +45,32 @@ __all__ = [
     "BrokerConfig",
     "ClosedError",
     "Connection",
+    "ExitSignal",
     "FetchError",
     "ImageError",
     "JobClient",
     "LocalCluster",
+    "Node",
     "OpError",
     "OpSpec",
     "Pid",
+    "Process",
     "Processed",
     "Ref",
     "RejectedError",
     "RemoteError",
+    "SpawnError",
     "WireError",
     "Worker",
     "ZimgError",
     "ZimgTimeout",
+    "behaviour",
+    "connect",
     "distribute",
     "local_cluster",
     "op",
     "parse_op",
     "query_nodes",
+    "registered_behaviours",
     "run_batch",
 ]

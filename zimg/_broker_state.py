@@ -215,7 +215,7 @@ class BrokerState:
         if cmd is Command.DISCONNECT:
             return self._node_down(identity, protocol.NORMAL, now, "left")
         if cmd in _ROUTED_BY_PID:
-            return self._route(msg.header, frames)
+            return self._route(node, cmd, msg.header, frames)
         return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
 
     def _hello(self, identity: bytes, header: dict[str, Any], now: float) -> list[Instruction]:
@@ -309,14 +309,66 @@ class BrokerState:
         out.extend(self._assign(now))
         return out
 
-    def _route(self, header: dict[str, Any], frames: Sequence[Any]) -> list[Instruction]:
+    def _route(
+        self, sender: NodeRecord, cmd: Command, header: dict[str, Any], frames: Sequence[Any]
+    ) -> list[Instruction]:
+        """Forward an actor command to the node its ``to`` names, or answer for a missing one.
+
+        ``to`` is a Pid, a ``(registered name, node)`` pair, or (SPAWN) a node name or ``"*"``
+        for the least-loaded worker. A pid of an earlier incarnation of a live node is dead.
+        """
         to = header.get("to")
-        name = to.node if isinstance(to, Pid) else to
-        node = self.by_name.get(name) if isinstance(name, str) else None
-        if node is None:
-            self.stats["unroutable"] += 1
+        incarnation: int | None = None
+        target: NodeRecord | None
+        if isinstance(to, Pid):
+            name: Any = to.node
+            incarnation = to.incarnation
+        elif isinstance(to, tuple | list) and len(to) == 2:
+            name = to[1]
+        else:
+            name = to
+        if cmd is Command.SPAWN and name == _ANY_NODE:
+            target = self._pick_any()
+        else:
+            target = self.by_name.get(name) if isinstance(name, str) else None
+        if target is not None and incarnation in (None, target.incarnation):
+            return [Send(target.identity, frames)]
+        self.stats["unroutable"] += 1
+        reason = protocol.NOPROC if target is not None else protocol.NOCONNECTION
+        return self._answer_for(sender, cmd, header, reason, name)
+
+    def _pick_any(self) -> NodeRecord | None:
+        workers = [n for n in self.nodes.values() if n.role == protocol.ROLE_WORKER]
+        if not workers:
+            return None
+        best = min(workers, key=lambda n: (len(n.active) / max(1, n.capacity), n.assigned_seq))
+        self._seq += 1
+        best.assigned_seq = self._seq
+        return best
+
+    def _answer_for(
+        self, sender: NodeRecord, cmd: Command, header: dict[str, Any], reason: str, name: Any
+    ) -> list[Instruction]:
+        """What the missing target would have said: a dead pid answers noproc, a gone node
+        noconnection. Messages that expect no answer (SEND, ...) are dropped: at most once."""
+        to, origin, ref = header.get("to"), header.get("from"), header.get("ref")
+        if not isinstance(origin, Pid):
             return []
-        return [Send(node.identity, frames)]
+        if cmd is Command.MONITOR and isinstance(to, Pid):
+            reply = {"to": origin, "ref": ref, "pid": to, "reason": reason}
+            return [Send(sender.identity, wire.encode(Command.DOWN, reply))]
+        if cmd is Command.LINK and isinstance(to, Pid):
+            reply = {"to": origin, "from": to, "reason": reason, "link": True}
+            return [Send(sender.identity, wire.encode(Command.EXIT, reply))]
+        if cmd is Command.SPAWN:
+            text = (
+                "no worker node is connected"
+                if name == _ANY_NODE
+                else f"node {name!r} is not connected"
+            )
+            reply = {"to": origin, "ref": ref, "pid": None, "error": text}
+            return [Send(sender.identity, wire.encode(Command.SPAWNED, reply))]
+        return []
 
     # ------------------------------------------------------------------ jobs
 
@@ -383,6 +435,11 @@ class BrokerState:
             del self.by_name[node.name]
         self.stats["nodes_down"] += 1
         out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
+        notice = wire.encode(
+            Command.NODEDOWN,
+            {"node": node.name, "incarnation": node.incarnation, "reason": reason},
+        )
+        out.extend(Send(other, notice) for other in self.nodes)
         graceful = reason == protocol.NORMAL
         for key in sorted(node.active, key=repr):
             job = self.jobs.get(key)
@@ -463,6 +520,8 @@ def _check_hello(header: dict[str, Any]) -> str:
         )
     return name
 
+
+_ANY_NODE = "*"
 
 _ROUTED_BY_PID = frozenset(
     {

@@ -5,6 +5,7 @@ ZimgError
 ├── ZimgTimeout (TimeoutError)    receive / ask / connect gave up waiting
 ├── ActorDeadError                the actor addressed is not alive
 ├── RemoteError                   a remote behaviour or op raised; carries its text
+├── SpawnError                    a spawn was refused (unknown behaviour, node down)
 ├── OpError (ValueError)          an image op was misnamed or misused
 ├── ImageError (ValueError)       a file is missing, is not an image, or is too large
 ├── RejectedError                 the broker refused this node (e.g. its name is taken)
@@ -40,6 +41,10 @@ class RemoteError(ZimgError):
         self.remote_type = remote_type
         self.message = message
         self.traceback = traceback
+
+
+class SpawnError(ZimgError):
+    """A spawn was refused: unknown behaviour, node not connected, or no worker to run it."""
 
 
 class OpError(ZimgError, ValueError):

@@ -18,9 +18,9 @@ import numpy as np
 
 from zimg import images, ops
 from zimg._errors import ImageError, ZimgError
+from zimg.connection import Connection
 from zimg.distribute import DEFAULT_WINDOW, JobClient
 from zimg.jobs import JobRequest, PayloadMode
-from zimg.node import Connection
 
 MANIFEST_NAME = "manifest.jsonl"
 

@@ -22,8 +22,8 @@ from zimg import images, ops, protocol
 from zimg._broker_state import BrokerConfig
 from zimg._errors import OpError, ZimgError
 from zimg.batch import BatchOptions, BatchReport, run_batch
+from zimg.connection import Connection
 from zimg.jobs import PAYLOAD_MODES
-from zimg.node import Connection
 
 app = typer.Typer(
     help="Distributed image processing over ZeroMQ, with Erlang-style nodes.\n\n"
@@ -370,7 +370,7 @@ def nodes(
     """List the nodes connected to a broker."""
     import json
 
-    from zimg.node import query_nodes
+    from zimg.connection import query_nodes
 
     try:
         report = query_nodes(broker_url, timeout_s=timeout)

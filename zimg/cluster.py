@@ -11,31 +11,31 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 from zimg import protocol
 from zimg._broker_state import BrokerConfig
 from zimg._errors import ZimgError, ZimgTimeout
 from zimg.broker import Broker
-from zimg.node import Connection, query_nodes
+from zimg.connection import query_nodes
+from zimg.node import Node
 
 
-@dataclass
-class LocalCluster:
-    """A running embedded cluster.
+class LocalCluster(Node):
+    """A running embedded cluster, and this process's own node in it (a :class:`Node`).
 
     Attributes:
         url: the broker's endpoint.
-        connection: this process's own node, joined as a client.
+        broker: the broker, running on a thread of this process.
         workers: worker node names.
         processes: the worker processes, by name.
     """
 
-    url: str
-    connection: Connection
-    broker: Broker
-    workers: list[str]
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    def __init__(self, url: str, name: str, broker: Broker, workers: list[str]) -> None:
+        super().__init__(url, name)
+        self.url = url
+        self.broker = broker
+        self.workers = workers
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
 
 def worker_command(
@@ -123,8 +123,8 @@ def local_cluster(
         raise ValueError(f"a local cluster needs at least one worker, got {workers}")
     tmp = tempfile.mkdtemp(prefix="zimg-")
     broker = Broker(url or f"ipc://{tmp}/broker", config)
+    cluster: LocalCluster | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    connection: Connection | None = None
     try:
         broker.start()
         endpoint = broker.endpoint or broker.url
@@ -133,12 +133,14 @@ def local_cluster(
         for worker_name in names:
             cmd = worker_command(endpoint, worker_name, capacity=capacity, imports=imports)
             procs[worker_name] = subprocess.Popen(cmd, env=env)
-        connection = Connection(endpoint, name).start(timeout_s)
+        cluster = LocalCluster(endpoint, name, broker, names)
+        cluster.processes = procs
+        cluster.start(timeout_s)
         wait_for_workers(endpoint, names, timeout_s=timeout_s, processes=procs)
-        yield LocalCluster(endpoint, connection, broker, names, procs)
+        yield cluster
     finally:
-        if connection is not None:
-            connection.close()
+        if cluster is not None and cluster.connection.welcomed:
+            cluster.close()
         for proc in procs.values():
             stop_process(proc)
         broker.stop()

@@ -23,8 +23,8 @@ import numpy as np
 
 from zimg import ops, wire
 from zimg._errors import WireError, ZimgTimeout
+from zimg.connection import Connection
 from zimg.jobs import JobRequest, JobResult
-from zimg.node import Connection
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.distribute")
@@ -225,7 +225,7 @@ def distribute(
 
     Args:
         images: arrays to process, consumed lazily.
-        node: a started :class:`~zimg.node.Connection`, or a local cluster.
+        node: a started :class:`~zimg.connection.Connection`, or a local cluster.
         pipeline: the ops to apply (default: threshold, then label).
         window: the most images in flight at once.
         idle_timeout_s: give up if nothing comes back for this long.

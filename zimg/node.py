@@ -1,47 +1,43 @@
-"""A node's link to the broker: one DEALER on an I/O thread, with HELLO, heartbeats and reconnect.
+"""A named node you can embed in a script: Erlang's spawn, send, receive, link and monitor.
 
-Other threads never touch the DEALER. They hand frames to the I/O thread through an inproc PUSH
-socket guarded by a lock (zero-copy, and it blocks the sender only when the I/O thread is far
-behind, or the broker cannot take more). The I/O thread decodes what arrives and calls the
-handler registered for its command; handlers run on the I/O thread and must not block.
+``zimg.connect(url, name=...)`` joins a broker and returns a :class:`Node`. The calling thread acts
+as the node's main process: it has a pid (``node.self()``) and a mailbox, so a script can
+``send`` and ``receive`` like any actor.
 """
 
 from __future__ import annotations
 
-import itertools
-import logging
-import secrets
+import queue
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Mapping
 from typing import Any
 
-import zmq
-
 from zimg import protocol, wire
-from zimg._errors import BrokenError, ClosedError, RejectedError, WireError, ZimgTimeout
-from zimg.wire import Command
+from zimg._actor import (
+    ANY,
+    DEFAULT_SPAWN_TIMEOUT_S,
+    SHUTDOWN,
+    ActorRuntime,
+    Address,
+    ExitSignal,
+    Process,
+)
+from zimg._errors import ZimgTimeout
+from zimg._mailbox import Match
+from zimg.connection import Connection
+from zimg.wire import Command, Pid, Ref
 
-log = logging.getLogger("zimg.node")
-
-Handler = Callable[[wire.Message], None]
-SessionHook = Callable[[], None]
-
-_STOP = b"stop"
-_inproc_ids = itertools.count()
+__all__ = ["ANY", "ExitSignal", "Node", "connect"]
 
 
-class Connection:
-    """One node's connection to a broker.
+class Node:
+    """A node: a connection to the broker, the processes it hosts, and its main process.
 
     Args:
-        url: the broker's endpoint, e.g. ``tcp://127.0.0.1:5555``.
+        url: the broker's endpoint.
         name: this node's name, unique among live nodes.
-        role: ``"worker"`` (runs jobs) or ``"client"``.
-        capacity: how many jobs the broker may hand this node at once (workers).
-        handlers: what to call, on the I/O thread, for each command that arrives.
-        limits: wire limits for what is sent and received.
+        role: ``client`` (default) or ``worker`` (also takes jobs).
+        capacity: jobs the broker may hand a worker at once.
+        limits: wire limits.
     """
 
     def __init__(
@@ -51,323 +47,144 @@ class Connection:
         *,
         role: str = protocol.ROLE_CLIENT,
         capacity: int = 0,
-        handlers: Mapping[Command, Handler] | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
     ) -> None:
-        if not 0 <= capacity <= protocol.MAX_CAPACITY:
-            raise ValueError(f"capacity must be in 0..{protocol.MAX_CAPACITY}, got {capacity}")
-        self.url = url
-        self.name = protocol.check_name(name)
-        self.role = role
-        self.capacity = capacity
-        self.limits = limits
-        self.incarnation = secrets.randbits(62)
-        self.identity = protocol.node_identity(name, self.incarnation)
-        self.heartbeat_interval_s = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
-        self.liveness = protocol.DEFAULT_LIVENESS
-        self.epoch: int | None = None
-        self.sessions = 0
-        self.job_ids = itertools.count()
-        self._handlers: dict[Command, Handler] = dict(handlers or {})
-        self._session_hooks: list[SessionHook] = []
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        n = next(_inproc_ids)
-        self._inbox = self._ctx.socket(zmq.PULL)
-        self._inbox.bind(f"inproc://zimg-node-{n}")
-        self._push = self._ctx.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDTIMEO, 200)  # so a sender notices a dead I/O thread
-        self._push.connect(f"inproc://zimg-node-{n}")
-        self._push_lock = threading.Lock()
-        self._control = self._ctx.socket(zmq.PAIR)
-        self._control.bind(f"inproc://zimg-control-{n}")
-        self._control_peer = self._ctx.socket(zmq.PAIR)
-        self._control_peer.connect(f"inproc://zimg-control-{n}")
-        self._welcomed = threading.Event()
-        self._error: BaseException | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self._dealer: zmq.Socket[bytes] | None = None
-        self._backlog: deque[list[Any]] = deque()
+        self.connection = Connection(url, name, role=role, capacity=capacity, limits=limits)
+        self.runtime = ActorRuntime(self.connection, self.nodes)
+        self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
+        self._query_lock = threading.Lock()
+        self.connection.on(Command.NODES, self._replies.put)
 
-    # ------------------------------------------------------------------ public
+    # ------------------------------------------------------------------ lifecycle
 
-    def on(self, command: Command, handler: Handler) -> None:
-        """Call ``handler(message)`` on the I/O thread whenever ``command`` arrives."""
-        self._handlers[command] = handler
-
-    def on_session(self, hook: SessionHook) -> None:
-        """Call ``hook()`` on the I/O thread whenever the node rejoins the broker.
-
-        That is after a broker restart, or after the broker dropped this node for silence: work
-        the broker held for this node is gone, and must be sent again.
-        """
-        self._session_hooks.append(hook)
-
-    def start(self, timeout_s: float = 10.0) -> Connection:
-        """Connect and wait for the broker's WELCOME.
-
-        Raises:
-            RejectedError: the broker refused this node (its name is taken, for example).
-            ZimgTimeout: no WELCOME within ``timeout_s``.
-            ClosedError: the connection was started (and closed) before.
-        """
-        if self._thread is not None:
-            raise ClosedError(f"node {self.name} was already started")
-        self._thread = threading.Thread(target=self._run, name=f"zimg-io-{self.name}", daemon=True)
-        self._thread.start()
-        if not self._welcomed.wait(timeout_s):
-            self.close()
-            raise ZimgTimeout(f"no answer from the broker at {self.url} within {timeout_s} s")
-        if self._error is not None:
-            error = self._error
-            self.close()
-            raise error
+    def start(self, timeout_s: float = 10.0) -> Node:
+        """Join the broker. Raises RejectedError if the name is taken, ZimgTimeout if no answer."""
+        self.connection.start(timeout_s)
         return self
 
-    def send(self, command: Command, header: Mapping[str, Any]) -> None:
-        """Encode and send a message to the broker; safe from any thread.
-
-        Raises:
-            WireError: the message cannot be encoded or exceeds the limits.
-            ClosedError: the node was closed.
-            BrokenError: the node lost its place at the broker for good (e.g. refused on rejoin).
-        """
-        self.send_frames(wire.encode(command, header, self.limits))
-
-    def send_frames(self, frames: list[Any]) -> None:
-        """Send already-encoded frames to the broker; safe from any thread."""
-        if threading.current_thread() is self._thread:
-            self._send_direct(frames)
-            return
-        with self._push_lock:
-            while True:
-                self._check_usable()
-                try:
-                    self._push.send_multipart(frames, copy=False)
-                    return
-                except zmq.Again:
-                    continue  # the I/O thread is behind (or gone): check, then wait again
-
     def close(self) -> None:
-        """Leave the broker (DISCONNECT) and stop the I/O thread. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._thread is not None and self._thread.is_alive():
-            self._control_peer.send(_STOP)
-            self._thread.join(5.0)
-        self._ctx.destroy(linger=0)
+        """End this node's processes (reason ``shutdown``) and leave the broker."""
+        self.runtime.exited(self.main, SHUTDOWN)
+        self.runtime.shutdown()
+        self.connection.close()
 
-    def __enter__(self) -> Connection:
-        return self if self._thread is not None else self.start()
+    def __enter__(self) -> Node:
+        return self if self.connection.welcomed else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
-    def welcomed(self) -> bool:
-        """True once the broker has welcomed this node."""
-        return self._welcomed.is_set() and self._error is None
+    def name(self) -> str:
+        """This node's name."""
+        return self.connection.name
 
-    def _check_usable(self) -> None:
-        if self._closed:
-            raise ClosedError(f"node {self.name} is closed")
-        if self._thread is None or not self._thread.is_alive():
-            why = self._error or "its I/O thread is not running"
-            raise BrokenError(f"node {self.name} is not connected: {why}")
+    @property
+    def main(self) -> Process:
+        """The main process: the one the calling script acts as."""
+        return self.runtime.main
 
-    # ------------------------------------------------------------------ I/O thread
+    # ------------------------------------------------------------------ the cluster
 
-    def _new_dealer(self) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.ROUTING_ID, self.identity)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(
-            zmq.MAXMSGSIZE, max(self.limits.max_frame_bytes, self.limits.max_header_bytes)
-        )
-        sock.connect(self.url)
-        self._backlog.clear()  # stale: whatever matters is resent on the new session
-        return sock
-
-    def _hello(self) -> None:
-        self._send_direct(
-            wire.encode(
-                Command.HELLO,
-                {
-                    "name": self.name,
-                    "role": self.role,
-                    "capacity": self.capacity,
-                    "incarnation": self.incarnation,
-                    "version": protocol.PROTOCOL_VERSION,
-                },
-            )
-        )
-
-    def _send_direct(self, frames: list[Any]) -> None:
-        """Send on the DEALER, or queue behind earlier messages if its queue is full."""
-        if self._dealer is None:
-            return
-        if not self._backlog:
+    def report(self, timeout_s: float = 5.0) -> dict[str, Any]:
+        """The broker's full node table (what ``zimg nodes`` prints)."""
+        with self._query_lock:
+            while not self._replies.empty():
+                self._replies.get_nowait()
+            self.connection.send(Command.NODES, {})
             try:
-                self._dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-                return
-            except zmq.Again:
-                pass
-        self._backlog.append(frames)
+                return self._replies.get(timeout=timeout_s).header
+            except queue.Empty:
+                raise ZimgTimeout(f"the broker did not answer NODES within {timeout_s} s") from None
 
-    def _flush_backlog(self) -> None:
-        while self._backlog and self._dealer is not None:
-            try:
-                self._dealer.send_multipart(self._backlog[0], flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self._backlog.popleft()
+    def nodes(self) -> list[str]:
+        """The names of the other connected nodes, sorted (Erlang's ``Node.list``)."""
+        return sorted(n["name"] for n in self.report()["nodes"] if n["name"] != self.name)
 
-    def _run(self) -> None:
-        try:
-            self._loop()
-        except BaseException as exc:  # surfaced by start(); logged for a running node
-            log.exception("node %s: I/O thread failed", self.name)
-            self._error = exc
-            self._welcomed.set()
+    def monitor_node(self, name: str) -> None:
+        """Get ``("nodedown", name)`` once when that node goes down (at once if it is not up)."""
+        self.main.monitor_node(name)
 
-    def _loop(self) -> None:
-        dealer = self._dealer = self._new_dealer()
-        self._hello()
-        now = time.monotonic()
-        last_heard = now
-        next_beat = now + self.heartbeat_interval_s
-        ready = False
-        poller = zmq.Poller()
-        poller.register(self._control, zmq.POLLIN)
-        while True:
-            # While the DEALER's queue is full, stop taking work from other threads: they block
-            # on the inproc socket, which is the backpressure.
-            poller.register(dealer, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
-            poller.register(self._inbox, 0 if self._backlog else zmq.POLLIN)
-            expiry = self.heartbeat_interval_s * self.liveness
-            now = time.monotonic()
-            wait_s = max(0.0, min(next_beat, last_heard + expiry) - now)
-            events = dict(poller.poll(int(wait_s * 1000)))
-            if self._control in events:
-                self._leave(ready)
-                return
-            if events.get(dealer, 0) & zmq.POLLOUT:
-                self._flush_backlog()
-            if events.get(self._inbox, 0) & zmq.POLLIN:
-                for _ in range(256):
-                    try:
-                        frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._send_direct(frames)
-            if events.get(dealer, 0) & zmq.POLLIN:
-                for _ in range(256):
-                    try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    last_heard = time.monotonic()
-                    try:
-                        msg = wire.decode(frames, self.limits)
-                    except WireError as exc:
-                        log.warning("node %s: dropped a malformed message: %s", self.name, exc)
-                        continue
-                    if msg.command is Command.WELCOME:
-                        self._welcome(msg, rejoined=not ready and self.sessions > 0)
-                        ready = True
-                    elif msg.command is Command.REJECT:
-                        reason = msg.header.get("reason", "no reason given")
-                        self._error = RejectedError(
-                            f"the broker refused node {self.name}: {reason}"
-                        )
-                        log.error("%s", self._error)
-                        self._welcomed.set()
-                        return
-                    elif msg.command is Command.DISCONNECT:
-                        if ready:
-                            log.info("node %s: the broker does not know us; rejoining", self.name)
-                        ready = False  # the broker restarted or dropped us: join again
-                        self._hello()
-                    elif msg.command is not Command.HEARTBEAT:
-                        self._handle(msg)
-            now = time.monotonic()
-            if now >= next_beat:
-                if ready:
-                    self._send_direct(wire.encode(Command.HEARTBEAT, {}))
-                else:
-                    self._hello()
-                next_beat = now + self.heartbeat_interval_s
-            if now - last_heard > expiry:
-                # The broker went silent: start over with a fresh socket, dropping stale messages.
-                log.warning("node %s: lost the broker at %s; reconnecting", self.name, self.url)
-                ready = False
-                poller.unregister(dealer)
-                dealer.close(linger=0)
-                dealer = self._dealer = self._new_dealer()
-                self._hello()
-                last_heard = now
+    # ------------------------------------------------------------------ the main process
 
-    def _welcome(self, msg: wire.Message, *, rejoined: bool) -> None:
-        interval = msg.header.get("heartbeat_interval_s")
-        liveness = msg.header.get("liveness")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
-            self.heartbeat_interval_s = float(interval)
-        if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
-            self.liveness = liveness
-        self.epoch = msg.header.get("epoch")
-        if self.sessions == 0 or rejoined:
-            self.sessions += 1
-        if rejoined:
-            log.info("node %s: rejoined the broker (session %d)", self.name, self.sessions)
-            for hook in self._session_hooks:
-                hook()
-        self._welcomed.set()
+    def self(self) -> Pid:
+        """The main process's pid."""
+        return self.main.pid
 
-    def _handle(self, msg: wire.Message) -> None:
-        handler = self._handlers.get(msg.command)
-        if handler is None:
-            log.debug("node %s: no handler for %s", self.name, msg.command.name)
-            return
-        try:
-            handler(msg)
-        except Exception:
-            log.exception("node %s: handler for %s failed", self.name, msg.command.name)
+    @property
+    def trap_exit(self) -> bool:
+        """Whether exit signals become ``("EXIT", pid, reason)`` messages for the main process."""
+        return self.main.trap_exit
 
-    def _leave(self, ready: bool) -> None:
-        if ready and self._dealer is not None:
-            self._flush_backlog()
-            self._send_direct(wire.encode(Command.DISCONNECT, {"reason": protocol.NORMAL}))
-            self._dealer.close(linger=500)
-        elif self._dealer is not None:
-            self._dealer.close(linger=0)
-        self._dealer = None
+    @trap_exit.setter
+    def trap_exit(self, value: bool) -> None:
+        self.main.trap_exit = value
+
+    def spawn(
+        self,
+        node: str,
+        behaviour: str,
+        *args: Any,
+        link: bool = False,
+        monitor: bool = False,
+        timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
+    ) -> Pid:
+        """Run a registered behaviour on ``node`` (or ``ANY`` worker); see :meth:`Process.spawn`."""
+        return self.main.spawn(node, behaviour, *args, link=link, monitor=monitor, timeout=timeout)
+
+    def spawn_monitor(
+        self, node: str, behaviour: str, *args: Any, timeout: float = DEFAULT_SPAWN_TIMEOUT_S
+    ) -> tuple[Pid, Ref]:
+        """Spawn and monitor; returns ``(pid, ref)``."""
+        return self.main.spawn_monitor(node, behaviour, *args, timeout=timeout)
+
+    def send(self, to: Address, message: Any) -> None:
+        """Send ``message`` to a pid or a ``(name, node)`` pair (asynchronous)."""
+        self.main.send(to, message)
+
+    def receive(self, match: Match | None = None, timeout: float | None = None) -> Any:
+        """Selective receive on the main mailbox; see :meth:`Process.receive`."""
+        return self.main.receive(match, timeout)
+
+    def link(self, pid: Pid) -> None:
+        """Link the main process with ``pid``."""
+        self.main.link(pid)
+
+    def unlink(self, pid: Pid) -> None:
+        """Remove a link of the main process."""
+        self.main.unlink(pid)
+
+    def monitor(self, pid: Pid) -> Ref:
+        """Monitor ``pid`` from the main process."""
+        return self.main.monitor(pid)
+
+    def demonitor(self, ref: Ref, *, flush: bool = False) -> None:
+        """Drop a monitor of the main process."""
+        self.main.demonitor(ref, flush=flush)
+
+    def exit(self, pid: Pid, reason: Any) -> None:
+        """Send ``pid`` an exit signal (``"kill"`` cannot be trapped)."""
+        self.main.exit(pid, reason)
+
+    def register(self, name: str) -> None:
+        """Register the main process under ``name``."""
+        self.main.register(name)
+
+    def whereis(self, name: str) -> Pid | None:
+        """The pid registered under ``name`` on this node, or None."""
+        return self.main.whereis(name)
+
+    def make_ref(self) -> Ref:
+        """A reference unique across the cluster."""
+        return self.main.make_ref()
 
 
-def query_nodes(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """Ask the broker at ``url`` for its node table, without joining as a node.
+def connect(url: str = protocol.DEFAULT_BROKER_URL, *, name: str, timeout_s: float = 10.0) -> Node:
+    """Join the broker at ``url`` as node ``name`` and return the started :class:`Node`.
 
-    Returns:
-        The broker's report: ``nodes`` (a list of dicts), ``queued``, ``stats`` and more.
+    Use it as a context manager to leave cleanly::
 
-    Raises:
-        ZimgTimeout: the broker did not answer within ``timeout_s``.
+        with zimg.connect("tcp://127.0.0.1:5555", name="main") as node:
+            print(node.nodes())
     """
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(url)
-        sock.send_multipart(wire.encode(Command.NODES, {}))
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
-                break
-            msg = wire.decode(sock.recv_multipart(copy=False))
-            if msg.command is Command.NODES:
-                return msg.header
-        raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s} s")
-    finally:
-        ctx.destroy(linger=0)
+    return Node(url, name).start(timeout_s)

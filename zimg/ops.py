@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import math
 import re
 import string
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar, overload
 
 import cv2
@@ -295,8 +298,13 @@ def load_module(module_name: str) -> None:
     Raises:
         OpError: the name is not a dotted module name, or importing it failed.
     """
+    if module_name.endswith(".py"):
+        _load_file(module_name)
+        return
     if not all(_NAME.match(part) for part in module_name.split(".")):
-        raise OpError(f"--import wants a dotted module name like mypkg.ops, got {module_name!r}")
+        raise OpError(
+            f"--import wants a dotted module name like mypkg.ops or a file.py, got {module_name!r}"
+        )
     try:
         importlib.import_module(module_name)
     except ImportError as exc:
@@ -305,6 +313,27 @@ def load_module(module_name: str) -> None:
         raise OpError(
             f"importing op module {module_name!r} failed: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _load_file(path: str) -> None:
+    """Run a Python file as a module named after its stem (not ``__main__``), once."""
+    file = Path(path).resolve()
+    name = file.stem
+    if not _NAME.match(name):
+        raise OpError(f"cannot import {path!r}: {name!r} is not a valid module name")
+    existing = sys.modules.get(name)
+    if existing is not None and getattr(existing, "__file__", None) == str(file):
+        return
+    spec = importlib.util.spec_from_file_location(name, file)
+    if spec is None or spec.loader is None or not file.is_file():
+        raise OpError(f"cannot import {path!r}: no such Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[name]
+        raise OpError(f"importing {path!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 # ---- helpers for the shipped ops -------------------------------------------------------------

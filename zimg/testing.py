@@ -11,7 +11,7 @@ from pathlib import Path
 
 from zimg._errors import ZimgError, ZimgTimeout
 from zimg.cluster import stop_process, wait_for_workers
-from zimg.node import query_nodes
+from zimg.connection import query_nodes
 
 
 def free_tcp_url(host: str = "127.0.0.1") -> str:

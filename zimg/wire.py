@@ -48,6 +48,7 @@ class Command(enum.IntEnum):
     DEMONITOR = 0x16
     EXIT = 0x17
     DOWN = 0x18
+    NODEDOWN = 0x19
     JOB = 0x20
     RESULT = 0x21
     ERROR = 0x7F

@@ -1,4 +1,4 @@
-"""A worker node: takes JOBs from the broker, runs the ops on a thread pool, answers RESULT."""
+"""A worker node: hosts actors, and takes JOBs from the broker, runs the ops on a thread pool."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import cv2
 from zimg import images, ops, protocol, wire
 from zimg._errors import ZimgError
 from zimg.jobs import JobRequest
-from zimg.node import Connection
+from zimg.node import Node
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.worker")
@@ -69,18 +69,13 @@ class Worker:
         self.jobs_done = 0
         self._pool = ThreadPoolExecutor(capacity, thread_name_prefix=f"zimg-job-{name}")
         self._stopped = threading.Event()
-        self.connection = Connection(
-            url,
-            name,
-            role=protocol.ROLE_WORKER,
-            capacity=capacity,
-            handlers={Command.JOB: self._on_job},
-            limits=limits,
-        )
+        self.node = Node(url, name, role=protocol.ROLE_WORKER, capacity=capacity, limits=limits)
+        self.connection = self.node.connection
+        self.connection.on(Command.JOB, self._on_job)
 
     def start(self, timeout_s: float = 10.0) -> Worker:
         """Join the broker; raises RejectedError if the name is taken."""
-        self.connection.start(timeout_s)
+        self.node.start(timeout_s)
         log.info("worker %s ready, capacity %d", self.name, self.capacity)
         return self
 
@@ -100,7 +95,7 @@ class Worker:
         """Leave the broker and stop the pool (running jobs finish first)."""
         self._stopped.set()
         self._pool.shutdown(wait=True, cancel_futures=True)  # running jobs answer first
-        self.connection.close()  # DISCONNECT: the broker requeues what we did not run
+        self.node.close()  # DISCONNECT: the broker requeues what we did not run
 
     def __enter__(self) -> Worker:
         return self.start()

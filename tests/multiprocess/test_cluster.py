@@ -16,7 +16,7 @@ import pytest
 from tests.reference import check_output, manifest
 from zimg.batch import BatchOptions, run_batch
 from zimg.cluster import wait_for_workers
-from zimg.node import Connection, query_nodes
+from zimg.connection import Connection, query_nodes
 
 pytestmark = pytest.mark.timeout(120)
 
