@@ -359,3 +359,87 @@ def test_result_from_a_node_not_given_the_job_is_dropped(state, clock):
     assert sends(out) == []
     assert state.jobs[(ident("c"), 0)].worker == ident("n1")
     assert state.stats["malformed"] == 1
+
+
+def actor_msg(command, **header):
+    return wire.encode(command, header)
+
+
+def test_monitor_of_a_missing_node_answers_down_noconnection(state, clock):
+    join(state, clock, "n1")
+    me, ref, far = Pid("n1", 1, 3), wire.Ref("n1", 1, 9), Pid("gone", 1, 2)
+    out = sends(
+        state.on_message(
+            ident("n1"), actor_msg(Command.MONITOR, to=far, ref=ref, **{"from": me}), clock.now
+        )
+    )
+    [(to, msg)] = out
+    assert (to, msg.command) == (ident("n1"), Command.DOWN)
+    assert msg.header == {"to": me, "ref": ref, "pid": far, "reason": "noconnection"}
+
+
+def test_link_to_an_old_incarnation_answers_exit_noproc(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")  # incarnation 1
+    me, old = Pid("n1", 1, 3), Pid("n2", 0, 2)
+    out = sends(
+        state.on_message(ident("n1"), actor_msg(Command.LINK, to=old, **{"from": me}), clock.now)
+    )
+    [(to, msg)] = out
+    assert (to, msg.command) == (ident("n1"), Command.EXIT)
+    assert msg.header == {"to": me, "from": old, "reason": "noproc", "link": True}
+
+
+def test_spawn_on_a_missing_node_or_with_no_worker_is_refused(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    me, ref = Pid("c", 1, 0), wire.Ref("c", 1, 1)
+    for target, text in (
+        ("n9", "node 'n9' is not connected"),
+        ("*", "no worker node is connected"),
+    ):
+        frames = actor_msg(
+            Command.SPAWN, to=target, ref=ref, behaviour="x", args=[], **{"from": me}
+        )
+        [(to, msg)] = sends(state.on_message(ident("c"), frames, clock.now))
+        assert (to, msg.command) == (ident("c"), Command.SPAWNED)
+        assert msg.header["error"] == text
+        assert msg.header["pid"] is None
+
+
+def test_spawn_any_goes_round_the_workers(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    me = Pid("c", 1, 0)
+    targets = []
+    for i in range(4):
+        frames = actor_msg(
+            Command.SPAWN, to="*", ref=wire.Ref("c", 1, i), behaviour="x", args=[], **{"from": me}
+        )
+        targets += [
+            i.identity
+            for i in state.on_message(ident("c"), frames, clock.now)
+            if isinstance(i, Send)
+        ]
+    assert targets == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
+
+
+def test_node_down_is_broadcast_to_the_others(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    join(state, clock, "c", role="client", capacity=0)
+    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    notices = sorted(
+        (to, m.header["node"], m.header["incarnation"])
+        for to, m in out
+        if m.command is Command.NODEDOWN
+    )
+    assert notices == [(ident("c"), "n2", 1), (ident("n1"), "n2", 1)]
+
+
+def test_send_to_a_name_node_pair_routes_by_node(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    frames = actor_msg(Command.SEND, to=("printer", "n2"), msg="hi")
+    out = state.on_message(ident("n1"), frames, clock.now)
+    assert [(i.identity, i.frames) for i in out if isinstance(i, Send)] == [(ident("n2"), frames)]
