@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import inspect
-import math
 import re
-import string
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -24,12 +20,17 @@ from zimg._errors import OpError
 __all__ = [
     "DEFAULT_PIPELINE",
     "OpSpec",
+    "blur",
     "get_op",
+    "grayscale",
+    "label",
     "load_module",
     "op",
     "parse_op",
     "registered_ops",
+    "resize",
     "run_pipeline",
+    "threshold",
     "validate",
 ]
 
@@ -42,9 +43,6 @@ _SYNTAX = (
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
-_MAX_OUTPUT_PIXELS = 200_000_000  # same bound as images.DEFAULT_MAX_PIXELS
-_INT32 = 2**31 - 1  # OpenCV takes C ints
-_MAX_KSIZE = 1001  # GaussianBlur allocates and runs a ksize-long kernel
 
 
 def _is_number(value: object) -> bool:
@@ -336,267 +334,10 @@ def _load_file(path: str) -> None:
         raise OpError(f"importing {path!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
-# ---- helpers for the shipped ops -------------------------------------------------------------
-
-
-def _check_image(name: str, image: Image) -> None:
-    if not isinstance(image, np.ndarray):
-        raise OpError(f"{name}: expected a numpy array, got {type(image).__name__}")
-    if image.dtype.kind not in "uif":
-        raise OpError(f"{name}: cannot handle a {image.dtype} image (needs integers or floats)")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
-        raise OpError(
-            f"{name}: expected an image of shape (h, w) or (h, w, 1..4), got {image.shape}"
-        )
-    if image.size == 0:
-        raise OpError(f"{name}: the image is empty (shape {image.shape})")
-
-
-def _cv2_call(name: str, image: Image, fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except cv2.error as exc:
-        why = getattr(exc, "err", "") or str(exc).strip().splitlines()[-1]
-        raise OpError(
-            f"{name}: OpenCV cannot handle this {image.dtype} image of shape {image.shape}: {why}"
-        ) from exc
-
-
-def _number(
-    name: str, key: str, value: object, *, minimum: float = -math.inf, maximum: float = math.inf
-) -> float:
-    number = math.nan
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        with contextlib.suppress(OverflowError):  # an int beyond the float range
-            number = float(value)
-    if not math.isfinite(number):
-        raise OpError(f"{name}: {key} must be a finite number, got {value!r:.40}")
-    if not minimum <= number <= maximum:
-        raise OpError(f"{name}: {key} must be in [{minimum}, {maximum}], got {value!r}")
-    return number
-
-
-def _integer(name: str, key: str, value: object, *, minimum: int, maximum: int = _INT32) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-        raise OpError(
-            f"{name}: {key} must be an integer in [{minimum}, {maximum}], got {value!r:.40}"
-        )
-    return value
-
-
-def _choice(name: str, key: str, value: object, choices: Mapping[str, int]) -> int:
-    if not isinstance(value, str) or value not in choices:
-        raise OpError(f"{name}: {key} must be one of {', '.join(choices)}, got {value!r}")
-    return choices[value]
-
-
-# ---- the shipped ops -------------------------------------------------------------------------
-
-_THRESHOLD_TYPES = {
-    "binary": cv2.THRESH_BINARY,
-    "binary_inv": cv2.THRESH_BINARY_INV,
-    "trunc": cv2.THRESH_TRUNC,
-    "tozero": cv2.THRESH_TOZERO,
-    "tozero_inv": cv2.THRESH_TOZERO_INV,
-}
-
-_INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
-    "area": cv2.INTER_AREA,
-    "cubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
-}
-
-
-@op()
-def threshold(
-    image: Image, *, thresh: float = 127, maxval: float = 255, type: str = "binary"
-) -> Image:
-    """Apply ``cv2.threshold`` to every channel (8/16-bit unsigned, int16, float images).
-
-    Args:
-        image: the input.
-        thresh: the threshold value.
-        maxval: the value given to pixels that pass (binary types).
-        type: binary, binary_inv, trunc, tozero or tozero_inv.
-
-    Returns:
-        A new image of the same dtype.
-
-    Raises:
-        OpError: a bad param, or an image OpenCV cannot threshold.
-    """
-    _check_image("threshold", image)
-    t = _number("threshold", "thresh", thresh)
-    m = _number("threshold", "maxval", maxval)
-    kind = _choice("threshold", "type", type, _THRESHOLD_TYPES)
-    out: Image = _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind)[1])
-    return out
-
-
-def _text(template: object, node: str) -> str:
-    if not isinstance(template, str):
-        raise OpError(f"label: text must be a string, got {template!r}")
-    try:
-        fields = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise OpError(f"label: bad text {template!r}: {exc}; write {{{{ for a brace") from exc
-    for _, field, spec, conversion in fields:
-        if field is not None and (field != "node" or spec or conversion):
-            raise OpError(f"label: text {template!r} may use only {{node}}, got {{{field}}}")
-    return template.format(node=node)
-
-
-@op()
-def label(
-    image: Image,
-    *,
-    node: str,
-    text: str = "{node}",
-    org: tuple[int, int] = (10, 30),
-    scale: float = 1.0,
-    color: float | tuple[float, ...] = (0, 0, 0),
-    thickness: int = 2,
-) -> Image:
-    """Write text on a copy with ``cv2.putText`` in FONT_HERSHEY_SIMPLEX, as the notebook does.
-
-    ``color`` follows OpenCV's scalar rules: missing channels are 0, so on a BGRA image a
-    3-tuple draws with alpha 0 (give 4 numbers to keep the text opaque); on a gray image only
-    the first number counts.
-
-    Args:
-        image: the input (gray, BGR or BGRA; 8- or 16-bit).
-        node: the worker's node name (set by :func:`run_pipeline`).
-        text: the text; ``{node}`` is replaced by the node name.
-        org: bottom-left corner of the text, (x, y).
-        scale: font scale.
-        color: 1 to 4 numbers, or one number.
-        thickness: stroke thickness in pixels.
-
-    Returns:
-        A new image with the text drawn.
-
-    Raises:
-        OpError: a bad param, or an image OpenCV cannot draw on.
-    """
-    _check_image("label", image)
-    words = _text(text, node)
-    if not (isinstance(org, tuple) and len(org) == 2) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _INT32 for v in org
-    ):
-        raise OpError(f"label: org must be two integers x/y, got {org!r}")
-    size = _number("label", "scale", scale, minimum=0, maximum=1000)
-    colour = (color,) if _is_number(color) else color
-    if not (isinstance(colour, tuple) and 1 <= len(colour) <= 4):
-        raise OpError(f"label: color must be 1 to 4 numbers such as 255/0/0, got {color!r}")
-    scalar = tuple(_number("label", "color", v) for v in colour)
-    width = _integer("label", "thickness", thickness, minimum=1, maximum=32767)  # cv2's limit
-    out = image.copy()
-    _cv2_call(
-        "label",
-        image,
-        lambda: cv2.putText(out, words, org, cv2.FONT_HERSHEY_SIMPLEX, size, scalar, width),
-    )
-    return out
-
-
-@op()
-def grayscale(image: Image) -> Image:
-    """Convert BGR or BGRA to gray with ``cv2.cvtColor``; a gray image is returned as a copy.
-
-    Raises:
-        OpError: a 2-channel image, or a dtype cvtColor rejects (it takes uint8, uint16, float32).
-    """
-    _check_image("grayscale", image)
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    if channels == 1:
-        return image.reshape(image.shape[:2]).copy()
-    if channels == 2:
-        raise OpError("grayscale: cannot convert a 2-channel image (expected gray, BGR or BGRA)")
-    code = cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY
-    out: Image = _cv2_call("grayscale", image, lambda: cv2.cvtColor(image, code))
-    return out
-
-
-@op()
-def resize(
-    image: Image,
-    *,
-    width: int | None = None,
-    height: int | None = None,
-    scale: float | None = None,
-    interpolation: str = "area",
-) -> Image:
-    """Resize with ``cv2.resize`` to ``width`` and/or ``height`` or by ``scale``.
-
-    Give either ``scale`` or at least one of ``width`` and ``height``; with only one of them the
-    aspect ratio is kept (the other side is rounded, and at least 1).
-
-    Args:
-        image: the input.
-        width: target width in pixels.
-        height: target height in pixels.
-        scale: factor applied to both sides.
-        interpolation: nearest, linear, area, cubic or lanczos.
-
-    Returns:
-        The resized image (OpenCV drops a trailing channel axis of size 1).
-
-    Raises:
-        OpError: no size or both a size and a scale, a bad value, or a result over 200 Mpixel.
-    """
-    _check_image("resize", image)
-    h, w = image.shape[:2]
-    mode = _choice("resize", "interpolation", interpolation, _INTERPOLATIONS)
-    if scale is not None:
-        if width is not None or height is not None:
-            raise OpError("resize: give either scale or width/height, not both")
-        factor = _number("resize", "scale", scale, minimum=0, maximum=100_000)
-        size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    elif width is not None or height is not None:
-        if width is not None:
-            new_w = _integer("resize", "width", width, minimum=1)
-            new_h = (
-                max(1, round(h * new_w / w))
-                if height is None
-                else _integer("resize", "height", height, minimum=1)
-            )
-        else:
-            new_h = _integer("resize", "height", height, minimum=1)
-            new_w = max(1, round(w * new_h / h))
-        size = (new_w, new_h)
-    else:
-        raise OpError("resize: give width, height or scale (e.g. resize:width=320)")
-    if size[0] * size[1] > _MAX_OUTPUT_PIXELS:
-        raise OpError(f"resize: {size[0]}x{size[1]} exceeds {_MAX_OUTPUT_PIXELS} pixels")
-    out: Image = _cv2_call("resize", image, lambda: cv2.resize(image, size, interpolation=mode))
-    return out
-
-
-@op()
-def blur(image: Image, *, ksize: int = 5, sigma: float = 0.0) -> Image:
-    """Gaussian blur with ``cv2.GaussianBlur(image, (ksize, ksize), sigma)``.
-
-    Args:
-        image: the input.
-        ksize: kernel size, an odd positive integer.
-        sigma: Gaussian sigma; 0 lets OpenCV derive it from ``ksize``.
-
-    Returns:
-        The blurred image.
-
-    Raises:
-        OpError: an even or non-positive ksize, a negative sigma, or an unsupported image.
-    """
-    _check_image("blur", image)
-    k = _integer("blur", "ksize", ksize, minimum=1, maximum=_MAX_KSIZE)
-    if k % 2 == 0:
-        raise OpError(f"blur: ksize must be odd, got {k}")
-    s = _number("blur", "sigma", sigma, minimum=0)
-    out: Image = _cv2_call("blur", image, lambda: cv2.GaussianBlur(image, (k, k), s))
-    return out
-
-
 DEFAULT_PIPELINE: tuple[OpSpec, ...] = (OpSpec("threshold", {}), OpSpec("label", {}))
 """The notebook's job: ``threshold(127, 255, binary)`` then the node name at (10, 30)."""
+
+
+# The shipped ops register as this import runs; it comes last because _op_library imports op
+# from here. Re-exported (and in __all__) so ``zimg.ops.threshold`` and the rest keep working.
+from zimg._op_library import blur, grayscale, label, resize, threshold  # noqa: E402 (see above)
