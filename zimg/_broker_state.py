@@ -137,11 +137,18 @@ class BrokerState:
 
     # ------------------------------------------------------------------ events
 
-    def on_message(self, identity: bytes, frames: Sequence[Any], now: float) -> list[Instruction]:
-        """Handle one message from ``identity`` (frames without the routing frame)."""
+    def on_message(
+        self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None = None
+    ) -> list[Instruction]:
+        """Handle one message from ``identity`` (frames without the routing frame).
+
+        ``user_id`` is the name the ZAP handler bound to the sender's key (CURVE), or None.
+        """
         self.stats["messages"] += 1
         try:
             msg = wire.decode(frames, self.config.limits)
+            if msg.command is Command.HELLO:
+                return self._hello(identity, msg.header, now, user_id)
             return self._dispatch_command(identity, msg, frames, now)
         except WireError as exc:
             return self._malformed(identity, str(exc))
@@ -194,8 +201,6 @@ class BrokerState:
         self, identity: bytes, msg: wire.Message, frames: Sequence[Any], now: float
     ) -> list[Instruction]:
         cmd = msg.command
-        if cmd is Command.HELLO:
-            return self._hello(identity, msg.header, now)
         if cmd is Command.NODES:
             return [Send(identity, wire.encode(Command.NODES, self.nodes_report(now)))]
         node = self.nodes.get(identity)
@@ -218,9 +223,15 @@ class BrokerState:
             return self._route(node, cmd, msg.header, frames)
         return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
 
-    def _hello(self, identity: bytes, header: dict[str, Any], now: float) -> list[Instruction]:
+    def _hello(
+        self, identity: bytes, header: dict[str, Any], now: float, user_id: str | None
+    ) -> list[Instruction]:
         try:
             name = _check_hello(header)
+            if user_id is not None and not protocol.name_allowed(name, user_id):
+                raise WireError(
+                    f"this node's key is registered as {user_id!r}; it cannot join as {name!r}"
+                )
         except WireError as exc:
             # Answer, so that the node stops asking and can tell its user why.
             self.stats["rejected"] += 1

@@ -11,6 +11,7 @@ ZimgError
 ├── RejectedError                 the broker refused this node (e.g. its name is taken)
 ├── ClosedError                   you closed the node, then used it
 ├── BrokenError (ConnectionError) the peer broke the connection
+├── KeyFileError                  a CURVE certificate is missing or unreadable
 └── FetchError                    `zimg fetch` could not download an image
 """
 
@@ -65,6 +66,10 @@ class ClosedError(ZimgError):
 
 class BrokenError(ZimgError, ConnectionError):
     """The connection to the broker or a peer broke."""
+
+
+class KeyFileError(ZimgError):
+    """A CURVE certificate is missing, unreadable, or not a certificate."""
 
 
 class FetchError(ZimgError):

@@ -15,6 +15,7 @@ import zmq
 
 from zimg import protocol
 from zimg._broker_state import BrokerConfig, BrokerState, Instruction, Log, Probe, Send
+from zimg.security import BrokerKeys
 from zimg.wire import MAGIC, Command
 
 log = logging.getLogger("zimg.broker")
@@ -36,8 +37,10 @@ class Broker:
         config: BrokerConfig | None = None,
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        keys: BrokerKeys | None = None,
     ) -> None:
         self.url = url
+        self.keys = keys
         self.config = config or BrokerConfig()
         self._own_context = context is None
         self._ctx = context or zmq.Context()
@@ -99,10 +102,15 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a node's new connection replaces its old one
         limits = self.config.limits
         sock.setsockopt(zmq.MAXMSGSIZE, max(limits.max_frame_bytes, limits.max_header_bytes))
+        if self.keys is not None:
+            self.keys.start(self._ctx)
+            self.keys.apply(sock)
         try:
             sock.bind(self.url)
         except zmq.ZMQError as exc:
             sock.close()
+            if self.keys is not None:
+                self.keys.stop()
             raise OSError(f"cannot bind the broker to {self.url}: {exc}") from exc
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._sock = sock
@@ -122,13 +130,24 @@ class Broker:
                         except zmq.Again:
                             break
                         identity = frames[0].bytes
-                        self._execute(state.on_message(identity, frames[1:], time.monotonic()))
+                        user_id = self._user_id(frames[0])
+                        now = time.monotonic()
+                        self._execute(state.on_message(identity, frames[1:], now, user_id))
                 self._execute(state.on_tick(time.monotonic()))
                 if self._backlog:
                     self._flush_backlog()
         finally:
             self._sock = None
             sock.close(linger=0)
+            if self.keys is not None:
+                self.keys.stop()
+
+    def _user_id(self, frame: zmq.Frame) -> str | None:
+        """The node name the ZAP handler bound to the sender's key, or None without keys."""
+        if self.keys is None:
+            return None
+        value = frame.get("User-Id")
+        return value if isinstance(value, str) else ""
 
     def _execute(self, instructions: Sequence[Instruction]) -> None:
         for ins in instructions:

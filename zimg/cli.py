@@ -24,6 +24,7 @@ from zimg._errors import OpError, ZimgError
 from zimg.batch import BatchOptions, BatchReport, run_batch
 from zimg.connection import Connection
 from zimg.jobs import PAYLOAD_MODES
+from zimg.security import BrokerKeys, ClientKeys
 
 app = typer.Typer(
     help="Distributed image processing over ZeroMQ, with Erlang-style nodes.\n\n"
@@ -67,6 +68,24 @@ Imports = Annotated[
     list[str] | None,
     typer.Option(
         "--import", help="Import this module first (registers user ops).", show_default=False
+    ),
+]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--key",
+        help="This node's secret certificate (NAME.key_secret), for a broker that uses keys.",
+        envvar="ZIMG_KEY",
+        show_default=False,
+    ),
+]
+BrokerKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--broker-key",
+        help="The broker's public certificate (broker.key); goes with --key.",
+        envvar="ZIMG_BROKER_KEY",
+        show_default=False,
     ),
 ]
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
@@ -119,6 +138,23 @@ def _pipeline(
     return specs
 
 
+def _client_keys(key: Path | None, broker_key: Path | None) -> ClientKeys | None:
+    """Load ``--key`` and ``--broker-key`` (both or neither); a problem is a usage error."""
+    if key is None and broker_key is None:
+        return None
+    if key is None or broker_key is None:
+        raise _fail("--key and --broker-key go together", code=2)
+    try:
+        return ClientKeys.load(key, broker_key)
+    except ZimgError as exc:
+        raise _fail(str(exc), code=2) from None
+
+
+def _key_name(key: Path | None) -> str | None:
+    """The node name a certificate file is for (its file name without .key_secret)."""
+    return None if key is None else key.name.removesuffix(".key_secret").removesuffix(".key")
+
+
 def _check_payload(mode: str) -> None:
     if mode not in PAYLOAD_MODES:
         raise typer.BadParameter(
@@ -143,6 +179,16 @@ def broker(
     max_attempts: Annotated[
         int, typer.Option("--max-attempts", min=1, help="Deliveries of a job before it fails.")
     ] = protocol.DEFAULT_MAX_ATTEMPTS,
+    keys: Annotated[
+        Path | None,
+        typer.Option(
+            "--keys",
+            help="Enable CURVE: DIR holds broker.key_secret and authorized/NAME.key per node "
+            "(see 'zimg keys new').",
+            envvar="ZIMG_BROKER_KEYS",
+            show_default=False,
+        ),
+    ] = None,
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback bind without keys.")
     ] = False,
@@ -152,16 +198,21 @@ def broker(
     from zimg.broker import Broker
 
     _setup_logging(log_level)
-    if not insecure and not _is_local_endpoint(bind):
+    if keys is None and not insecure and not _is_local_endpoint(bind):
         raise _fail(
-            f"{bind} is reachable from other machines, and this broker would admit anyone. "
-            "Bind a loopback address, or pass --insecure on a network you trust.",
+            f"{bind} is reachable from other machines, and without --keys this broker would "
+            "admit anyone. Use --keys DIR (see 'zimg keys new'), bind a loopback address, or "
+            "pass --insecure on a network you trust.",
             code=2,
         )
+    try:
+        broker_keys = BrokerKeys(keys) if keys is not None else None
+    except ZimgError as exc:
+        raise _fail(str(exc), code=2) from None
     config = BrokerConfig(
         heartbeat_interval_s=heartbeat, liveness=liveness, max_attempts=max_attempts
     )
-    server = Broker(bind, config)
+    server = Broker(bind, config, keys=broker_keys)
     signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
     try:
         with contextlib.suppress(KeyboardInterrupt):
@@ -191,6 +242,8 @@ def worker(
         int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
     ] = 1,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    key: KeyOpt = None,
+    broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
@@ -203,8 +256,9 @@ def worker(
             ops.load_module(module)
     except (ValueError, ZimgError) as exc:
         raise _fail(str(exc), code=2) from None
+    client_keys = _client_keys(key, broker_key)
     configure_opencv(cv_threads)
-    node = Worker(connect, name, capacity=capacity, max_pixels=max_pixels)
+    node = Worker(connect, name, capacity=capacity, max_pixels=max_pixels, keys=client_keys)
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:
         node.start()
@@ -233,11 +287,14 @@ def send(
         float, typer.Option("--timeout", help="Give up after this many seconds with no result.")
     ] = 120.0,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    key: KeyOpt = None,
+    broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Send files to the workers of a running broker; write <name>_processed<ext> files."""
     _setup_logging(log_level)
     _check_payload(payload)
+    client_keys = _client_keys(key, broker_key)
     try:
         options = BatchOptions(
             outdir=output,
@@ -247,8 +304,10 @@ def send(
             max_pixels=max_pixels,
             idle_timeout_s=timeout,
         )
-        node_name = name or f"send-{os.getpid()}"
-        with Connection(broker_url, node_name).start(timeout_s=min(timeout, 10.0)) as conn:
+        key_name = _key_name(key)
+        default_name = f"{key_name}.send-{os.getpid()}" if key_name else f"send-{os.getpid()}"
+        conn = Connection(broker_url, name or default_name, keys=client_keys)
+        with conn.start(timeout_s=min(timeout, 10.0)):
             report = _run_with_progress(conn, files, options)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -366,6 +425,8 @@ def nodes(
     broker_url: BrokerUrl = protocol.DEFAULT_BROKER_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw report as JSON.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 5.0,
+    key: KeyOpt = None,
+    broker_key: BrokerKeyOpt = None,
 ) -> None:
     """List the nodes connected to a broker."""
     import json
@@ -373,7 +434,7 @@ def nodes(
     from zimg.connection import query_nodes
 
     try:
-        report = query_nodes(broker_url, timeout_s=timeout)
+        report = query_nodes(broker_url, timeout_s=timeout, keys=_client_keys(key, broker_key))
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     if as_json:
@@ -464,3 +525,49 @@ def prepare_demo_inputs(target: Path, copies: int) -> list[Path]:
         shutil.copyfile(str(samples / name), dest)
         inputs.append(dest)
     return inputs
+
+
+# ---------------------------------------------------------------------- keys
+
+keys_app = typer.Typer(
+    help="CURVE certificates: the broker admits only nodes whose public key it holds.",
+    no_args_is_help=True,
+)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("new")
+def keys_new(
+    name: Annotated[str, typer.Argument(help="The node name the key is for ('broker' for it).")],
+    directory: Annotated[Path, typer.Option("--dir", "-d", help="Where to write.")] = Path("."),
+) -> None:
+    """Write NAME.key (public) and NAME.key_secret (secret, mode 0600)."""
+    from zimg.security import create_keys
+
+    try:
+        public, secret = create_keys(name, directory)
+    except (ValueError, ZimgError) as exc:
+        raise _fail(str(exc), code=2) from None
+    out.print(f"public: {public}\nsecret: {secret}  (keep it private)", highlight=False)
+
+
+@keys_app.command("authorize")
+def keys_authorize(
+    public_key: Annotated[Path, typer.Argument(help="A node's NAME.key (public) file.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", "-d", help="The broker's keys directory.")
+    ] = Path("."),
+) -> None:
+    """Let the node of PUBLIC_KEY join the broker whose keys are in DIR (restart the broker)."""
+    from zimg.security import AUTHORIZED_DIR, load_public_key
+
+    if public_key.name.endswith(".key_secret"):
+        raise _fail("give the public NAME.key file, never the secret one", code=2)
+    try:
+        load_public_key(public_key)
+    except ZimgError as exc:
+        raise _fail(str(exc), code=2) from None
+    target = directory / AUTHORIZED_DIR / public_key.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(public_key, target)
+    out.print(f"authorized: {target}", highlight=False)

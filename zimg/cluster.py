@@ -18,6 +18,7 @@ from zimg._errors import ZimgError, ZimgTimeout
 from zimg.broker import Broker
 from zimg.connection import query_nodes
 from zimg.node import Node
+from zimg.security import ClientKeys
 
 
 class LocalCluster(Node):
@@ -60,6 +61,7 @@ def wait_for_workers(
     *,
     timeout_s: float = 30.0,
     processes: dict[str, subprocess.Popen[bytes]] | None = None,
+    keys: ClientKeys | None = None,
 ) -> None:
     """Block until every worker in ``names`` has joined the broker at ``url``.
 
@@ -70,7 +72,7 @@ def wait_for_workers(
     deadline = time.monotonic() + timeout_s
     want = set(names)
     while True:
-        report = query_nodes(url, timeout_s=max(0.1, deadline - time.monotonic()))
+        report = query_nodes(url, timeout_s=max(0.1, deadline - time.monotonic()), keys=keys)
         joined = {n["name"] for n in report["nodes"] if n["role"] == protocol.ROLE_WORKER}
         if want <= joined:
             return

@@ -21,6 +21,7 @@ import zmq
 
 from zimg import protocol, wire
 from zimg._errors import BrokenError, ClosedError, RejectedError, WireError, ZimgTimeout
+from zimg.security import ClientKeys
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.node")
@@ -53,6 +54,7 @@ class Connection:
         capacity: int = 0,
         handlers: Mapping[Command, Handler] | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
+        keys: ClientKeys | None = None,
     ) -> None:
         if not 0 <= capacity <= protocol.MAX_CAPACITY:
             raise ValueError(f"capacity must be in 0..{protocol.MAX_CAPACITY}, got {capacity}")
@@ -61,6 +63,7 @@ class Connection:
         self.role = role
         self.capacity = capacity
         self.limits = limits
+        self.keys = keys
         self.incarnation = secrets.randbits(62)
         self.identity = protocol.node_identity(name, self.incarnation)
         self.heartbeat_interval_s = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
@@ -117,7 +120,8 @@ class Connection:
         self._thread.start()
         if not self._welcomed.wait(timeout_s):
             self.close()
-            raise ZimgTimeout(f"no answer from the broker at {self.url} within {timeout_s} s")
+            hint = " (with keys: check --key and --broker-key)" if self.keys else ""
+            raise ZimgTimeout(f"no answer from the broker at {self.url} within {timeout_s} s{hint}")
         if self._error is not None:
             error = self._error
             self.close()
@@ -187,6 +191,8 @@ class Connection:
         sock.setsockopt(
             zmq.MAXMSGSIZE, max(self.limits.max_frame_bytes, self.limits.max_header_bytes)
         )
+        if self.keys is not None:
+            self.keys.apply(sock)
         sock.connect(self.url)
         self._backlog.clear()  # stale: whatever matters is resent on the new session
         return sock
@@ -346,7 +352,9 @@ class Connection:
         self._dealer = None
 
 
-def query_nodes(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def query_nodes(
+    url: str, timeout_s: float = 5.0, *, keys: ClientKeys | None = None
+) -> dict[str, Any]:
     """Ask the broker at ``url`` for its node table, without joining as a node.
 
     Returns:
@@ -359,6 +367,8 @@ def query_nodes(url: str, timeout_s: float = 5.0) -> dict[str, Any]:
     try:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(sock)
         sock.connect(url)
         sock.send_multipart(wire.encode(Command.NODES, {}))
         deadline = time.monotonic() + timeout_s

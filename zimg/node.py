@@ -24,6 +24,7 @@ from zimg._actor import (
 from zimg._errors import ZimgTimeout
 from zimg._mailbox import Match
 from zimg.connection import Connection
+from zimg.security import ClientKeys
 from zimg.wire import Command, Pid, Ref
 
 __all__ = ["ANY", "ExitSignal", "Node", "connect"]
@@ -48,8 +49,11 @@ class Node:
         role: str = protocol.ROLE_CLIENT,
         capacity: int = 0,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
+        keys: ClientKeys | None = None,
     ) -> None:
-        self.connection = Connection(url, name, role=role, capacity=capacity, limits=limits)
+        self.connection = Connection(
+            url, name, role=role, capacity=capacity, limits=limits, keys=keys
+        )
         self.runtime = ActorRuntime(self.connection, self.nodes)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._query_lock = threading.Lock()
@@ -179,7 +183,13 @@ class Node:
         return self.main.make_ref()
 
 
-def connect(url: str = protocol.DEFAULT_BROKER_URL, *, name: str, timeout_s: float = 10.0) -> Node:
+def connect(
+    url: str = protocol.DEFAULT_BROKER_URL,
+    *,
+    name: str,
+    timeout_s: float = 10.0,
+    keys: ClientKeys | None = None,
+) -> Node:
     """Join the broker at ``url`` as node ``name`` and return the started :class:`Node`.
 
     Use it as a context manager to leave cleanly::
@@ -187,4 +197,4 @@ def connect(url: str = protocol.DEFAULT_BROKER_URL, *, name: str, timeout_s: flo
         with zimg.connect("tcp://127.0.0.1:5555", name="main") as node:
             print(node.nodes())
     """
-    return Node(url, name).start(timeout_s)
+    return Node(url, name, keys=keys).start(timeout_s)

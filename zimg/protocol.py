@@ -47,6 +47,14 @@ def node_identity(name: str, incarnation: int) -> bytes:
     return f"{name}/{incarnation:x}".encode()
 
 
+def name_allowed(name: str, user_id: str) -> bool:
+    """May a node authenticated (CURVE) as ``user_id`` use the node name ``name``?
+
+    Only its own name, or that name followed by ``.`` and anything (``main.send-42``).
+    """
+    return name == user_id or name.startswith(user_id + ".")
+
+
 def field(header: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     """Fetch ``header[key]`` and check its type, raising :class:`WireError` if it is wrong.
 

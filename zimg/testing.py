@@ -12,6 +12,7 @@ from pathlib import Path
 from zimg._errors import ZimgError, ZimgTimeout
 from zimg.cluster import stop_process, wait_for_workers
 from zimg.connection import query_nodes
+from zimg.security import ClientKeys
 
 
 def free_tcp_url(host: str = "127.0.0.1") -> str:
@@ -48,19 +49,27 @@ class Processes:
         self.started.append((f"{label}-{self._count}", proc))
         return proc
 
-    def broker(self, url: str, *args: str, timeout_s: float = 15.0) -> subprocess.Popen[bytes]:
-        """Start a broker bound to ``url`` and wait until it answers."""
+    def broker(
+        self, url: str, *args: str, timeout_s: float = 15.0, keys: ClientKeys | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a broker bound to ``url`` and wait until it answers (``keys``: to ask it)."""
         proc = self.zimg("broker", "broker", "--bind", url, *args)
-        wait_for_broker(url, timeout_s=timeout_s, process=proc)
+        wait_for_broker(url, timeout_s=timeout_s, process=proc, keys=keys)
         return proc
 
     def worker(
-        self, url: str, name: str, *args: str, wait: bool = True, timeout_s: float = 30.0
+        self,
+        url: str,
+        name: str,
+        *args: str,
+        wait: bool = True,
+        timeout_s: float = 30.0,
+        keys: ClientKeys | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start a worker named ``name``; by default wait until the broker lists it."""
         proc = self.zimg(f"worker-{name}", "worker", "--name", name, "--connect", url, *args)
         if wait:
-            wait_for_workers(url, [name], timeout_s=timeout_s, processes={name: proc})
+            wait_for_workers(url, [name], timeout_s=timeout_s, processes={name: proc}, keys=keys)
         return proc
 
     def output(self) -> str:
@@ -77,7 +86,11 @@ class Processes:
 
 
 def wait_for_broker(
-    url: str, *, timeout_s: float = 15.0, process: subprocess.Popen[bytes] | None = None
+    url: str,
+    *,
+    timeout_s: float = 15.0,
+    process: subprocess.Popen[bytes] | None = None,
+    keys: ClientKeys | None = None,
 ) -> None:
     """Block until a broker at ``url`` answers NODES.
 
@@ -88,7 +101,7 @@ def wait_for_broker(
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            query_nodes(url, timeout_s=0.2)
+            query_nodes(url, timeout_s=0.2, keys=keys)
             return
         except ZimgTimeout:
             if process is not None and process.poll() is not None:

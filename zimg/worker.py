@@ -15,6 +15,7 @@ from zimg import images, ops, protocol, wire
 from zimg._errors import ZimgError
 from zimg.jobs import JobRequest
 from zimg.node import Node
+from zimg.security import ClientKeys
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.worker")
@@ -60,6 +61,7 @@ class Worker:
         capacity: int = DEFAULT_CAPACITY,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
+        keys: ClientKeys | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -69,7 +71,9 @@ class Worker:
         self.jobs_done = 0
         self._pool = ThreadPoolExecutor(capacity, thread_name_prefix=f"zimg-job-{name}")
         self._stopped = threading.Event()
-        self.node = Node(url, name, role=protocol.ROLE_WORKER, capacity=capacity, limits=limits)
+        self.node = Node(
+            url, name, role=protocol.ROLE_WORKER, capacity=capacity, limits=limits, keys=keys
+        )
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
 

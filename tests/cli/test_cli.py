@@ -121,3 +121,36 @@ def test_demo_makes_32_outputs_a_manifest_and_a_grid(tmp_path):
     assert (tmp_path / "demo" / "images" / "README.md").exists()
     assert (tmp_path / "demo" / "grid.png").exists()
     assert str(out) in result.output
+
+
+def test_keys_new_and_authorize(tmp_path):
+    result = invoke("keys", "new", "n1", "--dir", str(tmp_path / "nodes"))
+    assert result.exit_code == 0, result.output
+    secret = tmp_path / "nodes" / "n1.key_secret"
+    assert (secret.stat().st_mode & 0o777) == 0o600
+    assert "keep it private" in result.output
+    result = invoke("keys", "authorize", str(secret), "--dir", str(tmp_path / "broker"))
+    assert result.exit_code == 2
+    assert "never the secret" in result.output
+    result = invoke(
+        "keys", "authorize", str(tmp_path / "nodes" / "n1.key"), "--dir", str(tmp_path / "broker")
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "broker" / "authorized" / "n1.key").read_bytes() == (
+        tmp_path / "nodes" / "n1.key"
+    ).read_bytes()
+    again = invoke("keys", "new", "n1", "--dir", str(tmp_path / "nodes"))
+    assert again.exit_code == 2
+    assert "already exists" in again.output
+
+
+def test_broker_with_a_keys_dir_lacking_its_certificate_is_a_usage_error(tmp_path):
+    result = invoke("broker", "--keys", str(tmp_path), "--bind", "tcp://0.0.0.0:5555")
+    assert result.exit_code == 2
+    assert "broker.key_secret" in result.output
+
+
+def test_key_without_broker_key_is_a_usage_error(tmp_path):
+    result = invoke("nodes", "--key", str(tmp_path / "n1.key_secret"))
+    assert result.exit_code == 2
+    assert "--broker-key" in result.output

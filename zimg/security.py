@@ -1,0 +1,151 @@
+"""CURVE keys in the "ironhouse" model: certificates, the broker's ZAP authenticator, name binding.
+
+Certificates use the zcert text format that ``zmq.auth.load_certificate`` reads: ``NAME.key``
+holds the public key and ``NAME.key_secret`` both keys (written with mode 0600). The broker admits
+only the public keys found in its ``authorized/`` directory, and binds each key to the node name in
+its file name: a node holding ``n2``'s key may join as ``n2`` (or ``n2.anything``), never as ``n1``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.auth.certs import load_certificate
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
+
+from zimg import protocol
+from zimg._errors import KeyFileError
+
+AUTHORIZED_DIR = "authorized"
+BROKER_KEY_NAME = "broker"
+_DOMAIN = "*"
+
+
+def create_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write a new certificate pair ``NAME.key`` and ``NAME.key_secret`` into ``directory``.
+
+    The secret file is created with mode 0600 and never overwritten.
+
+    Returns:
+        ``(public_file, secret_file)``.
+
+    Raises:
+        KeyFileError: a certificate of that name already exists there.
+    """
+    protocol.check_name(name)
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = folder / f"{name}.key", folder / f"{name}.key_secret"
+    if public_file.exists() or secret_file.exists():
+        raise KeyFileError(f"a certificate named {name!r} already exists in {folder}")
+    public, secret = zmq.curve_keypair()
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    body = f'curve\n    public-key = "{public.decode()}"\n'
+    secret_text = (
+        f"#   ZeroMQ CURVE **Secret** Certificate for {name}, {now}\n#   Keep it private.\n"
+    )
+    secret_text += f'metadata\n    name = "{name}"\n{body}    secret-key = "{secret.decode()}"\n'
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secret_text)
+    public_text = f"#   ZeroMQ CURVE Public Certificate for {name}, {now}\nmetadata\n{body}"
+    public_file.write_text(public_text, encoding="ascii")
+    return public_file, secret_file
+
+
+def load_keypair(secret_file: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """``(public, secret)`` keys (z85) from a ``.key_secret`` certificate."""
+    public, secret = _load(secret_file)
+    if secret is None:
+        raise KeyFileError(f"{secret_file} holds no secret key (is it the public .key file?)")
+    return public, secret
+
+
+def load_public_key(key_file: str | os.PathLike[str]) -> bytes:
+    """The public key (z85) from a ``.key`` or ``.key_secret`` certificate."""
+    return _load(key_file)[0]
+
+
+def _load(path: str | os.PathLike[str]) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret = load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"cannot read a certificate from {path}: {exc}") from None
+    return public, secret
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a node needs to talk to a CURVE broker: its own pair and the broker's public key."""
+
+    public: bytes
+    secret: bytes
+    server_public: bytes
+
+    @classmethod
+    def load(
+        cls, key_file: str | os.PathLike[str], broker_key_file: str | os.PathLike[str]
+    ) -> ClientKeys:
+        public, secret = load_keypair(key_file)
+        return cls(public, secret, load_public_key(broker_key_file))
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        """Make ``sock`` a CURVE client of the broker."""
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+        sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
+
+
+class _NameBoundAuthenticator(ThreadAuthenticator):
+    """Admits the keys of ``authorized/`` and reports each one's node name as its ZAP user id."""
+
+    def __init__(self, context: zmq.Context[Any], names: dict[bytes, str]) -> None:
+        super().__init__(context)
+        self._names = names
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        return self._names.get(z85.encode(client_public_key), "")
+
+
+class BrokerKeys:
+    """The broker's side of CURVE: its pair, and who is authorised.
+
+    Args:
+        directory: holds ``broker.key_secret`` and ``authorized/NAME.key`` for each node.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        folder = Path(directory)
+        self.public, self.secret = load_keypair(folder / f"{BROKER_KEY_NAME}.key_secret")
+        self.authorized = folder / AUTHORIZED_DIR
+        if not self.authorized.is_dir():
+            raise KeyFileError(f"{self.authorized} is missing: put the nodes' NAME.key files there")
+        self.names = {
+            load_public_key(f): f.name.removesuffix(".key")
+            for f in sorted(self.authorized.glob("*.key"))
+        }
+        self._auth: _NameBoundAuthenticator | None = None
+
+    def start(self, context: zmq.Context[Any]) -> None:
+        """Start the ZAP handler on ``context`` (before the broker socket binds)."""
+        auth = _NameBoundAuthenticator(context, self.names)
+        auth.start()
+        auth.configure_curve(domain=_DOMAIN, location=str(self.authorized))
+        self._auth = auth
+
+    def apply(self, sock: zmq.Socket[Any]) -> None:
+        """Make ``sock`` a CURVE server."""
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+    def stop(self) -> None:
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
