@@ -47,6 +47,14 @@ class ExitSignal(BaseException):  # named after what it is, like SystemExit
         self.reason = reason
 
 
+def _is_kwargs(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
+
+
+class _Signalled(Exception):  # internal: carries "check the signal" out of a lock
+    pass
+
+
 def error_reason(exc: BaseException) -> tuple[str, str, str, str]:
     """The exit reason of a process that raised: ``("error", type, message, traceback)``."""
     text = "".join(traceback.format_exception(exc))
@@ -95,7 +103,11 @@ class Process:
             ZimgTimeout: nothing matched in time (also a ``TimeoutError``).
             ExitSignal: an exit signal arrived (the process must end).
         """
-        return self.mailbox.receive(match, timeout, check=self.check)
+        try:
+            return self.mailbox.receive(match, timeout, check=self._check_flag)
+        except _Signalled:
+            self._die()
+            raise  # unreachable: _die raises
 
     def spawn(
         self,
@@ -105,8 +117,11 @@ class Process:
         link: bool = False,
         monitor: bool = False,
         timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
+        kwargs: dict[str, Any] | None = None,
     ) -> Pid:
         """Run the registered ``behaviour`` on ``node`` (a name, or ``ANY``) with ``args``.
+
+        ``kwargs`` are keyword arguments for the behaviour (they travel as a map).
 
         ``link=True`` links the new process to this one before it runs. ``monitor=True`` monitors
         it (the ``DOWN`` message carries its pid); use :meth:`spawn_monitor` to get the ref.
@@ -116,7 +131,7 @@ class Process:
             ZimgTimeout: no answer within ``timeout``.
         """
         pid, _ = self.spawn_monitor(
-            node, behaviour, *args, link=link, monitor=monitor, timeout=timeout
+            node, behaviour, *args, link=link, monitor=monitor, timeout=timeout, kwargs=kwargs
         )
         return pid
 
@@ -128,10 +143,13 @@ class Process:
         link: bool = False,
         monitor: bool = True,
         timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
+        kwargs: dict[str, Any] | None = None,
     ) -> tuple[Pid, Ref]:
         """Like :meth:`spawn`, monitoring by default; returns ``(pid, ref)``."""
         self.check()
-        return self.runtime.spawn(self, node, behaviour, list(args), link, monitor, timeout)
+        return self.runtime.spawn(
+            self, node, behaviour, list(args), dict(kwargs or {}), link, monitor, timeout
+        )
 
     def link(self, pid: Pid) -> None:
         """Link this process and ``pid`` (both ways). A dead pid sends back ``noproc``."""
@@ -195,7 +213,19 @@ class Process:
     def check(self) -> None:
         """Raise :class:`ExitSignal` if an exit signal has arrived for this process."""
         if self._signalled:
-            raise ExitSignal(self._signal)
+            self._die()
+
+    def _check_flag(self) -> None:
+        if self._signalled:
+            raise _Signalled
+
+    def _die(self) -> None:
+        """End with the pending signal's reason. The main process of a node ends for real (its
+        links and monitors are told) and the node gets a new main process, as Erlang's shell
+        does."""
+        if self is self.runtime.main:
+            self.runtime.replace_main(self._signal)
+        raise ExitSignal(self._signal)
 
     def kill(self, reason: Any) -> None:
         """Mark this process to end with ``reason`` and wake it if it is waiting."""
@@ -221,11 +251,11 @@ class _PendingSpawn:
 class ActorRuntime:
     """All the processes of one node, and the actor commands that reach it."""
 
-    def __init__(self, connection: Connection, list_nodes: Callable[[], list[str]]) -> None:
+    def __init__(self, connection: Connection, report: Callable[[], dict[str, Any]]) -> None:
         self.connection = connection
         self.name = connection.name
         self.incarnation = connection.incarnation
-        self.list_nodes = list_nodes
+        self.report = report
         self._lock = threading.RLock()
         self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
@@ -248,6 +278,7 @@ class ActorRuntime:
         }
         for command, handler in handlers.items():
             connection.on(command, handler)
+        connection.on_session(self._on_session)
         self.main = self._new_process()
 
     # ------------------------------------------------------------------ lookup
@@ -268,8 +299,18 @@ class ActorRuntime:
     def _is_local(self, pid: Pid) -> bool:
         return pid.node == self.name
 
+    def list_nodes(self) -> list[str]:
+        """The other connected nodes' names, sorted."""
+        return sorted(n["name"] for n in self.report()["nodes"] if n["name"] != self.name)
+
     def make_ref(self) -> Ref:
         return Ref(self.name, self.incarnation, next(self._refs))
+
+    def replace_main(self, reason: Any) -> None:
+        """The main process ended with ``reason``: tell its links and monitors, start a new one."""
+        old = self.main
+        self.main = self._new_process()
+        self.exited(old, reason)
 
     def processes(self) -> list[Process]:
         """The live processes, the main one included."""
@@ -320,6 +361,7 @@ class ActorRuntime:
         node: str,
         behaviour: str,
         args: list[Any],
+        kwargs: dict[str, Any],
         link: bool,
         monitor: bool,
         timeout: float,
@@ -335,7 +377,7 @@ class ActorRuntime:
                     caller.links.add(proc.pid)
                 if monitor:
                     caller.monitors[ref] = proc.pid
-            self._start(proc, fn, args)
+            self._start(proc, fn, args, kwargs)
             return proc.pid, ref
         pending = _PendingSpawn(caller, node, link, monitor)
         with self._lock:
@@ -346,10 +388,16 @@ class ActorRuntime:
             "ref": ref,
             "behaviour": behaviour,
             "args": args,
+            "kwargs": kwargs,
             "link": link,
             "monitor": monitor,
         }
-        self.connection.send(Command.SPAWN, header)
+        try:
+            self.connection.send(Command.SPAWN, header)
+        except BaseException:
+            with self._lock:
+                self._pending.pop(ref, None)
+            raise
         if not pending.done.wait(timeout):
             with self._lock:
                 self._pending.pop(ref, None)
@@ -360,7 +408,10 @@ class ActorRuntime:
 
     def _unknown(self, behaviour: str) -> str:
         known = ", ".join(registered_behaviours()) or "none"
-        return f"unknown behaviour {behaviour!r} on node {self.name} (registered: {known})"
+        text = f"unknown behaviour {behaviour!r} on node {self.name} (registered: {known})"
+        if behaviour.startswith("__main__:"):
+            text += "; a script run as __main__ must register behaviours with explicit names"
+        return text
 
     def _prepare(self, spawner: Pid, ref: Ref, link: bool, monitor: bool) -> Process:
         proc = self._new_process()
@@ -371,19 +422,24 @@ class ActorRuntime:
                 proc.monitored_by[ref] = spawner
         return proc
 
-    def _start(self, proc: Process, fn: Behaviour, args: list[Any]) -> None:
+    def _start(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
         thread = threading.Thread(
-            target=self._run, args=(proc, fn, args), name=f"zimg-actor-{proc.pid!r}", daemon=True
+            target=self._run,
+            args=(proc, fn, args, kwargs),
+            name=f"zimg-actor-{proc.pid!r}",
+            daemon=True,
         )
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
 
-    def _run(self, proc: Process, fn: Behaviour, args: list[Any]) -> None:
+    def _run(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
         reason: Any = protocol.NORMAL
         try:
-            fn(proc, *args)
+            fn(proc, *args, **kwargs)
+            if proc._signalled:  # killed while busy, and returned before it noticed
+                reason = proc._signal
         except ExitSignal as exc:
             reason = exc.reason
         except BaseException as exc:  # the process's failure is its exit reason
@@ -395,19 +451,22 @@ class ActorRuntime:
     def _on_spawn(self, msg: Message) -> None:
         h = msg.header
         spawner, ref, name, args = h.get("from"), h.get("ref"), h.get("behaviour"), h.get("args")
+        kwargs = h.get("kwargs", {})
         if not isinstance(spawner, Pid) or not isinstance(ref, Ref):
             log.warning("dropped a SPAWN without a valid 'from' pid and 'ref'")
             return
         reply: dict[str, Any] = {"to": spawner, "ref": ref, "pid": None, "error": None}
         fn = get_behaviour(name) if isinstance(name, str) else None
-        if fn is None or not isinstance(args, list):
-            reply["error"] = self._unknown(str(name)) if fn is None else "args must be a list"
+        if fn is None or not isinstance(args, list) or not _is_kwargs(kwargs):
+            reply["error"] = (
+                self._unknown(str(name)) if fn is None else "args must be a list, kwargs a map"
+            )
             self.connection.send(Command.SPAWNED, reply)
             return
         proc = self._prepare(spawner, ref, h.get("link") is True, h.get("monitor") is True)
         reply["pid"] = proc.pid
         self.connection.send(Command.SPAWNED, reply)  # before it runs: SPAWNED precedes any EXIT
-        self._start(proc, fn, args)
+        self._start(proc, fn, args, kwargs)
 
     def _on_spawned(self, msg: Message) -> None:
         h = msg.header
@@ -614,8 +673,14 @@ class ActorRuntime:
     def monitor_node(self, proc: Process, name: str) -> None:
         with self._lock:
             self._node_watchers.setdefault(name, []).append(proc)
-        if name != self.name and name not in self.list_nodes():
-            self._node_down(name, None)
+        if name == self.name or name in self.list_nodes():
+            return
+        with self._lock:  # not up: only this watcher hears of it, and only once
+            watchers = self._node_watchers.get(name, [])
+            if proc not in watchers:
+                return  # a NODEDOWN got there first
+            watchers.remove(proc)
+        proc.mailbox.put(("nodedown", name))
 
     def _on_nodedown(self, msg: Message) -> None:
         name, incarnation = msg.header.get("node"), msg.header.get("incarnation")
@@ -646,6 +711,48 @@ class ActorRuntime:
         for proc in watchers:
             if proc.alive:
                 proc.mailbox.put(("nodedown", name))
+
+    def _on_session(self, broker_restarted: bool) -> None:
+        """This node joined the broker again (on the I/O thread)."""
+        if not broker_restarted:
+            # The broker had given this node up and told every other node so (NODEDOWN): their
+            # links and monitors into us are gone. Ours into them end the same way.
+            for name in {name for name, _ in self._remote_nodes()}:
+                self._node_down(name, None)
+            return
+        threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
+
+    def _remote_nodes(self) -> set[tuple[str, int | None]]:
+        """The (node, incarnation) of every remote pid a local link or monitor points at, and
+        the node names watched with monitor_node (incarnation None)."""
+        with self._lock:
+            found: set[tuple[str, int | None]] = {(name, None) for name in self._node_watchers}
+            for proc in self._procs.values():
+                for pid in [*proc.links, *proc.monitors.values()]:
+                    if pid.node != self.name:
+                        found.add((pid.node, pid.incarnation))
+        return found
+
+    def _resync(self) -> None:
+        """After a broker restart, nodes that died while it was down get no NODEDOWN: find them.
+
+        Runs on its own thread: it waits for the other nodes to rejoin the new broker (they do
+        within a heartbeat or two), then ends links and monitors into any that did not.
+        """
+        time.sleep(self.connection.heartbeat_interval_s * self.connection.liveness)
+        try:
+            nodes = self.report()["nodes"]
+        except ZimgError as exc:
+            log.warning("could not check the nodes after a broker restart: %s", exc)
+            return
+        live = {(n["name"], n["incarnation"]) for n in nodes}
+        live_names = {name for name, _ in live}
+        for name, incarnation in self._remote_nodes():
+            gone = (
+                name not in live_names if incarnation is None else (name, incarnation) not in live
+            )
+            if gone:
+                self._node_down(name, incarnation)
 
     # ------------------------------------------------------------------ names
 

@@ -66,6 +66,13 @@ def echo(ctx: Process) -> None:
             ctx.send(message[1], ("echo", message[2]))
 
 
+def _abnormal(reason: Any) -> bool:
+    """Transient children restart only on these: not normal, not a shutdown."""
+    if reason in (protocol.NORMAL, SHUTDOWN):
+        return False
+    return not (isinstance(reason, tuple) and reason[:1] == (SHUTDOWN,))
+
+
 @behaviour
 def supervisor(
     ctx: Process,
@@ -83,8 +90,8 @@ def supervisor(
             with ``("shutdown", "too many restarts")`` (which ends its linked children too).
         notify: if given, gets ``("started", index, pid)`` for every start and restart.
 
-    A child that exits ``normal`` is not restarted. ``"stop"`` ends the supervisor and its
-    children.
+    A child that exits ``normal`` or ``shutdown`` (or ``("shutdown", ...)``) is not restarted.
+    ``"stop"`` ends the supervisor and its children.
     """
     ctx.trap_exit = True
     restarts: deque[float] = deque()
@@ -113,7 +120,7 @@ def supervisor(
                 ctx.exit(reason)  # a linked parent ended: so does its supervisor
             continue
         index = running.pop(pid)
-        if reason == protocol.NORMAL:
+        if not _abnormal(reason):
             continue
         now = time.monotonic()
         while restarts and now - restarts[0] > period_s:

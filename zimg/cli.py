@@ -67,7 +67,9 @@ Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at 
 Imports = Annotated[
     list[str] | None,
     typer.Option(
-        "--import", help="Import this module first (registers user ops).", show_default=False
+        "--import",
+        help="Import this module or file.py first (registers user ops and behaviours).",
+        show_default=False,
     ),
 ]
 KeyOpt = Annotated[

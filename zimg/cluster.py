@@ -141,7 +141,7 @@ def local_cluster(
         wait_for_workers(endpoint, names, timeout_s=timeout_s, processes=procs)
         yield cluster
     finally:
-        if cluster is not None and cluster.connection.welcomed:
+        if cluster is not None:
             cluster.close()
         for proc in procs.values():
             stop_process(proc)

@@ -27,7 +27,7 @@ from zimg.wire import Command
 log = logging.getLogger("zimg.node")
 
 Handler = Callable[[wire.Message], None]
-SessionHook = Callable[[], None]
+SessionHook = Callable[[bool], None]
 
 _STOP = b"stop"
 _inproc_ids = itertools.count()
@@ -99,10 +99,11 @@ class Connection:
         self._handlers[command] = handler
 
     def on_session(self, hook: SessionHook) -> None:
-        """Call ``hook()`` on the I/O thread whenever the node rejoins the broker.
+        """Call ``hook(broker_restarted)`` on the I/O thread whenever the node rejoins the broker.
 
-        That is after a broker restart, or after the broker dropped this node for silence: work
-        the broker held for this node is gone, and must be sent again.
+        That is after a broker restart (``True``: a new broker epoch), or after the broker dropped
+        this node for silence (``False``): work the broker held for this node is gone, and must
+        be sent again.
         """
         self._session_hooks.append(hook)
 
@@ -141,6 +142,9 @@ class Connection:
     def send_frames(self, frames: list[Any]) -> None:
         """Send already-encoded frames to the broker; safe from any thread."""
         if threading.current_thread() is self._thread:
+            # Replies made here (e.g. DOWN noproc) must not overtake what other threads queued
+            # before: forward those first, so each sender's messages keep their order.
+            self._forward_inbox()
             self._send_direct(frames)
             return
         with self._push_lock:
@@ -223,6 +227,17 @@ class Connection:
                 pass
         self._backlog.append(frames)
 
+    def _forward_inbox(self, limit: int | None = None) -> None:
+        """Move messages other threads queued to the DEALER (at most ``limit``)."""
+        count = 0
+        while limit is None or count < limit:
+            try:
+                frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._send_direct(frames)
+            count += 1
+
     def _flush_backlog(self) -> None:
         while self._backlog and self._dealer is not None:
             try:
@@ -263,12 +278,7 @@ class Connection:
             if events.get(dealer, 0) & zmq.POLLOUT:
                 self._flush_backlog()
             if events.get(self._inbox, 0) & zmq.POLLIN:
-                for _ in range(256):
-                    try:
-                        frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._send_direct(frames)
+                self._forward_inbox(256)
             if events.get(dealer, 0) & zmq.POLLIN:
                 for _ in range(256):
                     try:
@@ -323,13 +333,13 @@ class Connection:
             self.heartbeat_interval_s = float(interval)
         if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
             self.liveness = liveness
-        self.epoch = msg.header.get("epoch")
+        previous, self.epoch = self.epoch, msg.header.get("epoch")
         if self.sessions == 0 or rejoined:
             self.sessions += 1
         if rejoined:
             log.info("node %s: rejoined the broker (session %d)", self.name, self.sessions)
             for hook in self._session_hooks:
-                hook()
+                hook(previous != self.epoch)
         self._welcomed.set()
 
     def _handle(self, msg: wire.Message) -> None:

@@ -80,7 +80,7 @@ class _ResultRouter:
                 return
         inbox.put(msg)
 
-    def _on_session(self) -> None:
+    def _on_session(self, broker_restarted: bool) -> None:
         with self._lock:
             inboxes = list(self._inboxes)
         for inbox in inboxes:

@@ -54,7 +54,7 @@ class Node:
         self.connection = Connection(
             url, name, role=role, capacity=capacity, limits=limits, keys=keys
         )
-        self.runtime = ActorRuntime(self.connection, self.nodes)
+        self.runtime = ActorRuntime(self.connection, self.report)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._query_lock = threading.Lock()
         self.connection.on(Command.NODES, self._replies.put)
@@ -103,7 +103,7 @@ class Node:
 
     def nodes(self) -> list[str]:
         """The names of the other connected nodes, sorted (Erlang's ``Node.list``)."""
-        return sorted(n["name"] for n in self.report()["nodes"] if n["name"] != self.name)
+        return self.runtime.list_nodes()
 
     def monitor_node(self, name: str) -> None:
         """Get ``("nodedown", name)`` once when that node goes down (at once if it is not up)."""
@@ -132,15 +132,23 @@ class Node:
         link: bool = False,
         monitor: bool = False,
         timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
+        kwargs: dict[str, Any] | None = None,
     ) -> Pid:
         """Run a registered behaviour on ``node`` (or ``ANY`` worker); see :meth:`Process.spawn`."""
-        return self.main.spawn(node, behaviour, *args, link=link, monitor=monitor, timeout=timeout)
+        return self.main.spawn(
+            node, behaviour, *args, link=link, monitor=monitor, timeout=timeout, kwargs=kwargs
+        )
 
     def spawn_monitor(
-        self, node: str, behaviour: str, *args: Any, timeout: float = DEFAULT_SPAWN_TIMEOUT_S
+        self,
+        node: str,
+        behaviour: str,
+        *args: Any,
+        timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
+        kwargs: dict[str, Any] | None = None,
     ) -> tuple[Pid, Ref]:
         """Spawn and monitor; returns ``(pid, ref)``."""
-        return self.main.spawn_monitor(node, behaviour, *args, timeout=timeout)
+        return self.main.spawn_monitor(node, behaviour, *args, timeout=timeout, kwargs=kwargs)
 
     def send(self, to: Address, message: Any) -> None:
         """Send ``message`` to a pid or a ``(name, node)`` pair (asynchronous)."""

@@ -320,8 +320,13 @@ def _load_file(path: str) -> None:
     if not _NAME.match(name):
         raise OpError(f"cannot import {path!r}: {name!r} is not a valid module name")
     existing = sys.modules.get(name)
-    if existing is not None and getattr(existing, "__file__", None) == str(file):
-        return
+    if existing is not None:
+        if getattr(existing, "__file__", None) == str(file):
+            return
+        raise OpError(
+            f"cannot import {path!r}: a module named {name!r} is already loaded from "
+            f"{getattr(existing, '__file__', None) or 'built-in'}; rename the file"
+        )
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None or not file.is_file():
         raise OpError(f"cannot import {path!r}: no such Python file")

@@ -305,3 +305,65 @@ def test_the_notebook_image_actor(cluster, samples):
     assert (tag, name) == ("result", "n1")
     expected = zimg.ops.run_pipeline(image, zimg.ops.DEFAULT_PIPELINE, node="n1")
     assert np.array_equal(out, expected)
+
+
+def test_a_busy_process_killed_before_it_notices_ends_killed(cluster):
+    node, *_ = cluster
+    pid, ref = node.spawn_monitor("n1", "zt.busy", 1.0)
+    node.exit(pid, "kill")
+    assert node.receive(is_tag("DOWN"), timeout=WAIT) == ("DOWN", ref, pid, "killed")
+
+
+def test_the_main_process_really_ends_and_the_node_gets_a_new_one(cluster):
+    node, *_ = cluster
+    old = node.self()
+    keeper = node.spawn("n1", "zt.exit_keeper", old)
+    assert node.receive(timeout=WAIT) == ("linked", keeper)
+    node.spawn("n2", "zt.crash_at_once", link=True)
+    with pytest.raises(zimg.ExitSignal):
+        node.receive(timeout=WAIT)
+    assert node.self() != old
+    node.send(keeper, ("get", node.self()))
+    tag, pid, reason = node.receive(timeout=WAIT)
+    assert (tag, pid) == ("EXIT", old)
+    assert reason[:3] == ("error", "ValueError", "crashed before anyone could link")
+    # the new main process works as before
+    node.send(node.self(), "hello")
+    assert node.receive(timeout=WAIT) == "hello"
+
+
+def test_monitor_node_of_an_absent_node_touches_nothing_else(cluster):
+    node, *_ = cluster
+    node.trap_exit = True
+    partner = node.spawn("n1", "zt.waiter")
+    node.link(partner)
+    node.monitor_node("n9")
+    assert node.receive(timeout=WAIT) == ("nodedown", "n9")
+    node.send(partner, "crash")
+    tag, pid, reason = node.receive(is_tag("EXIT"), timeout=WAIT)
+    assert (tag, pid) == ("EXIT", partner)
+    assert reason[:3] == ("error", "RuntimeError", "boom")
+
+
+def test_spawn_passes_keyword_arguments(cluster):
+    node, *_ = cluster
+    node.spawn("n1", "zt.keywords", node.self(), kwargs={"tag": "given"})
+    assert node.receive(timeout=WAIT) == ("tag", "given")
+
+
+def test_links_into_a_node_that_died_while_the_broker_was_down_end(procs, short_tmp):
+    url = f"ipc://{short_tmp}/b2"
+    broker = procs.broker(url, "--heartbeat", str(HEARTBEAT_S), "--liveness", str(LIVENESS))
+    n2 = procs.worker(url, "n2", "--import", BEHAVIOURS)
+    with zimg.connect(url, name="main") as node:
+        pid, ref = node.spawn_monitor("n2", "zt.waiter")
+        broker.send_signal(signal.SIGKILL)
+        broker.wait(10)
+        n2.send_signal(signal.SIGKILL)
+        n2.wait(10)
+        started = time.monotonic()
+        procs.broker(url, "--heartbeat", str(HEARTBEAT_S), "--liveness", str(LIVENESS))
+        # rejoin (about a heartbeat), then a grace of liveness x heartbeat for others to rejoin
+        bound = HEARTBEAT_S * LIVENESS * 2 + 2.0
+        assert node.receive(timeout=bound) == ("DOWN", ref, pid, "noconnection")
+        assert time.monotonic() - started < bound

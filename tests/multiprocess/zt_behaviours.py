@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import zimg
 
 
@@ -62,3 +64,27 @@ def named(ctx, name, notify):
     ctx.register(name)
     ctx.send(notify, ("registered", ctx.whereis(name), ctx.self()))
     zimg.behaviours.echo(ctx)
+
+
+@zimg.behaviour("zt.busy")
+def busy(ctx, seconds):
+    """Compute without calling into zimg for ``seconds``, then return."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+@zimg.behaviour("zt.exit_keeper")
+def exit_keeper(ctx, target):
+    """Trap exits, link to ``target``; keep its EXIT message until asked ('get', reply_to)."""
+    ctx.trap_exit = True
+    ctx.link(target)
+    ctx.send(target, ("linked", ctx.self()))
+    exit_message = ctx.receive(lambda m: m[0] == "EXIT")
+    _, reply_to = ctx.receive(lambda m: m[0] == "get")
+    ctx.send(reply_to, exit_message)
+
+
+@zimg.behaviour("zt.keywords")
+def keywords(ctx, notify, *, tag="none"):
+    ctx.send(notify, ("tag", tag))

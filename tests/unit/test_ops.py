@@ -626,3 +626,14 @@ def test_ops_through_pipeline_with_parsed_specs() -> None:
         cv2.GaussianBlur(gray, (3, 3), 0.0), (100, 48), interpolation=cv2.INTER_AREA
     )
     assert np.array_equal(result, expected)
+
+
+def test_load_module_refuses_a_file_that_would_shadow_a_loaded_module(tmp_path: Path) -> None:
+    import json
+    import sys
+
+    shadow = tmp_path / "json.py"
+    shadow.write_text("raise SystemExit('must not run')\n")
+    with pytest.raises(OpError, match="already loaded"):
+        load_module(str(shadow))
+    assert sys.modules["json"] is json
