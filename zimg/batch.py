@@ -55,25 +55,40 @@ class NodeSummary:
     total_ms: float = 0.0
 
 
+MAX_KEPT_FAILURES = 1000
+
+
 @dataclass(slots=True)
 class BatchReport:
-    """The outcome of a batch."""
+    """The outcome of a batch. Its size does not grow with the batch: entries are in the
+    manifest, and only the first ``MAX_KEPT_FAILURES`` failures are kept here.
 
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    Attributes:
+        manifest: the manifest file, one JSON line per input.
+        count: inputs done.
+        failed: inputs that ended with an error.
+        failures: the first failed entries.
+        per_node: what each node did.
+        elapsed_s: wall time of the batch.
+        duplicates: answers that came twice (ignored).
+    """
+
+    manifest: Path
+    count: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
     per_node: dict[str, NodeSummary] = field(default_factory=dict)
     elapsed_s: float = 0.0
-    manifest: Path | None = None
     duplicates: int = 0
 
-    @property
-    def failed(self) -> int:
-        """How many inputs ended with an error."""
-        return sum(1 for e in self.entries if e["error"] is not None)
+    def entries(self) -> list[dict[str, Any]]:
+        """Every manifest entry, read back from the manifest file."""
+        with open(self.manifest, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
 
-    @property
     def outputs(self) -> list[Path]:
-        """The output files written, in the order of the inputs."""
-        done = sorted((e["index"], e["output"]) for e in self.entries if e["output"] is not None)
+        """The output files written, in the order of the inputs (read from the manifest)."""
+        done = sorted((e["index"], e["output"]) for e in self.entries() if e["output"])
         return [Path(output) for _, output in done]
 
 
@@ -124,7 +139,11 @@ def run_batch(
 
         def record(entry: dict[str, Any]) -> None:
             _write_entry(manifest, entry)
-            report.entries.append(entry)
+            report.count += 1
+            if entry["error"] is not None:
+                report.failed += 1
+                if len(report.failures) < MAX_KEPT_FAILURES:
+                    report.failures.append(entry)
             if entry["node"] is not None:
                 summary = report.per_node.setdefault(entry["node"], NodeSummary())
                 summary.jobs += 1

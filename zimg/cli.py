@@ -399,19 +399,21 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
         mean = s.total_ms / s.jobs if s.jobs else 0.0
         table.add_row(node_name, str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}")
     out.print(table)
-    n = len(report.entries)
+    n = report.count
     rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
     out.print(
         f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
         f"manifest: {report.manifest}",
         highlight=False,
     )
-    for entry in report.entries:
-        if entry["error"] is not None:
-            err.print(f"[red]failed:[/] {entry['error']}", highlight=False)
-    if grid is not None and report.outputs:
+    for entry in report.failures:
+        err.print(f"[red]failed:[/] {entry['error']}", highlight=False)
+    if report.failed > len(report.failures):
+        err.print(f"[red]... and {report.failed - len(report.failures)} more (see the manifest)")
+    outputs = report.outputs() if grid is not None else []
+    if grid is not None and outputs:
         try:
-            images.grid_from_files(report.outputs, grid)
+            images.grid_from_files(outputs, grid)
             out.print(f"grid: {grid}", highlight=False)
         except ZimgError as exc:
             raise _fail(f"cannot write the grid: {exc}") from None

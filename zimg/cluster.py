@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -20,6 +23,79 @@ from zimg.connection import query_nodes
 from zimg.node import Node
 from zimg.security import ClientKeys
 
+log = logging.getLogger("zimg.cluster")
+
+
+class WorkerKeeper:
+    """Runs worker processes and restarts any that dies, until :meth:`stop`.
+
+    A restarted worker keeps its name and is a new incarnation. A worker that dies more than
+    ``max_restarts`` times within ``period_s`` is left dead (and logged), so a worker that
+    cannot start does not spin.
+    """
+
+    def __init__(
+        self,
+        commands: dict[str, list[str]],
+        *,
+        env: dict[str, str] | None = None,
+        max_restarts: int = 5,
+        period_s: float = 30.0,
+    ) -> None:
+        self.commands = commands
+        self.env = env
+        self.max_restarts = max_restarts
+        self.period_s = period_s
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.restarts = 0
+        self.gave_up: set[str] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> WorkerKeeper:
+        """Start every worker, and a thread per worker that restarts it when it exits."""
+        for name, cmd in self.commands.items():
+            self.processes[name] = subprocess.Popen(cmd, env=self.env)
+            thread = threading.Thread(
+                target=self._watch, args=(name,), name=f"zimg-keeper-{name}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def _watch(self, name: str) -> None:
+        recent: deque[float] = deque()
+        while True:
+            proc = self.processes[name]
+            code = proc.wait()
+            with self._lock:
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                while recent and now - recent[0] > self.period_s:
+                    recent.popleft()
+                if len(recent) >= self.max_restarts:
+                    log.error(
+                        "worker %s keeps dying (code %s); not restarting it again", name, code
+                    )
+                    self.gave_up.add(name)
+                    return
+                recent.append(now)
+                self.restarts += 1
+                log.warning("worker %s exited with code %s; restarting it", name, code)
+                self.processes[name] = subprocess.Popen(self.commands[name], env=self.env)
+
+    def stop(self) -> None:
+        """Stop restarting, then stop every worker (SIGTERM, then SIGKILL)."""
+        with self._lock:
+            self._stopping = True
+            procs = list(self.processes.values())
+        for proc in procs:
+            stop_process(proc)
+        for thread in self._threads:
+            thread.join(5.0)
+
 
 class LocalCluster(Node):
     """A running embedded cluster, and this process's own node in it (a :class:`Node`).
@@ -28,7 +104,8 @@ class LocalCluster(Node):
         url: the broker's endpoint.
         broker: the broker, running on a thread of this process.
         workers: worker node names.
-        processes: the worker processes, by name.
+        processes: the worker processes, by name (restarted ones replace the dead).
+        keeper: restarts workers that die.
     """
 
     def __init__(self, url: str, name: str, broker: Broker, workers: list[str]) -> None:
@@ -37,6 +114,7 @@ class LocalCluster(Node):
         self.broker = broker
         self.workers = workers
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.keeper: WorkerKeeper | None = None
 
 
 def worker_command(
@@ -62,11 +140,13 @@ def wait_for_workers(
     timeout_s: float = 30.0,
     processes: dict[str, subprocess.Popen[bytes]] | None = None,
     keys: ClientKeys | None = None,
+    keeper: WorkerKeeper | None = None,
 ) -> None:
     """Block until every worker in ``names`` has joined the broker at ``url``.
 
     Raises:
-        ZimgError: a worker process exited before joining.
+        ZimgError: a worker process exited before joining (without ``keeper``), or ``keeper``
+            gave up restarting it.
         ZimgTimeout: they did not all join within ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
@@ -79,6 +159,8 @@ def wait_for_workers(
         for name, proc in (processes or {}).items():
             if proc.poll() is not None:
                 raise ZimgError(f"worker {name} exited with code {proc.returncode} before joining")
+        if keeper is not None and keeper.gave_up:
+            raise ZimgError(f"workers {sorted(keeper.gave_up)} keep dying before they join")
         if time.monotonic() > deadline:
             missing = ", ".join(sorted(want - joined))
             raise ZimgTimeout(f"workers {missing} did not join {url} within {timeout_s} s")
@@ -126,24 +208,25 @@ def local_cluster(
     tmp = tempfile.mkdtemp(prefix="zimg-")
     broker = Broker(url or f"ipc://{tmp}/broker", config)
     cluster: LocalCluster | None = None
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    keeper: WorkerKeeper | None = None
     try:
         broker.start()
         endpoint = broker.endpoint or broker.url
         names = [f"n{i + 1}" for i in range(workers)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for worker_name in names:
-            cmd = worker_command(endpoint, worker_name, capacity=capacity, imports=imports)
-            procs[worker_name] = subprocess.Popen(cmd, env=env)
+        commands = {
+            n: worker_command(endpoint, n, capacity=capacity, imports=imports) for n in names
+        }
+        keeper = WorkerKeeper(commands, env={**os.environ, "PYTHONUNBUFFERED": "1"}).start()
         cluster = LocalCluster(endpoint, name, broker, names)
-        cluster.processes = procs
+        cluster.processes = keeper.processes
+        cluster.keeper = keeper
         cluster.start(timeout_s)
-        wait_for_workers(endpoint, names, timeout_s=timeout_s, processes=procs)
+        wait_for_workers(endpoint, names, timeout_s=timeout_s, keeper=keeper)
         yield cluster
     finally:
         if cluster is not None:
             cluster.close()
-        for proc in procs.values():
-            stop_process(proc)
+        if keeper is not None:
+            keeper.stop()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

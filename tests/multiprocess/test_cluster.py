@@ -105,7 +105,7 @@ def test_payload_modes_and_image_kinds_are_pixel_exact(procs, ipc_url, tmp_path,
     files = _image_kinds(tmp_path / "in", samples)
     with Connection(ipc_url, "tester").start() as conn:
         report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "out", mode=mode))
-    assert report.failed == 0, report.entries
+    assert report.failed == 0, report.failures
     entries = manifest(tmp_path / "out")
     assert len(entries) == len(files)
     for entry in entries:
@@ -187,3 +187,22 @@ def test_worker_rejoins_after_the_broker_restarts(procs, tcp_url, tmp_path, samp
     assert {e["node"] for e in entries} == {"n1"}
     for entry in entries:
         check_output(entry)
+
+
+def test_local_cluster_restarts_a_worker_that_dies():
+    import os
+
+    import zimg
+
+    with zimg.local_cluster(workers=2) as cluster:
+        first = cluster.processes["n1"]
+        cluster.monitor_node("n1")
+        os.kill(first.pid, signal.SIGKILL)
+        assert cluster.receive(timeout=10) == ("nodedown", "n1")
+        wait_for_workers(cluster.url, ["n1"], timeout_s=20)
+        assert cluster.processes["n1"].pid != first.pid
+        assert cluster.keeper is not None
+        assert cluster.keeper.restarts == 1
+        pid = cluster.spawn("n1", "zimg.behaviours:echo")
+        cluster.send(pid, ("echo", cluster.self(), "back"))
+        assert cluster.receive(timeout=10) == ("echo", "back")
