@@ -345,7 +345,7 @@ class ActorRuntime:
         message = msg.header.get("msg")
         if isinstance(to, Pid):
             target = self._local(to)
-        elif isinstance(to, tuple) and len(to) == 2 and to[1] == self.name:
+        elif isinstance(to, tuple | list) and len(to) == 2 and to[1] == self.name:
             with self._lock:
                 target = self._names.get(to[0])
         else:

@@ -83,6 +83,7 @@ class NodeRecord:
     active: set[JobKey] = field(default_factory=set)
     done: int = 0
     assigned_seq: int = 0
+    session: int = 0
 
     def free(self) -> int:
         return self.capacity - len(self.active)
@@ -149,6 +150,15 @@ class BrokerState:
             msg = wire.decode(frames, self.config.limits)
             if msg.command is Command.HELLO:
                 return self._hello(identity, msg.header, now, user_id)
+            node = self.nodes.get(identity)
+            if (
+                node is not None
+                and user_id is not None
+                and not protocol.name_allowed(node.name, user_id)
+            ):
+                # Another key took over this node's routing id (ROUTER_HANDOVER): refuse it.
+                self.stats["rejected"] += 1
+                return self._log_once(identity, f"key {user_id!r} may not speak for {node.name}")
             return self._dispatch_command(identity, msg, frames, now)
         except WireError as exc:
             return self._malformed(identity, str(exc))
@@ -235,8 +245,21 @@ class BrokerState:
         except WireError as exc:
             # Answer, so that the node stops asking and can tell its user why.
             self.stats["rejected"] += 1
-            out = self._malformed(identity, str(exc))
+            out = self._log_once(identity, f"refused a HELLO: {exc}")
             return [Send(identity, wire.encode(Command.REJECT, {"reason": str(exc)})), *out]
+        known = self.nodes.get(identity)
+        if known is not None:
+            if known.name != name:
+                self.stats["rejected"] += 1
+                text = f"this connection joined as {known.name!r}; it cannot become {name!r}"
+                return [Send(identity, wire.encode(Command.REJECT, {"reason": text}))]
+            if header.get("session", 0) != known.session:
+                # The node lost its session (it stopped hearing from us) and may have dropped
+                # messages: end the old session as a disconnection, then start a new one.
+                out = self._node_down(
+                    identity, protocol.NOCONNECTION, now, "rejoined", spend_attempts=False
+                )
+                return [*out, *self._admit(identity, header, now)]
         holder = self.by_name.get(name)
         if holder is not None and holder.identity != identity:
             self._pending_hello[holder.identity] = (identity, header)
@@ -256,6 +279,7 @@ class BrokerState:
                 incarnation=header["incarnation"],
                 joined_at=now,
                 last_seen=now,
+                session=header.get("session", 0),
             )
             self.nodes[identity] = node
             self.by_name[name] = node
@@ -309,7 +333,9 @@ class BrokerState:
             # Not a job this node was given (or one this broker never saw, before a restart):
             # the client resends what it has not received, so dropping loses nothing.
             self.stats["late_results"] += 1
-            return self._malformed(worker.identity, f"RESULT for job {job_id!r} it was not given")
+            return self._log_once(
+                worker.identity, f"dropped a RESULT for job {job_id!r}: not its job"
+            )
         if self.jobs.pop(key, None) is not None:
             self.stats["jobs_done"] += 1
         out: list[Instruction] = []
@@ -438,7 +464,20 @@ class BrokerState:
 
     # ------------------------------------------------------------------ node death
 
-    def _node_down(self, identity: bytes, reason: str, now: float, why: str) -> list[Instruction]:
+    def _node_down(
+        self,
+        identity: bytes,
+        reason: str,
+        now: float,
+        why: str,
+        *,
+        spend_attempts: bool | None = None,
+    ) -> list[Instruction]:
+        """Forget a node: tell the others (NODEDOWN), requeue its jobs, drop its clients' jobs.
+
+        A job it held spends an attempt unless the node left gracefully (or ``spend_attempts``
+        says otherwise).
+        """
         node = self.nodes.pop(identity, None)
         if node is None:
             return []
@@ -451,21 +490,21 @@ class BrokerState:
             {"node": node.name, "incarnation": node.incarnation, "reason": reason},
         )
         out.extend(Send(other, notice) for other in self.nodes)
-        graceful = reason == protocol.NORMAL
+        spend = reason != protocol.NORMAL if spend_attempts is None else spend_attempts
         for key in sorted(node.active, key=repr):
             job = self.jobs.get(key)
             if job is None or job.worker != identity:
                 continue
             job.worker = None
-            if not graceful:
+            if spend:
                 job.attempt += 1
             if job.attempt > self.config.max_attempts:
                 tried = ", ".join(job.workers_tried)
                 out.extend(
                     self._fail_job(
                         job,
-                        f"gave up after {self.config.max_attempts} attempts: "
-                        f"the worker died each time (tried {tried})",
+                        f"gave up: the worker running it died {self.config.max_attempts} "
+                        f"times (tried {tried})",
                     )
                 )
             else:
@@ -503,10 +542,14 @@ class BrokerState:
 
     def _malformed(self, identity: bytes, text: str) -> list[Instruction]:
         self.stats["malformed"] += 1
+        return self._log_once(identity, f"dropped a malformed message: {text}")
+
+    def _log_once(self, identity: bytes, text: str) -> list[Instruction]:
+        """A warning about ``identity``, only the first time it misbehaves (bounded memory)."""
         if identity in self._logged_peers or len(self._logged_peers) >= _MAX_LOGGED_PEERS:
             return []
         self._logged_peers.add(identity)
-        return [Log(logging.WARNING, f"dropped a malformed message from {identity!r}: {text}")]
+        return [Log(logging.WARNING, f"from {identity!r}: {text}")]
 
 
 def _check_hello(header: dict[str, Any]) -> str:
@@ -523,6 +566,8 @@ def _check_hello(header: dict[str, Any]) -> str:
     if not 0 <= capacity <= protocol.MAX_CAPACITY:
         raise WireError(f"capacity {capacity} is outside 0..{protocol.MAX_CAPACITY}")
     protocol.field(header, "incarnation", int)
+    if "session" in header:
+        protocol.field(header, "session", int)
     version = protocol.field(header, "version", int)
     if version != protocol.PROTOCOL_VERSION:
         raise WireError(

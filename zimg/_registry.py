@@ -40,7 +40,7 @@ def behaviour(name: str | B | None = None) -> B | Callable[[B], B]:
         key = as_name or behaviour_name(fn)
         with _lock:
             existing = _behaviours.get(key)
-            if existing is not None and existing is not fn:
+            if existing is not None and not same_source(existing, fn):
                 raise ZimgError(f"behaviour {key!r} is already registered to {existing!r}")
             _behaviours[key] = fn
             if as_name is None:
@@ -51,6 +51,21 @@ def behaviour(name: str | B | None = None) -> B | Callable[[B], B]:
     if callable(name):
         return register(name)
     return lambda fn: register(fn, name)
+
+
+def same_source(a: Behaviour, b: Behaviour) -> bool:
+    """The same function defined again: a module run twice (as ``__main__``, then imported by
+    name in a forked worker), not a second function claiming the name."""
+    if a is b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and a.__qualname__ == b.__qualname__
+        and code_a.co_filename == code_b.co_filename
+        and code_a.co_firstlineno == code_b.co_firstlineno
+    )
 
 
 def get_behaviour(name: str) -> Behaviour | None:

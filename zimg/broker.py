@@ -20,6 +20,7 @@ from zimg.wire import MAGIC, Command
 
 log = logging.getLogger("zimg.broker")
 
+_MAX_BACKLOG = 10_000  # messages queued for one slow peer before new ones are dropped
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _PROBE = [MAGIC, bytes((Command.HEARTBEAT,)), b"\x80"]  # a HEARTBEAT with an empty header
 
@@ -155,7 +156,7 @@ class Broker:
                 if not self._send(ins.identity, ins.frames):
                     self._execute(self.state.on_unreachable(ins.identity, time.monotonic()))
             elif isinstance(ins, Probe):
-                reachable = self._send(ins.identity, _PROBE)
+                reachable = self._probe(ins.identity)
                 self._execute(self.state.on_probe(ins.identity, reachable, time.monotonic()))
             elif isinstance(ins, Log):
                 log.log(ins.level, "%s", ins.text)
@@ -168,6 +169,11 @@ class Broker:
         """
         waiting = self._backlog.get(identity)
         if waiting is not None:
+            if len(waiting) >= _MAX_BACKLOG:
+                # A peer this far behind is stuck; its node will be declared dead by the
+                # heartbeat check. Count what we drop rather than grow without bound.
+                self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
+                return True
             waiting.append(frames)
             return True
         try:
@@ -175,6 +181,18 @@ class Broker:
         except zmq.Again:
             self._backlog[identity] = deque([frames])
             self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            raise
+        return True
+
+    def _probe(self, identity: bytes) -> bool:
+        """Is ``identity`` still connected? A full queue means it is; a vanished pipe, not."""
+        try:
+            self._send_now(identity, _PROBE)
+        except zmq.Again:
+            return True
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 return False

@@ -249,7 +249,7 @@ def worker(
     log_level: LogLevel = "info",
 ) -> None:
     """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
-    from zimg.worker import Worker, configure_opencv
+    from zimg.worker import serve
 
     _setup_logging(log_level)
     try:
@@ -259,16 +259,17 @@ def worker(
     except (ValueError, ZimgError) as exc:
         raise _fail(str(exc), code=2) from None
     client_keys = _client_keys(key, broker_key)
-    configure_opencv(cv_threads)
-    node = Worker(connect, name, capacity=capacity, max_pixels=max_pixels, keys=client_keys)
-    signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:
-        node.start()
+        serve(
+            connect,
+            name,
+            capacity=capacity,
+            cv_threads=cv_threads,
+            max_pixels=max_pixels,
+            keys=client_keys,
+        )
     except ZimgError as exc:
-        node.stop()
         raise _fail(str(exc)) from None
-    with contextlib.suppress(KeyboardInterrupt):
-        node.run_forever()
 
 
 # ---------------------------------------------------------------------- batches

@@ -12,16 +12,20 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
-from zimg import protocol
+import cv2
+
+from zimg import ops, protocol
 from zimg._broker_state import BrokerConfig
+from zimg._children import ChildProcess, can_fork, fork_call
 from zimg._errors import ZimgError, ZimgTimeout
 from zimg.broker import Broker
 from zimg.connection import query_nodes
 from zimg.node import Node
 from zimg.security import ClientKeys
+from zimg.worker import serve
 
 log = logging.getLogger("zimg.cluster")
 
@@ -41,12 +45,14 @@ class WorkerKeeper:
         env: dict[str, str] | None = None,
         max_restarts: int = 5,
         period_s: float = 30.0,
+        first_start: Callable[[str], ChildProcess] | None = None,
     ) -> None:
         self.commands = commands
         self.env = env
         self.max_restarts = max_restarts
         self.period_s = period_s
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.first_start = first_start
+        self.processes: dict[str, ChildProcess] = {}
         self.restarts = 0
         self.gave_up: set[str] = set()
         self._lock = threading.Lock()
@@ -54,9 +60,16 @@ class WorkerKeeper:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> WorkerKeeper:
-        """Start every worker, and a thread per worker that restarts it when it exits."""
+        """Start every worker, and a thread per worker that restarts it when it exits.
+
+        The first start uses ``first_start`` (a fork) if given; restarts run the command.
+        """
         for name, cmd in self.commands.items():
-            self.processes[name] = subprocess.Popen(cmd, env=self.env)
+            if self.first_start is not None:
+                self.processes[name] = self.first_start(name)
+            else:
+                self.processes[name] = subprocess.Popen(cmd, env=self.env)
+        for name in self.commands:
             thread = threading.Thread(
                 target=self._watch, args=(name,), name=f"zimg-keeper-{name}", daemon=True
             )
@@ -97,6 +110,25 @@ class WorkerKeeper:
             thread.join(5.0)
 
 
+def _fork_worker(url: str, capacity: int, imports: Sequence[str]) -> Callable[[str], ChildProcess]:
+    def start(name: str) -> ChildProcess:
+        def main() -> None:
+            for module in imports:
+                ops.load_module(module)
+            serve(url, name, capacity=capacity)
+
+        # OpenCV's thread pool does not survive a fork: a child that touches it can hang on a
+        # mutex copied in a locked state. Stop the pool (1 thread) while forking.
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            return fork_call(main)
+        finally:
+            cv2.setNumThreads(threads)
+
+    return start
+
+
 class LocalCluster(Node):
     """A running embedded cluster, and this process's own node in it (a :class:`Node`).
 
@@ -113,7 +145,7 @@ class LocalCluster(Node):
         self.url = url
         self.broker = broker
         self.workers = workers
-        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.processes: dict[str, ChildProcess] = {}
         self.keeper: WorkerKeeper | None = None
 
 
@@ -138,7 +170,7 @@ def wait_for_workers(
     names: Sequence[str],
     *,
     timeout_s: float = 30.0,
-    processes: dict[str, subprocess.Popen[bytes]] | None = None,
+    processes: Mapping[str, ChildProcess] | None = None,
     keys: ClientKeys | None = None,
     keeper: WorkerKeeper | None = None,
 ) -> None:
@@ -167,7 +199,7 @@ def wait_for_workers(
         time.sleep(0.02)  # polling a remote table: there is no event to wait on
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> None:
+def stop_process(proc: ChildProcess, timeout_s: float = 5.0) -> None:
     """SIGTERM, wait, then SIGKILL: a process is always reaped."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -210,13 +242,15 @@ def local_cluster(
     cluster: LocalCluster | None = None
     keeper: WorkerKeeper | None = None
     try:
-        broker.start()
-        endpoint = broker.endpoint or broker.url
+        endpoint = broker.url  # workers connect before the broker binds: ZeroMQ retries
         names = [f"n{i + 1}" for i in range(workers)]
         commands = {
             n: worker_command(endpoint, n, capacity=capacity, imports=imports) for n in names
         }
-        keeper = WorkerKeeper(commands, env={**os.environ, "PYTHONUNBUFFERED": "1"}).start()
+        fork = _fork_worker(endpoint, capacity, imports) if can_fork() else None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        keeper = WorkerKeeper(commands, env=env, first_start=fork).start()
+        broker.start()
         cluster = LocalCluster(endpoint, name, broker, names)
         cluster.processes = keeper.processes
         cluster.keeper = keeper

@@ -70,6 +70,7 @@ class Connection:
         self.liveness = protocol.DEFAULT_LIVENESS
         self.epoch: int | None = None
         self.sessions = 0
+        self._session_id = 0  # sent in HELLO; a new value tells the broker we lost our session
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
         self._session_hooks: list[SessionHook] = []
@@ -210,6 +211,7 @@ class Connection:
                     "role": self.role,
                     "capacity": self.capacity,
                     "incarnation": self.incarnation,
+                    "session": self._session_id,
                     "version": protocol.PROTOCOL_VERSION,
                 },
             )
@@ -294,6 +296,8 @@ class Connection:
                     if msg.command is Command.WELCOME:
                         self._welcome(msg, rejoined=not ready and self.sessions > 0)
                         ready = True
+                        # The broker's interval may be shorter than the one we started with.
+                        next_beat = min(next_beat, time.monotonic() + self.heartbeat_interval_s)
                     elif msg.command is Command.REJECT:
                         reason = msg.header.get("reason", "no reason given")
                         self._error = RejectedError(
@@ -305,6 +309,7 @@ class Connection:
                     elif msg.command is Command.DISCONNECT:
                         if ready:
                             log.info("node %s: the broker does not know us; rejoining", self.name)
+                            self._session_id += 1
                         ready = False  # the broker restarted or dropped us: join again
                         self._hello()
                     elif msg.command is not Command.HEARTBEAT:
@@ -319,6 +324,8 @@ class Connection:
             if now - last_heard > expiry:
                 # The broker went silent: start over with a fresh socket, dropping stale messages.
                 log.warning("node %s: lost the broker at %s; reconnecting", self.name, self.url)
+                if ready:
+                    self._session_id += 1
                 ready = False
                 poller.unregister(dealer)
                 dealer.close(linger=0)

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from zimg._errors import OpError
+from zimg._registry import same_source
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -156,7 +157,7 @@ def op(name: str | F | None = None) -> F | Callable[[F], F]:
         if not isinstance(key, str) or not _NAME.match(key):
             raise OpError(f"op name must be an identifier, got {key!r}")
         old = _REGISTRY.get(key)
-        if old is not None and _qualname(old.fn) != _qualname(fn):
+        if old is not None and not same_source(old.fn, fn):
             raise OpError(f"op {key!r} is already registered by {_qualname(old.fn)}")
         _REGISTRY[key] = _entry(key, fn)
         return fn

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 import time
 import traceback
@@ -84,10 +86,15 @@ class Worker:
         return self
 
     def run_forever(self) -> None:
-        """Block until :meth:`stop` is called (or KeyboardInterrupt)."""
+        """Block until :meth:`stop` is called (or KeyboardInterrupt).
+
+        Raises:
+            BrokenError: the node lost its place at the broker for good (refused when it
+                rejoined: its name was taken while it was frozen, for example).
+        """
         try:
             while not self._stopped.wait(1.0):
-                pass
+                self.connection._check_usable()  # a dead I/O thread would leave a zombie worker
         finally:
             self.stop()
 
@@ -137,10 +144,36 @@ class Worker:
             log.error("could not send the result of job %s: %s", header.get("id"), exc)
 
 
+def serve(
+    url: str,
+    name: str,
+    *,
+    capacity: int = DEFAULT_CAPACITY,
+    cv_threads: int = 1,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    keys: ClientKeys | None = None,
+) -> None:
+    """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
+
+    Raises:
+        ZimgError: the broker refused the worker (its name is taken, for example).
+    """
+    configure_opencv(cv_threads)
+    node = Worker(url, name, capacity=capacity, max_pixels=max_pixels, keys=keys)
+    signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
+    try:
+        node.start()
+    except ZimgError:
+        node.stop()
+        raise
+    with contextlib.suppress(KeyboardInterrupt):
+        node.run_forever()
+
+
 def configure_opencv(threads: int) -> None:
     """Set OpenCV's own thread count (0 = OpenCV's default)."""
     if threads > 0:
         cv2.setNumThreads(threads)
 
 
-__all__ = ["DEFAULT_CAPACITY", "Worker", "configure_opencv", "process"]
+__all__ = ["DEFAULT_CAPACITY", "Worker", "configure_opencv", "process", "serve"]

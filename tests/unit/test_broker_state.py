@@ -260,7 +260,7 @@ def test_job_fails_after_max_attempts(state, clock):
     assert to == ident("c")
     assert msg.header["ok"] is False
     assert msg.header["id"] == 0
-    assert "3 attempts" in msg.header["error"]
+    assert "died 3 times" in msg.header["error"]
     assert msg.header["attempt"] == 3
     assert "w0, w1, w2" in msg.header["error"]
     assert state.jobs == {}
@@ -358,7 +358,7 @@ def test_result_from_a_node_not_given_the_job_is_dropped(state, clock):
     out = state.on_message(ident("n2"), result(0, ident("c")), clock.now)
     assert sends(out) == []
     assert state.jobs[(ident("c"), 0)].worker == ident("n1")
-    assert state.stats["malformed"] == 1
+    assert state.stats["late_results"] == 1
 
 
 def actor_msg(command, **header):
@@ -443,3 +443,46 @@ def test_send_to_a_name_node_pair_routes_by_node(state, clock):
     frames = actor_msg(Command.SEND, to=("printer", "n2"), msg="hi")
     out = state.on_message(ident("n1"), frames, clock.now)
     assert [(i.identity, i.frames) for i in out if isinstance(i, Send)] == [(ident("n2"), frames)]
+
+
+def test_a_repeated_hello_in_the_same_session_changes_nothing(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    state.on_message(ident("c"), job(0), clock.now)
+    out = sends(join(state, clock, "n1", capacity=1))
+    assert [m.command for _, m in out] == [Command.WELCOME]
+    assert state.by_name["n1"].active == {(ident("c"), 0)}
+    assert state.stats["nodes_down"] == 0
+
+
+def test_a_hello_with_a_new_session_ends_the_old_one_without_spending_attempts(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n2", capacity=0)
+    join(state, clock, "n1", capacity=1)
+    state.on_message(ident("c"), job(0), clock.now)
+    out = sends(join(state, clock, "n1", capacity=1, session=1))
+    commands = [(to, m.command) for to, m in out]
+    assert (ident("n2"), Command.NODEDOWN) in commands
+    assert (ident("n1"), Command.WELCOME) in commands
+    [(_, redo)] = [(to, m) for to, m in out if m.command is Command.JOB]
+    assert redo.header["attempt"] == 1  # the node did not die: no attempt spent
+    assert state.by_name["n1"].session == 1
+
+
+def test_a_connection_cannot_change_its_name(state, clock):
+    join(state, clock, "n1")
+    out = sends(state.on_message(ident("n1"), hello("n7"), clock.now))
+    [(_, msg)] = out
+    assert msg.command is Command.REJECT
+    assert "cannot become 'n7'" in msg.header["reason"]
+    assert state.by_name["n1"].identity == ident("n1")
+
+
+def test_another_key_on_a_node_routing_id_is_refused(state, clock):
+    state.on_message(ident("n1"), hello("n1"), clock.now, user_id="n1")
+    frames = wire.encode(Command.NODES, {})
+    assert sends(state.on_message(ident("n1"), frames, clock.now, user_id="n1"))
+    assert state.on_message(ident("n1"), frames, clock.now, user_id="n2") == [
+        Log(logging.WARNING, "from b'n1/1': key 'n2' may not speak for n1")
+    ]
+    assert state.stats["rejected"] == 1

@@ -1,0 +1,172 @@
+"""Broker, workers and client on different hosts (network namespaces on a bridge)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.hosts.conftest import Hosts
+from tests.reference import check_output, manifest
+
+SLOW_OPS = '''\
+"""A slow pass-through op, and a mark file per call (to see that a worker has started a job)."""
+
+import time
+from pathlib import Path
+
+from zimg.ops import op
+
+
+@op
+def slow(image, seconds=0.25, marks="", node=""):
+    if marks:
+        Path(marks, f"{node}-{time.monotonic_ns()}").touch()
+    time.sleep(seconds)
+    return image.copy()
+'''
+
+
+def copies(src: Path, target: Path, n: int) -> list[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        dest = target / f"img_{i:02d}{src.suffix}"
+        shutil.copyfile(src, dest)
+        files.append(dest)
+    return files
+
+
+def photos(target: Path, n: int) -> list[Path]:
+    """Photo-like 1280x720 JPEGs at quality 90: gradients, a ripple, and noise."""
+    target.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:720, 0:1280].astype(np.float32)
+    base = np.dstack([x / 1280 * 255, y / 720 * 255, (x + y) / 2000 * 255])
+    base += (40 * np.sin(x / 37) * np.cos(y / 23))[..., None]
+    files = []
+    for i in range(n):
+        noise = np.random.default_rng(i).normal(0, 12, base.shape)
+        img = np.clip(base + noise, 0, 255).astype(np.uint8)
+        path = target / f"photo_{i:02d}.jpg"
+        assert cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        files.append(path)
+    return files
+
+
+def check_all(outdir: Path, files: list[Path]) -> list[dict]:
+    """Every input has exactly one manifest line and one pixel-exact output."""
+    entries = manifest(outdir)
+    assert sorted(e["input"] for e in entries) == sorted(map(str, files))
+    assert len({e["output"] for e in entries}) == len(files)
+    for entry in entries:
+        check_output(entry)
+    outputs = sorted(p.name for p in outdir.iterdir() if p.name != "manifest.jsonl")
+    assert outputs == sorted(f"{f.stem}_processed{f.suffix}" for f in files)
+    return entries
+
+
+@pytest.mark.timeout(60)
+def test_a_run_across_hosts_is_pixel_exact_and_uses_both_workers(hosts: Hosts, tmp_path, samples):
+    for role in ("client", "w1"):
+        routes = subprocess.run(
+            [hosts.ip, "-n", hosts.ns[role], "route", "show", "default"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert routes.strip() == "", f"{role} has a default route: {routes}"
+    hosts.broker()
+    hosts.worker("w1")
+    hosts.worker("w2")
+    hosts.wait_ready(["w1", "w2"])
+    files = copies(samples / "chelsea.jpg", tmp_path / "in", 16)
+    result = hosts.send(tmp_path / "out", files)
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = check_all(tmp_path / "out", files)
+    assert {e["node"] for e in entries} == {"w1", "w2"}
+    assert "per node" in result.stdout
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("hosts", ["100mbit"], indirect=True)
+def test_b_encoded_beats_raw_on_a_100mbit_network(hosts: Hosts, tmp_path):
+    hosts.broker()
+    hosts.worker("w1")
+    hosts.worker("w2")
+    hosts.wait_ready(["w1", "w2"])
+    files = photos(tmp_path / "in", 12)
+    wall: dict[str, float] = {}
+    batch: dict[str, str] = {}
+    sent: dict[str, int] = {}
+    for mode in ("encoded", "raw"):  # encoded first: it pays for any warm-up
+        outdir = tmp_path / f"out-{mode}"
+        before = hosts.sent_bytes("broker")
+        start = time.perf_counter()
+        result = hosts.send(outdir, files, "--payload", mode)
+        wall[mode] = time.perf_counter() - start
+        sent[mode] = hosts.sent_bytes("broker") - before
+        assert result.returncode == 0, result.stdout + result.stderr
+        found = re.search(r"inputs in ([\d.]+) s", result.stdout)
+        batch[mode] = found.group(1) if found else "?"
+        check_all(outdir, files)
+    for mode in wall:
+        print(
+            f"\n{mode:>7}: {wall[mode]:.2f} s wall ({batch[mode]} s batch), "
+            f"broker sent {sent[mode] / 1e6:.1f} MB, {len(files)} x 1280x720 at 100 Mbit/s"
+        )
+    assert wall["encoded"] < wall["raw"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("unplug", [False, True], ids=["kill", "kill-and-unplug"])
+def test_c_killing_a_worker_host_mid_run_loses_nothing(hosts: Hosts, tmp_path, samples, unplug):
+    ops_file = tmp_path / "slowops.py"
+    ops_file.write_text(SLOW_OPS)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # 0.5 s beats: a dead host is noticed in 1.5 s. Not shorter: a node sends its first beat
+    # 1 s after joining whatever the broker asks, so a 0.25 s beat (0.75 s expiry) makes the
+    # broker drop healthy nodes once right after they join.
+    hosts.broker("--heartbeat", "0.5")
+    hosts.worker("w1", "--import", str(ops_file))
+    w2 = hosts.worker("w2", "--import", str(ops_file))
+    hosts.wait_ready(["w1", "w2"])
+    files = copies(samples / "chelsea.jpg", tmp_path / "in", 24)
+    ops = ["--op", f"slow:seconds=0.25,marks={marks}", "--op", "threshold", "--op", "label"]
+    outdir = tmp_path / "out"
+    send = subprocess.Popen(
+        hosts.send_command(outdir, files, *ops),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not any(p.name.startswith("w2-") for p in marks.iterdir()):
+            assert send.poll() is None, "the batch ended before w2 started a job"
+            assert time.monotonic() < deadline, "w2 never started a job"
+            time.sleep(0.005)  # polling a directory: there is no event to wait on
+        if unplug:
+            hosts.unplug("w2")
+        killed = hosts.kill_host("w2")
+        assert w2.pid in killed
+        assert send.poll() is None, "the kill was not mid-run"
+        stdout, stderr = send.communicate(timeout=45)
+    finally:
+        if send.poll() is None:
+            send.kill()
+            send.communicate()
+    assert w2.wait(10) == -signal.SIGKILL
+    assert send.returncode == 0, stdout + stderr
+    entries = check_all(outdir, files)
+    assert {e["node"] for e in entries} <= {"w1", "w2"}
+    assert any(e["attempts"] > 1 for e in entries), "no job was redelivered"
+    assert not any(e["node"] == "w2" and e["attempts"] > 1 for e in entries)
+    assert "node w1 is down" not in hosts.output(), "the surviving worker was dropped"
