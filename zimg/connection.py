@@ -65,7 +65,7 @@ class Connection:
         self.limits = limits
         self.keys = keys
         self.incarnation = secrets.randbits(62)
-        self.identity = protocol.node_identity(name, self.incarnation)
+        self.identity = protocol.node_identity(name, self.incarnation, secrets.randbits(64))
         self.heartbeat_interval_s = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
         self.liveness = protocol.DEFAULT_LIVENESS
         self.epoch: int | None = None

@@ -42,9 +42,14 @@ def check_name(name: object) -> str:
     return name
 
 
-def node_identity(name: str, incarnation: int) -> bytes:
-    """The ZeroMQ routing id of a node: its name and incarnation, unique per process."""
-    return f"{name}/{incarnation:x}".encode()
+def node_identity(name: str, incarnation: int, secret: int) -> bytes:
+    """The ZeroMQ routing id of a node: ``name/incarnation/secret``, unique per process.
+
+    The secret part is never reported by the broker, so nobody can guess another node's
+    routing id and take its connection over (the ROUTER hands an id over to whoever connects
+    with it last).
+    """
+    return f"{name}/{incarnation:x}/{secret:x}".encode()
 
 
 def name_allowed(name: str, user_id: str) -> bool:
