@@ -92,18 +92,20 @@ class BatchReport:
         return [Path(output) for _, output in done]
 
 
-def plan_outputs(files: Sequence[Path], outdir: Path) -> list[Path]:
-    """The output path of each input; inputs whose names collide get ``-2``, ``-3``... suffixes."""
-    seen: set[Path] = set()
-    planned: list[Path] = []
+def plan_outputs(files: Sequence[Path], outdir: Path) -> list[str]:
+    """The output file name (in ``outdir``) of each input; inputs whose names collide get
+    ``-2``, ``-3``... suffixes. Names, not paths: one short string per input keeps a long
+    batch's memory small (a hashed Path costs several times more)."""
+    seen: set[str] = set()
+    planned: list[str] = []
     for f in files:
-        out = images.output_path(f, outdir)
+        name = images.output_path(f, outdir).name
         n = 1
-        while out in seen:
+        while name in seen:
             n += 1
-            out = images.output_path(f.with_name(f"{f.stem}-{n}{f.suffix}"), outdir)
-        seen.add(out)
-        planned.append(out)
+            name = images.output_path(f.with_name(f"{f.stem}-{n}{f.suffix}"), outdir).name
+        seen.add(name)
+        planned.append(name)
     return planned
 
 
@@ -125,7 +127,7 @@ def run_batch(
     Returns:
         The report; ``report.failed`` counts inputs that ended with an error.
     """
-    paths = [Path(f) for f in files]
+    paths = [f if isinstance(f, Path) else Path(f) for f in files]  # no copies: memory
     outdir = options.outdir
     outdir.mkdir(parents=True, exist_ok=True)
     outputs = plan_outputs(paths, outdir)
@@ -163,7 +165,7 @@ def run_batch(
 
         for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
             request, result = done.request, done.result
-            output = outputs[request.id]
+            output = outdir / outputs[request.id]
             error = result.error
             if result.ok and result.payload is not None:
                 try:
