@@ -115,11 +115,18 @@ class JobClient:
             raise ValueError(f"window must be at least 1, got {window}")
         self.connection = connection
         self.window = window
-        self.duplicates = 0
+        self._duplicates = 0
         self.resends = 0
         self._router = _router(connection)
+        self._unrouted_at_start = self._router.unrouted
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._outstanding: dict[int, tuple[JobRequest, float]] = {}
+
+    @property
+    def duplicates(self) -> int:
+        """Answers that came for jobs already answered (ignored). Counts those on this
+        connection while this client ran (a later answer no longer has a route to it)."""
+        return self._duplicates + self._router.unrouted - self._unrouted_at_start
 
     def run(
         self, requests: Iterable[JobRequest], *, idle_timeout_s: float | None = None
@@ -188,7 +195,7 @@ class JobClient:
             return None
         entry = self._outstanding.pop(result.id, None)
         if entry is None:
-            self.duplicates += 1  # a repeated answer: the job was already answered
+            self._duplicates += 1  # a repeated answer: the job was already answered
             return None
         self._router.forget(result.id)
         request, sent_at = entry
