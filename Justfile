@@ -32,3 +32,7 @@ worker NAME:
 # Send files to the default broker's workers; outputs go to ./out.
 send +FILES:
     zimg send {{FILES}}
+
+# Benchmark against Pool, Ray and Dask (python -m zimg.bench; --quick for a reduced run).
+bench *ARGS:
+    python -m zimg.bench {{ARGS}}

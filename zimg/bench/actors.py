@@ -46,12 +46,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import importlib.metadata
 import json
 import multiprocessing
-import os
-import platform
 import shutil
 import signal
 import statistics
@@ -59,8 +55,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
-from multiprocessing.process import BaseProcess
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +65,7 @@ import zmq
 
 import zimg
 from zimg import wire
+from zimg.bench._common import BenchError, Timings, children, interrupt, machine_info, progress
 from zimg.wire import Command, Pid
 
 MODULE = "zimg.bench.actors"
@@ -85,10 +81,6 @@ MIN_RATE = 500.0  # messages/s below which a one-way batch counts as stalled
 Samples = npt.NDArray[np.float64]
 SendFn = Callable[[Any, Any], None]
 ReceiveFn = Callable[[Any, float | None], Any]
-
-
-class BenchError(RuntimeError):
-    """A measurement failed (an actor died, a reply was wrong or never came)."""
 
 
 # ---------------------------------------------------------------------- behaviours (on workers)
@@ -279,26 +271,6 @@ def make_config(
     )
 
 
-@dataclass
-class Timings:
-    """Wall time of each phase, in seconds."""
-
-    phases: dict[str, float] = field(default_factory=dict)
-
-    @contextlib.contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        _progress(f"{name} ...")
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.phases[name] = round(time.perf_counter() - started, 3)
-
-
-def _progress(text: str) -> None:
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------------- raw pyzmq baselines
 
 _QUIT = b"Q"
@@ -349,25 +321,6 @@ def _raw_proxy(front: str, back: str) -> None:
         zmq.proxy(frontend, backend)
     finally:
         ctx.destroy(linger=0)
-
-
-@contextlib.contextmanager
-def _children() -> Iterator[list[BaseProcess]]:
-    """A list to put started child processes in; all are terminated and reaped on exit."""
-    procs: list[BaseProcess] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                proc.terminate()
-        for proc in procs:
-            if proc.pid is None:
-                continue
-            proc.join(3.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
 
 
 @contextlib.contextmanager
@@ -431,7 +384,7 @@ def run_pyzmq(cfg: Config, tmp: str, timings: Timings) -> dict[str, RawResults]:
     one_way_payload = b"x" * cfg.one_way_bytes
     mp = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited zmq state
     results: dict[str, RawResults] = {}
-    with _children() as procs:
+    with children() as procs:
         for target, args in (
             (_raw_server, (direct, False)),
             (_raw_proxy, (front, back)),
@@ -498,7 +451,7 @@ def _measure_spawns(node: zimg.Node, where: str, spawns: int, warmup: int) -> Sp
 
 def run_zimg(cfg: Config, timings: Timings) -> ZimgResults:
     """The zimg figures, on a local cluster of two workers that import this module."""
-    _progress("zimg cluster start ...")
+    progress("zimg cluster start ...")
     starting = time.perf_counter()
     with zimg.local_cluster(workers=2, imports=[MODULE]) as node:
         timings.phases["zimg cluster start"] = round(time.perf_counter() - starting, 3)
@@ -534,47 +487,13 @@ def run_zimg(cfg: Config, timings: Timings) -> ZimgResults:
 
         with timings.phase("zimg spawn"):
             spawn = _measure_spawns(node, "n1", cfg.spawns, cfg.warmup_spawns)
-        _progress("zimg cluster stop ...")
+        progress("zimg cluster stop ...")
         stopping = time.perf_counter()
     timings.phases["zimg cluster stop"] = round(time.perf_counter() - stopping, 3)
     return ZimgResults(rtt_n1_n2, rtt_main_n1, rtt_same_node, one_way, spawn)
 
 
 # ---------------------------------------------------------------------- report
-
-
-def _version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "?"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, OS, interpreter and library versions, load and date."""
-    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(affinity) if affinity is not None else None,
-        "cpu_model": _cpu_model(),
-        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "pyzmq": zmq.pyzmq_version(),
-        "libzmq": zmq.zmq_version(),
-        "msgpack": _version("msgpack"),
-        "numpy": np.__version__,
-        "zimg": _version("zimg"),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
 
 
 Row = tuple[str, float, float | None, float | None, str]
@@ -682,10 +601,6 @@ def to_json(
 # ---------------------------------------------------------------------- command line
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(
@@ -715,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = make_config(
         quick=args.quick, rounds=args.rounds, messages=args.messages, spawns=args.spawns
     )
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # clean up on SIGTERM as on Ctrl-C
+    previous = signal.signal(signal.SIGTERM, interrupt)  # clean up on SIGTERM as on Ctrl-C
     timings = Timings()
     machine = machine_info()
     started = time.perf_counter()
@@ -724,10 +639,10 @@ def main(argv: list[str] | None = None) -> int:
         raw = run_pyzmq(cfg, tmp, timings)
         z = run_zimg(cfg, timings)
     except KeyboardInterrupt:
-        _progress("interrupted; everything was stopped")
+        progress("interrupted; everything was stopped")
         return 130
     except (BenchError, zimg.ZimgError) as exc:
-        _progress(f"failed: {exc}")
+        progress(f"failed: {exc}")
         return 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -742,7 +657,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         report = to_json(cfg, machine, z, raw, timings)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-        _progress(f"wrote {args.json}")
+        progress(f"wrote {args.json}")
     return 0
 
 

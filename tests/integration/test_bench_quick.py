@@ -1,0 +1,73 @@
+"""The benchmark harness runs end to end (``python -m zimg.bench --smoke``), so it cannot rot.
+
+Nothing here is about speed: the run must finish, exit 0 and write results with every part the
+report needs. Outputs go to a temporary directory, never into the repository.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
+
+TOP_KEYS = {
+    "mode",
+    "command",
+    "machine",
+    "load_after",
+    "config",
+    "sets",
+    "micro",
+    "skipped",
+    "phases_s",
+    "targets",
+}
+CONTENDERS = {
+    "loop",
+    "halves",
+    "pool2",
+    "zimg-encoded-1",
+    "zimg-encoded-2",
+    "zimg-encoded-4",
+    "zimg-raw-1",
+    "zimg-raw-2",
+    "zimg-raw-4",
+    "zimg-3term-2",
+}
+SUMMARY_KEYS = {"label", "run_s", "startup_s", "stop_s", "ratio", "ratio_end_to_end", "runs"}
+
+
+def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "zimg.bench", "--smoke", "--out", str(out)],
+        cwd=tmp_path,  # relative default paths, if any were used, would land here
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    report = f"exit code {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    assert proc.returncode == 0, report
+    assert "Traceback" not in proc.stderr, report
+    assert "Targets (issue 5)" in proc.stdout, report
+
+    results = json.loads((out / "results.json").read_text())
+    assert results.keys() >= TOP_KEYS
+    assert results["mode"] == "smoke"
+    assert set(results["sets"]) == {"A", "B"}
+    for data in results["sets"].values():
+        assert data["contenders"].keys() >= CONTENDERS
+        for summary in data["contenders"].values():
+            assert summary.keys() >= SUMMARY_KEYS
+            assert summary["run_s"]["median"] > 0
+        assert data["contenders"]["loop"]["ratio"]["median"] == pytest.approx(1.0)
+    assert {"actors", "forwarding", "startup", "memory"} <= results["micro"].keys()
+    assert len(results["targets"]) == 7
+    assert (out / "performance.md").read_text().startswith("# Performance")
+    assert not list(tmp_path.glob("bench")), "nothing may be written outside --out"
