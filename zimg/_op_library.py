@@ -143,6 +143,7 @@ def label(
     scale: float = 1.0,
     color: float | tuple[float, ...] = (0, 0, 0),
     thickness: int = 2,
+    in_place: bool = False,
 ) -> Image:
     """Write text on a copy with ``cv2.putText`` in FONT_HERSHEY_SIMPLEX, as the notebook does.
 
@@ -158,9 +159,10 @@ def label(
         scale: font scale.
         color: 1 to 4 numbers, or one number.
         thickness: stroke thickness in pixels.
+        in_place: draw on ``image`` itself (set by run_pipeline for its own intermediates).
 
     Returns:
-        A new image with the text drawn.
+        The image with the text drawn: a new one, or ``image`` itself with ``in_place``.
 
     Raises:
         OpError: a bad param, or an image OpenCV cannot draw on.
@@ -177,7 +179,7 @@ def label(
         raise OpError(f"label: color must be 1 to 4 numbers such as 255/0/0, got {color!r}")
     scalar = tuple(_number("label", "color", v) for v in colour)
     width = _integer("label", "thickness", thickness, minimum=1, maximum=32767)  # cv2's limit
-    out = image.copy()
+    out = image if in_place else image.copy()
     _cv2_call(
         "label",
         image,

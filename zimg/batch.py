@@ -6,8 +6,10 @@ recorded as errors without being sent; every input gets exactly one manifest lin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from zimg import images, ops
 from zimg._errors import ImageError, ZimgError
 from zimg.connection import Connection
 from zimg.distribute import DEFAULT_WINDOW, JobClient
-from zimg.jobs import JobRequest, PayloadMode
+from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, JobResult, PayloadMode
 
 MANIFEST_NAME = "manifest.jsonl"
 
@@ -32,10 +34,17 @@ class BatchOptions:
     Attributes:
         outdir: where outputs and the manifest go (created if needed).
         pipeline: the ops to apply.
-        mode: ``encoded`` (ship file bytes; workers decode and encode) or ``raw`` (ship arrays).
+        mode: ``encoded`` (ship file bytes; workers decode and encode), ``raw`` (ship arrays),
+            or ``path`` (workers read and write the files: same filesystem, ``--allow-paths``).
         window: jobs in flight at once.
         max_pixels: larger images are refused.
         idle_timeout_s: fail the rest of the batch if no result comes for this long.
+        job_bytes: small files are grouped into one job until their input bytes reach this
+            (measured: per-message costs are then paid once for several images).
+        job_items: the most images in one job; None: 8 in ``path`` mode (workers on this
+            machine, where per-message costs weigh most), 1 otherwise (finer redelivery).
+            A job that fails as a whole (its workers kept dying) is split, and each image
+            tried again on its own, so one poison image cannot take its neighbours down.
     """
 
     outdir: Path
@@ -44,6 +53,14 @@ class BatchOptions:
     window: int = DEFAULT_WINDOW
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     idle_timeout_s: float | None = None
+    job_bytes: int = 256 << 10
+    job_items: int | None = None
+
+    def items_per_job(self) -> int:
+        """The most images in one job, for this mode."""
+        if self.job_items is not None:
+            return max(1, min(self.job_items, MAX_ITEMS))
+        return 8 if self.mode == "path" else 1
 
 
 @dataclass(slots=True)
@@ -130,9 +147,14 @@ def run_batch(
     paths = [f if isinstance(f, Path) else Path(f) for f in files]  # no copies: memory
     outdir = options.outdir
     outdir.mkdir(parents=True, exist_ok=True)
-    outputs = plan_outputs(paths, outdir)
+    names = plan_outputs(paths, outdir)
     wire_ops = [spec.to_wire() for spec in options.pipeline]
-    client = JobClient(connection, window=options.window)
+    temporaries = _Temporaries(outdir) if options.mode == "path" else None
+    client = JobClient(
+        connection,
+        window=options.window,
+        on_duplicate=temporaries.discard if temporaries is not None else None,
+    )
     manifest_path = outdir / MANIFEST_NAME
     report = BatchReport(manifest=manifest_path)
     started = time.perf_counter()
@@ -154,41 +176,118 @@ def run_batch(
             if on_entry is not None:
                 on_entry(entry)
 
-        def requests() -> Iterator[JobRequest]:
-            for job_id, path in enumerate(paths):
+        def items() -> Iterator[tuple[JobItem, int]]:
+            """Each readable input as a job item, with its size in bytes."""
+            for index, path in enumerate(paths):
+                if temporaries is not None:  # the worker reads and writes: nothing to load
+                    output = temporaries.prefix(names[index])
+                    item = JobItem(index, os.path.abspath(path), path.suffix, output=output)
+                    yield item, _size(path)
+                    continue
                 try:
                     payload = _load_payload(path, options)
                 except ZimgError as exc:
-                    record(_entry(job_id, path, None, None, 0, None, str(exc)))
+                    record(_entry(index, path, None, None, 0, None, str(exc)))
                     continue
-                yield JobRequest(job_id, str(path), options.mode, path.suffix, wire_ops, payload)
+                yield JobItem(index, str(path), path.suffix, payload=payload), payload.nbytes
 
-        for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
-            request, result = done.request, done.result
-            output = outdir / outputs[request.id]
-            error = result.error
-            if result.ok and result.payload is not None:
-                try:
-                    _write_output(output, result.payload, request)
-                except (ZimgError, OSError) as exc:
-                    error = f"{request.name}: cannot write {output}: {exc}"
-            elif error is None:
-                error = f"{request.name}: the worker returned no output"
-            record(
-                _entry(
-                    request.id,
-                    Path(request.name),
-                    None if error else output,
-                    result.node,
-                    result.attempt,
-                    result.ms,
-                    error,
-                    latency_ms=round(done.latency_s * 1000, 3),
-                )
-            )
+        per_job = options.items_per_job()
+
+        def requests() -> Iterator[JobRequest]:
+            group: list[JobItem] = []
+            size = 0
+            for item, nbytes in items():
+                group.append(item)
+                size += nbytes
+                if size >= options.job_bytes or len(group) >= per_job:
+                    yield JobRequest(group[0].index, options.mode, wire_ops, group)
+                    group, size = [], 0
+            if group:
+                yield JobRequest(group[0].index, options.mode, wire_ops, group)
+
+        try:
+            for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
+                result = done.result
+                if not result.ok and len(done.request.items) > 1:
+                    for item in done.request.items:  # isolate the image that keeps failing
+                        client.resubmit(JobRequest(item.index, options.mode, wire_ops, [item]))
+                    continue
+                for position, item in enumerate(done.request.items):
+                    outcome = result.item(position)
+                    output = outdir / names[item.index]
+                    error = outcome.error
+                    try:
+                        if not outcome.ok:
+                            error = error or f"{item.name}: failed"
+                        elif temporaries is not None:
+                            temporaries.keep(outcome.output, names[item.index], output)
+                        elif outcome.payload is not None:
+                            _write_output(output, outcome.payload, item, options.mode)
+                        else:
+                            error = f"{item.name}: the worker returned no output"
+                    except (ZimgError, OSError) as exc:
+                        error = f"{item.name}: cannot write {output}: {exc}"
+                    record(
+                        _entry(
+                            item.index,
+                            paths[item.index],
+                            None if error else output,
+                            result.node,
+                            result.attempt,
+                            outcome.ms,
+                            error,
+                            latency_ms=round(done.latency_s * 1000, 3),
+                        )
+                    )
+        finally:
+            if temporaries is not None:
+                temporaries.sweep()
     report.duplicates = client.duplicates
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+class _Temporaries:
+    """The temporary files workers write in ``path`` mode, next to their final names.
+
+    A worker writes ``.<output name>.<batch token>.<node>-<pid>.tmp`` and reports it; the client
+    renames the one it keeps (atomic), deletes duplicates, and sweeps leftovers (from workers that
+    died mid-write) when the batch ends. A reported name that is not one of these is refused, so
+    a worker cannot make the client rename or delete any other file.
+    """
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir.resolve()
+        self.token = secrets.token_hex(6)
+
+    def prefix(self, output_name: str) -> str:
+        return str(self.outdir / f".{output_name}.{self.token}")
+
+    def _check(self, reported: str | None, output_name: str | None = None) -> Path:
+        path = Path(reported or "")
+        name = path.name
+        stem = f".{output_name}.{self.token}." if output_name else "."
+        if (
+            path.parent != self.outdir
+            or not name.startswith(stem)
+            or f".{self.token}." not in name
+            or not name.endswith(".tmp")
+        ):
+            raise ImageError(f"the worker reported an unexpected output file {reported!r}")
+        return path
+
+    def keep(self, reported: str | None, output_name: str, final: Path) -> None:
+        os.replace(self._check(reported, output_name), final)
+
+    def discard(self, result: JobResult) -> None:
+        for item in result.items:
+            with contextlib.suppress(ZimgError, OSError):
+                self._check(item.output).unlink()
+
+    def sweep(self) -> None:
+        for leftover in self.outdir.glob(f".*.{self.token}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
 
 def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:
@@ -203,10 +302,18 @@ def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def _write_output(output: Path, payload: np.ndarray[Any, Any], request: JobRequest) -> None:
-    if request.mode == "raw":
-        payload = images.encode(payload, request.ext, name=request.name)
+def _write_output(output: Path, payload: np.ndarray[Any, Any], item: JobItem, mode: str) -> None:
+    if mode == "raw":
+        payload = images.encode(payload, item.ext, name=item.name)
     images.write_atomic(output, payload)
+
+
+def _size(path: Path) -> int:
+    """The file's size, or 0 if it cannot be read (the worker reports why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _entry(

@@ -15,6 +15,7 @@ import zmq
 
 from zimg import protocol
 from zimg._broker_state import BrokerConfig, BrokerState, Instruction, Log, Probe, Send
+from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
 from zimg.wire import MAGIC, Command
 
@@ -26,7 +27,8 @@ _PROBE = [MAGIC, bytes((Command.HEARTBEAT,)), b"\x80"]  # a HEARTBEAT with an em
 
 
 class Broker:
-    """A zimg broker bound to ``url``.
+    """A zimg broker bound to ``url`` (and to each of ``also_bind``: an ``inproc://`` endpoint
+    lets a node in this process that shares ``context`` skip the kernel).
 
     Use :meth:`run` in the foreground (``zimg broker``), or :meth:`start` to run it on a
     background thread (embedded clusters and tests) and :meth:`stop` to end it.
@@ -39,12 +41,15 @@ class Broker:
         *,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         keys: BrokerKeys | None = None,
+        also_bind: Sequence[str] = (),
     ) -> None:
         self.url = url
+        self.also_bind = list(also_bind)
         self.keys = keys
         self.config = config or BrokerConfig()
         self._own_context = context is None
         self._ctx = context or zmq.Context()
+        self.context = self._ctx
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
@@ -108,6 +113,8 @@ class Broker:
             self.keys.apply(sock)
         try:
             sock.bind(self.url)
+            for extra in self.also_bind:
+                sock.bind(extra)
         except zmq.ZMQError as exc:
             sock.close()
             if self.keys is not None:
@@ -127,7 +134,7 @@ class Broker:
                 if poller.poll(int(wait_s * 1000)):
                     for _ in range(_MAX_BATCH):
                         try:
-                            frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                            frames = recv_frames(sock, NOBLOCK)
                         except zmq.Again:
                             break
                         identity = frames[0].bytes
@@ -202,7 +209,7 @@ class Broker:
     def _send_now(self, identity: bytes, frames: Sequence[Any]) -> None:
         if self._sock is None:
             raise RuntimeError("the broker socket is not open")
-        self._sock.send_multipart([identity, *frames], flags=zmq.NOBLOCK, copy=False)
+        send_frames(self._sock, [identity, *frames], NOBLOCK)
 
     def _flush_backlog(self) -> None:
         """Retry queued messages; drop those for peers that are no longer nodes."""

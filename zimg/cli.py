@@ -56,8 +56,10 @@ Payload = Annotated[
     str,
     typer.Option(
         "--payload",
-        help="encoded: ship file bytes, workers decode and encode (fast). "
-        "raw: ship decoded arrays, as the notebook does.",
+        help="encoded: ship file bytes, workers decode and encode. "
+        "raw: ship decoded arrays, as the notebook does. "
+        "path: workers read and write the files themselves (same filesystem, workers started "
+        "with --allow-paths; the default of 'zimg run').",
     ),
 ]
 Grid = Annotated[
@@ -237,8 +239,20 @@ def worker(
         str, typer.Option("--connect", "-c", help="The broker's endpoint.", envvar="ZIMG_BROKER")
     ] = protocol.DEFAULT_BROKER_URL,
     capacity: Annotated[
-        int, typer.Option("--capacity", min=1, help="Jobs run at once (threads, and credit).")
+        int, typer.Option("--capacity", min=1, help="Jobs held at once (the broker's credit).")
     ] = 2,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="Jobs run at once (default: --capacity)."),
+    ] = None,
+    allow_paths: Annotated[
+        bool,
+        typer.Option(
+            "--allow-paths",
+            help="Accept 'path' jobs, which read and write files the client names. Only if "
+            "every client of the broker may use this machine's files.",
+        ),
+    ] = False,
     imports: Imports = None,
     cv_threads: Annotated[
         int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
@@ -264,9 +278,11 @@ def worker(
             connect,
             name,
             capacity=capacity,
+            threads=threads,
             cv_threads=cv_threads,
             max_pixels=max_pixels,
             keys=client_keys,
+            allow_paths=allow_paths,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -324,7 +340,7 @@ def run(
     capacity: Annotated[int, typer.Option("--capacity", min=1, help="Jobs per worker.")] = 2,
     output: OutDir = Path("out"),
     op: OpsOpt = None,
-    payload: Payload = "encoded",
+    payload: Payload = "path",
     grid: Grid = None,
     window: Window = 16,
     imports: Imports = None,

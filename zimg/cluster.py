@@ -30,6 +30,12 @@ from zimg.worker import serve
 log = logging.getLogger("zimg.cluster")
 
 
+# Embedded workers share this machine with each other: one job thread each, with a credit of
+# ``capacity`` so the next job is already waiting (measured: two threads per worker cost
+# ~7% more CPU per image on 2 cores; see docs/performance.md).
+EMBEDDED_THREADS = 1
+
+
 class WorkerKeeper:
     """Runs worker processes and restarts any that dies, until :meth:`stop`.
 
@@ -115,7 +121,7 @@ def _fork_worker(url: str, capacity: int, imports: Sequence[str]) -> Callable[[s
         def main() -> None:
             for module in imports:
                 ops.load_module(module)
-            serve(url, name, capacity=capacity)
+            serve(url, name, capacity=capacity, threads=EMBEDDED_THREADS, allow_paths=True)
 
         # OpenCV's thread pool does not survive a fork: a child that touches it can hang on a
         # mutex copied in a locked state. Stop the pool (1 thread) while forking.
@@ -141,7 +147,9 @@ class LocalCluster(Node):
     """
 
     def __init__(self, url: str, name: str, broker: Broker, workers: list[str]) -> None:
-        super().__init__(url, name)
+        # This node reaches the broker thread over inproc (no kernel, no copies); ``url`` is
+        # for everyone else.
+        super().__init__(broker.also_bind[0], name, context=broker.context)
         self.url = url
         self.broker = broker
         self.workers = workers
@@ -154,12 +162,15 @@ def worker_command(
     name: str,
     *,
     capacity: int = 2,
+    threads: int = EMBEDDED_THREADS,
     imports: Sequence[str] = (),
     log_level: str = "warning",
 ) -> list[str]:
-    """The command line that starts a worker process."""
+    """The command line that starts an embedded cluster's worker process (which may read and
+    write the client's files: its broker is private)."""
     cmd = [sys.executable, "-m", "zimg", "worker", "--name", name, "--connect", url]
-    cmd += ["--capacity", str(capacity), "--log-level", log_level]
+    cmd += ["--capacity", str(capacity), "--threads", str(threads), "--allow-paths"]
+    cmd += ["--log-level", log_level]
     for module in imports:
         cmd += ["--import", module]
     return cmd
@@ -238,11 +249,13 @@ def local_cluster(
     if workers < 1:
         raise ValueError(f"a local cluster needs at least one worker, got {workers}")
     tmp = tempfile.mkdtemp(prefix="zimg-")
-    broker = Broker(url or f"ipc://{tmp}/broker", config)
+    endpoint = url or f"ipc://{tmp}/broker"
+    broker: Broker | None = None
     cluster: LocalCluster | None = None
     keeper: WorkerKeeper | None = None
     try:
-        endpoint = broker.url  # workers connect before the broker binds: ZeroMQ retries
+        # Workers first (forked before this process has a ZeroMQ context or threads); they
+        # connect before the broker binds, which ZeroMQ retries.
         names = [f"n{i + 1}" for i in range(workers)]
         commands = {
             n: worker_command(endpoint, n, capacity=capacity, imports=imports) for n in names
@@ -250,6 +263,7 @@ def local_cluster(
         fork = _fork_worker(endpoint, capacity, imports) if can_fork() else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         keeper = WorkerKeeper(commands, env=env, first_start=fork).start()
+        broker = Broker(endpoint, config, also_bind=[f"inproc://zimg-local-{os.getpid()}-{tmp}"])
         broker.start()
         cluster = LocalCluster(endpoint, name, broker, names)
         cluster.processes = keeper.processes
@@ -262,5 +276,6 @@ def local_cluster(
             cluster.close()
         if keeper is not None:
             keeper.stop()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

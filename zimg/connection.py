@@ -21,6 +21,7 @@ import zmq
 
 from zimg import protocol, wire
 from zimg._errors import BrokenError, ClosedError, RejectedError, WireError, ZimgTimeout
+from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
@@ -55,6 +56,7 @@ class Connection:
         handlers: Mapping[Command, Handler] | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         if not 0 <= capacity <= protocol.MAX_CAPACITY:
             raise ValueError(f"capacity must be in 0..{protocol.MAX_CAPACITY}, got {capacity}")
@@ -74,7 +76,9 @@ class Connection:
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
         self._session_hooks: list[SessionHook] = []
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        # A shared context lets the node reach a broker in this process over inproc://.
+        self._own_context = context is None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         n = next(_inproc_ids)
         self._inbox = self._ctx.socket(zmq.PULL)
         self._inbox.bind(f"inproc://zimg-node-{n}")
@@ -152,7 +156,7 @@ class Connection:
             while True:
                 self._check_usable()
                 try:
-                    self._push.send_multipart(frames, copy=False)
+                    send_frames(self._push, frames)
                     return
                 except zmq.Again:
                     continue  # the I/O thread is behind (or gone): check, then wait again
@@ -165,7 +169,12 @@ class Connection:
         if self._thread is not None and self._thread.is_alive():
             self._control_peer.send(_STOP)
             self._thread.join(5.0)
-        self._ctx.destroy(linger=0)
+        if self._own_context:
+            self._ctx.destroy(linger=0)
+            return
+        for sock in (self._inbox, self._push, self._control, self._control_peer, self._dealer):
+            if sock is not None:
+                sock.close(linger=0)
 
     def __enter__(self) -> Connection:
         return self if self._thread is not None else self.start()
@@ -223,7 +232,7 @@ class Connection:
             return
         if not self._backlog:
             try:
-                self._dealer.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                send_frames(self._dealer, frames, NOBLOCK)
                 return
             except zmq.Again:
                 pass
@@ -234,7 +243,7 @@ class Connection:
         count = 0
         while limit is None or count < limit:
             try:
-                frames = self._inbox.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = recv_frames(self._inbox, NOBLOCK)
             except zmq.Again:
                 return
             self._send_direct(frames)
@@ -243,7 +252,7 @@ class Connection:
     def _flush_backlog(self) -> None:
         while self._backlog and self._dealer is not None:
             try:
-                self._dealer.send_multipart(self._backlog[0], flags=zmq.NOBLOCK, copy=False)
+                send_frames(self._dealer, self._backlog[0], NOBLOCK)
             except zmq.Again:
                 return
             self._backlog.popleft()
@@ -284,7 +293,7 @@ class Connection:
             if events.get(dealer, 0) & zmq.POLLIN:
                 for _ in range(256):
                     try:
-                        frames = dealer.recv_multipart(zmq.NOBLOCK, copy=False)
+                        frames = recv_frames(dealer, NOBLOCK)
                     except zmq.Again:
                         break
                     last_heard = time.monotonic()

@@ -15,7 +15,8 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,7 +25,7 @@ import numpy as np
 from zimg import ops, wire
 from zimg._errors import WireError, ZimgTimeout
 from zimg.connection import Connection
-from zimg.jobs import JobRequest, JobResult
+from zimg.jobs import JobItem, JobRequest, JobResult
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.distribute")
@@ -110,17 +111,29 @@ class JobClient:
         window: the most jobs in flight at once.
     """
 
-    def __init__(self, connection: Connection, *, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        connection: Connection,
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_duplicate: Callable[[JobResult], None] | None = None,
+    ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         self.connection = connection
         self.window = window
         self._duplicates = 0
         self.resends = 0
+        self.on_duplicate = on_duplicate
         self._router = _router(connection)
         self._unrouted_at_start = self._router.unrouted
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._outstanding: dict[int, tuple[JobRequest, float]] = {}
+        self._again: deque[JobRequest] = deque()
+
+    def resubmit(self, request: JobRequest) -> None:
+        """Send ``request`` again, before any new request: from the loop consuming :meth:`run`."""
+        self._again.append(request)
 
     @property
     def duplicates(self) -> int:
@@ -154,8 +167,11 @@ class JobClient:
     ) -> Iterator[Completed]:
         exhausted = False
         while True:
-            while not exhausted and len(self._outstanding) < self.window:
-                request = next(pending, None)
+            while len(self._outstanding) < self.window:
+                if self._again:
+                    self._send(self._again.popleft())
+                    continue
+                request = None if exhausted else next(pending, None)
                 if request is None:
                     exhausted = True
                     break
@@ -196,6 +212,8 @@ class JobClient:
         entry = self._outstanding.pop(result.id, None)
         if entry is None:
             self._duplicates += 1  # a repeated answer: the job was already answered
+            if self.on_duplicate is not None:
+                self.on_duplicate(result)
             return None
         self._router.forget(result.id)
         request, sent_at = entry
@@ -243,10 +261,10 @@ def distribute(
     conn = node if isinstance(node, Connection) else node.connection
     wire_ops = [spec.to_wire() for spec in pipeline]
     requests = (
-        JobRequest(i, f"array {i}", "raw", ".png", wire_ops, image)
+        JobRequest(i, "raw", wire_ops, [JobItem(i, f"array {i}", ".png", payload=image)])
         for i, image in enumerate(images)
     )
     client = JobClient(conn, window=window)
     for done in client.run(requests, idle_timeout_s=idle_timeout_s):
-        r = done.result
-        yield Processed(done.request.id, r.payload, r.node, r.ms, r.error)
+        r, item = done.result, done.result.item(0)
+        yield Processed(done.request.id, item.payload, r.node, item.ms, item.error)

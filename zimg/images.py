@@ -156,6 +156,8 @@ def sniff_size(data: Data) -> tuple[int, int] | None:
 
 def _has_eoi(buf: memoryview, start: int) -> bool:
     """Whether an EOI marker (FF D9) follows ``start``; scan data never contains one."""
+    if bytes(buf[-2:]) == b"\xff\xd9" and buf.nbytes - 2 >= start:
+        return True  # the usual case, without scanning the whole file
     tail = np.frombuffer(buf, dtype=np.uint8)[start:]
     ff = np.flatnonzero(tail[:-1] == 0xFF)
     return bool(np.any(tail[ff + 1] == 0xD9))

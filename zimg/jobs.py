@@ -1,8 +1,13 @@
-"""The image job on the wire: what a client sends (JOB) and what a worker answers (RESULT)."""
+"""The image job on the wire: what a client sends (JOB) and what a worker answers (RESULT).
+
+A job carries one or more *items* (images) that share a pipeline and a payload mode. Small images
+travel several to a job, so the fixed cost of a message (a few hops through Python on each side)
+is paid once for all of them; the broker sees one job either way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -10,39 +15,65 @@ import numpy as np
 from zimg import protocol
 from zimg._errors import WireError
 
-PayloadMode = Literal["encoded", "raw"]
-PAYLOAD_MODES: tuple[PayloadMode, ...] = ("encoded", "raw")
+PayloadMode = Literal["encoded", "raw", "path"]
+PAYLOAD_MODES: tuple[PayloadMode, ...] = ("encoded", "raw", "path")
+MAX_ITEMS = 64
+
+
+@dataclass(slots=True)
+class JobItem:
+    """One image of a job.
+
+    Attributes:
+        index: the caller's number for it (its position in the batch).
+        name: the input's name (a path), for messages and the manifest; in ``path`` mode the
+            worker reads this file.
+        ext: the output format's extension, e.g. ``.jpg``.
+        payload: the file's bytes as uint8 (``encoded``) or an image (``raw``); None in ``path``.
+        output: in ``path`` mode, the prefix of the temporary file the worker writes.
+    """
+
+    index: int
+    name: str
+    ext: str
+    payload: np.ndarray[Any, Any] | None = None
+    output: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"name": self.name, "ext": self.ext}
+        if self.payload is not None:
+            item["payload"] = self.payload
+        if self.output is not None:
+            item["output"] = self.output
+        return item
 
 
 @dataclass(slots=True)
 class JobRequest:
-    """One image job as the client submits it.
+    """One job as the client submits it.
 
     Attributes:
-        id: the caller's number for this job (an index); the wire id is assigned when it is sent.
-        name: the input's name (a path), for messages and the manifest.
-        mode: ``encoded`` (``payload`` holds the file's bytes, as uint8) or ``raw`` (an image).
-        ext: the output format's extension, e.g. ``.jpg``.
+        id: the caller's number for this job; the wire id is assigned when it is sent.
+        mode: ``encoded`` (payloads hold the files' bytes), ``raw`` (images), or ``path`` (no
+            payload: the worker reads each ``name`` and writes each ``output`` itself, which
+            needs a filesystem shared with the client and a worker started with
+            ``--allow-paths``).
         ops: the pipeline, as ``[[name, params], ...]``.
-        payload: the data.
+        items: the images, at least one.
     """
 
     id: int
-    name: str
     mode: PayloadMode
-    ext: str
     ops: list[list[Any]]
-    payload: np.ndarray[Any, Any]
+    items: list[JobItem] = field(default_factory=list)
 
     def header(self, job_id: int) -> dict[str, Any]:
         """The JOB header, with ``job_id`` as the id on the wire."""
         return {
             "id": job_id,
-            "name": self.name,
             "mode": self.mode,
-            "ext": self.ext,
             "ops": self.ops,
-            "payload": self.payload,
+            "items": [item.to_wire() for item in self.items],
         }
 
     @classmethod
@@ -55,18 +86,63 @@ class JobRequest:
         mode = protocol.field(header, "mode", str)
         if mode not in PAYLOAD_MODES:
             raise WireError(f"payload mode {mode!r} is not one of {PAYLOAD_MODES}")
-        payload = protocol.field(header, "payload", np.ndarray)
-        if mode == "encoded" and (payload.dtype != np.uint8 or payload.ndim != 1):
-            raise WireError("an encoded payload must be a 1-D uint8 array")
-        ops = protocol.field(header, "ops", list)
+        raw_items = protocol.field(header, "items", list)
+        if not 1 <= len(raw_items) <= MAX_ITEMS:
+            raise WireError(f"a job holds 1 to {MAX_ITEMS} items, not {len(raw_items)}")
+        items = [_item(i, raw, mode) for i, raw in enumerate(raw_items)]
         return cls(
             id=protocol.field(header, "id", int),
-            name=protocol.field(header, "name", str),
             mode=mode,
-            ext=protocol.field(header, "ext", str),
-            ops=ops,
-            payload=payload,
+            ops=protocol.field(header, "ops", list),
+            items=items,
         )
+
+
+def _item(index: int, raw: Any, mode: str) -> JobItem:
+    if not isinstance(raw, dict):
+        raise WireError(f"job item {index} is not a map")
+    payload: np.ndarray[Any, Any] | None = None
+    output: str | None = None
+    if mode == "path":
+        output = protocol.field(raw, "output", str)
+    else:
+        payload = protocol.field(raw, "payload", np.ndarray)
+        if mode == "encoded" and (payload.dtype != np.uint8 or payload.ndim != 1):
+            raise WireError(f"job item {index}: an encoded payload must be a 1-D uint8 array")
+    return JobItem(
+        index,
+        protocol.field(raw, "name", str),
+        protocol.field(raw, "ext", str),
+        payload=payload,
+        output=output,
+    )
+
+
+@dataclass(slots=True)
+class ItemResult:
+    """What came back for one item.
+
+    Attributes:
+        ok: True if the worker produced an output.
+        ms: the worker's processing time in milliseconds.
+        error: why it failed, or None.
+        payload: encoded bytes (uint8) or the raw image; None on failure or in path mode.
+        output: in path mode, the temporary file the worker wrote (the client renames it).
+    """
+
+    ok: bool
+    ms: float = 0.0
+    error: str | None = None
+    payload: np.ndarray[Any, Any] | None = None
+    output: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"ok": self.ok, "ms": round(self.ms, 3), "error": self.error}
+        if self.payload is not None:
+            out["payload"] = self.payload
+        if self.output is not None:
+            out["output"] = self.output
+        return out
 
 
 @dataclass(slots=True)
@@ -74,36 +150,53 @@ class JobResult:
     """What came back for one job.
 
     Attributes:
-        id: the job's id.
-        ok: True if the worker produced an output.
+        id: the job's wire id.
+        ok: False if the job as a whole failed (it could not be run, or the broker gave up on
+            it); then ``error`` says why and ``items`` is empty.
         node: the node that ran it (the last one tried, for a failure).
         attempt: which delivery attempt produced this result (1 = first).
-        ms: the worker's processing time in milliseconds.
-        error: why it failed, or None.
-        payload: encoded bytes (uint8) or the raw image, or None on failure.
+        error: why the whole job failed, or None.
+        items: one result per item, in the job's order.
     """
 
     id: int
     ok: bool
     node: str | None
     attempt: int
-    ms: float
-    error: str | None
-    payload: np.ndarray[Any, Any] | None
+    error: str | None = None
+    items: list[ItemResult] = field(default_factory=list)
+
+    def item(self, position: int) -> ItemResult:
+        """The result of the job's ``position``-th item; a whole-job failure fails each one."""
+        if position < len(self.items):
+            return self.items[position]
+        return ItemResult(ok=False, error=self.error or "the worker returned no result for it")
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> JobResult:
         """Validate a RESULT header as a client receives it."""
-        payload = header.get("payload")
-        node = header.get("node")
-        error = header.get("error")
-        ms = header.get("ms", 0.0)
+        node, error = header.get("node"), header.get("error")
+        raw_items = header.get("items")
+        items = [_item_result(x) for x in raw_items] if isinstance(raw_items, list) else []
         return cls(
             id=protocol.field(header, "id", int),
             ok=protocol.field(header, "ok", bool),
             node=node if isinstance(node, str) else None,
             attempt=protocol.field(header, "attempt", int),
-            ms=float(ms) if isinstance(ms, int | float) else 0.0,
             error=error if isinstance(error, str) else None,
-            payload=payload if isinstance(payload, np.ndarray) else None,
+            items=items,
         )
+
+
+def _item_result(raw: Any) -> ItemResult:
+    if not isinstance(raw, dict):
+        return ItemResult(ok=False, error="the worker sent a malformed item result")
+    ok, ms, error = raw.get("ok"), raw.get("ms", 0.0), raw.get("error")
+    payload, output = raw.get("payload"), raw.get("output")
+    return ItemResult(
+        ok=ok is True,
+        ms=float(ms) if isinstance(ms, int | float) and not isinstance(ms, bool) else 0.0,
+        error=error if isinstance(error, str) else None,
+        payload=payload if isinstance(payload, np.ndarray) else None,
+        output=output if isinstance(output, str) else None,
+    )

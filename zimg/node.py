@@ -11,6 +11,8 @@ import queue
 import threading
 from typing import Any
 
+import zmq
+
 from zimg import protocol, wire
 from zimg._actor import (
     ANY,
@@ -50,9 +52,10 @@ class Node:
         capacity: int = 0,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.connection = Connection(
-            url, name, role=role, capacity=capacity, limits=limits, keys=keys
+            url, name, role=role, capacity=capacity, limits=limits, keys=keys, context=context
         )
         self.runtime = ActorRuntime(self.connection, self.report)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()

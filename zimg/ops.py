@@ -106,10 +106,12 @@ class _Entry:
     fn: Callable[..., Image]
     params: frozenset[str]  # keyword params a user may set
     takes_node: bool
+    takes_in_place: bool  # may draw on its input when run_pipeline says so
     any_params: bool  # the op takes **kwargs
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_RESERVED = frozenset({"node", "in_place"})  # keywords run_pipeline sets, never the user
 
 
 def _entry(name: str, fn: Callable[..., Image]) -> _Entry:
@@ -128,8 +130,9 @@ def _entry(name: str, fn: Callable[..., Image]) -> _Entry:
     }
     return _Entry(
         fn=fn,
-        params=frozenset(keywords - {"node"}),
+        params=frozenset(keywords - _RESERVED),
         takes_node="node" in keywords,
+        takes_in_place="in_place" in keywords,
         any_params=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
     )
 
@@ -143,7 +146,9 @@ def op(name: str | F | None = None) -> F | Callable[[F], F]:
 
     The op receives a read-only image first, then keyword params; it must return a new array
     and never draw on its input (copy first). An op that declares a keyword ``node`` is given
-    the worker's node name by :func:`run_pipeline`. Usable as ``@op`` or ``@op("name")``.
+    the worker's node name by :func:`run_pipeline`. An op that declares ``in_place`` is told
+    ``in_place=True`` when the image it gets is a writeable intermediate the pipeline owns, so
+    it may draw on it instead of copying. Usable as ``@op`` or ``@op("name")``.
 
     Raises:
         OpError: the name is not an identifier, the function takes no image, or another
@@ -235,8 +240,10 @@ def parse_op(text: str) -> OpSpec:
 
 
 def _check_params(spec: OpSpec, entry: _Entry) -> None:
-    if "node" in spec.params and entry.takes_node:
-        raise OpError(f"op {spec.name!r}: 'node' is set by the worker, not by a param")
+    taken = {"node": entry.takes_node, "in_place": entry.takes_in_place}
+    for reserved in sorted(_RESERVED & set(spec.params)):
+        if taken[reserved]:
+            raise OpError(f"op {spec.name!r}: {reserved!r} is set by the worker, not by a param")
     unknown = sorted(set(spec.params) - entry.params)
     if unknown and not entry.any_params:
         accepted = ", ".join(sorted(entry.params)) or "none"
@@ -275,18 +282,34 @@ def run_pipeline(image: Image, specs: Sequence[OpSpec], *, node: str) -> Image:
         _check_params(spec, entry)
     result = image
     for spec, entry in zip(specs, entries, strict=True):
-        view = result.view()
-        view.flags.writeable = False  # an op that draws on its input fails loudly
         kwargs = dict(spec.params)
         if entry.takes_node:
             kwargs["node"] = node
-        result = entry.fn(view, **kwargs)
+        if entry.takes_in_place and _owned(result, image):
+            kwargs["in_place"] = True  # an intermediate only we hold: draw on it, no copy
+            arg = result
+        else:
+            arg = result.view()
+            arg.flags.writeable = False  # an op that draws on its input fails loudly
+        result = entry.fn(arg, **kwargs)
         if not isinstance(result, np.ndarray):
             raise OpError(f"op {spec.name!r} returned {type(result).__name__}, not an ndarray")
     if result is image:
         result = image.view()
         result.flags.writeable = False
     return result
+
+
+def _owned(array: Image, caller_input: Image) -> bool:
+    """Is ``array`` an intermediate of this pipeline (writeable, not the caller's memory)?
+
+    Ops get read-only views, so a writeable array an op returned is one it allocated.
+    """
+    return (
+        array is not caller_input
+        and array.flags.writeable
+        and not np.may_share_memory(array, caller_input)
+    )
 
 
 def load_module(module_name: str) -> None:

@@ -16,6 +16,7 @@ and read-only on the way in. Nothing is ever pickled.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -137,6 +138,8 @@ def _byte_view(buf: Any, what: str) -> memoryview:
         view = memoryview(buf)
     except TypeError as exc:
         raise WireError(f"{what} is not a buffer but a {type(buf).__name__}") from exc
+    if view.ndim == 1 and view.format == "B" and view.c_contiguous:  # bytes, zmq frames
+        return view
     if not view.c_contiguous:
         return memoryview(view.tobytes())
     if view.ndim == 1 and view.format == "B":
@@ -165,6 +168,27 @@ class _Encoder:
         return len(self.frames) - 1
 
     def walk(self, obj: Any, depth: int) -> Any:
+        kind = type(obj)
+        if kind in _PLAIN:  # the common cases first, by exact type (subclasses go the long way)
+            return obj
+        if kind is list or kind is dict:
+            if depth > self.limits.max_depth:
+                raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
+            if kind is list:
+                return [x if type(x) in _PLAIN else self.walk(x, depth + 1) for x in obj]
+            return {
+                k if type(k) in _PLAIN else self.walk(k, depth + 1): v
+                if type(v) in _PLAIN
+                else self.walk(v, depth + 1)
+                for k, v in obj.items()
+            }
+        if (
+            kind is Pid
+            and type(obj.node) is str
+            and type(obj.incarnation) is int
+            and type(obj.serial) is int
+        ):
+            return _pid_ext(obj)  # exact types only: Pid("n", True, 1) == Pid("n", 1, 1)
         if obj is None or isinstance(obj, bool | int | float | str):
             return obj
         if isinstance(obj, bytes | bytearray | memoryview):
@@ -200,6 +224,23 @@ class _Encoder:
             arr = np.ascontiguousarray(arr)
         index = self._frame(arr, arr.nbytes)
         return msgpack.ExtType(Ext.ARRAY, _pack([index, arr.dtype.str, list(arr.shape)]))
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=4096)
+def _pid_ext(pid: Pid) -> msgpack.ExtType:
+    """A pid's ext, cached: the same few pids travel in most messages."""
+    return msgpack.ExtType(Ext.PID, _pack([pid.node, pid.incarnation, pid.serial]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_pid(data: bytes) -> Pid:
+    parts = msgpack.unpackb(data, raw=False)
+    if not _is_pid_parts(parts):
+        raise WireError("pid/ref ext must be [str, int, int]")
+    return Pid(parts[0], parts[1], parts[2])
 
 
 def _pack(obj: Any) -> bytes:
@@ -246,6 +287,9 @@ def encode(
 # ---------------------------------------------------------------- decoding
 
 
+_EXT_PID, _EXT_REF = int(Ext.PID), int(Ext.REF)
+
+
 class _Decoder:
     def __init__(self, frames: list[memoryview], limits: Limits) -> None:
         self.frames = frames
@@ -274,12 +318,13 @@ class _Decoder:
             if not isinstance(items, list):
                 raise WireError("tuple ext does not hold an array")
             return tuple(items)
-        if code in (Ext.PID, Ext.REF):
+        if code == _EXT_PID:
+            return _decode_pid(data)
+        if code == _EXT_REF:
             parts = msgpack.unpackb(data, raw=False)
             if not _is_pid_parts(parts):
                 raise WireError("pid/ref ext must be [str, int, int]")
-            cls = Pid if code == Ext.PID else Ref
-            return cls(parts[0], parts[1], parts[2])
+            return Ref(parts[0], parts[1], parts[2])
         if code == Ext.ARRAY:
             return self._array(msgpack.unpackb(data, raw=False))
         if code == Ext.BLOB:
@@ -326,25 +371,28 @@ class _Decoder:
         return arr
 
 
-_LEAF_TYPES = (type(None), bool, int, float, str, bytes, Pid, Ref, np.ndarray)
+_LEAF_TYPES = frozenset({type(None), bool, int, float, str, bytes, Pid, Ref, np.ndarray})
 
 
-def _check_term(term: Any, max_depth: int) -> None:
-    """Check nesting depth, and that msgpack gave back only terms (it decodes ext -1 itself)."""
-    stack: list[tuple[Any, int]] = [(term, 0)]
-    while stack:
-        obj, depth = stack.pop()
-        if isinstance(obj, list | tuple):
-            children: Any = obj
-        elif isinstance(obj, dict):
-            children = [*obj.keys(), *obj.values()]
-        elif type(obj) in _LEAF_TYPES:
-            continue
-        else:
-            raise WireError(f"header holds a {type(obj).__name__}, which is not a term")
-        if depth > max_depth:
-            raise WireError(f"term nested deeper than {max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
+def _check_term(term: Any, max_depth: int, depth: int = 0) -> None:
+    """Check nesting depth, and that msgpack gave back only terms (it decodes ext -1 itself).
+
+    Recursion is bounded: a container deeper than ``max_depth`` raises before going further.
+    """
+    kind = type(term)
+    if kind is list or kind is tuple:
+        children: Any = term
+    elif kind is dict:
+        children = [*term.keys(), *term.values()]
+    elif kind in _LEAF_TYPES:
+        return
+    else:
+        raise WireError(f"header holds a {kind.__name__}, which is not a term")
+    if depth > max_depth:
+        raise WireError(f"term nested deeper than {max_depth} levels")
+    for child in children:
+        if type(child) not in _LEAF_TYPES:
+            _check_term(child, max_depth, depth + 1)
 
 
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
@@ -364,22 +412,25 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise WireError(f"a message needs at least 3 frames, got {len(frames)}")
     if len(frames) - 3 > limits.max_frames:
         raise WireError(f"{len(frames) - 3} raw frames exceed the limit of {limits.max_frames}")
-    views = [_byte_view(f, f"frame {i}") for i, f in enumerate(frames)]
-    if views[0] != MAGIC:
-        raise WireError(f"bad magic frame {bytes(views[0][:16])!r}, expected {MAGIC!r}")
-    if views[1].nbytes != 1 or views[1][0] not in _COMMANDS:
-        raise WireError(f"unknown command frame {bytes(views[1][:16])!r}")
-    command = _COMMANDS[views[1][0]]
-    if views[2].nbytes > limits.max_header_bytes:
+    magic, command_frame, header_frame = (
+        _byte_view(f, f"frame {i}") for i, f in enumerate(frames[:3])
+    )
+    if magic != MAGIC:
+        raise WireError(f"bad magic frame {bytes(magic[:16])!r}, expected {MAGIC!r}")
+    if command_frame.nbytes != 1 or command_frame[0] not in _COMMANDS:
+        raise WireError(f"unknown command frame {bytes(command_frame[:16])!r}")
+    command = _COMMANDS[command_frame[0]]
+    if header_frame.nbytes > limits.max_header_bytes:
         raise WireError(
-            f"header of {views[2].nbytes} bytes exceeds the limit of {limits.max_header_bytes}"
+            f"header of {header_frame.nbytes} bytes exceeds the limit of {limits.max_header_bytes}"
         )
-    for i, v in enumerate(raw := views[3:]):
+    raw = [_byte_view(f, f"frame {i + 3}") for i, f in enumerate(frames[3:])]
+    for i, v in enumerate(raw):
         if v.nbytes > limits.max_frame_bytes:
             raise WireError(f"frame {i} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
     decoder = _Decoder(raw, limits)
     try:
-        header = decoder.unpack(views[2])
+        header = decoder.unpack(header_frame)
     except WireError:
         raise
     except msgpack.StackError as exc:
@@ -389,7 +440,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
         raise WireError("header must be a map with string keys")
     _check_term(header, limits.max_depth)
-    unused = [i for i, u in enumerate(decoder.used) if not u]
-    if unused:
+    if raw and not all(decoder.used):
+        unused = [i for i, u in enumerate(decoder.used) if not u]
         raise WireError(f"raw frames {unused} are not referenced by the header")
     return Message(command, header)

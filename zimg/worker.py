@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -14,8 +15,8 @@ from typing import Any
 import cv2
 
 from zimg import images, ops, protocol, wire
-from zimg._errors import ZimgError
-from zimg.jobs import JobRequest
+from zimg._errors import ImageError, OpError, WireError, ZimgError
+from zimg.jobs import ItemResult, JobItem, JobRequest
 from zimg.node import Node
 from zimg.security import ClientKeys
 from zimg.wire import Command
@@ -25,24 +26,34 @@ log = logging.getLogger("zimg.worker")
 DEFAULT_CAPACITY = 2
 
 
-def process(request: JobRequest, *, node: str, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> Any:
-    """Run one image job: decode if encoded, apply the pipeline, encode again if encoded.
+def process(
+    item: JobItem,
+    mode: str,
+    specs: list[ops.OpSpec],
+    *,
+    node: str,
+    max_pixels: int = images.DEFAULT_MAX_PIXELS,
+) -> Any:
+    """Run the pipeline on one item: decode if needed, apply ``specs``, encode if needed.
 
     This is exactly what a worker does, so calling it in-process gives the reference output.
+    ``path`` items are read and encoded here too; writing them is :meth:`Worker`'s part.
 
     Returns:
-        A 1-D uint8 array of the encoded output (``encoded`` mode) or the processed image (``raw``).
+        A 1-D uint8 array of the encoded output (``encoded`` and ``path`` modes) or the
+        processed image (``raw``).
     """
-    specs = [ops.OpSpec.from_wire(x) for x in request.ops]
-    ops.validate(specs)
-    if request.mode == "encoded":
-        image = images.decode(request.payload, name=request.name, max_pixels=max_pixels)
+    if mode == "path":
+        data: Any = images.read_file(item.name)
+    elif item.payload is None:
+        raise WireError(f"{item.name}: a {mode} item without a payload")
     else:
-        image = request.payload
+        data = item.payload
+    image = data if mode == "raw" else images.decode(data, name=item.name, max_pixels=max_pixels)
     out = ops.run_pipeline(image, specs, node=node)
-    if request.mode == "encoded":
-        return images.encode(out, request.ext, name=request.name)
-    return out
+    if mode == "raw":
+        return out
+    return images.encode(out, item.ext, name=item.name)
 
 
 class Worker:
@@ -51,8 +62,13 @@ class Worker:
     Args:
         url: the broker's endpoint.
         name: this node's name (the label the default pipeline writes).
-        capacity: jobs run at once, on as many threads; also the credit the broker grants.
+        capacity: the credit the broker grants: jobs held at once (running or next in line).
+        threads: jobs run at once (default: ``capacity``). Fewer threads than credit means the
+            next job is already here when one finishes.
         max_pixels: the largest image this worker decodes.
+        allow_paths: accept ``path`` jobs, which read and write files named by the client.
+            Only for workers that trust every client of their broker with their filesystem
+            (an embedded cluster's workers, whose broker is private).
     """
 
     def __init__(
@@ -61,17 +77,23 @@ class Worker:
         name: str,
         *,
         capacity: int = DEFAULT_CAPACITY,
+        threads: int | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
+        allow_paths: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.name = name
         self.capacity = capacity
+        self.threads = threads or capacity
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         self.max_pixels = max_pixels
+        self.allow_paths = allow_paths
         self.jobs_done = 0
-        self._pool = ThreadPoolExecutor(capacity, thread_name_prefix=f"zimg-job-{name}")
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"zimg-job-{name}")
         self._stopped = threading.Event()
         self.node = Node(
             url, name, role=protocol.ROLE_WORKER, capacity=capacity, limits=limits, keys=keys
@@ -119,29 +141,62 @@ class Worker:
             self._pool.submit(self._run_job, msg.header)
 
     def _run_job(self, header: dict[str, Any]) -> None:
-        started = time.perf_counter()
         reply: dict[str, Any] = {
             "id": header.get("id"),
             "client": header.get("client"),
             "attempt": header.get("attempt", 1),
             "node": self.name,
+            "ok": True,
+            "error": None,
         }
         try:
             request = JobRequest.from_header(header)
-            reply["payload"] = process(request, node=self.name, max_pixels=self.max_pixels)
-            reply["ok"] = True
-            reply["error"] = None
+            if request.mode == "path" and not self.allow_paths:
+                raise OpError(
+                    f"worker {self.name} does not take path jobs (they read and write its "
+                    "files); start it with --allow-paths, or send encoded payloads"
+                )
+            specs = [ops.OpSpec.from_wire(x) for x in request.ops]
+            ops.validate(specs)
+            reply["items"] = [self._run_item(item, request.mode, specs) for item in request.items]
         except ZimgError as exc:
             reply.update(ok=False, error=str(exc))
-        except Exception as exc:  # a bug in an op must fail the job, not the worker
-            log.error("job %s failed:\n%s", header.get("id"), traceback.format_exc())
-            reply.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-        reply["ms"] = round((time.perf_counter() - started) * 1000, 3)
         self.jobs_done += 1
         try:
             self.connection.send(Command.RESULT, reply)
         except ZimgError as exc:
             log.error("could not send the result of job %s: %s", header.get("id"), exc)
+
+    def _run_item(self, item: JobItem, mode: str, specs: list[ops.OpSpec]) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = ItemResult(ok=True)
+        try:
+            out = process(item, mode, specs, node=self.name, max_pixels=self.max_pixels)
+            if mode == "path":
+                result.output = self._write_temporary(item, out)
+            else:
+                result.payload = out
+        except ZimgError as exc:
+            result = ItemResult(ok=False, error=str(exc))
+        except Exception as exc:  # a bug in an op must fail the item, not the worker
+            log.error("an item of a job failed:\n%s", traceback.format_exc())
+            result = ItemResult(ok=False, error=f"{item.name}: {type(exc).__name__}: {exc}")
+        result.ms = (time.perf_counter() - started) * 1000
+        return result.to_wire()
+
+    def _write_temporary(self, item: JobItem, data: Any) -> str:
+        """Write a path item's output next to its final place, under a name only this worker
+        uses; the client renames the one it keeps, so a job redelivered elsewhere can never
+        leave a half-written or mismatched output."""
+        path = f"{item.output}.{self.name}-{os.getpid()}.tmp"
+        try:
+            with open(path, "wb") as f:
+                f.write(memoryview(data))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise ImageError(f"{item.name}: cannot write {path}: {exc}") from exc
+        return path
 
 
 def serve(
@@ -149,9 +204,11 @@ def serve(
     name: str,
     *,
     capacity: int = DEFAULT_CAPACITY,
+    threads: int | None = None,
     cv_threads: int = 1,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     keys: ClientKeys | None = None,
+    allow_paths: bool = False,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
 
@@ -159,7 +216,15 @@ def serve(
         ZimgError: the broker refused the worker (its name is taken, for example).
     """
     configure_opencv(cv_threads)
-    node = Worker(url, name, capacity=capacity, max_pixels=max_pixels, keys=keys)
+    node = Worker(
+        url,
+        name,
+        capacity=capacity,
+        threads=threads,
+        max_pixels=max_pixels,
+        keys=keys,
+        allow_paths=allow_paths,
+    )
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:
         node.start()

@@ -103,7 +103,10 @@ def test_poison_under_zimg_run_ends_with_exit_1_and_the_workers_restarted(tmp_pa
     assert len(tried) == MAX_ATTEMPTS
     assert set(tried) <= {"n1", "n2", "n3"}
     # The embedded cluster's keeper restarted each worker the poison killed, and gave up on none.
-    assert result.stderr.count("restarting it") == MAX_ATTEMPTS, result.stderr
+    # `zimg run` ships small images several to a job: the poison's job failed whole after
+    # MAX_ATTEMPTS deaths, was split, and only the poison failed again, MAX_ATTEMPTS times, on
+    # its own (its neighbours all succeeded: check_exactly_once above).
+    assert result.stderr.count("restarting it") == 2 * MAX_ATTEMPTS, result.stderr
     assert "not restarting it again" not in result.stderr
     assert_clean_log(
         result.stdout + result.stderr,

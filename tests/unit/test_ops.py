@@ -637,3 +637,30 @@ def test_load_module_refuses_a_file_that_would_shadow_a_loaded_module(tmp_path: 
     with pytest.raises(OpError, match="already loaded"):
         load_module(str(shadow))
     assert sys.modules["json"] is json
+
+
+def test_in_place_is_not_a_param_and_label_draws_on_intermediates_only(registry: None) -> None:
+    with pytest.raises(OpError, match="'in_place' is set by the worker"):
+        validate([parse_op("label:in_place=true")])
+    image = np.full((40, 60, 3), 200, np.uint8)
+    image.flags.writeable = True
+    before = image.copy()
+    # label alone: its input is the caller's array, so it must copy
+    out = run_pipeline(image, [OpSpec("label", {})], node="n1")
+    assert np.array_equal(image, before)
+    assert not np.shares_memory(out, image)
+    # after threshold, label draws on threshold's fresh output: same result, no extra copy
+    calls = []
+    real = ops.label
+
+    @op("spy_label")
+    def spy_label(img, *, node, in_place=False):  # type: ignore[no-untyped-def]
+        calls.append((in_place, img.flags.writeable))
+        return real(img, node=node, in_place=in_place)
+
+    out = run_pipeline(image, [OpSpec("threshold", {}), OpSpec("spy_label", {})], node="n1")
+    assert calls == [(True, True)]
+    assert np.array_equal(image, before)
+    expected = cv2.threshold(before, 127, 255, cv2.THRESH_BINARY)[1]
+    cv2.putText(expected, "n1", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
+    assert np.array_equal(out, expected)

@@ -172,8 +172,8 @@ def run_micro(
     forward = micro.forward_config(plan.mode)
     attempt("forwarding", lambda where: micro.run_forwarding(forward, where, timings))
     source = "B" if "B" in sets else next(iter(sets), None)
-    startup: dict[str, Any] = {"set": source, "workers": 2, "payload": "encoded"}
-    z2 = report.lookup(sets, source, "contenders", "zimg-encoded-2") if source else None
+    startup: dict[str, Any] = {"set": source, "workers": 2, "payload": "path"}
+    z2 = report.lookup(sets, source, "contenders", "zimg-path-2") if source else None
     startup["first_result_s"] = z2["first_result_s"] if z2 else None
     startup["cluster_ready_s"] = z2["startup_s"] if z2 else None
     if workloads:

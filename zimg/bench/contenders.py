@@ -9,7 +9,8 @@ the contender can tell. The plain single-process loop is the 1.00 reference.
 - ``halves``: two processes, each a plain loop over half the files (the ceiling on 2 cores).
 - ``pool``: ``multiprocessing.Pool(2).map(job, paths)``, what a user would write.
 - ``zimg run``: :func:`zimg.local_cluster` (broker thread, N worker processes, ``ipc://``) and
-  :func:`zimg.run_batch`, as ``zimg run FILES --workers N --payload MODE`` does, in both modes.
+  :func:`zimg.run_batch`, as ``zimg run FILES --workers N --payload MODE`` does, in the three
+  modes (``path``, ``zimg run``'s default, then ``encoded`` and ``raw``).
 - ``zimg 3-term``: ``python -m zimg broker`` and ``python -m zimg worker`` started as separate
   processes on ``tcp://127.0.0.1``, then :func:`zimg.run_batch` through a :class:`zimg.Connection`
   (the ``zimg broker`` / ``zimg worker`` / ``zimg send`` flow).
@@ -226,7 +227,9 @@ def core_contenders(zimg_workers: Sequence[int] = (1, 2, 4)) -> list[Contender]:
         Contender("halves", "2 plain loops, half each", "2 loops (ceiling)", 2, run_halves),
         Contender("pool2", "multiprocessing.Pool(2)", "Pool", 2, run_pool),
     ]
-    modes: tuple[PayloadMode, ...] = ("encoded", "raw")
+    # path is what `zimg run` does by default (workers read and write the files); encoded and
+    # raw are what crosses machines (`zimg send`) and what the notebook did.
+    modes: tuple[PayloadMode, ...] = ("path", "encoded", "raw")
     for mode in modes:
         for n in zimg_workers:
             runner = functools.partial(run_zimg_local, workers=n, mode=mode)
