@@ -523,7 +523,7 @@ def demo(
     """Run the notebook's demo: 32 images on a local cluster of 2 workers, then a grid."""
     _setup_logging("warning")
     inputs = prepare_demo_inputs(directory / "images", copies)
-    options = BatchOptions(outdir=directory / "out")
+    options = BatchOptions(outdir=directory / "out", mode="path")  # as `zimg run` does
     try:
         report = _run_local(inputs, options, workers=workers, capacity=2)
     except ZimgError as exc:

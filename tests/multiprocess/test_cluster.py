@@ -206,3 +206,28 @@ def test_local_cluster_restarts_a_worker_that_dies():
         pid = cluster.spawn("n1", "zimg.behaviours:echo")
         cluster.send(pid, ("echo", cluster.self(), "back"))
         assert cluster.receive(timeout=10) == ("echo", "back")
+
+
+def test_path_jobs_need_a_worker_started_with_allow_paths(procs, ipc_url, tmp_path, samples):
+    from zimg.cluster import stop_process
+
+    procs.broker(ipc_url)
+    plain = procs.worker(ipc_url, "n1")
+    files = copies(samples / "coins.png", tmp_path / "in", 3)
+    with Connection(ipc_url, "tester").start() as conn:
+        report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "refused", mode="path"))
+    assert report.failed == 3
+    assert all("--allow-paths" in e["error"] for e in manifest(tmp_path / "refused"))
+    assert [p.name for p in (tmp_path / "refused").iterdir()] == ["manifest.jsonl"]
+    stop_process(plain)  # leaves gracefully: the broker forgets it at once
+    procs.worker(ipc_url, "n2", "--allow-paths")
+    assert [n["name"] for n in query_nodes(ipc_url)["nodes"]] == ["n2"]
+    with Connection(ipc_url, "tester2").start() as conn:
+        report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "ok", mode="path"))
+    assert report.failed == 0
+    for entry in manifest(tmp_path / "ok"):
+        assert entry["node"] == "n2"
+        check_output(entry)
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == sorted(
+        ["manifest.jsonl", *(f"img_{i:02d}_processed.png" for i in range(3))]
+    )

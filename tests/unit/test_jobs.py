@@ -1,0 +1,123 @@
+"""Jobs on the wire: several items per job, per-item results, and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zimg import wire
+from zimg._errors import ImageError, WireError
+from zimg.batch import BatchOptions, _Temporaries
+from zimg.jobs import MAX_ITEMS, ItemResult, JobItem, JobRequest, JobResult
+from zimg.wire import Command
+
+OPS = [["threshold", {}], ["label", {}]]
+
+
+def roundtrip(command: Command, header: dict) -> dict:
+    return wire.decode(wire.encode(command, header)).header
+
+
+def test_a_job_of_several_items_survives_the_wire():
+    payloads = [np.arange(n, dtype=np.uint8) for n in (3, 5)]
+    request = JobRequest(
+        7,
+        "encoded",
+        OPS,
+        [
+            JobItem(7, "a.jpg", ".jpg", payload=payloads[0]),
+            JobItem(8, "b.png", ".png", payload=payloads[1]),
+        ],
+    )
+    back = JobRequest.from_header(roundtrip(Command.JOB, request.header(41)))
+    assert back.id == 41
+    assert [(i.index, i.name, i.ext) for i in back.items] == [
+        (0, "a.jpg", ".jpg"),
+        (1, "b.png", ".png"),
+    ]
+    for got, want in zip(back.items, payloads, strict=True):
+        assert np.array_equal(got.payload, want)
+
+
+def test_path_items_carry_an_output_prefix_and_no_payload():
+    request = JobRequest(0, "path", OPS, [JobItem(0, "/in/a.jpg", ".jpg", output="/out/.a.t")])
+    header = roundtrip(Command.JOB, request.header(1))
+    assert "payload" not in header["items"][0]
+    assert JobRequest.from_header(header).items[0].output == "/out/.a.t"
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"mode": "zip"}, "payload mode"),
+        ({"items": []}, "1 to"),
+        ({"items": [{"name": "a", "ext": ".jpg"}] * (MAX_ITEMS + 1)}, "1 to"),
+        ({"items": ["not a map"]}, "not a map"),
+        ({"items": [{"name": "a", "ext": ".jpg"}]}, "'payload' is missing"),
+        ({"items": [{"name": "a", "ext": ".jpg", "payload": np.zeros((2, 2), np.uint8)}]}, "1-D"),
+        ({"mode": "path", "items": [{"name": "a", "ext": ".jpg"}]}, "'output' is missing"),
+    ],
+)
+def test_bad_jobs_are_refused_with_a_reason(change, fragment):
+    header = {"id": 1, "mode": "encoded", "ops": OPS, "items": []}
+    header.update(change)
+    with pytest.raises(WireError, match=fragment):
+        JobRequest.from_header(roundtrip(Command.JOB, header))
+
+
+def test_a_whole_job_failure_fails_each_item_with_its_reason():
+    result = JobResult.from_header(
+        roundtrip(Command.RESULT, {"id": 3, "ok": False, "attempt": 3, "error": "gave up"})
+    )
+    assert result.item(0) == ItemResult(ok=False, error="gave up")
+    assert result.item(5).error == "gave up"
+
+
+def test_item_results_keep_their_order_and_kind():
+    items = [
+        ItemResult(ok=True, ms=1.5, payload=np.ones(4, np.uint8)),
+        ItemResult(ok=False, error="x.jpg: bad"),
+    ]
+    header = {
+        "id": 3,
+        "ok": True,
+        "attempt": 1,
+        "node": "n1",
+        "items": [i.to_wire() for i in items],
+    }
+    result = JobResult.from_header(roundtrip(Command.RESULT, header))
+    assert result.node == "n1"
+    assert result.item(0).ok is True
+    assert np.array_equal(result.item(0).payload, np.ones(4, np.uint8))
+    assert result.item(1) == ItemResult(ok=False, ms=0.0, error="x.jpg: bad")
+
+
+def test_items_per_job_by_mode():
+    assert BatchOptions(outdir=Path("."), mode="path").items_per_job() == 8
+    assert BatchOptions(outdir=Path("."), mode="encoded").items_per_job() == 1
+    assert BatchOptions(outdir=Path("."), mode="encoded", job_items=4).items_per_job() == 4
+    assert BatchOptions(outdir=Path("."), job_items=10_000).items_per_job() == MAX_ITEMS
+
+
+def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
+    temps = _Temporaries(tmp_path)
+    prefix = temps.prefix("cat_processed.jpg")
+    mine = Path(f"{prefix}.n1-42.tmp")
+    mine.write_bytes(b"image")
+    temps.keep(str(mine), "cat_processed.jpg", tmp_path / "cat_processed.jpg")
+    assert (tmp_path / "cat_processed.jpg").read_bytes() == b"image"
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    other = _Temporaries(tmp_path).prefix("cat_processed.jpg") + ".n1-42.tmp"
+    Path(other).write_bytes(b"x")
+    for reported in (str(victim), "/etc/passwd", other, f"{prefix}.n1-42.tmp/../../x", None):
+        with pytest.raises(ImageError, match="unexpected output file"):
+            temps.keep(reported, "cat_processed.jpg", tmp_path / "stolen")
+    assert victim.read_text() == "keep me"
+    leftover = Path(f"{temps.prefix('dog_processed.jpg')}.n2-7.tmp")
+    leftover.write_bytes(b"half")
+    temps.sweep()
+    assert not leftover.exists()
+    assert Path(other).exists()  # another batch's file: not ours to sweep
