@@ -146,6 +146,9 @@ def to_markdown(results: dict[str, Any], table: str) -> str:
         )
     out += [
         "",
+        "Why zimg is as fast as it is, what was measured on the way, and the profiles behind the",
+        "targets that are not met: [performance-notes.md](performance-notes.md).",
+        "",
         "## The printed table",
         "",
         "```text",
