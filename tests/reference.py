@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import cv2
@@ -41,3 +42,14 @@ def check_output(entry: dict) -> None:
 
 def read_encoded(buf: np.ndarray) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+
+
+def copies(src: Path, target: Path, n: int) -> list[Path]:
+    """``n`` copies of ``src`` in ``target``, named img_00, img_01, ..."""
+    target.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        dest = target / f"img_{i:02d}{src.suffix}"
+        shutil.copyfile(src, dest)
+        files.append(dest)
+    return files

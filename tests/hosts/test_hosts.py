@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.hosts.conftest import Hosts
-from tests.reference import check_output, manifest
+from tests.reference import check_output, copies, manifest
 
 SLOW_OPS = '''\
 """A slow pass-through op, and a mark file per call (to see that a worker has started a job)."""
@@ -32,16 +31,6 @@ def slow(image, seconds=0.25, marks="", node=""):
     time.sleep(seconds)
     return image.copy()
 '''
-
-
-def copies(src: Path, target: Path, n: int) -> list[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i in range(n):
-        dest = target / f"img_{i:02d}{src.suffix}"
-        shutil.copyfile(src, dest)
-        files.append(dest)
-    return files
 
 
 def photos(target: Path, n: int) -> list[Path]:

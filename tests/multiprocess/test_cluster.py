@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.reference import check_output, manifest
+from tests.reference import check_output, copies, manifest
 from zimg.batch import BatchOptions, run_batch
 from zimg.cluster import wait_for_workers
 from zimg.connection import Connection, query_nodes
@@ -38,16 +38,6 @@ def send(
     ]
     cmd += [*extra, *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-
-
-def copies(src: Path, target: Path, n: int) -> list[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    files = []
-    for i in range(n):
-        dest = target / f"img_{i:02d}{src.suffix}"
-        shutil.copyfile(src, dest)
-        files.append(dest)
-    return files
 
 
 @pytest.mark.parametrize("workers", [1, 2, 4])
