@@ -435,7 +435,7 @@ class BrokerState:
             try:
                 frames = wire.encode(Command.JOB, header, self.config.limits)
             except WireError as exc:
-                out.extend(self._fail_job(job, f"cannot forward the job: {exc}"))
+                out.extend(self._fail_job(job, f"cannot forward the job: {exc}", died=False))
                 continue
             job.worker = worker.identity
             job.workers_tried.append(worker.name)
@@ -446,7 +446,7 @@ class BrokerState:
             out.append(Send(worker.identity, frames))
         return out
 
-    def _fail_job(self, job: JobRecord, text: str) -> list[Instruction]:
+    def _fail_job(self, job: JobRecord, text: str, *, died: bool = True) -> list[Instruction]:
         self.stats["jobs_failed"] += 1
         client, job_id = job.key
         del self.jobs[job.key]
@@ -459,6 +459,7 @@ class BrokerState:
             "error": text,
             "node": job.workers_tried[-1] if job.workers_tried else None,
             "attempt": len(job.workers_tried),
+            "died": died,
         }
         return [Send(client, wire.encode(Command.RESULT, result))]
 

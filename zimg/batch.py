@@ -43,8 +43,8 @@ class BatchOptions:
             (measured: per-message costs are then paid once for several images).
         job_items: the most images in one job; None: 8 in ``path`` mode (workers on this
             machine, where per-message costs weigh most), 1 otherwise (finer redelivery).
-            A job that fails as a whole (its workers kept dying) is split, and each image
-            tried again on its own, so one poison image cannot take its neighbours down.
+            A job whose workers kept dying is split, and each image tried again on its own, so
+            one poison image cannot take its neighbours down.
     """
 
     outdir: Path
@@ -153,7 +153,11 @@ def run_batch(
     client = JobClient(
         connection,
         window=options.window,
-        on_duplicate=temporaries.discard if temporaries is not None else None,
+        on_duplicate=(
+            (lambda request, result: temporaries.discard(request, result, names))
+            if temporaries is not None
+            else None
+        ),
     )
     manifest_path = outdir / MANIFEST_NAME
     report = BatchReport(manifest=manifest_path)
@@ -208,7 +212,7 @@ def run_batch(
         try:
             for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
                 result = done.result
-                if not result.ok and len(done.request.items) > 1:
+                if result.died and len(done.request.items) > 1:
                     for item in done.request.items:  # isolate the image that keeps failing
                         client.resubmit(JobRequest(item.index, options.mode, wire_ops, [item]))
                     continue
@@ -279,10 +283,11 @@ class _Temporaries:
     def keep(self, reported: str | None, output_name: str, final: Path) -> None:
         os.replace(self._check(reported, output_name), final)
 
-    def discard(self, result: JobResult) -> None:
-        for item in result.items:
+    def discard(self, request: JobRequest, result: JobResult, names: Sequence[str]) -> None:
+        """Delete the temporary files of a duplicate answer, each checked against its item."""
+        for position, item in enumerate(request.items):
             with contextlib.suppress(ZimgError, OSError):
-                self._check(item.output).unlink()
+                self._check(result.item(position).output, names[item.index]).unlink()
 
     def sweep(self) -> None:
         for leftover in self.outdir.glob(f".*.{self.token}.*.tmp"):

@@ -337,7 +337,12 @@ def send(
 def run(
     files: Files,
     workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 2,
-    capacity: Annotated[int, typer.Option("--capacity", min=1, help="Jobs per worker.")] = 2,
+    capacity: Annotated[
+        int,
+        typer.Option(
+            "--capacity", min=1, help="Jobs each worker holds (its credit; it runs one at a time)."
+        ),
+    ] = 2,
     output: OutDir = Path("out"),
     op: OpsOpt = None,
     payload: Payload = "path",

@@ -236,7 +236,8 @@ def local_cluster(
 
     Args:
         workers: how many worker processes, named ``n1`` ... ``nN``.
-        capacity: jobs each worker runs at once.
+        capacity: jobs each worker holds at once: its credit (it runs one at a time; the next
+            is already waiting when one ends).
         name: this process's node name.
         imports: modules each worker imports (user ops and behaviours).
         url: the broker endpoint; by default a fresh ``ipc://`` path.

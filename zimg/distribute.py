@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +31,7 @@ from zimg.wire import Command
 log = logging.getLogger("zimg.distribute")
 
 DEFAULT_WINDOW = 16
+_RECENT = 1024  # answered jobs whose late duplicates are still recognised
 _RESEND = object()
 
 
@@ -116,7 +117,7 @@ class JobClient:
         connection: Connection,
         *,
         window: int = DEFAULT_WINDOW,
-        on_duplicate: Callable[[JobResult], None] | None = None,
+        on_duplicate: Callable[[JobRequest, JobResult], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
@@ -129,6 +130,7 @@ class JobClient:
         self._unrouted_at_start = self._router.unrouted
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._outstanding: dict[int, tuple[JobRequest, float]] = {}
+        self._recent: OrderedDict[int, JobRequest] = OrderedDict()  # answered, route kept
         self._again: deque[JobRequest] = deque()
 
     def resubmit(self, request: JobRequest) -> None:
@@ -158,9 +160,10 @@ class JobClient:
             yield from self._run(iter(requests), idle_timeout_s)
         finally:
             self._router.unsubscribe(self._inbox)
-            for job_id in self._outstanding:
+            for job_id in [*self._outstanding, *self._recent]:
                 self._router.forget(job_id)
             self._outstanding.clear()
+            self._recent.clear()
 
     def _run(
         self, pending: Iterator[JobRequest], idle_timeout_s: float | None
@@ -212,10 +215,16 @@ class JobClient:
         entry = self._outstanding.pop(result.id, None)
         if entry is None:
             self._duplicates += 1  # a repeated answer: the job was already answered
-            if self.on_duplicate is not None:
-                self.on_duplicate(result)
+            answered = self._recent.get(result.id)
+            if answered is not None and self.on_duplicate is not None:
+                self.on_duplicate(answered, result)
             return None
-        self._router.forget(result.id)
+        # Keep the route a while: a second answer (a retry that was already running, a thawed
+        # worker) then still reaches us, and on_duplicate can clean up after it.
+        self._recent[result.id] = entry[0]
+        if len(self._recent) > _RECENT:
+            old, _ = self._recent.popitem(last=False)
+            self._router.forget(old)
         request, sent_at = entry
         return Completed(request, result, time.perf_counter() - sent_at)
 

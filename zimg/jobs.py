@@ -157,6 +157,7 @@ class JobResult:
         attempt: which delivery attempt produced this result (1 = first).
         error: why the whole job failed, or None.
         items: one result per item, in the job's order.
+        died: the broker gave up because the workers running it kept dying.
     """
 
     id: int
@@ -165,6 +166,7 @@ class JobResult:
     attempt: int
     error: str | None = None
     items: list[ItemResult] = field(default_factory=list)
+    died: bool = False
 
     def item(self, position: int) -> ItemResult:
         """The result of the job's ``position``-th item; a whole-job failure fails each one."""
@@ -185,6 +187,7 @@ class JobResult:
             attempt=protocol.field(header, "attempt", int),
             error=error if isinstance(error, str) else None,
             items=items,
+            died=header.get("died") is True,
         )
 
 

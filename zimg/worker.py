@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -93,6 +94,7 @@ class Worker:
         self.max_pixels = max_pixels
         self.allow_paths = allow_paths
         self.jobs_done = 0
+        self._writes = itertools.count()  # each write its own name, even for a repeated job
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"zimg-job-{name}")
         self._stopped = threading.Event()
         self.node = Node(
@@ -188,7 +190,7 @@ class Worker:
         """Write a path item's output next to its final place, under a name only this worker
         uses; the client renames the one it keeps, so a job redelivered elsewhere can never
         leave a half-written or mismatched output."""
-        path = f"{item.output}.{self.name}-{os.getpid()}.tmp"
+        path = f"{item.output}.{self.name}-{os.getpid()}-{next(self._writes)}.tmp"
         try:
             with open(path, "wb") as f:
                 f.write(memoryview(data))

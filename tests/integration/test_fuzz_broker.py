@@ -125,10 +125,7 @@ def closed_within(conn: socket.socket, timeout_s: float) -> bool:
 class Expect:
     """How the broker must count one message, depending on whether its sender is registered.
 
-    Each counter named is incremented exactly once; one in ``maybe`` at most once (where the
-    protocol is being changed: docs/protocol.md says an invalid HELLO and a RESULT for a job the
-    sender was not given are also ``malformed``, the broker's latest code counts them only as
-    ``rejected`` and ``late_results``).
+    Each counter named is incremented exactly once; one in ``maybe`` at most once.
     """
 
     registered: tuple[str, ...]
@@ -137,10 +134,10 @@ class Expect:
 
 
 WIRE = Expect(("malformed",), ("malformed",))  # wire.decode refuses it, whoever sends it
-BAD_HELLO = Expect(("rejected",), ("rejected",), maybe=("malformed",))  # answered REJECT
+BAD_HELLO = Expect(("rejected",), ("rejected",))  # answered REJECT
 TAKEN_HELLO = Expect(("rejected",), ("rejected",))  # a live node's name: probed, then REJECT
 NOT_FOR_BROKER = Expect(("malformed",), ("unknown_peer",))  # commands the broker never takes
-NOT_GIVEN = Expect(("late_results",), ("unknown_peer",), maybe=("malformed",))  # forged RESULT
+NOT_GIVEN = Expect(("late_results",), ("unknown_peer",))  # forged RESULT
 JOB = Expect(("jobs_received",), ("unknown_peer",))  # id fine, anything else may be junk
 UNFORWARDABLE_JOB = Expect(("jobs_received", "jobs_failed"), ("unknown_peer",))
 ACTOR = Expect((), ("unknown_peer",))  # routed to a node, or unroutable

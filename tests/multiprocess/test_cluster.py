@@ -208,6 +208,8 @@ def test_path_jobs_need_a_worker_started_with_allow_paths(procs, ipc_url, tmp_pa
         report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "refused", mode="path"))
     assert report.failed == 3
     assert all("--allow-paths" in e["error"] for e in manifest(tmp_path / "refused"))
+    # the three small files went as one job, refused whole and not split (no worker died)
+    assert query_nodes(ipc_url)["stats"]["jobs_received"] == 1
     assert [p.name for p in (tmp_path / "refused").iterdir()] == ["manifest.jsonl"]
     stop_process(plain)  # leaves gracefully: the broker forgets it at once
     procs.worker(ipc_url, "n2", "--allow-paths")

@@ -261,6 +261,7 @@ def test_job_fails_after_max_attempts(state, clock):
     assert msg.header["ok"] is False
     assert msg.header["id"] == 0
     assert "died 3 times" in msg.header["error"]
+    assert msg.header["died"] is True
     assert msg.header["attempt"] == 3
     assert "w0, w1, w2" in msg.header["error"]
     assert state.jobs == {}
@@ -346,6 +347,7 @@ def test_job_too_big_to_forward_fails_instead_of_sticking(clock):
     assert (to, msg.command) == (ident("c"), Command.RESULT)
     assert msg.header["ok"] is False
     assert "cannot forward" in msg.header["error"]
+    assert msg.header["died"] is False
     assert state.by_name["n1"].active == set()
     assert state.jobs == {}
 

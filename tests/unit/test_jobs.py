@@ -116,6 +116,16 @@ def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
         with pytest.raises(ImageError, match="unexpected output file"):
             temps.keep(reported, "cat_processed.jpg", tmp_path / "stolen")
     assert victim.read_text() == "keep me"
+    # a duplicate answer's files go, each checked against its own item
+    dup = Path(f"{prefix}.n2-9-1.tmp")
+    dup.write_bytes(b"late")
+    request = JobRequest(0, "path", OPS, [JobItem(0, "/in/cat.jpg", ".jpg", output=prefix)])
+    late = JobResult(1, True, "n2", 2, items=[ItemResult(ok=True, output=str(dup))])
+    temps.discard(request, late, ["cat_processed.jpg"])
+    assert not dup.exists()
+    wrong = JobResult(1, True, "n2", 2, items=[ItemResult(ok=True, output=str(victim))])
+    temps.discard(request, wrong, ["cat_processed.jpg"])
+    assert victim.exists()
     leftover = Path(f"{temps.prefix('dog_processed.jpg')}.n2-7.tmp")
     leftover.write_bytes(b"half")
     temps.sweep()
