@@ -379,13 +379,10 @@ def _run_local(
 ) -> BatchReport:
     from zimg.cluster import local_cluster
 
-    with err.status(f"starting a local cluster of {workers} workers..."):
-        cluster = local_cluster(workers, capacity=capacity, imports=imports or ())
-        running = cluster.__enter__()
-    try:
+    # No spinner while it starts: its thread would stop the workers from being forked (they
+    # would start as new interpreters, ~0.5 s slower), and forking takes milliseconds.
+    with local_cluster(workers, capacity=capacity, imports=imports or ()) as running:
         return _run_with_progress(running.connection, files, options)
-    finally:
-        cluster.__exit__(None, None, None)
 
 
 def _run_with_progress(
