@@ -204,17 +204,20 @@ def run_batch(
                 group.append(item)
                 size += nbytes
                 if size >= options.job_bytes or len(group) >= per_job:
-                    yield JobRequest(group[0].index, options.mode, wire_ops, group)
+                    yield job(group)
                     group, size = [], 0
             if group:
-                yield JobRequest(group[0].index, options.mode, wire_ops, group)
+                yield job(group)
+
+        def job(group: list[JobItem]) -> JobRequest:
+            return JobRequest(group[0].index, options.mode, wire_ops, group, options.max_pixels)
 
         try:
             for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
                 result = done.result
                 if result.died and len(done.request.items) > 1:
                     for item in done.request.items:  # isolate the image that keeps failing
-                        client.resubmit(JobRequest(item.index, options.mode, wire_ops, [item]))
+                        client.resubmit(job([item]))
                     continue
                 for position, item in enumerate(done.request.items):
                     outcome = result.item(position)

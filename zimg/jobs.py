@@ -60,21 +60,26 @@ class JobRequest:
             ``--allow-paths``).
         ops: the pipeline, as ``[[name, params], ...]``.
         items: the images, at least one.
+        max_pixels: the client's limit on image size; workers apply the lower of theirs and it.
     """
 
     id: int
     mode: PayloadMode
     ops: list[list[Any]]
     items: list[JobItem] = field(default_factory=list)
+    max_pixels: int | None = None
 
     def header(self, job_id: int) -> dict[str, Any]:
         """The JOB header, with ``job_id`` as the id on the wire."""
-        return {
+        header = {
             "id": job_id,
             "mode": self.mode,
             "ops": self.ops,
             "items": [item.to_wire() for item in self.items],
         }
+        if self.max_pixels is not None:
+            header["max_pixels"] = self.max_pixels
+        return header
 
     @classmethod
     def from_header(cls, header: dict[str, Any]) -> JobRequest:
@@ -90,11 +95,13 @@ class JobRequest:
         if not 1 <= len(raw_items) <= MAX_ITEMS:
             raise WireError(f"a job holds 1 to {MAX_ITEMS} items, not {len(raw_items)}")
         items = [_item(i, raw, mode) for i, raw in enumerate(raw_items)]
+        max_pixels = protocol.field(header, "max_pixels", int) if "max_pixels" in header else None
         return cls(
             id=protocol.field(header, "id", int),
             mode=mode,
             ops=protocol.field(header, "ops", list),
             items=items,
+            max_pixels=max_pixels,
         )
 
 

@@ -160,7 +160,10 @@ class Worker:
                 )
             specs = [ops.OpSpec.from_wire(x) for x in request.ops]
             ops.validate(specs)
-            reply["items"] = [self._run_item(item, request.mode, specs) for item in request.items]
+            limit = min(self.max_pixels, request.max_pixels or self.max_pixels)
+            reply["items"] = [
+                self._run_item(item, request.mode, specs, limit) for item in request.items
+            ]
         except ZimgError as exc:
             reply.update(ok=False, error=str(exc))
         self.jobs_done += 1
@@ -169,11 +172,13 @@ class Worker:
         except ZimgError as exc:
             log.error("could not send the result of job %s: %s", header.get("id"), exc)
 
-    def _run_item(self, item: JobItem, mode: str, specs: list[ops.OpSpec]) -> dict[str, Any]:
+    def _run_item(
+        self, item: JobItem, mode: str, specs: list[ops.OpSpec], max_pixels: int
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         result = ItemResult(ok=True)
         try:
-            out = process(item, mode, specs, node=self.name, max_pixels=self.max_pixels)
+            out = process(item, mode, specs, node=self.name, max_pixels=max_pixels)
             if mode == "path":
                 result.output = self._write_temporary(item, out)
             else:

@@ -154,3 +154,12 @@ def test_key_without_broker_key_is_a_usage_error(tmp_path):
     result = invoke("nodes", "--key", str(tmp_path / "n1.key_secret"))
     assert result.exit_code == 2
     assert "--broker-key" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_run_applies_max_pixels_in_path_mode(tmp_path, samples):
+    result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), "--max-pixels", "1000")
+    assert result.exit_code == 1
+    [entry] = manifest(tmp_path)
+    assert "pixels" in entry["error"]
+    assert entry["node"] in ("n1", "n2")  # refused by the worker that read it
