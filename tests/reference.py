@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -53,3 +55,20 @@ def copies(src: Path, target: Path, n: int) -> list[Path]:
         shutil.copyfile(src, dest)
         files.append(dest)
     return files
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body and its CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def handmade_png(width: int, height: int, idat: bytes) -> bytes:
+    """Signature, IHDR (8-bit grayscale), one IDAT (already compressed) and IEND, with correct
+    CRCs: a PNG that declares any size, whatever its data holds."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", idat)
+        + png_chunk(b"IEND", b"")
+    )

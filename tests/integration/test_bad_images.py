@@ -9,7 +9,6 @@ what decoding would take.
 from __future__ import annotations
 
 import shutil
-import struct
 import subprocess
 import sys
 import zlib
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reference import check_output, manifest
+from tests.reference import check_output, handmade_png, manifest
 from zimg.connection import query_nodes
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,21 +26,6 @@ pytestmark = pytest.mark.timeout(120)
 # under this bound.
 WORKER_HWM_LIMIT_MB = 300
 SEND_TIMEOUT_S = 90
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def handmade_png(width: int, height: int, idat: bytes) -> bytes:
-    """Signature, IHDR (8-bit grayscale), one IDAT and IEND, with correct CRCs."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def tiny_bomb() -> bytes:
