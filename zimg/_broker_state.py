@@ -84,6 +84,7 @@ class NodeRecord:
     done: int = 0
     assigned_seq: int = 0
     session: int = 0
+    malformed: int = 0  # as the node last reported (HEARTBEAT): messages it dropped
 
     def free(self) -> int:
         return self.capacity - len(self.active)
@@ -146,11 +147,25 @@ class BrokerState:
         ``user_id`` is the name the ZAP handler bound to the sender's key (CURVE), or None.
         """
         self.stats["messages"] += 1
+        node = self.nodes.get(identity)
+        if node is not None:
+            # The common case, a message to a live pid, is forwarded on its `to` alone; the
+            # receiving node decodes (and counts) the rest. Anything else is decoded here.
+            peeked = wire.peek_to(frames, self.config.limits)
+            if peeked is not None and peeked[0] in _ROUTED_BY_PID:
+                to = peeked[1]
+                target = self.by_name.get(to.node)
+                if (
+                    target is not None
+                    and target.incarnation == to.incarnation
+                    and (user_id is None or protocol.name_allowed(node.name, user_id))
+                ):
+                    node.last_seen = now
+                    return [Send(target.identity, frames)]
         try:
             msg = wire.decode(frames, self.config.limits)
             if msg.command is Command.HELLO:
                 return self._hello(identity, msg.header, now, user_id)
-            node = self.nodes.get(identity)
             if (
                 node is not None
                 and user_id is not None
@@ -222,6 +237,9 @@ class BrokerState:
             return [Send(identity, wire.encode(Command.DISCONNECT, {"reason": reason}))]
         node.last_seen = now
         if cmd is Command.HEARTBEAT:
+            reported = msg.header.get("malformed")
+            if type(reported) is int and reported >= 0:
+                node.malformed = reported
             return []
         if cmd is Command.JOB:
             return self._job(node, msg.header, now)
@@ -530,6 +548,7 @@ class BrokerState:
                 "last_seen_s": round(now - n.last_seen, 3),
                 "uptime_s": round(now - n.joined_at, 3),
                 "incarnation": n.incarnation,
+                "malformed": n.malformed,
             }
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         ]

@@ -464,7 +464,8 @@ def nodes(
         out.print_json(json.dumps(report))
         return
     table = Table(title=f"nodes at {broker_url}")
-    for col in ("name", "role", "capacity", "active", "done", "last heartbeat (s)"):
+    columns = ("name", "role", "capacity", "active", "done", "malformed", "last heartbeat (s)")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("name", "role") else "right")
     for n in report["nodes"]:
         table.add_row(
@@ -473,6 +474,7 @@ def nodes(
             str(n["capacity"]),
             str(n["active"]),
             str(n["done"]),
+            str(n.get("malformed", 0)),
             f"{n['last_seen_s']:.1f}",
         )
     out.print(table)

@@ -72,6 +72,10 @@ class Connection:
         self.liveness = protocol.DEFAULT_LIVENESS
         self.epoch: int | None = None
         self.sessions = 0
+        # Malformed messages this node dropped; the broker forwards actor messages to a live
+        # pid without decoding their bodies, so these are counted here and reported to it
+        # with every heartbeat (``zimg nodes`` shows them).
+        self.malformed = 0
         self._session_id = 0  # sent in HELLO; a new value tells the broker we lost our session
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
@@ -300,7 +304,10 @@ class Connection:
                     try:
                         msg = wire.decode(frames, self.limits)
                     except WireError as exc:
-                        log.warning("node %s: dropped a malformed message: %s", self.name, exc)
+                        self.malformed += 1
+                        # The first is a warning; the rest would let a peer flood the log.
+                        level = logging.WARNING if self.malformed == 1 else logging.DEBUG
+                        log.log(level, "node %s: dropped a malformed message: %s", self.name, exc)
                         continue
                     if msg.command is Command.WELCOME:
                         self._welcome(msg, rejoined=not ready and self.sessions > 0)
@@ -326,7 +333,8 @@ class Connection:
             now = time.monotonic()
             if now >= next_beat:
                 if ready:
-                    self._send_direct(wire.encode(Command.HEARTBEAT, {}))
+                    beat = {"malformed": self.malformed} if self.malformed else {}
+                    self._send_direct(wire.encode(Command.HEARTBEAT, beat))
                 else:
                     self._hello()
                 next_beat = now + self.heartbeat_interval_s

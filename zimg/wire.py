@@ -289,6 +289,61 @@ def encode(
 
 _EXT_PID, _EXT_REF = int(Ext.PID), int(Ext.REF)
 
+# A Pid ext is at most ~90 bytes (a 64-byte node name and two ints), so the ``to`` entry of a
+# header that starts with it lies within its first bytes.
+_PEEK_BYTES = 160
+_TO_KEY = b"\xa2to"
+
+
+def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Command, Pid] | None:
+    """The command and the ``to`` Pid of a message, read without decoding the rest of it.
+
+    Only the frame count, the magic, the command byte, the header's size and its **first**
+    entry are looked at: when that entry is ``"to"`` with a Pid value (as every zimg node writes
+    SEND, LINK, MONITOR and the like), this costs a few slices and a cached Pid decode, where
+    :func:`decode` walks the whole header. Anything else (another first key, another kind of
+    ``to``, any malformation) gives None and the caller decodes fully; this never raises. The
+    rest of the message is **not** validated: whoever receives it must :func:`decode` it.
+
+    Args:
+        frames: the message's frames without any routing frame, as bytes-like objects (bytes,
+            ``zmq.Frame``, byte memoryviews).
+        limits: a message with more raw frames, or a larger header, than these allow gives None.
+    """
+    try:
+        if not 3 <= len(frames) <= limits.max_frames + 3 or bytes(frames[0]) != MAGIC:
+            return None
+        command = _COMMANDS.get(bytes(frames[1])[0]) if len(frames[1]) == 1 else None
+        header = frames[2]
+        if command is None or len(header) > limits.max_header_bytes:
+            return None
+        long = len(header) > _PEEK_BYTES
+        head = bytes(memoryview(header)[:_PEEK_BYTES]) if long else bytes(header)
+        first = head[0]
+        if 0x81 <= first <= 0x8F:  # fixmap with 1 to 15 entries
+            pos = 1
+        elif first == 0xDE and head[1:3] != b"\0\0":  # map 16
+            pos = 3
+        elif first == 0xDF and head[1:5] != b"\0\0\0\0":  # map 32
+            pos = 5
+        else:
+            return None
+        if head[pos : pos + 3] != _TO_KEY:
+            return None
+        pos += 3
+        marker = head[pos]
+        if 0xD4 <= marker <= 0xD8:  # fixext 1, 2, 4, 8, 16
+            size, pos = 1 << (marker - 0xD4), pos + 1
+        elif marker == 0xC7:  # ext 8
+            size, pos = head[pos + 1], pos + 2
+        else:
+            return None
+        if head[pos] != _EXT_PID or pos + 1 + size > len(head):
+            return None
+        return command, _decode_pid(head[pos + 1 : pos + 1 + size])
+    except Exception:  # any malformation: the caller decodes fully and finds out what
+        return None
+
 
 class _Decoder:
     def __init__(self, frames: list[memoryview], limits: Limits) -> None:

@@ -488,3 +488,72 @@ def test_another_key_on_a_node_routing_id_is_refused(state, clock):
         Log(logging.WARNING, "from b'n1/1': key 'n2' may not speak for n1")
     ]
     assert state.stats["rejected"] == 1
+
+
+def send_with_body(to: Pid, body: bytes) -> list[bytes]:
+    """A SEND whose header starts with a valid ``to`` and continues with ``body`` (raw bytes)."""
+    first = wire.encode(Command.SEND, {"to": to})[2]  # 0x81, "to", the pid
+    return [wire.MAGIC, bytes([Command.SEND]), b"\x82" + first[1:] + body]
+
+
+def test_a_message_to_a_live_pid_is_forwarded_without_reading_its_body(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    garbage = send_with_body(Pid("n2", 1, 5), b"\xa3msg\xc1")  # 0xc1: a reserved byte
+    with pytest.raises(wire.WireError):
+        wire.decode(garbage)
+    clock.advance(0.5)
+    out = state.on_message(ident("n1"), garbage, clock.now)
+    assert out == [Send(ident("n2"), garbage)]  # the very frames: the node n2 judges them
+    assert state.stats["malformed"] == 0
+    assert state.nodes[ident("n1")].last_seen == clock.now
+
+
+def test_a_message_that_cannot_be_forwarded_unread_is_decoded_and_counted(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    body = b"\xa3msg\xc1"
+    for frames in (
+        send_with_body(Pid("n2", 2, 5), body),  # another incarnation: decoded, so refused
+        send_with_body(Pid("n9", 1, 5), body),  # no such node
+        [b"ZIMG2", *send_with_body(Pid("n2", 1, 5), body)[1:]],  # wrong magic
+    ):
+        out = state.on_message(ident("n1"), frames, clock.now)
+        assert not any(isinstance(i, Send) for i in out)
+    assert state.stats["malformed"] == 3
+    # From a peer that never said HELLO, even a good `to` is not forwarded.
+    out = state.on_message(b"stranger", send_with_body(Pid("n2", 1, 5), body), clock.now)
+    assert not any(isinstance(i, Send) and i.identity == ident("n2") for i in out)
+    assert state.stats["malformed"] == 4
+
+
+def test_a_forwarded_message_still_needs_the_senders_key(state, clock):
+    state.on_message(ident("n1"), hello("n1"), clock.now, user_id="n1")
+    state.on_message(ident("n2"), hello("n2"), clock.now, user_id="n2")
+    frames = wire.encode(Command.SEND, {"to": Pid("n2", 1, 5), "msg": "hi"})
+    assert state.on_message(ident("n1"), frames, clock.now, user_id="n1") == [
+        Send(ident("n2"), frames)
+    ]
+    out = state.on_message(ident("n1"), frames, clock.now, user_id="n2")
+    assert not any(isinstance(i, Send) for i in out)
+    assert state.stats["rejected"] == 1
+
+
+def test_nodes_report_what_they_dropped_with_their_heartbeats(state, clock):
+    join(state, clock, "n1")
+
+    def reported() -> int:
+        report = sends(state.on_message(b"q", wire.encode(Command.NODES, {}), clock.now))
+        [(_, msg)] = report
+        [node] = msg.header["nodes"]
+        return int(node["malformed"])
+
+    assert reported() == 0
+    state.on_message(ident("n1"), wire.encode(Command.HEARTBEAT, {"malformed": 7}), clock.now)
+    assert reported() == 7
+    for bad in (True, -1, "9", 2.0):  # ignored: the last good report stands
+        beat = wire.encode(Command.HEARTBEAT, {"malformed": bad})
+        state.on_message(ident("n1"), beat, clock.now)
+        assert reported() == 7
+    state.on_message(ident("n1"), wire.encode(Command.HEARTBEAT, {}), clock.now)
+    assert reported() == 7

@@ -25,6 +25,7 @@ from zimg.wire import (
     Ref,
     decode,
     encode,
+    peek_to,
 )
 
 FAST = settings(
@@ -474,7 +475,12 @@ msgpack_terms = st.recursive(
 
 
 def decode_or_wire_error(frames):
-    """Decode must give a message or a WireError; a message it gives must re-encode the same."""
+    """Decode must give a message or a WireError; a message it gives must re-encode the same.
+
+    ``peek_to`` must never raise, and what it reads of a message that decodes must agree with
+    the decoded header.
+    """
+    peeked = peek_to(frames)
     try:
         got = decode(frames)
     except WireError:
@@ -482,6 +488,15 @@ def decode_or_wire_error(frames):
     assert isinstance(got, Message)
     again = decode(encode(got.command, got.header))
     assert_term_equal(again.header, got.header)
+    if peeked is not None:
+        assert peeked[0] is got.command
+        assert peeked[1] == got.header["to"] or top_level_keys(frames[2]).count("to") > 1
+
+
+def top_level_keys(header):
+    """The keys of a msgpack map in order, repeats included (decode keeps only the last)."""
+    pairs = msgpack.unpackb(header, object_pairs_hook=list, strict_map_key=False, raw=False)
+    return [k for k, _ in pairs]
 
 
 @FAST
@@ -626,3 +641,81 @@ def test_encode_enforces_limits():
         encode(Command.SEND, {"s": "x" * 10}, Limits(max_header_bytes=10))
     with pytest.raises(WireError, match="array has 3 dimensions; the limit is 2"):
         encode(Command.SEND, {"a": arr.reshape(1, 3, 3)}, Limits(max_ndim=2))
+
+
+# ---------------------------------------------------------------- peek_to
+
+
+ROUTED = [Command.SEND, Command.LINK, Command.UNLINK, Command.MONITOR, Command.EXIT, Command.DOWN]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
+@pytest.mark.parametrize(
+    "pid",
+    [
+        Pid("n1", 42, 3),  # ext 8
+        Pid("main", 7, 0),  # exactly 8 bytes of pid: fixext 8
+        Pid("a", 0, 0),  # 6 bytes: ext 8
+        Pid("n" * 64, UINT64_MAX, INT64_MIN),  # the longest name, the widest ints
+        Pid("ünï", 1, 1),
+    ],
+)
+def test_peek_reads_the_pid_a_message_starts_with(pid, transport):
+    for command in ROUTED:
+        frames = [transport(f) for f in encode(command, {"to": pid, "msg": ("x", [1] * 100)})]
+        assert peek_to(frames) == (command, pid)
+
+
+def test_peek_reads_past_a_16_bit_map_header_and_a_long_header():
+    header = {"to": Pid("n1", 1, 2), **{f"k{i}": "v" * 50 for i in range(20)}}
+    frames = encode(Command.SEND, header)
+    assert frames[2][0] == 0xDE
+    assert len(frames[2]) > 1000
+    assert peek_to(frames) == (Command.SEND, Pid("n1", 1, 2))
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        encode(Command.SEND, {"msg": 1, "to": Pid("n1", 1, 2)}),  # `to` is not first
+        encode(Command.SEND, {"to": ("name", "n1"), "msg": 1}),  # a registered name
+        encode(Command.SPAWN, {"to": "*"}),
+        encode(Command.SEND, {"to": Ref("n1", 1, 2)}),  # a ref is not a pid
+        encode(Command.SEND, {}),
+        encode(Command.SEND, {"tox": Pid("n1", 1, 2)}),
+        [b"ZIMG2", SEND, encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
+        [MAGIC, b"\x12\x12", encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
+        [MAGIC, b"\x99", encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
+        [MAGIC, SEND],
+        [MAGIC, SEND, b""],
+        [MAGIC, SEND, b"\x80"],
+        [MAGIC, SEND, b"\x81\xa2to"],  # cut after the key
+        [MAGIC, SEND, b"\x81\xa2to\xc7\x06\x01\x93\xa2n1"],  # cut inside the pid
+        [MAGIC, SEND, b"\x81\xa2to\xc7\x02\x01\x93\xc1"],  # a reserved byte in the pid
+        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", 1]))],
+        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", True, 2]))],
+        [MAGIC, SEND, b"\xde\x00\x00\xa2to" + pack(ext(Ext.PID, ["n1", 1, 2]))],  # 0 entries
+        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", 1, 2])), *[b"x"] * 257],
+        [MAGIC, SEND, pack({"to": ext(Ext.PID, ["n1", 1, 2]), "pad": "p" * (1 << 20)})],
+        [MAGIC, SEND, 5],  # not a buffer at all
+    ],
+    ids=lambda f: repr([bytes(x)[:12] if isinstance(x, bytes) else x for x in f[:3]])[:60],
+)
+def test_peek_gives_none_for_anything_it_cannot_read_at_once(frames):
+    assert peek_to(frames) is None
+
+
+def test_peek_applies_the_header_and_frame_count_limits():
+    frames = encode(Command.SEND, {"to": Pid("n1", 1, 2), "msg": b"x" * 100_000})
+    assert peek_to(frames) == (Command.SEND, Pid("n1", 1, 2))
+    assert peek_to(frames, Limits(max_frames=0)) is None
+    assert peek_to(frames, Limits(max_header_bytes=10)) is None
+
+
+@FAST
+@given(to=pid_fields.map(lambda t: Pid(*t)), header=headers, cut=st.integers(0, 200))
+def test_peek_of_a_cut_header_is_right_or_none(to, header, cut):
+    frames = encode(Command.SEND, {"to": to, **{k: v for k, v in header.items() if k != "to"}})
+    whole = peek_to(frames)
+    assert whole == (Command.SEND, to)
+    assert peek_to([*frames[:2], frames[2][:cut], *frames[3:]]) in (None, whole)
