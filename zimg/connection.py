@@ -323,11 +323,14 @@ class Connection:
                         self._welcomed.set()
                         return
                     elif msg.command is Command.DISCONNECT:
+                        # The broker restarted or dropped us: join again. While not ready, a
+                        # HELLO is already on its way (and is retried every interval): a second
+                        # one would only draw a second answer.
                         if ready:
                             log.info("node %s: the broker does not know us; rejoining", self.name)
                             self._session_id += 1
-                        ready = False  # the broker restarted or dropped us: join again
-                        self._hello()
+                            ready = False
+                            self._hello()
                     elif msg.command is not Command.HEARTBEAT:
                         self._handle(msg)
             now = time.monotonic()
