@@ -10,6 +10,7 @@ import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE = int(zmq.SNDMORE)
+_COPY_BELOW = 1 << 16  # pyzmq's own copy threshold
 
 # pyzmq's Python-level Socket.send only adds routing-id and group handling (draft socket
 # types) on top of the compiled send; call the compiled one directly.
@@ -27,7 +28,9 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) ->
     """
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        _send(sock, frame, flags | _MORE if i < last else flags, copy=False)
+        # Small byte strings are cheapest copied; frames and buffers go as they are.
+        copy = type(frame) is bytes and len(frame) < _COPY_BELOW
+        _send(sock, frame, flags | _MORE if i < last else flags, copy=copy)
 
 
 def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
