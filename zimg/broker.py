@@ -21,7 +21,11 @@ from zimg.wire import MAGIC, Command
 
 log = logging.getLogger("zimg.broker")
 
-_MAX_BACKLOG = 10_000  # messages queued for one slow peer before new ones are dropped
+# What may queue for one slow peer before new messages to it are dropped (Erlang's mailboxes
+# are unbounded; a broker serving many nodes cannot be). A peer this far behind is usually stuck,
+# and is declared dead when it misses its heartbeats, which frees its backlog.
+MAX_BACKLOG = 100_000  # messages
+MAX_BACKLOG_BYTES = 256 << 20  # bytes of frames
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _PROBE = [MAGIC, bytes((Command.HEARTBEAT,)), b"\x80"]  # a HEARTBEAT with an empty header
 
@@ -42,8 +46,12 @@ class Broker:
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         keys: BrokerKeys | None = None,
         also_bind: Sequence[str] = (),
+        max_backlog: int = MAX_BACKLOG,
+        max_backlog_bytes: int = MAX_BACKLOG_BYTES,
     ) -> None:
         self.url = url
+        self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
         self.also_bind = list(also_bind)
         self.keys = keys
         self.config = config or BrokerConfig()
@@ -58,7 +66,7 @@ class Broker:
         self.state = BrokerState(self.config, now=time.monotonic(), epoch=secrets.randbits(63))
         self._sock: zmq.Socket[bytes] | None = None
         # Messages waiting for a peer whose queue is full (its high-water mark), in order.
-        self._backlog: dict[bytes, deque[Sequence[Any]]] = {}
+        self._backlog: dict[bytes, _Backlog] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -176,17 +184,19 @@ class Broker:
         """
         waiting = self._backlog.get(identity)
         if waiting is not None:
-            if len(waiting) >= _MAX_BACKLOG:
-                # A peer this far behind is stuck; its node will be declared dead by the
-                # heartbeat check. Count what we drop rather than grow without bound.
+            if (
+                len(waiting.messages) >= self.max_backlog
+                or waiting.nbytes >= self.max_backlog_bytes
+            ):
+                # Count what we drop rather than grow without bound (see MAX_BACKLOG).
                 self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
                 return True
-            waiting.append(frames)
+            waiting.push(frames)
             return True
         try:
             self._send_now(identity, frames)
         except zmq.Again:
-            self._backlog[identity] = deque([frames])
+            self._backlog[identity] = _Backlog(frames)
             self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
@@ -216,13 +226,13 @@ class Broker:
         for identity in list(self._backlog):
             waiting = self._backlog[identity]
             if identity not in self.state.nodes:
-                self.state.stats["unroutable"] += len(waiting)
+                self.state.stats["unroutable"] += len(waiting.messages)
                 del self._backlog[identity]
                 continue
             try:
-                while waiting:
-                    self._send_now(identity, waiting[0])
-                    waiting.popleft()
+                while waiting.messages:
+                    self._send_now(identity, waiting.messages[0])
+                    waiting.pop()
             except zmq.Again:
                 continue
             except zmq.ZMQError as exc:
@@ -232,3 +242,21 @@ class Broker:
                 self._execute(self.state.on_unreachable(identity, time.monotonic()))
                 continue
             del self._backlog[identity]
+
+
+class _Backlog:
+    """Messages waiting for one peer whose queue is full, in order, and their size in bytes."""
+
+    __slots__ = ("messages", "nbytes")
+
+    def __init__(self, first: Sequence[Any]) -> None:
+        self.messages: deque[Sequence[Any]] = deque()
+        self.nbytes = 0
+        self.push(first)
+
+    def push(self, frames: Sequence[Any]) -> None:
+        self.messages.append(frames)
+        self.nbytes += sum(len(f) for f in frames)  # zmq.Frame and bytes: their byte length
+
+    def pop(self) -> None:
+        self.nbytes -= sum(len(f) for f in self.messages.popleft())

@@ -1248,3 +1248,65 @@ def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
     finally:
         sender.close()
         broker.stop()
+
+
+# ------------------------------------------------------------------- a peer that stops reading
+
+
+def joined(url: str, name: str, **options: int) -> zmq.Socket[bytes]:
+    """A raw DEALER that has joined ``url`` as client node ``name`` (incarnation 1)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    for option, value in options.items():
+        sock.setsockopt(getattr(zmq, option), value)
+    sock.connect(url)
+    hello = {
+        "name": name,
+        "role": protocol.ROLE_CLIENT,
+        "capacity": 0,
+        "incarnation": 1,
+        "version": protocol.PROTOCOL_VERSION,
+    }
+    sock.send_multipart(wire.encode(Command.HELLO, hello))
+    assert sock.poll(int(RECV_TIMEOUT_S * 1000))
+    assert wire.decode(sock.recv_multipart()).command is Command.WELCOME
+    return sock
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("caps", "queued"),
+    [({"max_backlog": 300}, 300), ({"max_backlog_bytes": 300 * 1024}, 300)],
+    ids=["messages", "bytes"],
+)
+def test_a_peer_that_stops_reading_gets_a_bounded_backlog(caps, queued):
+    broker = Broker(free_tcp_url(), **caps).start()
+    url = broker.endpoint
+    assert url is not None
+    # The stuck peer takes one message at a time into its socket and never reads; the kernel
+    # buffers hold some more, so the broker's own queue fills after an unknown count.
+    stuck = joined(url, "stuck", RCVHWM=1, RCVBUF=4096)
+    sender = joined(url, "sender", SNDHWM=0)
+    try:
+        # 1 KiB each, so that both caps are reached by about the same count.
+        message = wire.encode(Command.SEND, {"to": Pid("stuck", 1, 1), "msg": b"x" * 1000})
+        total = 5000
+        for _ in range(total):
+            sender.send_multipart(message)
+        deadline = time.monotonic() + 20
+        report = query_nodes(url)["stats"]
+        while report["messages"] < total + 2 and time.monotonic() < deadline:
+            report = query_nodes(url)["stats"]  # polling the broker: no event to wait on
+        assert report["backlogged"] == 1
+        [backlog] = broker._backlog.values()
+        held = len(backlog.messages)
+        # Full to the cap (messages of ~1 KiB: a few fewer than 300 fit in 300 KiB), and the
+        # rest dropped, apart from those in ZeroMQ's and the kernel's buffers.
+        assert queued - 10 <= held <= queued
+        assert report["dropped"] > 0
+        assert report["dropped"] + held <= total
+    finally:
+        stuck.close()
+        sender.close()
+        broker.stop()
