@@ -204,7 +204,9 @@ class Connection:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        # Retry soon, then back off: an embedded cluster's workers are forked before its broker
+        # binds, and a first retry after ZeroMQ's default 100 ms was most of its start-up.
+        sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt(
             zmq.MAXMSGSIZE, max(self.limits.max_frame_bytes, self.limits.max_header_bytes)
