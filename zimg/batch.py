@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -43,6 +43,9 @@ class BatchOptions:
             (measured: per-message costs are then paid once for several images).
         job_items: the most images in one job; None: 8 in ``path`` mode (workers on this
             machine, where per-message costs weigh most), 1 otherwise (finer redelivery).
+            The default also takes at most 1/8 of the images still to come per job (see
+            :func:`group_items`), so the last jobs hold one image each; a ``job_items`` set
+            here is used as given.
             A job whose workers kept dying is split, and each image tried again on its own, so
             one poison image cannot take its neighbours down.
     """
@@ -73,6 +76,9 @@ class NodeSummary:
 
 
 MAX_KEPT_FAILURES = 1000
+# A job takes at most this fraction (1/8) of the images still to come: jobs shrink to one image
+# over the last 8, so that no worker runs a large last job while the others idle.
+GUIDED_SPREAD = 8
 
 
 @dataclass(slots=True)
@@ -198,16 +204,14 @@ def run_batch(
         per_job = options.items_per_job()
 
         def requests() -> Iterator[JobRequest]:
-            group: list[JobItem] = []
-            size = 0
-            for item, nbytes in items():
-                group.append(item)
-                size += nbytes
-                if size >= options.job_bytes or len(group) >= per_job:
-                    yield job(group)
-                    group, size = [], 0
-            if group:
-                yield job(group)
+            groups = group_items(
+                items(),
+                len(paths),
+                per_job=per_job,
+                job_bytes=options.job_bytes,
+                spread=GUIDED_SPREAD if options.job_items is None else None,
+            )
+            return (job(group) for group in groups)
 
         def job(group: list[JobItem]) -> JobRequest:
             return JobRequest(group[0].index, options.mode, wire_ops, group, options.max_pixels)
@@ -296,6 +300,36 @@ class _Temporaries:
         for leftover in self.outdir.glob(f".*.{self.token}.*.tmp"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
+
+
+def group_items(
+    items: Iterable[tuple[JobItem, int]],
+    total: int,
+    *,
+    per_job: int,
+    job_bytes: int,
+    spread: int | None,
+) -> Iterator[list[JobItem]]:
+    """Group consecutive ``(item, input bytes)`` into jobs of at most ``per_job`` items or about
+    ``job_bytes`` bytes, whichever comes first.
+
+    With ``spread``, sizes are *guided*: a job takes at most ``1/spread`` of the items still to
+    come, so jobs shrink to one item towards the end of the batch, and no worker is left running
+    a large last job while the others idle. ``item.index`` counts from 0 to ``total - 1``.
+    """
+    group: list[JobItem] = []
+    size = 0
+    for item, nbytes in items:
+        group.append(item)
+        size += nbytes
+        target = per_job
+        if spread is not None:
+            target = min(per_job, max(1, (total - item.index - 1) // spread))
+        if size >= job_bytes or len(group) >= target:
+            yield group
+            group, size = [], 0
+    if group:
+        yield group
 
 
 def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:

@@ -88,9 +88,11 @@ def test_poison_job_fails_after_max_attempts_and_restarted_workers_all_come_back
 
 @pytest.mark.timeout(60)
 def test_poison_under_zimg_run_ends_with_exit_1_and_the_workers_restarted(tmp_path):
-    files = make_images(tmp_path / "in", 12, seed=6)
+    # The poison comes first, with 24 more behind it, so that the first job holds it and two
+    # neighbours (job sizes shrink to one image over the last 8 of a batch).
+    others = make_images(tmp_path / "in", 24, seed=6)
     poison = make_poison(tmp_path / "in" / "poison.png")
-    files.append(poison)
+    files = [poison, *others]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "zimg", "run", "--workers", "3", "--capacity", "1"]
     cmd += ["--import", SLOW_OPS, *POISON_PIPELINE, "-o", str(out), *map(str, files)]

@@ -205,7 +205,8 @@ def test_path_jobs_need_a_worker_started_with_allow_paths(procs, ipc_url, tmp_pa
     plain = procs.worker(ipc_url, "n1")
     files = copies(samples / "coins.png", tmp_path / "in", 3)
     with Connection(ipc_url, "tester").start() as conn:
-        report = run_batch(conn, files, BatchOptions(outdir=tmp_path / "refused", mode="path"))
+        options = BatchOptions(outdir=tmp_path / "refused", mode="path", job_items=8)
+        report = run_batch(conn, files, options)
     assert report.failed == 3
     assert all("--allow-paths" in e["error"] for e in manifest(tmp_path / "refused"))
     # the three small files went as one job, refused whole and not split (no worker died)

@@ -9,7 +9,7 @@ import pytest
 
 from zimg import wire
 from zimg._errors import ImageError, WireError
-from zimg.batch import BatchOptions, _Temporaries
+from zimg.batch import BatchOptions, _Temporaries, group_items
 from zimg.jobs import MAX_ITEMS, ItemResult, JobItem, JobRequest, JobResult
 from zimg.wire import Command
 
@@ -131,3 +131,30 @@ def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
     temps.sweep()
     assert not leftover.exists()
     assert Path(other).exists()  # another batch's file: not ours to sweep
+
+
+def sizes(total: int, nbytes: int = 1, **kw) -> list[int]:
+    items = ((JobItem(i, f"f{i}.jpg", ".jpg"), nbytes) for i in range(total))
+    groups = list(group_items(items, total, **kw))
+    assert [item.index for g in groups for item in g] == list(range(total))  # all, in order
+    return [len(g) for g in groups]
+
+
+def test_job_sizes_shrink_to_one_item_towards_the_end():
+    got = sizes(256, per_job=8, job_bytes=1 << 30, spread=8)
+    assert got[:24] == [8] * 24  # while 64 or more are left, full jobs
+    assert got == sorted(got, reverse=True)  # then never larger
+    assert got[-8:] == [1] * 8  # the last 8 items (one spread) go one per job
+    assert len(got) < 256 / 4
+
+
+def test_job_sizes_respect_the_byte_limit_and_small_batches():
+    assert sizes(256, nbytes=100, per_job=8, job_bytes=250, spread=2)[:80] == [3] * 80
+    assert sizes(5, per_job=8, job_bytes=1 << 30, spread=8) == [1] * 5
+    assert sizes(0, per_job=8, job_bytes=1, spread=4) == []
+    assert sizes(10, per_job=1, job_bytes=1 << 30, spread=1) == [1] * 10
+
+
+def test_job_sizes_without_guidance_are_as_given():
+    assert sizes(20, per_job=8, job_bytes=1 << 30, spread=None) == [8, 8, 4]
+    assert sizes(3, per_job=8, job_bytes=1 << 30, spread=None) == [3]
