@@ -122,11 +122,12 @@ def plan_outputs(files: Sequence[Path], outdir: Path) -> list[str]:
     seen: set[str] = set()
     planned: list[str] = []
     for f in files:
-        name = images.output_path(f, outdir).name
+        stem, suffix = f.stem, f.suffix
+        name = f"{stem}_processed{suffix}"  # images.output_path's name, without a new Path
         n = 1
         while name in seen:
             n += 1
-            name = images.output_path(f.with_name(f"{f.stem}-{n}{f.suffix}"), outdir).name
+            name = f"{stem}-{n}_processed{suffix}"
         seen.add(name)
         planned.append(name)
     return planned
@@ -156,6 +157,7 @@ def run_batch(
     names = plan_outputs(paths, outdir)
     wire_ops = [spec.to_wire() for spec in options.pipeline]
     temporaries = _Temporaries(outdir) if options.mode == "path" else None
+    out_prefix = "" if str(outdir) == "." else str(outdir)  # as `outdir / name` would write
     client = JobClient(
         connection,
         window=options.window,
@@ -225,7 +227,7 @@ def run_batch(
                     continue
                 for position, item in enumerate(done.request.items):
                     outcome = result.item(position)
-                    output = outdir / names[item.index]
+                    output = os.path.join(out_prefix, names[item.index])  # no Path per item
                     error = outcome.error
                     try:
                         if not outcome.ok:
@@ -233,7 +235,7 @@ def run_batch(
                         elif temporaries is not None:
                             temporaries.keep(outcome.output, names[item.index], output)
                         elif outcome.payload is not None:
-                            _write_output(output, outcome.payload, item, options.mode)
+                            _write_output(Path(output), outcome.payload, item, options.mode)
                         else:
                             error = f"{item.name}: the worker returned no output"
                     except (ZimgError, OSError) as exc:
@@ -269,17 +271,20 @@ class _Temporaries:
 
     def __init__(self, outdir: Path) -> None:
         self.outdir = outdir.resolve()
+        self._dir = str(self.outdir)
         self.token = secrets.token_hex(6)
 
     def prefix(self, output_name: str) -> str:
-        return str(self.outdir / f".{output_name}.{self.token}")
+        return os.path.join(self._dir, f".{output_name}.{self.token}")
 
-    def _check(self, reported: str | None, output_name: str | None = None) -> Path:
-        path = Path(reported or "")
-        name = path.name
+    def _check(self, reported: str | None, output_name: str | None = None) -> str:
+        # String operations, not Path: this runs for every image. A name that is not in
+        # exactly the output directory, as prefix() wrote it, is refused.
+        path = reported if isinstance(reported, str) else ""
+        parent, name = os.path.split(path)
         stem = f".{output_name}.{self.token}." if output_name else "."
         if (
-            path.parent != self.outdir
+            parent != self._dir
             or not name.startswith(stem)
             or f".{self.token}." not in name
             or not name.endswith(".tmp")
@@ -287,14 +292,14 @@ class _Temporaries:
             raise ImageError(f"the worker reported an unexpected output file {reported!r}")
         return path
 
-    def keep(self, reported: str | None, output_name: str, final: Path) -> None:
+    def keep(self, reported: str | None, output_name: str, final: str) -> None:
         os.replace(self._check(reported, output_name), final)
 
     def discard(self, request: JobRequest, result: JobResult, names: Sequence[str]) -> None:
         """Delete the temporary files of a duplicate answer, each checked against its item."""
         for position, item in enumerate(request.items):
             with contextlib.suppress(ZimgError, OSError):
-                self._check(result.item(position).output, names[item.index]).unlink()
+                os.unlink(self._check(result.item(position).output, names[item.index]))
 
     def sweep(self) -> None:
         for leftover in self.outdir.glob(f".*.{self.token}.*.tmp"):
@@ -361,7 +366,7 @@ def _size(path: Path) -> int:
 def _entry(
     index: int,
     path: Path,
-    output: Path | None,
+    output: str | None,
     node: str | None,
     attempts: int,
     ms: float | None,
@@ -372,7 +377,7 @@ def _entry(
     return {
         "index": index,
         "input": str(path),
-        "output": None if output is None else str(output),
+        "output": output,
         "node": node,
         "attempts": attempts,
         "ms": ms,
