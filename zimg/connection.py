@@ -25,6 +25,8 @@ from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
+# Plain ints: pyzmq's PollEvent flags cost microseconds per operation in this loop.
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 log = logging.getLogger("zimg.node")
 
 Handler = Callable[[wire.Message], None]
@@ -283,8 +285,8 @@ class Connection:
         while True:
             # While the DEALER's queue is full, stop taking work from other threads: they block
             # on the inproc socket, which is the backpressure.
-            poller.register(dealer, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
-            poller.register(self._inbox, 0 if self._backlog else zmq.POLLIN)
+            poller.register(dealer, _POLLIN | _POLLOUT if self._backlog else _POLLIN)
+            poller.register(self._inbox, 0 if self._backlog else _POLLIN)
             expiry = self.heartbeat_interval_s * self.liveness
             now = time.monotonic()
             wait_s = max(0.0, min(next_beat, last_heard + expiry) - now)
@@ -292,11 +294,11 @@ class Connection:
             if self._control in events:
                 self._leave(ready)
                 return
-            if events.get(dealer, 0) & zmq.POLLOUT:
+            if events.get(dealer, 0) & _POLLOUT:
                 self._flush_backlog()
-            if events.get(self._inbox, 0) & zmq.POLLIN:
+            if events.get(self._inbox, 0) & _POLLIN:
                 self._forward_inbox(256)
-            if events.get(dealer, 0) & zmq.POLLIN:
+            if events.get(dealer, 0) & _POLLIN:
                 for _ in range(256):
                     try:
                         frames = recv_frames(dealer, NOBLOCK)
