@@ -293,11 +293,13 @@ _EXT_PID, _EXT_REF = int(Ext.PID), int(Ext.REF)
 # header that starts with it lies within its first bytes.
 _PEEK_BYTES = 160
 _TO_KEY = b"\xa2to"
+_ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
 
 
 def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Command, Pid] | None:
-    """The command and the ``to`` Pid of a message, read without decoding the rest of it.
+    """The command and the ``to`` Pid of an actor message, read without decoding the rest of it.
 
+    Only actor commands (SPAWN to DOWN, 0x10-0x18) are read; any other gives None at once.
     Only the frame count, the magic, the command byte, the header's size and its **first**
     entry are looked at: when that entry is ``"to"`` with a Pid value (as every zimg node writes
     SEND, LINK, MONITOR and the like), this costs a few slices and a cached Pid decode, where
@@ -315,7 +317,7 @@ def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Com
             return None
         command = _COMMANDS.get(bytes(frames[1])[0]) if len(frames[1]) == 1 else None
         header = frames[2]
-        if command is None or len(header) > limits.max_header_bytes:
+        if command not in _ACTOR_COMMANDS or len(header) > limits.max_header_bytes:
             return None
         long = len(header) > _PEEK_BYTES
         head = bytes(memoryview(header)[:_PEEK_BYTES]) if long else bytes(header)

@@ -680,6 +680,8 @@ def test_peek_reads_past_a_16_bit_map_header_and_a_long_header():
         encode(Command.SEND, {"msg": 1, "to": Pid("n1", 1, 2)}),  # `to` is not first
         encode(Command.SEND, {"to": ("name", "n1"), "msg": 1}),  # a registered name
         encode(Command.SPAWN, {"to": "*"}),
+        encode(Command.JOB, {"to": Pid("n1", 1, 2)}),  # not an actor command
+        encode(Command.NODES, {"to": Pid("n1", 1, 2)}),
         encode(Command.SEND, {"to": Ref("n1", 1, 2)}),  # a ref is not a pid
         encode(Command.SEND, {}),
         encode(Command.SEND, {"tox": Pid("n1", 1, 2)}),
