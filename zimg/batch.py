@@ -40,7 +40,9 @@ class BatchOptions:
         max_pixels: larger images are refused.
         idle_timeout_s: fail the rest of the batch if no result comes for this long.
         job_bytes: small files are grouped into one job until their input bytes reach this
-            (measured: per-message costs are then paid once for several images).
+            (measured: per-message costs are then paid once for several images). None: 256 KiB,
+            or 512 KiB in ``path`` mode, where the bytes stay on disk and only stand for the
+            work (decoding time grows with them).
         job_items: the most images in one job; None: 8 in ``path`` mode (workers on this
             machine, where per-message costs weigh most), 1 otherwise (finer redelivery).
             The default also takes at most 1/8 of the images still to come per job (see
@@ -56,8 +58,14 @@ class BatchOptions:
     window: int = DEFAULT_WINDOW
     max_pixels: int = images.DEFAULT_MAX_PIXELS
     idle_timeout_s: float | None = None
-    job_bytes: int = 256 << 10
+    job_bytes: int | None = None
     job_items: int | None = None
+
+    def bytes_per_job(self) -> int:
+        """Input bytes after which a job is closed, for this mode."""
+        if self.job_bytes is not None:
+            return self.job_bytes
+        return (512 << 10) if self.mode == "path" else (256 << 10)
 
     def items_per_job(self) -> int:
         """The most images in one job, for this mode."""
@@ -210,7 +218,7 @@ def run_batch(
                 items(),
                 len(paths),
                 per_job=per_job,
-                job_bytes=options.job_bytes,
+                job_bytes=options.bytes_per_job(),
                 spread=GUIDED_SPREAD if options.job_items is None else None,
             )
             return (job(group) for group in groups)

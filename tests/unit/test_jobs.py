@@ -101,6 +101,12 @@ def test_items_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), job_items=10_000).items_per_job() == MAX_ITEMS
 
 
+def test_bytes_per_job_by_mode():
+    assert BatchOptions(outdir=Path("."), mode="path").bytes_per_job() == 512 << 10
+    assert BatchOptions(outdir=Path("."), mode="encoded").bytes_per_job() == 256 << 10
+    assert BatchOptions(outdir=Path("."), mode="raw", job_bytes=1).bytes_per_job() == 1
+
+
 def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
     temps = _Temporaries(tmp_path)
     prefix = temps.prefix("cat_processed.jpg")
