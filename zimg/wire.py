@@ -296,6 +296,19 @@ _TO_KEY = b"\xa2to"
 _ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
 
 
+def command_of(frames: Sequence[Any]) -> Command | None:
+    """The command of a message whose frame count, magic and command byte are right, else None.
+
+    Nothing else is looked at, and this never raises.
+    """
+    try:
+        if len(frames) < 3 or bytes(frames[0]) != MAGIC or len(frames[1]) != 1:
+            return None
+        return _COMMANDS.get(bytes(frames[1])[0])
+    except Exception:  # not buffers at all
+        return None
+
+
 def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Command, Pid] | None:
     """The command and the ``to`` Pid of an actor message, read without decoding the rest of it.
 
@@ -345,6 +358,42 @@ def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Com
         return command, _decode_pid(head[pos + 1 : pos + 1 + size])
     except Exception:  # any malformation: the caller decodes fully and finds out what
         return None
+
+
+def peek_head(
+    frames: Sequence[Any], entries: int, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Command, dict[str, Any]] | None:
+    """The command and the first ``entries`` entries of a message's header, read without
+    decoding the rest of it.
+
+    Only plain msgpack values count (None, bool, int, float, str, bytes): an ext, a list or a map
+    among the first entries, a non-str key, fewer entries than asked for, or any malformation
+    gives None, and the caller decodes fully; this never raises. As with :func:`peek_to`, the
+    rest of the message is **not** validated: whoever receives it must :func:`decode` it.
+    """
+    try:
+        if not 3 <= len(frames) <= limits.max_frames + 3 or bytes(frames[0]) != MAGIC:
+            return None
+        command = _COMMANDS.get(bytes(frames[1])[0]) if len(frames[1]) == 1 else None
+        header = frames[2]
+        if command is None or len(header) > limits.max_header_bytes:
+            return None
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.max_header_bytes)
+        unpacker.feed(header)
+        if unpacker.read_map_header() < entries:
+            return None
+        head: dict[str, Any] = {}
+        for _ in range(entries):
+            key, value = unpacker.unpack(), unpacker.unpack()
+            if type(key) is not str or type(value) not in _PEEKABLE:
+                return None
+            head[key] = value
+        return command, head
+    except Exception:  # any malformation: the caller decodes fully and finds out what
+        return None
+
+
+_PEEKABLE = frozenset({type(None), bool, int, float, str, bytes})
 
 
 class _Decoder:

@@ -134,6 +134,10 @@ class Expect:
 
 
 WIRE = Expect(("malformed",), ("malformed",))  # wire.decode refuses it, whoever sends it
+# A broken RESULT whose first three entries are still plain, with an int/str id and a bin client:
+# from a registered node the broker settles it on those (docs/protocol.md §4) and finds it is not
+# that node's job; from anyone else it decodes it, and refuses it.
+PEEKED_RESULT = Expect(("late_results",), ("malformed",))
 BAD_HELLO = Expect(("rejected",), ("rejected",))  # answered REJECT
 TAKEN_HELLO = Expect(("rejected",), ("rejected",))  # a live node's name: probed, then REJECT
 NOT_FOR_BROKER = Expect(("malformed",), ("unknown_peer",))  # commands the broker never takes
@@ -145,6 +149,17 @@ PLAIN = Expect((), ())  # NODES from anyone
 HEARTBEAT = Expect((), ("unknown_peer",))
 
 COUNTED = ("malformed", "rejected", "unknown_peer", "late_results", "jobs_received", "jobs_failed")
+
+
+def settled_on_peek(frames: list[bytes]) -> bool:
+    """Would the broker settle this RESULT on its first entries, as docs/protocol.md §4 says?"""
+    head = wire.peek_head(frames, 3)
+    return (
+        head is not None
+        and head[0] is Command.RESULT
+        and type(head[1].get("id")) in (int, str)
+        and type(head[1].get("client")) is bytes
+    )
 
 
 def pack(obj: Any) -> bytes:
@@ -580,7 +595,8 @@ class Generator:
             decodes = True
         except WireError:
             decodes = False
-        assert decodes == (expect is not WIRE), (expect, [bytes(f)[:80] for f in frames])
+        malformed = expect in (WIRE, PEEKED_RESULT)
+        assert decodes == (not malformed), (expect, [bytes(f)[:80] for f in frames])
         return frames, expect
 
     def _next(self) -> tuple[list[bytes], Expect]:
@@ -591,7 +607,7 @@ class Generator:
         if roll < 0.55:
             frames = self.mutated()
             if frames is not None:
-                return frames, WIRE
+                return frames, PEEKED_RESULT if settled_on_peek(frames) else WIRE
             return self._next()
         if roll < 0.63:
             return self.bad_hello(), BAD_HELLO

@@ -557,3 +557,34 @@ def test_nodes_report_what_they_dropped_with_their_heartbeats(state, clock):
         assert reported() == 7
     state.on_message(ident("n1"), wire.encode(Command.HEARTBEAT, {}), clock.now)
     assert reported() == 7
+
+
+def test_a_result_is_settled_on_its_first_entries_and_forwarded_unread(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "c", role="client", capacity=0)
+    [(to, _)] = sends(state.on_message(ident("c"), job(0), clock.now))
+    assert to == ident("n1")
+    first = wire.encode(Command.RESULT, {"id": 0, "client": ident("c"), "attempt": 1})[2]
+    garbage = [wire.MAGIC, bytes([Command.RESULT]), b"\x84" + first[1:] + b"\xa5items\xc1"]
+    with pytest.raises(wire.WireError):
+        wire.decode(garbage)
+    out = state.on_message(ident("n1"), garbage, clock.now)
+    assert out == [Send(ident("c"), garbage)]  # the client judges the rest
+    assert state.stats["jobs_done"] == 1
+    assert state.stats["malformed"] == 0
+    assert state.nodes[ident("n1")].active == set()
+
+
+def test_a_result_whose_first_entries_are_not_plain_is_decoded_in_full(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "c", role="client", capacity=0)
+    state.on_message(ident("c"), job(0), clock.now)
+    # "items" first: the broker decodes the whole message, and it is malformed.
+    bad = [wire.MAGIC, bytes([Command.RESULT]), b"\x83\xa5items\x90\xa2id\x00\xa6client\xc1"]
+    assert not any(isinstance(i, Send) for i in state.on_message(ident("n1"), bad, clock.now))
+    assert state.stats["malformed"] == 1
+    # The same fields in another order still settle the job, through the full decode.
+    header = {"ok": True, "id": 0, "client": ident("c"), "attempt": 1, "items": []}
+    frames = wire.encode(Command.RESULT, header)
+    assert state.on_message(ident("n1"), frames, clock.now) == [Send(ident("c"), frames)]
+    assert state.stats["jobs_done"] == 1

@@ -23,8 +23,10 @@ from zimg.wire import (
     Message,
     Pid,
     Ref,
+    command_of,
     decode,
     encode,
+    peek_head,
     peek_to,
 )
 
@@ -480,17 +482,24 @@ def decode_or_wire_error(frames):
     ``peek_to`` must never raise, and what it reads of a message that decodes must agree with
     the decoded header.
     """
-    peeked = peek_to(frames)
+    peeked, head, command = peek_to(frames), peek_head(frames, 2), command_of(frames)
     try:
         got = decode(frames)
     except WireError:
         return
+    assert command is got.command
     assert isinstance(got, Message)
     again = decode(encode(got.command, got.header))
     assert_term_equal(again.header, got.header)
     if peeked is not None:
         assert peeked[0] is got.command
         assert peeked[1] == got.header["to"] or top_level_keys(frames[2]).count("to") > 1
+    if head is not None:
+        assert head[0] is got.command
+        keys = top_level_keys(frames[2])
+        for key, value in head[1].items():
+            if keys.count(key) == 1:  # decode keeps the last of repeated keys
+                assert_term_equal(value, got.header[key])
 
 
 def top_level_keys(header):
@@ -721,3 +730,43 @@ def test_peek_of_a_cut_header_is_right_or_none(to, header, cut):
     whole = peek_to(frames)
     assert whole == (Command.SEND, to)
     assert peek_to([*frames[:2], frames[2][:cut], *frames[3:]]) in (None, whole)
+
+
+# ---------------------------------------------------------------- peek_head and command_of
+
+
+def test_peek_head_reads_the_first_plain_entries():
+    header = {"id": 7, "client": b"c/1/2", "attempt": 2, "items": [{"ok": True}] * 50}
+    frames = encode(Command.RESULT, header)
+    assert peek_head(frames, 3) == (Command.RESULT, {"id": 7, "client": b"c/1/2", "attempt": 2})
+    assert peek_head(frames, 1) == (Command.RESULT, {"id": 7})
+    assert peek_head([*frames[:2], frames[2] + b"\xc1"], 3) is not None  # the rest: unread
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        encode(Command.RESULT, {"id": 7, "client": b"c"}),  # fewer entries than asked for
+        encode(Command.RESULT, {"id": 7, "client": b"c", "items": []}),  # a list among them
+        encode(Command.RESULT, {"id": (7,), "client": b"c", "x": 1}),  # an ext
+        encode(Command.RESULT, {"id": Pid("n", 1, 2), "client": b"c", "x": 1}),
+        [MAGIC, bytes([Command.RESULT]), pack({1: 2, "client": b"c", "x": 1})],  # a non-str key
+        [MAGIC, bytes([Command.RESULT]), b"\x83\xa2id\xc1"],  # a reserved byte
+        [MAGIC, bytes([Command.RESULT]), b"\x83\xa2id"],  # cut short
+        [MAGIC, bytes([Command.RESULT]), b"\x93\x01\x02\x03"],  # not a map
+        [b"ZIMG2", bytes([Command.RESULT]), pack({"id": 7, "client": b"c", "x": 1})],
+        [MAGIC, b"\x99", pack({"id": 7, "client": b"c", "x": 1})],
+        [MAGIC, bytes([Command.RESULT])],
+    ],
+)
+def test_peek_head_gives_none_for_what_it_cannot_read_plainly(frames):
+    assert peek_head(frames, 3) is None
+
+
+def test_command_of():
+    assert command_of(encode(Command.SEND, {})) is Command.SEND
+    assert command_of([MAGIC, b"\x99", b"\x80"]) is None
+    assert command_of([MAGIC, b"\x12\x12", b"\x80"]) is None
+    assert command_of([b"ZIMG2", b"\x12", b"\x80"]) is None
+    assert command_of([MAGIC, b"\x12"]) is None
+    assert command_of([MAGIC, 5, b"\x80"]) is None
