@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import threading
@@ -135,21 +136,28 @@ class Broker:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         state = self.state
+        # Bound once: this loop runs per message.
+        poll, monotonic, execute = poller.poll, time.monotonic, self._execute
+        on_message = state.on_message
+        keys = self.keys
+        user_id = None
+        tick_at = 0.0  # timers (heartbeats, expiry) are due no earlier than this
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                wait_s = min(max(0.0, state.next_deadline() - now), 0.01 if self._backlog else 0.1)
-                if poller.poll(int(wait_s * 1000)):
+                now = monotonic()
+                if now >= tick_at:
+                    execute(state.on_tick(now))
+                    tick_at = min(state.next_deadline(), now + 0.1)
+                wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
+                if poll(wait_ms):
                     for _ in range(_MAX_BATCH):
                         try:
                             frames = recv_frames(sock, NOBLOCK)
                         except zmq.Again:
                             break
-                        identity = frames[0].bytes
-                        user_id = self._user_id(frames[0])
-                        now = time.monotonic()
-                        self._execute(state.on_message(identity, frames[1:], now, user_id))
-                self._execute(state.on_tick(time.monotonic()))
+                        if keys is not None:
+                            user_id = self._user_id(frames[0])
+                        execute(on_message(frames[0].bytes, frames[1:], monotonic(), user_id))
                 if self._backlog:
                     self._flush_backlog()
         finally:
@@ -166,6 +174,10 @@ class Broker:
         return value if isinstance(value, str) else ""
 
     def _execute(self, instructions: Sequence[Instruction]) -> None:
+        if len(instructions) == 1 and type(first := instructions[0]) is Send:  # a forward
+            if not self._send(first.identity, first.frames):
+                self._execute(self.state.on_unreachable(first.identity, time.monotonic()))
+            return
         for ins in instructions:
             if isinstance(ins, Send):
                 if not self._send(ins.identity, ins.frames):
