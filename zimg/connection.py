@@ -294,10 +294,6 @@ class Connection:
             if self._control in events:
                 self._leave(ready)
                 return
-            if events.get(dealer, 0) & _POLLOUT:
-                self._flush_backlog()
-            if events.get(self._inbox, 0) & _POLLIN:
-                self._forward_inbox(256)
             if events.get(dealer, 0) & _POLLIN:
                 for _ in range(256):
                     try:
@@ -338,13 +334,8 @@ class Connection:
                     elif msg.command is not Command.HEARTBEAT:
                         self._handle(msg)
             now = time.monotonic()
-            if now >= next_beat:
-                if ready:
-                    beat = {"malformed": self.malformed} if self.malformed else {}
-                    self._send_direct(wire.encode(Command.HEARTBEAT, beat))
-                else:
-                    self._hello()
-                next_beat = now + self.heartbeat_interval_s
+            # Before sending anything: a DEALER about to be replaced would drop what it holds.
+            # (Reading first: a broker that spoke while we were frozen is not lost.)
             if now - last_heard > expiry:
                 # The broker went silent: start over with a fresh socket, dropping stale messages.
                 log.warning("node %s: lost the broker at %s; reconnecting", self.name, self.url)
@@ -356,6 +347,19 @@ class Connection:
                 dealer = self._dealer = self._new_dealer()
                 self._hello()
                 last_heard = now
+                next_beat = now + self.heartbeat_interval_s
+                events = {}
+            if events.get(dealer, 0) & _POLLOUT:
+                self._flush_backlog()
+            if events.get(self._inbox, 0) & _POLLIN:
+                self._forward_inbox(256)
+            if now >= next_beat:
+                if ready:
+                    beat = {"malformed": self.malformed} if self.malformed else {}
+                    self._send_direct(wire.encode(Command.HEARTBEAT, beat))
+                else:
+                    self._hello()
+                next_beat = now + self.heartbeat_interval_s
 
     def _welcome(self, msg: wire.Message, *, rejoined: bool) -> None:
         interval = msg.header.get("heartbeat_interval_s")
