@@ -148,22 +148,20 @@ class BrokerState:
         """
         self.stats["messages"] += 1
         node = self.nodes.get(identity)
-        command = wire.command_of(frames) if node is not None else None
-        if node is not None and command in _ROUTED_BY_PID:
-            # The common case, a message to a live pid, is forwarded on its `to` alone; the
-            # receiving node decodes (and counts) the rest. Anything else is decoded here.
-            peeked = wire.peek_to(frames, self.config.limits)
-            if peeked is not None:
-                to = peeked[1]
-                target = self.by_name.get(to.node)
-                if (
-                    target is not None
-                    and target.incarnation == to.incarnation
-                    and (user_id is None or protocol.name_allowed(node.name, user_id))
-                ):
-                    node.last_seen = now
-                    return [Send(target.identity, frames)]
-        elif node is not None and command is Command.RESULT:
+        # The common case, a message to a live pid, is forwarded on its `to` alone; the
+        # receiving node decodes (and counts) the rest. Anything else is decoded here.
+        peeked = wire.peek_to(frames, self.config.limits) if node is not None else None
+        if node is not None and peeked is not None:  # an actor command to a pid
+            to = peeked[1]
+            target = self.by_name.get(to.node)
+            if (
+                target is not None
+                and target.incarnation == to.incarnation
+                and (user_id is None or protocol.name_allowed(node.name, user_id))
+            ):
+                node.last_seen = now
+                return [Send(target.identity, frames)]
+        elif node is not None and wire.command_of(frames) is Command.RESULT:
             # A RESULT is settled on its first entries (a worker writes id, client and attempt
             # first) and forwarded verbatim; its client decodes the rest.
             head = wire.peek_head(frames, 3, self.config.limits)
