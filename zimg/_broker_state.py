@@ -258,7 +258,7 @@ class BrokerState:
             return self._result(node, msg.header, frames, now)
         if cmd is Command.DISCONNECT:
             return self._node_down(identity, protocol.NORMAL, now, "left")
-        if cmd in _ROUTED_BY_PID:
+        if cmd in wire.ACTOR_COMMANDS:
             return self._route(node, cmd, msg.header, frames)
         return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
 
@@ -609,17 +609,3 @@ def _check_hello(header: dict[str, Any]) -> str:
 
 
 _ANY_NODE = "*"
-
-_ROUTED_BY_PID = frozenset(
-    {
-        Command.SPAWN,
-        Command.SPAWNED,
-        Command.SEND,
-        Command.LINK,
-        Command.UNLINK,
-        Command.MONITOR,
-        Command.DEMONITOR,
-        Command.EXIT,
-        Command.DOWN,
-    }
-)

@@ -293,7 +293,8 @@ _EXT_PID, _EXT_REF = int(Ext.PID), int(Ext.REF)
 # header that starts with it lies within its first bytes.
 _PEEK_BYTES = 160
 _TO_KEY = b"\xa2to"
-_ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
+ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
+"""SPAWN to DOWN (0x10-0x18): the commands routed by their ``to`` field."""
 
 
 def command_of(frames: Sequence[Any]) -> Command | None:
@@ -307,6 +308,19 @@ def command_of(frames: Sequence[Any]) -> Command | None:
         return _COMMANDS.get(bytes(frames[1])[0])
     except Exception:  # not buffers at all
         return None
+
+
+def _peekable(frames: Sequence[Any], limits: Limits) -> tuple[Command, Any] | None:
+    """The command and header frame of a message within ``limits`` (frame count, header size),
+    as the peeks need them; None otherwise. May raise on frames that are not buffers."""
+    command = command_of(frames)
+    if (
+        command is None
+        or len(frames) > limits.max_frames + 3
+        or len(frames[2]) > limits.max_header_bytes
+    ):
+        return None
+    return command, frames[2]
 
 
 def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Command, Pid] | None:
@@ -326,12 +340,10 @@ def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Com
         limits: a message with more raw frames, or a larger header, than these allow gives None.
     """
     try:
-        if not 3 <= len(frames) <= limits.max_frames + 3 or bytes(frames[0]) != MAGIC:
+        found = _peekable(frames, limits)
+        if found is None or found[0] not in ACTOR_COMMANDS:
             return None
-        command = _COMMANDS.get(bytes(frames[1])[0]) if len(frames[1]) == 1 else None
-        header = frames[2]
-        if command not in _ACTOR_COMMANDS or len(header) > limits.max_header_bytes:
-            return None
+        command, header = found
         long = len(header) > _PEEK_BYTES
         head = bytes(memoryview(header)[:_PEEK_BYTES]) if long else bytes(header)
         first = head[0]
@@ -372,12 +384,10 @@ def peek_head(
     rest of the message is **not** validated: whoever receives it must :func:`decode` it.
     """
     try:
-        if not 3 <= len(frames) <= limits.max_frames + 3 or bytes(frames[0]) != MAGIC:
+        found = _peekable(frames, limits)
+        if found is None:
             return None
-        command = _COMMANDS.get(bytes(frames[1])[0]) if len(frames[1]) == 1 else None
-        header = frames[2]
-        if command is None or len(header) > limits.max_header_bytes:
-            return None
+        command, header = found
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.max_header_bytes)
         unpacker.feed(header)
         if unpacker.read_map_header() < entries:
