@@ -161,18 +161,14 @@ class BrokerState:
             ):
                 node.last_seen = now
                 return [Send(target.identity, frames)]
-        elif node is not None and wire.command_of(frames) is Command.RESULT:
-            # A RESULT is settled on its first entries (a worker writes id, client and attempt
-            # first) and forwarded verbatim; its client decodes the rest.
-            head = wire.peek_head(frames, 3, self.config.limits)
-            if (
-                head is not None
-                and type(head[1].get("id")) in (int, str)
-                and type(head[1].get("client")) is bytes
-                and (user_id is None or protocol.name_allowed(node.name, user_id))
-            ):
-                node.last_seen = now
-                return self._result(node, head[1], frames, now)
+        elif (
+            node is not None
+            and (head := result_head(frames, self.config.limits)) is not None
+            and (user_id is None or protocol.name_allowed(node.name, user_id))
+        ):
+            # A RESULT settled on its first entries, and forwarded verbatim.
+            node.last_seen = now
+            return self._result(node, head, frames, now)
         try:
             msg = wire.decode(frames, self.config.limits)
             if msg.command is Command.HELLO:
@@ -581,6 +577,22 @@ class BrokerState:
             return []
         self._logged_peers.add(identity)
         return [Log(logging.WARNING, f"from {identity!r}: {text}")]
+
+
+def result_head(frames: Sequence[Any], limits: wire.Limits) -> dict[str, Any] | None:
+    """The first entries of a RESULT when the broker can settle it on them alone: plain values,
+    with an int or str ``id`` and a bin ``client`` (a worker writes id, client and attempt
+    first). The RESULT is then forwarded verbatim and its client decodes the rest. None for any
+    other message, which the broker decodes in full."""
+    if wire.command_of(frames) is not Command.RESULT:
+        return None
+    peeked = wire.peek_head(frames, 3, limits)
+    if peeked is None:
+        return None
+    head = peeked[1]
+    if type(head.get("id")) not in (int, str) or type(head.get("client")) is not bytes:
+        return None
+    return head
 
 
 def _check_hello(header: dict[str, Any]) -> str:

@@ -38,7 +38,7 @@ import zmq
 import zimg
 from tests.reference import check_output, manifest
 from zimg import protocol, wire
-from zimg._broker_state import BrokerConfig
+from zimg._broker_state import BrokerConfig, result_head
 from zimg._errors import WireError
 from zimg.broker import Broker
 from zimg.connection import Connection, query_nodes
@@ -149,17 +149,6 @@ PLAIN = Expect((), ())  # NODES from anyone
 HEARTBEAT = Expect((), ("unknown_peer",))
 
 COUNTED = ("malformed", "rejected", "unknown_peer", "late_results", "jobs_received", "jobs_failed")
-
-
-def settled_on_peek(frames: list[bytes]) -> bool:
-    """Would the broker settle this RESULT on its first entries, as docs/protocol.md §4 says?"""
-    head = wire.peek_head(frames, 3)
-    return (
-        head is not None
-        and head[0] is Command.RESULT
-        and type(head[1].get("id")) in (int, str)
-        and type(head[1].get("client")) is bytes
-    )
 
 
 def pack(obj: Any) -> bytes:
@@ -607,7 +596,8 @@ class Generator:
         if roll < 0.55:
             frames = self.mutated()
             if frames is not None:
-                return frames, PEEKED_RESULT if settled_on_peek(frames) else WIRE
+                settled = result_head(frames, DEFAULT_LIMITS) is not None
+                return frames, PEEKED_RESULT if settled else WIRE
             return self._next()
         if roll < 0.63:
             return self.bad_hello(), BAD_HELLO
