@@ -166,18 +166,14 @@ class Broker:
             if self.keys is not None:
                 self.keys.stop()
 
-    def _user_id(self, frame: zmq.Frame) -> str | None:
-        """The node name the ZAP handler bound to the sender's key, or None without keys."""
-        if self.keys is None:
-            return None
+    @staticmethod
+    def _user_id(frame: zmq.Frame) -> str:
+        """The node name the ZAP handler bound to the sender's key ("" if it bound none); only
+        called when the broker has keys."""
         value = frame.get("User-Id")
         return value if isinstance(value, str) else ""
 
     def _execute(self, instructions: Sequence[Instruction]) -> None:
-        if len(instructions) == 1 and type(first := instructions[0]) is Send:  # a forward
-            if not self._send(first.identity, first.frames):
-                self._execute(self.state.on_unreachable(first.identity, time.monotonic()))
-            return
         for ins in instructions:
             if isinstance(ins, Send):
                 if not self._send(ins.identity, ins.frames):
