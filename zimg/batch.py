@@ -130,12 +130,12 @@ def plan_outputs(files: Sequence[Path], outdir: Path) -> list[str]:
     seen: set[str] = set()
     planned: list[str] = []
     for f in files:
-        stem, suffix = f.stem, f.suffix
-        name = f"{stem}_processed{suffix}"  # images.output_path's name, without a new Path
+        stem, suffix = f.stem, f.suffix  # no new Path per input: this runs for every one
+        name = images.output_name(stem, suffix)
         n = 1
         while name in seen:
             n += 1
-            name = f"{stem}-{n}_processed{suffix}"
+            name = images.output_name(f"{stem}-{n}", suffix)
         seen.add(name)
         planned.append(name)
     return planned

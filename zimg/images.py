@@ -22,6 +22,7 @@ __all__ = [
     "grid_from_files",
     "load",
     "make_grid",
+    "output_name",
     "output_path",
     "read_file",
     "sniff_size",
@@ -278,10 +279,15 @@ def load(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return decode(read_file(path), name=str(path), max_pixels=max_pixels)
 
 
+def output_name(stem: str, suffix: str) -> str:
+    """The name of a processed file: ``cat`` and ``.jpg`` -> ``cat_processed.jpg``."""
+    return f"{stem}_processed{suffix}"
+
+
 def output_path(path: str | os.PathLike[str], outdir: str | os.PathLike[str]) -> Path:
     """Return where a processed file goes: ``a/b/cat.jpg`` -> ``outdir/cat_processed.jpg``."""
     src = Path(path)
-    return Path(outdir) / f"{src.stem}_processed{src.suffix}"
+    return Path(outdir) / output_name(src.stem, src.suffix)
 
 
 def _new_file_mode() -> int:
