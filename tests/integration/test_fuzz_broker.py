@@ -1214,51 +1214,6 @@ def test_a_header_over_the_limit_is_refused_by_decode_and_counted(small_broker):
 # ------------------------------------------------------------- malformed bodies to a live pid
 
 
-@pytest.mark.timeout(60)
-def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
-    """The broker forwards a message to a live pid on its ``to`` alone; the node decodes the rest,
-    drops what is malformed, counts it and reports the count with its heartbeats."""
-    broker = Broker(free_tcp_url(), BrokerConfig(heartbeat_interval_s=0.1)).start()
-    url = broker.endpoint
-    assert url is not None
-    sender = Client(url)
-    try:
-        with zimg.connect(url, name="target") as node:
-            hello = {
-                "name": "raw",
-                "role": protocol.ROLE_CLIENT,
-                "capacity": 0,
-                "incarnation": 1,
-                "version": protocol.PROTOCOL_VERSION,
-            }
-            sender.sock.send_multipart(wire.encode(Command.HELLO, hello))
-            assert sender.sock.poll(int(RECV_TIMEOUT_S * 1000))
-            assert wire.decode(sender.sock.recv_multipart()).command is Command.WELCOME
-            start = stats(url)
-            to = wire.encode(Command.SEND, {"to": node.self()})[2]  # {"to": pid}: one entry
-            garbage = [MAGIC, bytes([Command.SEND]), b"\x82" + to[1:] + b"\xa3msg\xc1"]
-            with pytest.raises(WireError):
-                wire.decode(garbage)
-            sender.sock.send_multipart(garbage)
-            sender.sock.send_multipart(wire.encode(Command.SEND, {"to": node.self(), "msg": "ok"}))
-            assert node.receive(timeout=RECV_TIMEOUT_S) == "ok"  # the node carries on
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                [reported] = [n for n in query_nodes(url)["nodes"] if n["name"] == "target"]
-                if reported["malformed"] == 1:
-                    break
-                time.sleep(0.05)  # polling the broker's report: nothing to wait on instead
-            assert reported["malformed"] == 1
-            assert node.connection.malformed == 1
-            assert stats(url)["malformed"] == start["malformed"]  # the broker did not decode it
-    finally:
-        sender.close()
-        broker.stop()
-
-
-# ------------------------------------------------------------------- a peer that stops reading
-
-
 def joined(url: str, name: str, **options: int) -> zmq.Socket[bytes]:
     """A raw DEALER that has joined ``url`` as client node ``name`` (incarnation 1)."""
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
@@ -1278,6 +1233,41 @@ def joined(url: str, name: str, **options: int) -> zmq.Socket[bytes]:
     assert sock.poll(int(RECV_TIMEOUT_S * 1000))
     assert wire.decode(sock.recv_multipart()).command is Command.WELCOME
     return sock
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
+    """The broker forwards a message to a live pid on its ``to`` alone; the node decodes the rest,
+    drops what is malformed, counts it and reports the count with its heartbeats."""
+    broker = Broker(free_tcp_url(), BrokerConfig(heartbeat_interval_s=0.1)).start()
+    url = broker.endpoint
+    assert url is not None
+    sender = joined(url, "raw")
+    try:
+        with zimg.connect(url, name="target") as node:
+            start = stats(url)
+            to = wire.encode(Command.SEND, {"to": node.self()})[2]  # {"to": pid}: one entry
+            garbage = [MAGIC, bytes([Command.SEND]), b"\x82" + to[1:] + b"\xa3msg\xc1"]
+            with pytest.raises(WireError):
+                wire.decode(garbage)
+            sender.send_multipart(garbage)
+            sender.send_multipart(wire.encode(Command.SEND, {"to": node.self(), "msg": "ok"}))
+            assert node.receive(timeout=RECV_TIMEOUT_S) == "ok"  # the node carries on
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                [reported] = [n for n in query_nodes(url)["nodes"] if n["name"] == "target"]
+                if reported["malformed"] == 1:
+                    break
+                time.sleep(0.05)  # polling the broker's report: nothing to wait on instead
+            assert reported["malformed"] == 1
+            assert node.connection.malformed == 1
+            assert stats(url)["malformed"] == start["malformed"]  # the broker did not decode it
+    finally:
+        sender.close()
+        broker.stop()
+
+
+# ------------------------------------------------------------------- a peer that stops reading
 
 
 @pytest.mark.timeout(60)
