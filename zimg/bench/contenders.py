@@ -110,41 +110,38 @@ def _pool_context() -> Any:
     return ctx
 
 
-def run_pool(files: Sequence[Path], outdir: Path, *, processes: int = 2) -> RunTiming:
-    """``multiprocessing.Pool(processes).map`` over the paths, default chunk size."""
-    paths = [str(f) for f in files]
+def _in_pool(
+    processes: int, work: Callable[[Any], object], files: Sequence[Path], outdir: Path, who: str
+) -> RunTiming:
+    """Time ``work(pool)`` on a fresh pool of ``processes``, once its processes are up."""
     started = time.perf_counter()
     pool = _pool_context().Pool(processes)
     try:
         pool.map(noop, range(processes), chunksize=1)
         ready = time.perf_counter()
-        pool.map(functools.partial(process_file, outdir=str(outdir)), paths)
+        work(pool)
         done = time.perf_counter()
     finally:
         pool.close()
         pool.join()
     stopped = time.perf_counter()
-    check_outputs(outdir, len(files), "pool")
+    check_outputs(outdir, len(files), who)
     return RunTiming(ready - started, done - ready, stopped - done)
+
+
+def run_pool(files: Sequence[Path], outdir: Path, *, processes: int = 2) -> RunTiming:
+    """``multiprocessing.Pool(processes).map`` over the paths, default chunk size."""
+    paths = [str(f) for f in files]
+    job = functools.partial(process_file, outdir=str(outdir))
+    return _in_pool(processes, lambda pool: pool.map(job, paths), files, outdir, "pool")
 
 
 def run_halves(files: Sequence[Path], outdir: Path) -> RunTiming:
     """Two plain loops in two processes, each over half the files."""
     paths = [str(f) for f in files]
     half = (len(paths) + 1) // 2
-    started = time.perf_counter()
-    pool = _pool_context().Pool(2)
-    try:
-        pool.map(noop, range(2), chunksize=1)
-        ready = time.perf_counter()
-        pool.starmap(process_files, [(paths[:half], str(outdir)), (paths[half:], str(outdir))], 1)
-        done = time.perf_counter()
-    finally:
-        pool.close()
-        pool.join()
-    stopped = time.perf_counter()
-    check_outputs(outdir, len(files), "halves")
-    return RunTiming(ready - started, done - ready, stopped - done)
+    halves = [(paths[:half], str(outdir)), (paths[half:], str(outdir))]
+    return _in_pool(2, lambda pool: pool.starmap(process_files, halves, 1), files, outdir, "halves")
 
 
 # ---------------------------------------------------------------------- zimg
