@@ -588,3 +588,18 @@ def test_a_result_whose_first_entries_are_not_plain_is_decoded_in_full(state, cl
     frames = wire.encode(Command.RESULT, header)
     assert state.on_message(ident("n1"), frames, clock.now) == [Send(ident("c"), frames)]
     assert state.stats["jobs_done"] == 1
+
+
+def test_a_result_settled_on_its_first_entries_still_needs_the_senders_key(state, clock):
+    state.on_message(ident("n1"), hello("n1"), clock.now, user_id="n1")
+    state.on_message(ident("c"), hello("c", role="client", capacity=0), clock.now, user_id="c")
+    state.on_message(ident("c"), job(0), clock.now, user_id="c")
+    frames = result(0, ident("c"))
+    out = state.on_message(ident("n1"), frames, clock.now, user_id="n2")  # another key
+    assert not any(isinstance(i, Send) for i in out)
+    assert state.stats["rejected"] == 1
+    assert state.stats["jobs_done"] == 0
+    assert state.on_message(ident("n1"), frames, clock.now, user_id="n1")[0] == Send(
+        ident("c"), frames
+    )
+    assert state.stats["jobs_done"] == 1
