@@ -183,6 +183,14 @@ class BrokerState:
                 return self._log_once(identity, f"key {user_id!r} may not speak for {node.name}")
             return self._dispatch_command(identity, msg, frames, now)
         except WireError as exc:
+            if wire.is_v1_hello(frames):
+                # A node of an older zimg: tell it why, in words it can read.
+                reason = (
+                    f"protocol version 1 is not supported (this broker speaks "
+                    f"{protocol.PROTOCOL_VERSION}): run the same zimg version on every node"
+                )
+                self.stats["rejected"] += 1
+                return [Send(identity, wire.v1_reject(reason))]
             return self._malformed(identity, str(exc))
 
     def on_tick(self, now: float) -> list[Instruction]:

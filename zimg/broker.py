@@ -18,7 +18,7 @@ from zimg import protocol
 from zimg._broker_state import BrokerConfig, BrokerState, Instruction, Log, Probe, Send
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
-from zimg.wire import MAGIC, Command
+from zimg.wire import Command, lead_frame
 
 log = logging.getLogger("zimg.broker")
 
@@ -28,7 +28,7 @@ log = logging.getLogger("zimg.broker")
 MAX_BACKLOG = 100_000  # messages
 MAX_BACKLOG_BYTES = 256 << 20  # bytes of frames
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
-_PROBE = [MAGIC, bytes((Command.HEARTBEAT,)), b"\x80"]  # a HEARTBEAT with an empty header
+_PROBE = [lead_frame(Command.HEARTBEAT, b"\x80")]  # a HEARTBEAT with an empty header
 
 
 class Broker:
@@ -116,7 +116,7 @@ class Broker:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a node's new connection replaces its old one
         limits = self.config.limits
-        sock.setsockopt(zmq.MAXMSGSIZE, max(limits.max_frame_bytes, limits.max_header_bytes))
+        sock.setsockopt(zmq.MAXMSGSIZE, limits.largest_frame)
         if self.keys is not None:
             self.keys.start(self._ctx)
             self.keys.apply(sock)

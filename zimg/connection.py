@@ -210,9 +210,7 @@ class Connection:
         # binds, and a first retry after ZeroMQ's default 100 ms was most of its start-up.
         sock.setsockopt(zmq.RECONNECT_IVL, 10)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(
-            zmq.MAXMSGSIZE, max(self.limits.max_frame_bytes, self.limits.max_header_bytes)
-        )
+        sock.setsockopt(zmq.MAXMSGSIZE, self.limits.largest_frame)
         if self.keys is not None:
             self.keys.apply(sock)
         sock.connect(self.url)

@@ -1,11 +1,16 @@
 """Pure wire codec: Python terms to ZeroMQ frames and back, with limits. Never imports zmq.
 
-A message, as a DEALER sends it, is ``[MAGIC, command, header, *frames]``:
+A message, as a DEALER sends it, is ``[MAGIC + command + header, *frames]``: one lead frame, then
+the raw frames.
 
-- ``MAGIC`` is ``b"ZIMG1"`` (protocol name and version);
+- ``MAGIC`` is ``b"ZIMG2"`` (protocol name and version);
 - ``command`` is one byte, a :class:`Command`;
 - ``header`` is a msgpack map with string keys whose values are *terms*;
 - ``frames`` are raw buffers: array data and large byte strings, referenced from the header.
+
+Magic, command and header share one frame because every frame costs a ZeroMQ call on each side
+of each hop: a small message in two frames (routing id and lead) crosses the broker about 45 %
+faster than in four (``docs/decisions.md``).
 
 Terms are None, bool, int, float, str, bytes, list, tuple, dict, :class:`Pid`, :class:`Ref` and
 numpy arrays of a numeric dtype. Tuples, pids, refs, arrays and large byte strings are msgpack ext
@@ -28,11 +33,11 @@ import numpy as np
 
 from zimg._errors import WireError
 
-MAGIC = b"ZIMG1"
+MAGIC = b"ZIMG2"
 
 
 class Command(enum.IntEnum):
-    """The one-byte command that follows the magic frame."""
+    """The one-byte command that follows the magic in a message's lead frame."""
 
     HELLO = 0x01
     WELCOME = 0x02
@@ -56,6 +61,31 @@ class Command(enum.IntEnum):
 
 
 _COMMANDS = {int(c): c for c in Command}
+_COMMAND_BYTES = {c: bytes((int(c),)) for c in Command}
+_PREFIX = len(MAGIC) + 1  # the lead frame starts with the magic and the command byte
+
+
+def lead_frame(command: Command, header: bytes) -> bytes:
+    """A message's first frame: the magic, the command byte, then the packed ``header``."""
+    return b"".join((MAGIC, _COMMAND_BYTES[command], header))
+
+
+_V1_HELLO = (b"ZIMG1", bytes((Command.HELLO,)))
+
+
+def is_v1_hello(frames: Sequence[Any]) -> bool:
+    """Is this a HELLO in protocol version 1's layout (magic, command and header as three
+    frames)? Never raises."""
+    try:
+        return len(frames) == 3 and (bytes(frames[0]), bytes(frames[1])) == _V1_HELLO
+    except Exception:  # not buffers at all
+        return False
+
+
+def v1_reject(reason: str) -> list[bytes]:
+    """A REJECT that a version-1 node can read, so that it stops with ``reason`` instead of
+    waiting for a WELCOME that never comes."""
+    return [_V1_HELLO[0], bytes((Command.REJECT,)), _pack({"reason": reason})]
 
 
 class Ext(enum.IntEnum):
@@ -97,7 +127,7 @@ class Limits:
     """Bounds enforced on every message, encoded or decoded.
 
     Attributes:
-        max_header_bytes: largest msgpack header frame.
+        max_header_bytes: largest msgpack header (the lead frame after its magic and command).
         max_frames: most raw frames after the header.
         max_frame_bytes: largest raw frame.
         max_depth: deepest nesting of lists, tuples and dicts in the header.
@@ -111,6 +141,11 @@ class Limits:
     max_depth: int = 32
     max_ndim: int = 8
     inline_bytes_max: int = 64 << 10
+
+    @property
+    def largest_frame(self) -> int:
+        """The largest frame a message within these limits can have (for ``MAXMSGSIZE``)."""
+        return max(self.max_frame_bytes, self.max_header_bytes + _PREFIX)
 
 
 DEFAULT_LIMITS = Limits()
@@ -262,8 +297,8 @@ def encode(
         limits: the bounds to enforce.
 
     Returns:
-        ``[MAGIC, command byte, header, *raw frames]``; raw frames are the arrays themselves
-        (contiguous) or memoryviews, ready for ``send_multipart(..., copy=False)``.
+        ``[lead frame, *raw frames]`` (see :func:`lead_frame`); raw frames are the arrays
+        themselves (contiguous) or memoryviews, ready for ``send_multipart(..., copy=False)``.
 
     Raises:
         WireError: a value cannot be sent, or a limit is exceeded.
@@ -281,7 +316,7 @@ def encode(
         raise WireError(
             f"header of {len(packed)} bytes exceeds the limit of {limits.max_header_bytes}"
         )
-    return [MAGIC, bytes((int(command),)), packed, *enc.frames]
+    return [lead_frame(_COMMANDS[command], packed), *enc.frames]
 
 
 # ---------------------------------------------------------------- decoding
@@ -295,32 +330,38 @@ _PEEK_BYTES = 160
 _TO_KEY = b"\xa2to"
 ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
 """SPAWN to DOWN (0x10-0x18): the commands routed by their ``to`` field."""
+_ACTOR_COMMANDS = {int(c): c for c in ACTOR_COMMANDS}
+_PEEK_LEAD = _PREFIX + _PEEK_BYTES  # the bytes of a lead frame that peek_to reads at most
 
 
 def command_of(frames: Sequence[Any]) -> Command | None:
-    """The command of a message whose frame count, magic and command byte are right, else None.
+    """The command of a message whose lead frame starts with the magic and a known command byte,
+    else None.
 
     Nothing else is looked at, and this never raises.
     """
     try:
-        if len(frames) < 3 or bytes(frames[0]) != MAGIC or len(frames[1]) != 1:
+        if not frames:
             return None
-        return _COMMANDS.get(bytes(frames[1])[0])
+        lead = bytes(memoryview(frames[0])[:_PREFIX])
+        if len(lead) != _PREFIX or lead[:-1] != MAGIC:
+            return None
+        return _COMMANDS.get(lead[-1])
     except Exception:  # not buffers at all
         return None
 
 
 def _peekable(frames: Sequence[Any], limits: Limits) -> tuple[Command, Any] | None:
-    """The command and header frame of a message within ``limits`` (frame count, header size),
+    """The command and header bytes of a message within ``limits`` (frame count, header size),
     as the peeks need them; None otherwise. May raise on frames that are not buffers."""
     command = command_of(frames)
     if (
         command is None
-        or len(frames) > limits.max_frames + 3
-        or len(frames[2]) > limits.max_header_bytes
+        or len(frames) > limits.max_frames + 1
+        or len(frames[0]) - _PREFIX > limits.max_header_bytes
     ):
         return None
-    return command, frames[2]
+    return command, memoryview(frames[0])[_PREFIX:]
 
 
 def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Command, Pid] | None:
@@ -340,19 +381,25 @@ def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Com
         limits: a message with more raw frames, or a larger header, than these allow gives None.
     """
     try:
-        found = _peekable(frames, limits)
-        if found is None or found[0] not in ACTOR_COMMANDS:
+        # One copy of the lead frame's first bytes, then plain byte arithmetic: this runs for
+        # every message the broker forwards.
+        if not frames or len(frames) > limits.max_frames + 1:
             return None
-        command, header = found
-        long = len(header) > _PEEK_BYTES
-        head = bytes(memoryview(header)[:_PEEK_BYTES]) if long else bytes(header)
-        first = head[0]
+        lead = frames[0]
+        size = len(lead)
+        head = bytes(lead) if size <= _PEEK_LEAD else bytes(memoryview(lead)[:_PEEK_LEAD])
+        command = _ACTOR_COMMANDS.get(head[_PREFIX - 1])
+        if command is None or head[: _PREFIX - 1] != MAGIC:
+            return None
+        if size - _PREFIX > limits.max_header_bytes:
+            return None
+        first = head[_PREFIX]
         if 0x81 <= first <= 0x8F:  # fixmap with 1 to 15 entries
-            pos = 1
-        elif first == 0xDE and head[1:3] != b"\0\0":  # map 16
-            pos = 3
-        elif first == 0xDF and head[1:5] != b"\0\0\0\0":  # map 32
-            pos = 5
+            pos = _PREFIX + 1
+        elif first == 0xDE and head[_PREFIX + 1 : _PREFIX + 3] != b"\0\0":  # map 16
+            pos = _PREFIX + 3
+        elif first == 0xDF and head[_PREFIX + 1 : _PREFIX + 5] != b"\0\0\0\0":  # map 32
+            pos = _PREFIX + 5
         else:
             return None
         if head[pos : pos + 3] != _TO_KEY:
@@ -515,7 +562,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode the frames of one message (without any routing frame).
 
     Args:
-        frames: buffers (bytes, memoryview, zmq.Frame, ...): magic, command, header, raw frames.
+        frames: buffers (bytes, memoryview, zmq.Frame, ...): the lead frame, then raw frames.
         limits: the bounds to enforce.
 
     Returns:
@@ -524,26 +571,27 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     Raises:
         WireError: anything about the message is malformed or over a limit; the text says what.
     """
-    if len(frames) < 3:
-        raise WireError(f"a message needs at least 3 frames, got {len(frames)}")
-    if len(frames) - 3 > limits.max_frames:
-        raise WireError(f"{len(frames) - 3} raw frames exceed the limit of {limits.max_frames}")
-    magic, command_frame, header_frame = (
-        _byte_view(f, f"frame {i}") for i, f in enumerate(frames[:3])
-    )
-    if magic != MAGIC:
-        raise WireError(f"bad magic frame {bytes(magic[:16])!r}, expected {MAGIC!r}")
-    if command_frame.nbytes != 1 or command_frame[0] not in _COMMANDS:
-        raise WireError(f"unknown command frame {bytes(command_frame[:16])!r}")
-    command = _COMMANDS[command_frame[0]]
+    if not frames:
+        raise WireError("a message needs at least 1 frame, got none")
+    if len(frames) - 1 > limits.max_frames:
+        raise WireError(f"{len(frames) - 1} raw frames exceed the limit of {limits.max_frames}")
+    lead = _byte_view(frames[0], "frame 0")
+    if lead[: _PREFIX - 1] != MAGIC:
+        raise WireError(f"bad magic {bytes(lead[: _PREFIX - 1])!r}, expected {MAGIC!r}")
+    if lead.nbytes < _PREFIX:
+        raise WireError("the lead frame ends after the magic, with no command byte")
+    if lead[_PREFIX - 1] not in _COMMANDS:
+        raise WireError(f"unknown command byte {lead[_PREFIX - 1]:#04x}")
+    command = _COMMANDS[lead[_PREFIX - 1]]
+    header_frame = lead[_PREFIX:]
     if header_frame.nbytes > limits.max_header_bytes:
         raise WireError(
             f"header of {header_frame.nbytes} bytes exceeds the limit of {limits.max_header_bytes}"
         )
-    raw = [_byte_view(f, f"frame {i + 3}") for i, f in enumerate(frames[3:])]
+    raw = [_byte_view(f, f"frame {i + 1}") for i, f in enumerate(frames[1:])]
     for i, v in enumerate(raw):
         if v.nbytes > limits.max_frame_bytes:
-            raise WireError(f"frame {i} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
+            raise WireError(f"frame {i + 1} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
     decoder = _Decoder(raw, limits)
     try:
         header = decoder.unpack(header_frame)

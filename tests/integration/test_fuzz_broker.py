@@ -42,7 +42,7 @@ from zimg._broker_state import BrokerConfig, result_head
 from zimg._errors import WireError
 from zimg.broker import Broker
 from zimg.connection import Connection, query_nodes
-from zimg.testing import free_tcp_url
+from zimg.testing import Processes, free_tcp_url
 from zimg.wire import MAGIC, Command, Ext, Limits, Pid, Ref
 
 SEED = int(os.environ.get("ZIMG_FUZZ_SEED", "0")) or random.SystemRandom().randrange(1, 2**32)
@@ -159,10 +159,18 @@ def ext(code: int, obj: Any) -> msgpack.ExtType:
     return msgpack.ExtType(code, pack(obj))
 
 
-def raw_message(command: int, header: Any, *frames: bytes) -> list[bytes]:
+LEAD = len(MAGIC) + 1  # the lead frame's magic and command byte, before the header
+
+
+def header_of(frames: list[Any]) -> bytes:
+    """The packed header of a message: its lead frame after the magic and the command byte."""
+    return bytes(frames[0])[LEAD:]
+
+
+def raw_message(command: Command, header: Any, *frames: bytes) -> list[bytes]:
     """A message whose header is packed as given (ext types and all), not through wire.encode."""
     body = header if isinstance(header, bytes) else pack(header)
-    return [MAGIC, bytes([command]), body, *frames]
+    return [wire.lead_frame(command, body), *frames]
 
 
 def tiny_png_bomb() -> bytes:
@@ -250,7 +258,7 @@ class Generator:
                 "role": "client",
                 "capacity": 0,
                 "incarnation": r.getrandbits(62),
-                "version": 1,
+                "version": protocol.PROTOCOL_VERSION,
             }
         if command is Command.JOB:
             return {
@@ -271,29 +279,37 @@ class Generator:
         r = self.rng
         good = wire.encode(Command.HEARTBEAT, {})
         choice = r.randrange(22)
-        if choice == 0:  # too few frames
-            return [MAGIC, bytes([Command.NODES])][: r.randint(1, 2)]
+        if choice == 0:  # a lead frame cut short: empty, part of the magic, no command byte...
+            # ...or no header at all after the command byte
+            return [wire.lead_frame(Command.NODES, b"")[: r.randint(0, LEAD)]]
         if choice == 1:  # bad magic: other versions, case, length, junk
-            magic = r.choice([b"ZIMG2", b"ZIMG0", b"zimg1", b"ZIMG", b"ZIMG11", b"", b"\x00" * 5])
-            return [magic, *good[1:]]
-        if choice == 2:  # unknown command byte, or not exactly one byte
+            magic = r.choice(
+                [b"ZIMG1", b"ZIMG3", b"ZIMG0", b"zimg2", b"ZIMG", b"ZZIMG2", b"", b"\x00" * 5]
+            )
+            if magic == b"ZIMG1" and r.random() < 0.5:  # a version 1 peer, in its own layout
+                return [magic, bytes([Command.HEARTBEAT]), header_of(good)]
+            lead = magic + bytes(good[0])[len(MAGIC) :]
+            assert not lead.startswith(MAGIC), lead  # never the right magic by accident
+            return [lead, *good[1:]]
+        if choice == 2:  # unknown command byte, or none or two (the header then starts off)
             known = {int(c) for c in Command}
             command = r.choice(
                 [b"", b"\x01\x01", bytes([r.choice(sorted(set(range(256)) - known))])]
             )
-            return [MAGIC, command, b"\x80"]
+            return [MAGIC + command + b"\x80"]
         if choice == 3:  # random multipart garbage (never starting with the magic)
             frames = [self.blob(0, 300) for _ in range(r.randint(3, 9))]
             frames[0] = b"?" + frames[0]
             return frames
         if choice == 4:  # a valid header cut short: a strict prefix of msgpack never decodes
-            header = wire.encode(Command.JOB, self.valid_header(Command.JOB))
-            cut = r.randrange(len(header[2]))
-            return [MAGIC, bytes([Command.JOB]), header[2][:cut], *header[3:]]
+            message = wire.encode(Command.JOB, self.valid_header(Command.JOB))
+            body = header_of(message)
+            cut = r.randrange(len(body))
+            return [wire.lead_frame(Command.JOB, body[:cut]), *message[1:]]
         if choice == 5:  # trailing bytes after the header
-            return [MAGIC, bytes([Command.NODES]), b"\x80" + self.blob(1, 8)]
+            return raw_message(Command.NODES, b"\x80" + self.blob(1, 8))
         if choice == 6:  # not a map, or a map with non-str keys
-            header = r.choice([[1, 2], "x", None, 5, {1: 2}, {b"id": 1}, {(1,): 2}])
+            header: Any = r.choice([[1, 2], "x", None, 5, {1: 2}, {b"id": 1}, {(1,): 2}])
             return raw_message(Command.NODES, pack(header) if header is not None else b"\xc0")
         if choice == 7:  # deeply nested lists or maps: over max_depth, or msgpack's stack
             depth = r.choice([34, 40, 100, 1000, 5000, 200_000])
@@ -337,10 +353,10 @@ class Generator:
                 Command.SEND, {"to": "n1", "msg": ext(Ext.ARRAY, [0, "<f4", [n]])}, frame
             )
         if choice == 16:  # frame index out of range, used twice, or not an int
-            spec = r.choice(
+            array_spec = r.choice(
                 [[5, "|u1", [1]], [-1, "|u1", [1]], ["0", "|u1", [1]], [True, "|u1", [1]]]
             )
-            return raw_message(Command.SEND, {"to": "n1", "msg": ext(Ext.ARRAY, spec)}, b"\0")
+            return raw_message(Command.SEND, {"to": "n1", "msg": ext(Ext.ARRAY, array_spec)}, b"\0")
         if choice == 17:  # a raw frame nobody references, or a blob referenced twice
             if r.random() < 0.5:
                 return [*wire.encode(Command.NODES, {}), self.blob(0, 100)]
@@ -404,13 +420,16 @@ class Generator:
         elif problem == 3:
             header["capacity"] = r.choice([-1, 4097, 2**63 - 1, True, 1.0, "2"])
         elif problem == 4:
-            header["version"] = r.choice([0, 2, 99, -1, "1", 1.0, True, None])
+            version = protocol.PROTOCOL_VERSION
+            header["version"] = r.choice(
+                [0, version - 1, version + 1, 99, -1, str(version), float(version), True, None]
+            )
         elif problem == 5:
             header["incarnation"] = r.choice(["0", None, 1.5, True, [1]])
         elif problem == 6:
             header = {}
         elif problem == 7:  # a worker name, but a bad field as well: still malformed first
-            header.update(name=r.choice(self.targets), version=2)
+            header.update(name=r.choice(self.targets), version=protocol.PROTOCOL_VERSION + 1)
         elif problem == 8:
             header["role"] = header["role"].encode()  # bin instead of str
         else:
@@ -500,9 +519,9 @@ class Generator:
         elif problem == 7:  # a header so close to the limit that the broker cannot forward it
             target = DEFAULT_LIMITS.max_header_bytes - r.randrange(8)
             header["pad"] = ""
-            base = len(wire.encode(Command.JOB, header)[2])
+            base = len(header_of(wire.encode(Command.JOB, header)))
             header["pad"] = "p" * (target - base - 4)  # a str32 has 4 more length bytes
-            assert len(wire.encode(Command.JOB, header)[2]) == target
+            assert len(header_of(wire.encode(Command.JOB, header))) == target
             return wire.encode(Command.JOB, header), UNFORWARDABLE_JOB
         elif problem == 8:
             header["extra"] = self.term()
@@ -684,7 +703,13 @@ class Fuzzer:
         raise AssertionError(f"no {command.name} from the broker within {RECV_TIMEOUT_S} s")
 
     def hello(self, sock: zmq.Socket[bytes], name: str) -> None:
-        header = {"name": name, "role": "client", "capacity": 0, "incarnation": 1, "version": 1}
+        header = {
+            "name": name,
+            "role": "client",
+            "capacity": 0,
+            "incarnation": 1,
+            "version": protocol.PROTOCOL_VERSION,
+        }
         sock.send_multipart(wire.encode(Command.HELLO, header))
         self.wait_for(sock, Command.WELCOME)
 
@@ -781,8 +806,9 @@ class Fuzzer:
         conn = zmtp_connect(self.url, f"big{self.tally.oversize}".encode())
         try:
             prefix = b""
-            if self.rng.random() < 0.5:  # after the start of a real message
-                prefix = zmtp_frame(MAGIC, more=True) + zmtp_frame(bytes([Command.JOB]), more=True)
+            if self.rng.random() < 0.5:  # after the lead frame of a real message
+                lead = wire.encode(Command.JOB, self.gen.valid_header(Command.JOB))[0]
+                prefix = zmtp_frame(bytes(lead), more=True)
             conn.sendall(prefix + zmtp_frame(b"x" * 100, more=False, declared=declared))
             assert closed_within(conn, RECV_TIMEOUT_S), f"a {declared}-byte frame was not refused"
         finally:
@@ -792,10 +818,8 @@ class Fuzzer:
     def truncated(self) -> None:
         """The first frames of a message, then the connection closes: nothing is delivered."""
         conn = zmtp_connect(self.url, f"cut{self.tally.truncated}".encode())
-        frames = self.gen.valid_header(Command.JOB)
-        body = wire.encode(Command.JOB, frames)
-        data = zmtp_frame(MAGIC, more=True) + zmtp_frame(bytes(body[1]), more=True)
-        data += zmtp_frame(bytes(body[2]), more=True)  # the payload frame never comes
+        body = wire.encode(Command.JOB, self.gen.valid_header(Command.JOB))
+        data = zmtp_frame(bytes(body[0]), more=True)  # the payload frame never comes
         conn.sendall(data[: self.rng.randrange(1, len(data) + 1)])
         conn.close()
         self.tally.truncated += 1
@@ -808,7 +832,7 @@ class Fuzzer:
                 except zmq.Again:
                     break
                 self.tally.replies += 1
-                each.nodes_asked -= frames[1] == bytes([Command.NODES])
+                each.nodes_asked -= wire.command_of(frames) is Command.NODES
 
     def finish(self) -> None:
         """Each socket asks NODES last: the answer to it means the broker handled all it sent."""
@@ -867,8 +891,9 @@ def jobs_settled(url: str, before: dict[str, int]) -> bool:
         k: report["stats"][k] - before[k] for k in ("jobs_received", "jobs_done", "jobs_failed")
     }
     held = sum(n["active"] for n in report["nodes"])
-    done = grew["jobs_done"] + grew["jobs_failed"] == grew["jobs_received"]
-    return report["queued"] == 0 and held == 0 and done
+    done: bool = grew["jobs_done"] + grew["jobs_failed"] == grew["jobs_received"]
+    idle: bool = report["queued"] == 0 and held == 0
+    return idle and done
 
 
 SEND = [sys.executable, "-m", "zimg", "send", "--timeout", "60"]
@@ -894,7 +919,9 @@ def client_identity(url: str, name: str) -> bytes | None:
 
 
 @pytest.mark.timeout(120)
-def test_fuzzing_a_live_broker_breaks_nothing(procs, tcp_url, tmp_path, samples):
+def test_fuzzing_a_live_broker_breaks_nothing(
+    procs: Processes, tcp_url: str, tmp_path: Path, samples: Path
+) -> None:
     print(f"fuzz seed: {SEED} (rerun with ZIMG_FUZZ_SEED={SEED})")
     broker = procs.broker(tcp_url)
     workers = {name: procs.worker(tcp_url, name) for name in ("n1", "n2")}
@@ -921,14 +948,15 @@ def test_fuzzing_a_live_broker_breaks_nothing(procs, tcp_url, tmp_path, samples)
     gen = Generator(random.Random(SEED), ["n1", "n2"], incarnations, client_ids)
     fuzzer = Fuzzer(tcp_url, gen, ghost_id, stop)
     echoes = 0
+
+    def sender_joined() -> bool:
+        ident = client_identity(tcp_url, "sender")
+        if ident is not None:
+            client_ids.append(ident)
+        return ident is not None
+
     try:
-        wait_until(
-            lambda: (
-                (ident := client_identity(tcp_url, "sender")) is not None
-                and not client_ids.append(ident)
-            ),
-            "zimg send has joined",
-        )
+        wait_until(sender_joined, "zimg send has joined")
         fuzzer.thread.start()
         with zimg.connect(tcp_url, name="main") as node:
             pids = [node.spawn(name, "zimg.behaviours:echo") for name in ("n1", "n2")]
@@ -1047,8 +1075,8 @@ class Impostor:
 
 @pytest.mark.timeout(90)
 def test_a_peer_cannot_take_over_a_live_worker_id_from_the_nodes_report(
-    procs, tcp_url, tmp_path, samples
-):
+    procs: Processes, tcp_url: str, tmp_path: Path, samples: Path
+) -> None:
     """ROUTER_HANDOVER gives a routing id to whoever connects with it last. A routing id is
     ``name/incarnation/secret`` and NODES reports only the first two, so an impostor that builds
     n1's id from the report (with any secret) is just an unknown peer: it gets none of n1's jobs,
@@ -1107,7 +1135,7 @@ class Client:
 
     def ask_nodes(self, header: bytes = b"\x80", *frames: bytes) -> dict[str, Any] | None:
         """Send NODES (with this header and frames); the reply's header, or None if none came."""
-        self.sock.send_multipart([MAGIC, bytes([Command.NODES]), header, *frames])
+        self.sock.send_multipart([wire.lead_frame(Command.NODES, header), *frames])
         if not self.sock.poll(int(RECV_TIMEOUT_S * 1000)):
             return None
         return wire.decode(self.sock.recv_multipart()).header
@@ -1137,7 +1165,7 @@ def padded_header(size: int) -> bytes:
 
 
 @pytest.mark.timeout(60)
-def test_a_frame_over_the_limit_never_reaches_the_state_machine(small_broker):
+def test_a_frame_over_the_limit_never_reaches_the_state_machine(small_broker: Broker) -> None:
     url = small_broker.endpoint
     assert url is not None
     start = stats(url)
@@ -1148,7 +1176,7 @@ def test_a_frame_over_the_limit_never_reaches_the_state_machine(small_broker):
         assert client.ask_nodes(blob, b"x" * SMALL.max_frame_bytes) is not None
         # One byte more: ZeroMQ drops the connection; the message never reaches the broker.
         client.sock.send_multipart(
-            [MAGIC, bytes([Command.NODES]), blob, b"x" * (SMALL.max_frame_bytes + 1)]
+            [wire.lead_frame(Command.NODES, blob), b"x" * (SMALL.max_frame_bytes + 1)]
         )
         assert client.disconnected_within(RECV_TIMEOUT_S), "the broker kept the connection"
     finally:
@@ -1159,24 +1187,21 @@ def test_a_frame_over_the_limit_never_reaches_the_state_machine(small_broker):
 
 
 @pytest.mark.timeout(60)
-def test_the_socket_hangs_up_on_the_declared_size_before_any_body_arrives(small_broker):
+def test_the_socket_hangs_up_on_the_declared_size_before_any_body_arrives(
+    small_broker: Broker,
+) -> None:
     url = small_broker.endpoint
     assert url is not None
     start = stats(url)
     over = zmtp_connect(url, b"over")
     at = zmtp_connect(url, b"at")
+    lead = zmtp_frame(wire.lead_frame(Command.NODES, pack({"pad": ext(Ext.BLOB, 0)})), more=True)
     try:
         # Declared one byte over MAXMSGSIZE, with 10 of its bytes sent: refused on the header.
-        over.sendall(
-            zmtp_frame(MAGIC, more=True)
-            + zmtp_frame(b"x" * 10, more=False, declared=SMALL.max_frame_bytes + 1)
-        )
+        over.sendall(lead + zmtp_frame(b"x" * 10, more=False, declared=SMALL.max_frame_bytes + 1))
         assert closed_within(over, RECV_TIMEOUT_S)
         # Declared exactly at the limit: the broker waits for the rest (so the size is the cause).
-        at.sendall(
-            zmtp_frame(MAGIC, more=True)
-            + zmtp_frame(b"x" * 10, more=False, declared=SMALL.max_frame_bytes)
-        )
+        at.sendall(lead + zmtp_frame(b"x" * 10, more=False, declared=SMALL.max_frame_bytes))
         assert not closed_within(at, 0.5)
     finally:
         over.close()
@@ -1186,7 +1211,7 @@ def test_the_socket_hangs_up_on_the_declared_size_before_any_body_arrives(small_
 
 
 @pytest.mark.timeout(60)
-def test_a_header_over_the_limit_is_refused_by_decode_and_counted(small_broker):
+def test_a_header_over_the_limit_is_refused_by_decode_and_counted(small_broker: Broker) -> None:
     url = small_broker.endpoint
     assert url is not None
     start = stats(url)
@@ -1195,9 +1220,9 @@ def test_a_header_over_the_limit_is_refused_by_decode_and_counted(small_broker):
         # A valid NODES request with a header of exactly max_header_bytes is answered...
         assert client.ask_nodes(padded_header(SMALL.max_header_bytes)) is not None
         # ...one byte more gets through the socket (far under MAXMSGSIZE) but not through decode:
-        big = padded_header(SMALL.max_header_bytes + 1)
-        assert len(big) < SMALL.max_frame_bytes
-        client.sock.send_multipart([MAGIC, bytes([Command.NODES]), big])
+        lead = wire.lead_frame(Command.NODES, padded_header(SMALL.max_header_bytes + 1))
+        assert len(lead) < SMALL.max_frame_bytes
+        client.sock.send_multipart([lead])
         # The next answer is to the request after it (so it was not answered), and the broker
         # had counted it malformed by then; the connection stays up.
         reply = client.ask_nodes()
@@ -1236,7 +1261,7 @@ def joined(url: str, name: str, **options: int) -> zmq.Socket[bytes]:
 
 
 @pytest.mark.timeout(60)
-def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
+def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node() -> None:
     """The broker forwards a message to a live pid on its ``to`` alone; the node decodes the rest,
     drops what is malformed, counts it and reports the count with its heartbeats."""
     broker = Broker(free_tcp_url(), BrokerConfig(heartbeat_interval_s=0.1)).start()
@@ -1246,8 +1271,8 @@ def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
     try:
         with zimg.connect(url, name="target") as node:
             start = stats(url)
-            to = wire.encode(Command.SEND, {"to": node.self()})[2]  # {"to": pid}: one entry
-            garbage = [MAGIC, bytes([Command.SEND]), b"\x82" + to[1:] + b"\xa3msg\xc1"]
+            to = header_of(wire.encode(Command.SEND, {"to": node.self()}))  # {"to": pid}
+            garbage = [wire.lead_frame(Command.SEND, b"\x82" + to[1:] + b"\xa3msg\xc1")]
             with pytest.raises(WireError):
                 wire.decode(garbage)
             sender.send_multipart(garbage)
@@ -1276,7 +1301,9 @@ def test_a_malformed_body_to_a_live_pid_is_dropped_and_counted_by_its_node():
     [({"max_backlog": 300}, 300), ({"max_backlog_bytes": 300 * 1024}, 300)],
     ids=["messages", "bytes"],
 )
-def test_a_peer_that_stops_reading_gets_a_bounded_backlog(caps, queued):
+def test_a_peer_that_stops_reading_gets_a_bounded_backlog(
+    caps: dict[str, Any], queued: int
+) -> None:
     broker = Broker(free_tcp_url(), **caps).start()
     url = broker.endpoint
     assert url is not None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 
-from zimg import wire
+from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, BrokerState, Log, Probe, Send
 from zimg.wire import Command, Pid
 
@@ -38,7 +40,13 @@ def ident(name: str) -> bytes:
 
 
 def hello(name: str, role: str = "worker", capacity: int = 2, **extra) -> list:
-    header = {"name": name, "role": role, "capacity": capacity, "incarnation": 1, "version": 1}
+    header = {
+        "name": name,
+        "role": role,
+        "capacity": capacity,
+        "incarnation": 1,
+        "version": protocol.PROTOCOL_VERSION,
+    }
     header.update(extra)
     return wire.encode(Command.HELLO, header)
 
@@ -116,9 +124,27 @@ def test_wrong_protocol_version_is_rejected(state, clock):
     assert "n1" not in state.by_name
 
 
+def test_a_version_1_hello_gets_a_reject_it_can_read(state, clock):
+    header = {"name": "old", "role": "worker", "capacity": 2, "incarnation": 1, "version": 1}
+    v1_hello = [b"ZIMG1", bytes([Command.HELLO]), msgpack.packb(header)]
+    [send] = state.on_message(ident("old"), v1_hello, clock.now)
+    assert isinstance(send, Send)
+    assert send.identity == ident("old")
+    magic, command, body = send.frames  # version 1's layout: three frames
+    assert (magic, command) == (b"ZIMG1", bytes([Command.REJECT]))
+    assert "version 1 is not supported" in msgpack.unpackb(body)["reason"]
+    assert "old" not in state.by_name
+    assert state.stats["rejected"] == 1
+    assert state.stats["malformed"] == 0
+    # Anything else in version 1's layout is only malformed.
+    v1_send = [b"ZIMG1", bytes([Command.SEND]), msgpack.packb({})]
+    assert [type(i) for i in state.on_message(ident("old"), v1_send, clock.now)] == [Log]
+    assert state.stats["malformed"] == 1
+
+
 @pytest.mark.parametrize(
     "frames",
-    [[b"garbage"], [b"ZIMG1", b"\x01", b"\xc1"], [b"ZIMG1", b"\x99", b"\x80"]],
+    [[b"garbage"], [b"ZIMG2\x01\xc1"], [b"ZIMG2\x99\x80"]],
     ids=["short", "bad-msgpack", "unknown-command"],
 )
 def test_malformed_messages_are_counted_and_logged_once(state, clock, frames):
@@ -490,10 +516,15 @@ def test_another_key_on_a_node_routing_id_is_refused(state, clock):
     assert state.stats["rejected"] == 1
 
 
+def header_of(frames: list[Any]) -> bytes:
+    """The packed header in a message's lead frame (after the magic and the command byte)."""
+    return bytes(frames[0][len(wire.MAGIC) + 1 :])
+
+
 def send_with_body(to: Pid, body: bytes) -> list[bytes]:
     """A SEND whose header starts with a valid ``to`` and continues with ``body`` (raw bytes)."""
-    first = wire.encode(Command.SEND, {"to": to})[2]  # 0x81, "to", the pid
-    return [wire.MAGIC, bytes([Command.SEND]), b"\x82" + first[1:] + body]
+    first = header_of(wire.encode(Command.SEND, {"to": to}))  # 0x81, "to", the pid
+    return [wire.lead_frame(Command.SEND, b"\x82" + first[1:] + body)]
 
 
 def test_a_message_to_a_live_pid_is_forwarded_without_reading_its_body(state, clock):
@@ -516,7 +547,7 @@ def test_a_message_that_cannot_be_forwarded_unread_is_decoded_and_counted(state,
     for frames in (
         send_with_body(Pid("n2", 2, 5), body),  # another incarnation: decoded, so refused
         send_with_body(Pid("n9", 1, 5), body),  # no such node
-        [b"ZIMG2", *send_with_body(Pid("n2", 1, 5), body)[1:]],  # wrong magic
+        [b"ZIMG1" + send_with_body(Pid("n2", 1, 5), body)[0][5:]],  # wrong magic
     ):
         out = state.on_message(ident("n1"), frames, clock.now)
         assert not any(isinstance(i, Send) for i in out)
@@ -564,8 +595,8 @@ def test_a_result_is_settled_on_its_first_entries_and_forwarded_unread(state, cl
     join(state, clock, "c", role="client", capacity=0)
     [(to, _)] = sends(state.on_message(ident("c"), job(0), clock.now))
     assert to == ident("n1")
-    first = wire.encode(Command.RESULT, {"id": 0, "client": ident("c"), "attempt": 1})[2]
-    garbage = [wire.MAGIC, bytes([Command.RESULT]), b"\x84" + first[1:] + b"\xa5items\xc1"]
+    first = header_of(wire.encode(Command.RESULT, {"id": 0, "client": ident("c"), "attempt": 1}))
+    garbage = [wire.lead_frame(Command.RESULT, b"\x84" + first[1:] + b"\xa5items\xc1")]
     with pytest.raises(wire.WireError):
         wire.decode(garbage)
     out = state.on_message(ident("n1"), garbage, clock.now)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 import struct
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -26,6 +28,7 @@ from zimg.wire import (
     command_of,
     decode,
     encode,
+    lead_frame,
     peek_head,
     peek_to,
 )
@@ -39,26 +42,39 @@ FAST = settings(
 DTYPES = ["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8", "c8", "c16"]
 BIG_ENDIAN = [">i2", ">u2", ">i4", ">u4", ">i8", ">u8", ">f2", ">f4", ">f8", ">c8", ">c16"]
 SEND = bytes([Command.SEND])
+RESULT = bytes([Command.RESULT])
+OLD_MAGIC = b"ZIMG1"  # protocol version 1: magic, command and header in three frames
+PREFIX = len(MAGIC) + 1  # the lead frame starts with the magic and the command byte
 INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def pack(obj):
+def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def ext(code, obj):
+def ext(code: int, obj: Any) -> msgpack.ExtType:
     return msgpack.ExtType(int(code), pack(obj))
 
 
-def message(header, *frames):
+def message(header: Any, *frames: Any, command: Command = Command.SEND) -> list[Any]:
     """Frames of a hand-made message; ``header`` is a term for msgpack, or raw bytes."""
-    return [MAGIC, SEND, header if isinstance(header, bytes) else pack(header), *frames]
+    return [lead_frame(command, header if isinstance(header, bytes) else pack(header)), *frames]
 
 
-def nest(levels, *wraps):
+def lead(header: bytes = b"", command: bytes = SEND, magic: bytes = MAGIC) -> bytes:
+    """A hand-made lead frame from raw bytes, which need not be a valid magic or command."""
+    return magic + command + header
+
+
+def header_of(frames: Sequence[Any]) -> bytes:
+    """The msgpack header of a message: its lead frame after the magic and the command byte."""
+    return bytes(memoryview(frames[0])[PREFIX:])
+
+
+def nest(levels: int, *wraps: Callable[[Any], Any]) -> Any:
     """``levels`` nested containers around None, made by cycling through ``wraps``."""
     wraps = wraps or (lambda x: [x],)
     term = None
@@ -67,7 +83,7 @@ def nest(levels, *wraps):
     return term
 
 
-def assert_term_equal(got, want):
+def assert_term_equal(got: Any, want: Any) -> None:
     """Equal terms: same types (tuples stay tuples), float bits, array dtype/shape/bytes."""
     if isinstance(want, np.ndarray):
         assert type(got) is np.ndarray
@@ -97,12 +113,12 @@ def assert_term_equal(got, want):
         assert got == want
 
 
-def as_zmq_bytes(frame):
+def as_zmq_bytes(frame: Any) -> bytes:
     """What ``zmq.Frame.bytes`` would give (``tobytes`` also copes with zero-size shapes)."""
     return memoryview(frame).tobytes()
 
 
-def as_zmq_buffer(frame):
+def as_zmq_buffer(frame: Any) -> memoryview:
     """What ``zmq.Frame.buffer`` would give: a flat, writeable byte view."""
     return memoryview(bytearray(memoryview(frame).tobytes()))
 
@@ -116,7 +132,12 @@ TRANSPORTS = {
 }
 
 
-def roundtrip(header, transport=lambda f: f, command=Command.SEND, limits=DEFAULT_LIMITS):
+def roundtrip(
+    header: Any,
+    transport: Callable[[Any], Any] = lambda f: f,
+    command: Command = Command.SEND,
+    limits: Limits = DEFAULT_LIMITS,
+) -> dict[str, Any]:
     frames = encode(command, header, limits)
     got = decode([transport(f) for f in frames], limits)
     assert isinstance(got, Message)
@@ -128,7 +149,7 @@ def roundtrip(header, transport=lambda f: f, command=Command.SEND, limits=DEFAUL
 
 
 @st.composite
-def arrays(draw):
+def arrays(draw: st.DrawFn) -> np.ndarray[Any, Any]:
     dtype = np.dtype(draw(st.sampled_from(DTYPES + BIG_ENDIAN)))
     native = dtype.newbyteorder("=")
     shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=4))
@@ -181,94 +202,113 @@ headers = st.dictionaries(st.text(max_size=8), terms, max_size=4)
 @pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
 @FAST
 @given(header=headers)
-def test_roundtrip(transport, header):
+def test_roundtrip(transport: Callable[[Any], Any], header: dict[str, Any]) -> None:
     assert_term_equal(roundtrip(header, transport), header)
 
 
 @pytest.mark.parametrize("dtype", DTYPES + BIG_ENDIAN)
 @pytest.mark.parametrize("shape", [(), (0,), (3,), (2, 0, 3), (2, 3, 4, 5)])
 @pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
-def test_every_dtype_and_shape(dtype, shape, transport):
+def test_every_dtype_and_shape(
+    dtype: str, shape: tuple[int, ...], transport: Callable[[Any], Any]
+) -> None:
     arr = (np.arange(math.prod(shape)) % 7).reshape(shape).astype(dtype)
     got = roundtrip({"a": arr, "t": (arr,)}, transport)
     assert_term_equal(got, {"a": arr, "t": (arr,)})
 
 
-def test_special_floats_and_int_extremes():
+def test_special_floats_and_int_extremes() -> None:
     header = {"f": [math.nan, -math.inf, math.inf, -0.0, 5e-324], "i": [INT64_MIN, UINT64_MAX]}
     assert_term_equal(roundtrip(header), header)
 
 
 @pytest.mark.parametrize("command", list(Command))
-def test_every_command(command):
+def test_every_command(command: Command) -> None:
     assert roundtrip({}, command=command) == {}
 
 
-def test_numpy_scalars_become_python_values():
+def test_numpy_scalars_become_python_values() -> None:
     got = roundtrip({"a": np.int64(-3), "b": np.float32(1.5), "c": np.bool_(True)})
     assert_term_equal(got, {"a": -3, "b": 1.5, "c": True})
 
 
-def test_non_contiguous_and_fortran_arrays_are_made_contiguous():
+def test_non_contiguous_and_fortran_arrays_are_made_contiguous() -> None:
     base = np.arange(60, dtype="i4").reshape(3, 4, 5)
     for arr in (base[:, ::2, 1:], base.T, np.asfortranarray(base), base[..., ::-1]):
         frames = encode(Command.SEND, {"a": arr})
-        assert frames[3].flags.c_contiguous
+        assert len(frames) == 2
+        assert frames[1].flags.c_contiguous
         assert_term_equal(decode(frames).header["a"], np.ascontiguousarray(arr))
 
 
 @pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
 @pytest.mark.parametrize("transport", TRANSPORTS.values(), ids=TRANSPORTS.keys())
-def test_large_bytes_travel_as_a_raw_frame(kind, transport):
+def test_large_bytes_travel_as_a_raw_frame(
+    kind: Callable[[bytes], Any], transport: Callable[[Any], Any]
+) -> None:
     data, other = kind(bytes(range(256)) * 257), kind(b"\xfe" * (64 << 10) + b"!")  # > 64 KiB
     header = {"big": data, "small": kind(b"x" * (64 << 10)), "a": np.arange(3), "t": (other,)}
     frames = encode(Command.SEND, header)
-    assert len(frames) == 6  # exactly inline_bytes_max stays inline
-    assert np.shares_memory(np.frombuffer(frames[3], np.uint8), np.frombuffer(data, np.uint8))
+    assert len(frames) == 4  # the lead frame and 3 raw: exactly inline_bytes_max stays inline
+    assert np.shares_memory(np.frombuffer(frames[1], np.uint8), np.frombuffer(data, np.uint8))
     assert_term_equal(decode([transport(f) for f in frames]).header, header)
 
 
-def test_non_contiguous_memoryview_is_sent():
+def test_non_contiguous_memoryview_is_sent() -> None:
     for view in (
         memoryview(bytes(range(40)))[::3],
-        memoryview(np.arange(40, dtype="u2").reshape(4, 10)[:, ::3]),
-        memoryview(np.zeros((0, 3))),
-        memoryview(np.array(7, "<u2")),
+        np.arange(40, dtype="u2").reshape(4, 10)[:, ::3].data,  # an array's memoryview
+        np.zeros((0, 3)).data,
+        np.array(7, "<u2").data,
     ):
         assert roundtrip({"v": view})["v"] == view.tobytes()
     big = memoryview(bytes(range(256)) * 600)[::2]  # > 64 KiB, so a raw frame
     frames = encode(Command.SEND, {"v": big})
-    assert memoryview(frames[3]).c_contiguous
+    assert len(frames) == 2
+    assert memoryview(frames[1]).c_contiguous
     assert decode(frames).header["v"] == big.tobytes()
 
 
-def test_decode_accepts_any_layout_of_the_right_bytes():
-    arr = np.arange(6, dtype="<u2")
-    magic, command, header, data = encode(Command.SEND, {"a": arr})
-    spaced = np.zeros(24, "u1")
-    spaced[::2] = np.frombuffer(data, "u1")
+def spaced_out(buf: Any) -> np.ndarray[Any, Any]:
+    """The bytes of ``buf`` as a non-contiguous array (every other byte of a larger one)."""
+    data = np.frombuffer(buf, "u1")
+    spaced = np.zeros(2 * data.size, "u1")
+    spaced[::2] = data
+    return spaced[::2]
+
+
+LEAD_LAYOUTS = {
+    "2-d": lambda b: np.frombuffer(b, "u1").reshape(-1, 1),
+    "signed bytes": lambda b: np.frombuffer(b, "i1"),
+    "non-contiguous": spaced_out,
+}
+
+
+@pytest.mark.parametrize("layout", LEAD_LAYOUTS.values(), ids=LEAD_LAYOUTS.keys())
+def test_decode_accepts_any_layout_of_the_right_bytes(layout: Callable[[Any], Any]) -> None:
+    arr, one = np.arange(6, dtype="<u2"), np.array([9], "u1")
+    head, data, byte = encode(Command.SEND, {"a": arr, "b": one})
     frames = [
-        np.frombuffer(magic, "u1").reshape(5, 1),  # 2-d
-        np.array(command[0], "u1"),  # 0-d
-        np.frombuffer(header, "i1"),  # signed bytes
-        spaced[::2],  # non-contiguous
+        layout(head),  # the lead frame
+        spaced_out(data),  # non-contiguous
+        np.array(memoryview(byte).tobytes()[0], "u1"),  # 0-d
     ]
-    assert_term_equal(decode(frames).header, {"a": arr})
+    assert_term_equal(decode(frames).header, {"a": arr, "b": one})
 
 
-def _list(x):
+def _list(x: Any) -> list[Any]:
     return [x]
 
 
-def _tuple(x):
+def _tuple(x: Any) -> tuple[Any]:
     return (x,)
 
 
-def _dict(x):
+def _dict(x: Any) -> dict[str, Any]:
     return {"k": x}
 
 
-def _int_key_dict(x):
+def _int_key_dict(x: Any) -> dict[int, Any]:
     return {7: x}
 
 
@@ -283,7 +323,9 @@ WRAPS = {
 
 @pytest.mark.parametrize("wraps", WRAPS.values(), ids=WRAPS.keys())
 @pytest.mark.parametrize("limit", [1, 3, 32])
-def test_depth_limit_is_the_same_for_encode_and_decode(limit, wraps):
+def test_depth_limit_is_the_same_for_encode_and_decode(
+    limit: int, wraps: tuple[Callable[[Any], Any], ...]
+) -> None:
     """``limit`` levels of lists, tuples and dicts pass both ways; one more fails both ways."""
     limits = Limits(max_depth=limit)
     ok, deep = {"a": nest(limit, *wraps)}, {"a": nest(limit + 1, *wraps)}
@@ -296,23 +338,31 @@ def test_depth_limit_is_the_same_for_encode_and_decode(limit, wraps):
         decode(lenient, limits)
 
 
-def test_limits_are_inclusive():
+def test_limits_are_inclusive() -> None:
     arr = np.zeros(8, "u1")
     limits = Limits(max_frames=2, max_frame_bytes=8, max_ndim=2)
     header = {"a": arr, "b": arr.reshape(2, 4)}
     assert_term_equal(roundtrip(header, limits=limits), header)
-    size = len(encode(Command.SEND, header)[2])
+    size = len(header_of(encode(Command.SEND, header)))
     assert_term_equal(roundtrip(header, limits=Limits(max_header_bytes=size)), header)
+
+
+def test_largest_frame_covers_a_lead_frame_with_the_largest_header() -> None:
+    # MAXMSGSIZE is set from it: a header at its limit, plus magic and command, must fit.
+    lead = encode(Command.SEND, {"s": "x" * 90})[0]
+    limits = Limits(max_header_bytes=len(header_of([lead])), max_frame_bytes=10)
+    assert limits.largest_frame == len(lead)
+    assert Limits(max_header_bytes=10, max_frame_bytes=500).largest_frame == 500
 
 
 # ---------------------------------------------------------------- zero-copy
 
 
-def test_decoded_array_is_a_view_of_the_frame():
+def test_decoded_array_is_a_view_of_the_frame() -> None:
     arr = np.arange(12, dtype="<u2").reshape(3, 4)
     frames = encode(Command.SEND, {"a": arr})
-    buf = bytearray(memoryview(frames[3]).tobytes())
-    got = decode([*frames[:3], buf]).header["a"]
+    buf = bytearray(memoryview(frames[1]).tobytes())
+    got = decode([frames[0], buf]).header["a"]
     assert np.shares_memory(got, np.frombuffer(buf, np.uint8))
     assert not got.flags.writeable
     buf[0] = 99
@@ -320,12 +370,34 @@ def test_decoded_array_is_a_view_of_the_frame():
     np.testing.assert_array_equal(got.ravel()[1:], arr.ravel()[1:])
 
 
-def test_encode_puts_contiguous_array_itself_in_the_frames():
+def test_encode_puts_contiguous_array_itself_in_the_frames() -> None:
     arr = np.arange(12, dtype="f4").reshape(3, 4)
     scalar = np.array(7, dtype="i8")
     frames = encode(Command.SEND, {"a": arr, "s": scalar})
-    assert frames[3] is arr
-    assert frames[4] is scalar
+    assert len(frames) == 3
+    assert frames[1] is arr
+    assert frames[2] is scalar
+
+
+def test_encode_puts_magic_command_and_header_in_one_lead_frame() -> None:
+    frames = encode(Command.HEARTBEAT, {})
+    assert len(frames) == 1
+    assert frames[0].startswith(b"ZIMG2\x04")
+    assert frames[0] == b"ZIMG2\x04" + pack({})
+    arr = np.arange(3, dtype="<i8")
+    head, raw = encode(Command.SEND, {"to": Pid("n1", 1, 2), "a": arr, "s": "x"})
+    assert head.startswith(MAGIC + SEND)
+    want = {"to": ext(Ext.PID, ["n1", 1, 2]), "a": ext(Ext.ARRAY, [0, "<i8", [3]]), "s": "x"}
+    assert header_of([head]) == pack(want)  # raw frames follow, indexed from 0
+    assert raw is arr
+
+
+@pytest.mark.parametrize("command", list(Command))
+def test_lead_frame_is_magic_command_byte_and_header(command: Command) -> None:
+    header = pack({"k": [1, "v"]})
+    assert lead_frame(command, header) == MAGIC + bytes([command]) + header
+    assert lead_frame(command, b"") == MAGIC + bytes([command])
+    assert encode(command, {"k": [1, "v"]}) == [lead_frame(command, header)]
 
 
 # ---------------------------------------------------------------- garbage input
@@ -334,18 +406,30 @@ TOO_DEEP_BY_HAND = b"\x81\xa1a" + b"\x91" * 10_000 + b"\xc0"
 ARR = np.zeros(4, "<u2")
 
 GARBAGE = {
-    "no frames": ([], "at least 3 frames, got 0"),
-    "one frame": ([MAGIC], "at least 3 frames, got 1"),
-    "two frames": ([MAGIC, SEND], "at least 3 frames, got 2"),
-    "wrong magic": ([b"ZIMG2", SEND, pack({})], "bad magic frame b'ZIMG2'"),
-    "empty magic": ([b"", SEND, pack({})], "bad magic frame"),
-    "magic prefix": ([b"ZIMG", SEND, pack({})], "bad magic frame"),
-    "empty command": ([MAGIC, b"", pack({})], "unknown command frame b''"),
-    "two-byte command": ([MAGIC, SEND + b"\x00", pack({})], "unknown command frame"),
-    "unknown command": ([MAGIC, b"\xee", pack({})], "unknown command frame b'\\xee'"),
-    "zero command": ([MAGIC, b"\x00", pack({})], "unknown command frame"),
-    "non-buffer frame": ([MAGIC, SEND, pack({}), "text"], "frame 3 is not a buffer but a str"),
-    "None frame": ([MAGIC, None, pack({})], "frame 1 is not a buffer"),
+    "no frames": ([], "a message needs at least 1 frame, got none"),
+    "magic alone": ([MAGIC], "the lead frame ends after the magic, with no command byte"),
+    "command in its own frame": ([MAGIC, SEND], "ends after the magic, with no command byte"),
+    "version 1 layout": ([MAGIC, SEND, pack({})], "ends after the magic, with no command byte"),
+    "wrong magic": ([lead(pack({}), magic=OLD_MAGIC)], "bad magic b'ZIMG1', expected b'ZIMG2'"),
+    "version 1 message": ([OLD_MAGIC, SEND, pack({})], "bad magic b'ZIMG1', expected b'ZIMG2'"),
+    "empty lead": ([b""], "bad magic b''"),
+    "no magic": ([SEND + pack({})], "bad magic b'\\x12\\x80'"),
+    "magic prefix": ([b"ZIMG"], "bad magic b'ZIMG'"),
+    "magic cut short": ([lead(pack({}), magic=b"ZIMG")], "bad magic b'ZIMG\\x12'"),
+    "doubled command byte": ([lead(SEND + pack({}))], "bad msgpack header"),
+    "unknown command": ([lead(pack({}), b"\xee")], "unknown command byte 0xee"),
+    "zero command": ([lead(pack({}), b"\x00")], "unknown command byte 0x00"),
+    "command alone": ([lead(b"", b"\x99")], "unknown command byte 0x99"),
+    "non-buffer frame": (message({}, "text"), "frame 1 is not a buffer but a str"),
+    "non-buffer second frame": (
+        message({"a": ext(Ext.ARRAY, [0, "<u2", [4]])}, ARR, None),
+        "frame 2 is not a buffer but a NoneType",
+    ),
+    "None lead": ([None], "frame 0 is not a buffer but a NoneType"),
+    "str lead": (
+        [(MAGIC + SEND + pack({})).decode("latin-1")],
+        "frame 0 is not a buffer but a str",
+    ),
     "not msgpack": (message(b"\xc1"), "bad msgpack header"),
     "empty header": (message(b""), "bad msgpack header"),
     "truncated": (message(pack({"a": [1, 2, "xyz"]})[:-2]), "bad msgpack header"),
@@ -429,18 +513,18 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize(("frames", "fragment"), GARBAGE.values(), ids=GARBAGE.keys())
-def test_garbage_raises_wire_error(frames, fragment):
+def test_garbage_raises_wire_error(frames: list[Any], fragment: str) -> None:
     with pytest.raises(WireError, match=re.escape(fragment)):
         decode(frames)
 
 
-def test_over_limits_raise_wire_error():
+def test_over_limits_raise_wire_error() -> None:
     arr = message({"a": ext(Ext.ARRAY, [0, "|u1", [9]])}, b"x" * 9)
     with pytest.raises(WireError, match="header of 17 bytes exceeds the limit of 16"):
         decode(message({"a": "x" * 13}), Limits(max_header_bytes=16))
     with pytest.raises(WireError, match="3 raw frames exceed the limit of 2"):
         decode(message({}, b"", b"", b""), Limits(max_frames=2))
-    with pytest.raises(WireError, match="frame 0 of 9 bytes exceeds 8"):
+    with pytest.raises(WireError, match="frame 1 of 9 bytes exceeds 8"):
         decode(arr, Limits(max_frame_bytes=8))
     with pytest.raises(WireError, match="nested deeper than 2"):
         decode(message({"a": [[[1]]]}), Limits(max_depth=2))
@@ -476,7 +560,7 @@ msgpack_terms = st.recursive(
 )
 
 
-def decode_or_wire_error(frames):
+def decode_or_wire_error(frames: list[Any]) -> None:
     """Decode must give a message or a WireError; a message it gives must re-encode the same.
 
     ``peek_to`` must never raise, and what it reads of a message that decodes must agree with
@@ -493,16 +577,16 @@ def decode_or_wire_error(frames):
     assert_term_equal(again.header, got.header)
     if peeked is not None:
         assert peeked[0] is got.command
-        assert peeked[1] == got.header["to"] or top_level_keys(frames[2]).count("to") > 1
+        assert peeked[1] == got.header["to"] or top_level_keys(header_of(frames)).count("to") > 1
     if head is not None:
         assert head[0] is got.command
-        keys = top_level_keys(frames[2])
+        keys = top_level_keys(header_of(frames))
         for key, value in head[1].items():
             if keys.count(key) == 1:  # decode keeps the last of repeated keys
                 assert_term_equal(value, got.header[key])
 
 
-def top_level_keys(header):
+def top_level_keys(header: bytes) -> list[Any]:
     """The keys of a msgpack map in order, repeats included (decode keeps only the last)."""
     pairs = msgpack.unpackb(header, object_pairs_hook=list, strict_map_key=False, raw=False)
     return [k for k, _ in pairs]
@@ -510,7 +594,7 @@ def top_level_keys(header):
 
 @FAST
 @given(frames=st.lists(st.binary(max_size=40), max_size=8))
-def test_fuzz_random_frames(frames):
+def test_fuzz_random_frames(frames: list[bytes]) -> None:
     decode_or_wire_error(frames)
 
 
@@ -520,8 +604,8 @@ def test_fuzz_random_frames(frames):
     header=st.binary(max_size=64),
     raw=st.lists(st.binary(max_size=16), max_size=4),
 )
-def test_fuzz_random_header_bytes(command, header, raw):
-    decode_or_wire_error([MAGIC, command, header, *raw])
+def test_fuzz_random_header_bytes(command: bytes, header: bytes, raw: list[bytes]) -> None:
+    decode_or_wire_error([lead(header, command), *raw])
 
 
 @FAST
@@ -529,12 +613,12 @@ def test_fuzz_random_header_bytes(command, header, raw):
     header=st.dictionaries(st.text(max_size=4), msgpack_terms, max_size=4),
     raw=st.lists(st.binary(max_size=16), max_size=4),
 )
-def test_fuzz_random_msgpack_with_exts(header, raw):
+def test_fuzz_random_msgpack_with_exts(header: dict[str, Any], raw: list[bytes]) -> None:
     decode_or_wire_error(message(header, *raw))
 
 
 @st.composite
-def mutated_messages(draw):
+def mutated_messages(draw: st.DrawFn) -> list[bytes]:
     frames = [as_zmq_bytes(f) for f in encode(Command.SEND, draw(headers))]
     for _ in range(draw(st.integers(1, 4))):
         i = draw(st.integers(0, len(frames) - 1)) if frames else 0
@@ -560,14 +644,14 @@ def mutated_messages(draw):
 
 @FAST
 @given(frames=mutated_messages())
-def test_fuzz_mutated_messages(frames):
+def test_fuzz_mutated_messages(frames: list[bytes]) -> None:
     decode_or_wire_error(frames)
 
 
 # ---------------------------------------------------------------- encode rejects
 
 
-def _function():
+def _function() -> None:
     return None
 
 
@@ -603,9 +687,9 @@ UNSENDABLE = {
     "big int in tuple": ((1, [2**70]), "cannot encode"),
     "big int dict key": ({2**64: 1}, "cannot encode"),
     "surrogate str": ("\ud800", "cannot encode"),
-    "pid int node": (Pid(1, 2, 3), "Pid fields must be (str, int, int)"),
+    "pid int node": (Pid(1, 2, 3), "Pid fields must be (str, int, int)"),  # type: ignore[arg-type]
     "pid bool incarnation": (Pid("n", True, 3), "Pid fields must be"),
-    "ref float serial": (Ref("n", 1, 2.0), "Ref fields must be"),
+    "ref float serial": (Ref("n", 1, 2.0), "Ref fields must be"),  # type: ignore[arg-type]
     "pid big serial": (Pid("n", 1, 2**64), "cannot encode"),
     "33 nested lists": (nest(33), "nested deeper than 32 levels"),
     "33 nested tuples": (nest(33, _tuple), "nested deeper than 32 levels"),
@@ -614,31 +698,31 @@ UNSENDABLE = {
 
 
 @pytest.mark.parametrize(("value", "fragment"), UNSENDABLE.values(), ids=UNSENDABLE.keys())
-def test_encode_rejects(value, fragment):
+def test_encode_rejects(value: Any, fragment: str) -> None:
     with pytest.raises(WireError, match=re.escape(fragment)):
         encode(Command.SEND, {"v": value})
 
 
-def test_encode_rejects_self_referential_list():
-    loop: list = []
+def test_encode_rejects_self_referential_list() -> None:
+    loop: list[Any] = []
     loop.append(loop)
     with pytest.raises(WireError, match="nested deeper than 32"):
         encode(Command.SEND, {"v": loop})
 
 
 @pytest.mark.parametrize("key", [1, b"k", ("a",), None, 1.5])
-def test_encode_rejects_non_str_header_keys(key):
+def test_encode_rejects_non_str_header_keys(key: Any) -> None:
     with pytest.raises(WireError, match="header keys must be str"):
         encode(Command.SEND, {"ok": 1, key: 2})
 
 
 @pytest.mark.parametrize("command", [0, 0x99, 256, -1, "SEND", None, True])
-def test_encode_rejects_unknown_commands(command):
+def test_encode_rejects_unknown_commands(command: Any) -> None:
     with pytest.raises(WireError, match="unknown command"):
         encode(command, {})
 
 
-def test_encode_enforces_limits():
+def test_encode_enforces_limits() -> None:
     arr = np.zeros(9, "u1")
     with pytest.raises(WireError, match="frame of 9 bytes exceeds the limit of 8"):
         encode(Command.SEND, {"a": arr}, Limits(max_frame_bytes=8))
@@ -655,6 +739,7 @@ def test_encode_enforces_limits():
 # ---------------------------------------------------------------- peek_to
 
 
+TO_PID = pack({"to": ext(Ext.PID, ["n1", 1, 2])})  # a header that peek_to reads
 ROUTED = [Command.SEND, Command.LINK, Command.UNLINK, Command.MONITOR, Command.EXIT, Command.DOWN]
 
 
@@ -669,17 +754,19 @@ ROUTED = [Command.SEND, Command.LINK, Command.UNLINK, Command.MONITOR, Command.E
         Pid("ünï", 1, 1),
     ],
 )
-def test_peek_reads_the_pid_a_message_starts_with(pid, transport):
+def test_peek_reads_the_pid_a_message_starts_with(
+    pid: Pid, transport: Callable[[Any], Any]
+) -> None:
     for command in ROUTED:
         frames = [transport(f) for f in encode(command, {"to": pid, "msg": ("x", [1] * 100)})]
         assert peek_to(frames) == (command, pid)
 
 
-def test_peek_reads_past_a_16_bit_map_header_and_a_long_header():
+def test_peek_reads_past_a_16_bit_map_header_and_a_long_header() -> None:
     header = {"to": Pid("n1", 1, 2), **{f"k{i}": "v" * 50 for i in range(20)}}
     frames = encode(Command.SEND, header)
-    assert frames[2][0] == 0xDE
-    assert len(frames[2]) > 1000
+    assert header_of(frames)[0] == 0xDE
+    assert len(header_of(frames)) > 1000
     assert peek_to(frames) == (Command.SEND, Pid("n1", 1, 2))
 
 
@@ -694,53 +781,62 @@ def test_peek_reads_past_a_16_bit_map_header_and_a_long_header():
         encode(Command.SEND, {"to": Ref("n1", 1, 2)}),  # a ref is not a pid
         encode(Command.SEND, {}),
         encode(Command.SEND, {"tox": Pid("n1", 1, 2)}),
-        [b"ZIMG2", SEND, encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
-        [MAGIC, b"\x12\x12", encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
-        [MAGIC, b"\x99", encode(Command.SEND, {"to": Pid("n1", 1, 2)})[2]],
-        [MAGIC, SEND],
-        [MAGIC, SEND, b""],
-        [MAGIC, SEND, b"\x80"],
-        [MAGIC, SEND, b"\x81\xa2to"],  # cut after the key
-        [MAGIC, SEND, b"\x81\xa2to\xc7\x06\x01\x93\xa2n1"],  # cut inside the pid
-        [MAGIC, SEND, b"\x81\xa2to\xc7\x02\x01\x93\xc1"],  # a reserved byte in the pid
-        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", 1]))],
-        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", True, 2]))],
-        [MAGIC, SEND, b"\xde\x00\x00\xa2to" + pack(ext(Ext.PID, ["n1", 1, 2]))],  # 0 entries
-        [MAGIC, SEND, b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", 1, 2])), *[b"x"] * 257],
-        [MAGIC, SEND, pack({"to": ext(Ext.PID, ["n1", 1, 2]), "pad": "p" * (1 << 20)})],
-        [MAGIC, SEND, 5],  # not a buffer at all
+        [lead(TO_PID, magic=OLD_MAGIC)],
+        [OLD_MAGIC, SEND, TO_PID],  # a version 1 message
+        [MAGIC, SEND, TO_PID],  # the version 1 layout with the version 2 magic
+        [lead(SEND + TO_PID)],  # a doubled command byte
+        [lead(TO_PID, b"\x99")],
+        [MAGIC],
+        [lead(b"")],
+        [lead(b"\x80")],
+        [lead(b"\x81\xa2to")],  # cut after the key
+        [lead(b"\x81\xa2to\xc7\x06\x01\x93\xa2n1")],  # cut inside the pid
+        [lead(b"\x81\xa2to\xc7\x02\x01\x93\xc1")],  # a reserved byte in the pid
+        [lead(b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", 1])))],
+        [lead(b"\x81\xa2to" + pack(ext(Ext.PID, ["n1", True, 2])))],
+        [lead(b"\xde\x00\x00\xa2to" + pack(ext(Ext.PID, ["n1", 1, 2])))],  # 0 entries
+        [lead(TO_PID), *[b"x"] * 257],
+        [lead(pack({"to": ext(Ext.PID, ["n1", 1, 2]), "pad": "p" * (1 << 20)}))],
+        [5],  # not a buffer at all
+        [None],
+        [(MAGIC + SEND + TO_PID).decode("latin-1")],  # a str, not a buffer
     ],
-    ids=lambda f: repr([bytes(x)[:12] if isinstance(x, bytes) else x for x in f[:3]])[:60],
+    ids=lambda f: repr([bytes(x)[:24] if isinstance(x, bytes) else x for x in f[:3]])[:80],
 )
-def test_peek_gives_none_for_anything_it_cannot_read_at_once(frames):
+def test_peek_gives_none_for_anything_it_cannot_read_at_once(frames: list[Any]) -> None:
     assert peek_to(frames) is None
 
 
-def test_peek_applies_the_header_and_frame_count_limits():
+def test_peek_applies_the_header_and_frame_count_limits() -> None:
     frames = encode(Command.SEND, {"to": Pid("n1", 1, 2), "msg": b"x" * 100_000})
     assert peek_to(frames) == (Command.SEND, Pid("n1", 1, 2))
+    assert peek_to(frames, Limits(max_frames=1)) == (Command.SEND, Pid("n1", 1, 2))
     assert peek_to(frames, Limits(max_frames=0)) is None
+    size = len(header_of(frames))
+    assert peek_to(frames, Limits(max_header_bytes=size)) == (Command.SEND, Pid("n1", 1, 2))
+    assert peek_to(frames, Limits(max_header_bytes=size - 1)) is None
     assert peek_to(frames, Limits(max_header_bytes=10)) is None
 
 
 @FAST
 @given(to=pid_fields.map(lambda t: Pid(*t)), header=headers, cut=st.integers(0, 200))
-def test_peek_of_a_cut_header_is_right_or_none(to, header, cut):
+def test_peek_of_a_cut_header_is_right_or_none(to: Pid, header: dict[str, Any], cut: int) -> None:
     frames = encode(Command.SEND, {"to": to, **{k: v for k, v in header.items() if k != "to"}})
     whole = peek_to(frames)
     assert whole == (Command.SEND, to)
-    assert peek_to([*frames[:2], frames[2][:cut], *frames[3:]]) in (None, whole)
+    assert peek_to([frames[0][: PREFIX + cut], *frames[1:]]) in (None, whole)
 
 
 # ---------------------------------------------------------------- peek_head and command_of
 
 
-def test_peek_head_reads_the_first_plain_entries():
+def test_peek_head_reads_the_first_plain_entries() -> None:
     header = {"id": 7, "client": b"c/1/2", "attempt": 2, "items": [{"ok": True}] * 50}
     frames = encode(Command.RESULT, header)
     assert peek_head(frames, 3) == (Command.RESULT, {"id": 7, "client": b"c/1/2", "attempt": 2})
     assert peek_head(frames, 1) == (Command.RESULT, {"id": 7})
-    assert peek_head([*frames[:2], frames[2] + b"\xc1"], 3) is not None  # the rest: unread
+    assert len(frames) == 1
+    assert peek_head([frames[0] + b"\xc1"], 3) is not None  # the rest: unread
 
 
 @pytest.mark.parametrize(
@@ -750,23 +846,36 @@ def test_peek_head_reads_the_first_plain_entries():
         encode(Command.RESULT, {"id": 7, "client": b"c", "items": []}),  # a list among them
         encode(Command.RESULT, {"id": (7,), "client": b"c", "x": 1}),  # an ext
         encode(Command.RESULT, {"id": Pid("n", 1, 2), "client": b"c", "x": 1}),
-        [MAGIC, bytes([Command.RESULT]), pack({1: 2, "client": b"c", "x": 1})],  # a non-str key
-        [MAGIC, bytes([Command.RESULT]), b"\x83\xa2id\xc1"],  # a reserved byte
-        [MAGIC, bytes([Command.RESULT]), b"\x83\xa2id"],  # cut short
-        [MAGIC, bytes([Command.RESULT]), b"\x93\x01\x02\x03"],  # not a map
-        [b"ZIMG2", bytes([Command.RESULT]), pack({"id": 7, "client": b"c", "x": 1})],
-        [MAGIC, b"\x99", pack({"id": 7, "client": b"c", "x": 1})],
-        [MAGIC, bytes([Command.RESULT])],
+        message({1: 2, "client": b"c", "x": 1}, command=Command.RESULT),  # a non-str key
+        message(b"\x83\xa2id\xc1", command=Command.RESULT),  # a reserved byte
+        message(b"\x83\xa2id", command=Command.RESULT),  # cut short
+        message(b"\x93\x01\x02\x03", command=Command.RESULT),  # not a map
+        message(b"", command=Command.RESULT),  # no header at all
+        [lead(pack({"id": 7, "client": b"c", "x": 1}), RESULT, OLD_MAGIC)],
+        [OLD_MAGIC, RESULT, pack({"id": 7, "client": b"c", "x": 1})],  # a version 1 message
+        [MAGIC, RESULT, pack({"id": 7, "client": b"c", "x": 1})],  # the version 1 layout
+        [lead(pack({"id": 7, "client": b"c", "x": 1}), b"\x99")],
+        [MAGIC],
+        [None],
     ],
 )
-def test_peek_head_gives_none_for_what_it_cannot_read_plainly(frames):
+def test_peek_head_gives_none_for_what_it_cannot_read_plainly(frames: list[Any]) -> None:
     assert peek_head(frames, 3) is None
 
 
-def test_command_of():
+def test_command_of() -> None:
     assert command_of(encode(Command.SEND, {})) is Command.SEND
-    assert command_of([MAGIC, b"\x99", b"\x80"]) is None
-    assert command_of([MAGIC, b"\x12\x12", b"\x80"]) is None
-    assert command_of([b"ZIMG2", b"\x12", b"\x80"]) is None
-    assert command_of([MAGIC, b"\x12"]) is None
-    assert command_of([MAGIC, 5, b"\x80"]) is None
+    assert command_of([lead(b"\x80", b"\x99")]) is None
+    assert command_of([lead(b"\x80", SEND + SEND)]) is Command.SEND  # the header is not read,
+    assert command_of([lead(b"", SEND)]) is Command.SEND  # even when there is none,
+    assert command_of([lead(b"\x80"), 5]) is Command.SEND  # nor are the raw frames
+    assert command_of([memoryview(bytearray(lead(b"\x80", RESULT)))]) is Command.RESULT
+    assert command_of([lead(b"\x80", magic=OLD_MAGIC)]) is None
+    assert command_of([OLD_MAGIC, SEND, b"\x80"]) is None  # a version 1 message
+    assert command_of([MAGIC, SEND, b"\x80"]) is None  # the command in its own frame
+    assert command_of([MAGIC]) is None
+    assert command_of([b""]) is None
+    assert command_of([]) is None
+    assert command_of([5, lead(b"\x80")]) is None
+    assert command_of([None]) is None
+    assert command_of([lead(b"\x80").decode("latin-1")]) is None

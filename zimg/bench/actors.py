@@ -253,8 +253,8 @@ def make_config(
     rounds = rounds or (1000 if quick else 5000)
     messages = messages or (10_000 if quick else 50_000)
     spawns = spawns or (20 if quick else 50)
-    # What zimg sends for one message: [MAGIC, command, header]. The incarnation is a 62-bit
-    # random number, so a large one gives the typical size; the counter is mid-range.
+    # What zimg sends for one message: its lead frame (magic, command, header). The incarnation
+    # is a 62-bit random number, so a large one gives the typical size; the counter is mid-range.
     incarnation = (1 << 61) + 12345
     n1, n2 = Pid("n1", incarnation, 3), Pid("n2", incarnation, 2)
     request = wire.encode(Command.SEND, {"to": n2, "msg": ("echo", n1, rounds // 2)})

@@ -49,7 +49,6 @@ WINDOW = 32  # small requests in flight
 BIG_WINDOW = 4  # 6 MB messages in flight
 BIG_SHAPE = (1080, 1920, 3)
 TIMEOUT_MS = 10_000
-_SEND = bytes((Command.SEND,))
 
 
 @dataclass(frozen=True)
@@ -95,9 +94,9 @@ def _hello(sock: zmq.Socket[bytes], name: str, incarnation: int) -> None:
         if not sock.poll(TIMEOUT_MS):
             raise BenchError("no WELCOME from the broker")
         frames = sock.recv_multipart()
-        if frames[1] == bytes((Command.WELCOME,)):
+        if wire.command_of(frames) is Command.WELCOME:
             return
-        if frames[1] == bytes((Command.REJECT,)):
+        if wire.command_of(frames) is Command.REJECT:
             raise BenchError(f"the broker refused {name}")
 
 
@@ -140,7 +139,7 @@ def _peer(endpoint: str, via_broker: bool, me: Pid, reply: list[bytes], ready: E
                 if via_broker:
                     send(beat)
                 continue
-            if frames[envelope + 1].bytes != _SEND:
+            if wire.command_of(frames[envelope:]) is not Command.SEND:
                 continue  # the broker's heartbeats
             send([*(f.bytes for f in frames[:envelope]), *reply], copy=False)
     finally:
@@ -162,7 +161,7 @@ def _exchange(
         sent += 1
     while got < count:
         frames = recv()
-        if frames[1] != _SEND:
+        if wire.command_of(frames) is not Command.SEND:
             continue  # a heartbeat from the broker
         got += 1
         if sent < count:
