@@ -55,17 +55,17 @@ TIMEOUT_MS = 10_000
 class ForwardConfig:
     """Counts for the broker-loop figures."""
 
-    small_round_trips: int
-    big_messages: int
-    rounds: int = 1  # the two paths are measured alternately this many times; medians count
+    small_round_trips: int  # per round
+    big_messages: int  # per round
+    rounds: int = 1  # the two paths take turns this many times; the median round counts
 
 
 def forward_config(mode: str) -> ForwardConfig:
     """Counts for ``full``, ``quick`` or ``smoke``."""
     return {
-        "full": ForwardConfig(50_000, 200, rounds=5),
-        "quick": ForwardConfig(10_000, 50),
-        "smoke": ForwardConfig(2_000, 10),
+        "full": ForwardConfig(10_000, 50, rounds=21),
+        "quick": ForwardConfig(5_000, 25, rounds=5),
+        "smoke": ForwardConfig(1_000, 5, rounds=2),
     }[mode]
 
 
@@ -172,7 +172,7 @@ def _exchange(
 
 @dataclass(frozen=True)
 class PathFigures:
-    """One path's figures: small round trips per second, and big-frame throughput."""
+    """One path's figures in one round: small round trips per second, big-frame throughput."""
 
     small_round_trips_per_s: float
     small_seconds: float
@@ -180,14 +180,29 @@ class PathFigures:
     big_seconds: float
 
 
-def _measure_path(
-    client_endpoint: str,
-    peer_endpoint: str,
-    via_broker: bool,
-    cfg: ForwardConfig,
-    procs: list[Any],
-) -> PathFigures:
-    """Both figures on one path: through the broker (one endpoint) or a proxy (front, back)."""
+class _Path:
+    """A forwarding path ready to measure: the echo peer runs and the client has joined."""
+
+    def __init__(self, sock: zmq.Socket[bytes], small: list[Any], big: list[Any]) -> None:
+        self.sock, self.small, self.big = sock, small, big
+
+    def measure(self, cfg: ForwardConfig) -> PathFigures:
+        """One round: ``cfg.small_round_trips`` small round trips, then ``cfg.big_messages``."""
+        small_s = _exchange(self.sock, self.small, cfg.small_round_trips, WINDOW, copy=True)
+        big_s = _exchange(self.sock, self.big, cfg.big_messages, BIG_WINDOW, copy=False)
+        return PathFigures(
+            small_round_trips_per_s=round(cfg.small_round_trips / small_s, 1),
+            small_seconds=round(small_s, 4),
+            big_gb_per_s=round(int(np.prod(BIG_SHAPE)) * cfg.big_messages / big_s / 1e9, 3),
+            big_seconds=round(big_s, 4),
+        )
+
+
+@contextmanager
+def _path(
+    client_endpoint: str, peer_endpoint: str, via_broker: bool, procs: list[Any]
+) -> Iterator[_Path]:
+    """A path through the broker (one endpoint) or a proxy (front, back), warmed up."""
     incarnation = secrets.randbits(60)
     tag = secrets.token_hex(3)
     client = Pid(f"bench-c-{tag}", incarnation, 1)
@@ -206,17 +221,15 @@ def _measure_path(
     proc.start()
     procs.append(proc)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    n = cfg.small_round_trips
     try:
         sock = _dealer(ctx, client_endpoint, _identity(client))
         if via_broker:
             _hello(sock, client.node, client.incarnation)
         if not ready.wait(TIMEOUT_MS / 1000):
             raise BenchError("the raw peer did not start")
-        _exchange(sock, small, max(500, n // 10), WINDOW, copy=True)  # warm-up
-        small_s = _exchange(sock, small, n, WINDOW, copy=True)
-        _exchange(sock, big, max(2, cfg.big_messages // 10), BIG_WINDOW, copy=False)
-        big_s = _exchange(sock, big, cfg.big_messages, BIG_WINDOW, copy=False)
+        path = _Path(sock, small, big)
+        path.measure(ForwardConfig(500, 2))  # warm-up
+        yield path
         if via_broker:
             sock.send_multipart(wire.encode(Command.DISCONNECT, {"reason": protocol.NORMAL}))
     except zmq.Again:
@@ -225,12 +238,6 @@ def _measure_path(
         ctx.destroy(linger=0)
         proc.terminate()
         proc.join(3.0)
-    return PathFigures(
-        small_round_trips_per_s=round(n / small_s, 1),
-        small_seconds=round(small_s, 4),
-        big_gb_per_s=round(big_array.nbytes * cfg.big_messages / big_s / 1e9, 3),
-        big_seconds=round(big_s, 4),
-    )
 
 
 @contextmanager
@@ -246,7 +253,12 @@ def _zimg_broker(tmp: Path) -> Iterator[str]:
 
 
 def run_forwarding(cfg: ForwardConfig, tmp: Path, timings: Timings) -> dict[str, Any]:
-    """The broker-loop figures through the zimg broker and through ``zmq.proxy``."""
+    """The broker-loop figures through the zimg broker and through ``zmq.proxy``.
+
+    Both paths stay open for the whole measurement and take turns, round by round, in
+    alternating order, so that load from elsewhere on a shared machine hits both alike. A ratio
+    is the median of the rounds' ratios (each round's broker figure over its proxy figure).
+    """
     out: dict[str, Any] = {
         "window_small": WINDOW,
         "window_big": BIG_WINDOW,
@@ -261,19 +273,24 @@ def run_forwarding(cfg: ForwardConfig, tmp: Path, timings: Timings) -> dict[str,
         mp = multiprocessing.get_context("spawn")
         procs.append(mp.Process(target=actors._raw_proxy, args=(front, back), daemon=True))
         procs[-1].start()
-        # Alternate the two paths, so that a burst of load from elsewhere hits both alike.
-        for _ in range(cfg.rounds):
-            with timings.phase("forwarding via zmq.proxy"):
-                # The client talks to the proxy's front end; the peer to its back end.
-                proxies.append(_measure_path(front, back, False, cfg, procs))
-            with timings.phase("forwarding via zimg broker"):
-                brokers.append(_measure_path(url, url, True, cfg, procs))
-    proxy, broker = _median_figures(proxies), _median_figures(brokers)
+        # The client talks to the proxy's front end; the peer to its back end.
+        with (
+            _path(front, back, False, procs) as proxy,
+            _path(url, url, True, procs) as broker,
+            timings.phase(f"forwarding, {cfg.rounds} rounds on each path"),
+        ):
+            for i in range(cfg.rounds):
+                turns = ((proxies, proxy), (brokers, broker))
+                for figures, path in turns if i % 2 == 0 else reversed(turns):
+                    figures.append(path.measure(cfg))
     out["rounds"] = cfg.rounds
-    out["zimg_broker"] = asdict(broker)
-    out["zmq_proxy"] = asdict(proxy)
-    out["ratio_small"] = round(broker.small_round_trips_per_s / proxy.small_round_trips_per_s, 4)
-    out["ratio_big"] = round(broker.big_gb_per_s / proxy.big_gb_per_s, 4)
+    out["zimg_broker"] = asdict(_median_figures(brokers))
+    out["zmq_proxy"] = asdict(_median_figures(proxies))
+    for key, field in (("small", "small_round_trips_per_s"), ("big", "big_gb_per_s")):
+        pairs = zip(brokers, proxies, strict=True)
+        ratios = [getattr(b, field) / getattr(p, field) for b, p in pairs]
+        out[f"ratio_{key}"] = round(statistics.median(ratios), 4)
+        out[f"ratio_{key}_range"] = [round(min(ratios), 4), round(max(ratios), 4)]
     return out
 
 

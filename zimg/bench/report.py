@@ -163,6 +163,13 @@ def rng(s: dict[str, float] | None, digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def _paired_ratio(fwd: dict[str, Any], key: str) -> str:
+    """A forwarding ratio: the median of the paired rounds, with their range when recorded."""
+    ratio = f"{fwd[f'ratio_{key}']:.2f}x"
+    spread = fwd.get(f"ratio_{key}_range")
+    return f"{ratio} ({spread[0]:.2f}-{spread[1]:.2f})" if spread else ratio
+
+
 def _set_lines(name: str, data: dict[str, Any]) -> list[str]:
     spec = data["spec"]
     loop = data["contenders"].get(LOOP)
@@ -228,7 +235,7 @@ def micro_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"small round trips/s via broker vs zmq.proxy (window {fwd['window_small']})",
                 f"{zb['small_round_trips_per_s']:,.0f}",
                 f"{zp['small_round_trips_per_s']:,.0f}",
-                f"{fwd['ratio_small']:.2f}x",
+                _paired_ratio(fwd, "small"),
             )
         )
         rows.append(
@@ -236,7 +243,7 @@ def micro_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"6.2 MB frame GB/s via broker vs zmq.proxy (window {fwd['window_big']})",
                 f"{zb['big_gb_per_s']:.2f}",
                 f"{zp['big_gb_per_s']:.2f}",
-                f"{fwd['ratio_big']:.2f}x",
+                _paired_ratio(fwd, "big"),
             )
         )
     start = lookup(results, "micro", "startup")
