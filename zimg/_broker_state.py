@@ -146,22 +146,44 @@ class BrokerState:
 
         ``user_id`` is the name the ZAP handler bound to the sender's key (CURVE), or None.
         """
+        target = self.forward_target(identity, frames, now, user_id)
+        if target is not None:
+            return [Send(target, frames)]
+        return self.on_unforwarded(identity, frames, now, user_id)
+
+    def forward_target(
+        self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None = None
+    ) -> bytes | None:
+        """The common case of :meth:`on_message`, on its own for the broker's loop: if this is
+        an actor message from a registered node to a pid of a live node, count it and return
+        the routing id to forward it to, unread (the receiving node decodes and counts the
+        rest). None otherwise, with nothing counted: pass the message to
+        :meth:`on_unforwarded`."""
+        node = self.nodes.get(identity)
+        if node is None:
+            return None
+        peeked = wire.peek_to(frames, self.config.limits)
+        if peeked is None:
+            return None
+        to = peeked[1]
+        target = self.by_name.get(to.node)
+        if (
+            target is None
+            or target.incarnation != to.incarnation
+            or (user_id is not None and not protocol.name_allowed(node.name, user_id))
+        ):
+            return None
+        self.stats["messages"] += 1
+        node.last_seen = now
+        return target.identity
+
+    def on_unforwarded(
+        self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None = None
+    ) -> list[Instruction]:
+        """:meth:`on_message` for a message that :meth:`forward_target` did not forward."""
         self.stats["messages"] += 1
         node = self.nodes.get(identity)
-        # The common case, a message to a live pid, is forwarded on its `to` alone; the
-        # receiving node decodes (and counts) the rest. Anything else is decoded here.
-        peeked = wire.peek_to(frames, self.config.limits) if node is not None else None
-        if node is not None and peeked is not None:  # an actor command to a pid
-            to = peeked[1]
-            target = self.by_name.get(to.node)
-            if (
-                target is not None
-                and target.incarnation == to.incarnation
-                and (user_id is None or protocol.name_allowed(node.name, user_id))
-            ):
-                node.last_seen = now
-                return [Send(target.identity, frames)]
-        elif (
+        if (
             node is not None
             and (head := result_head(frames, self.config.limits)) is not None
             and (user_id is None or protocol.name_allowed(node.name, user_id))

@@ -137,8 +137,8 @@ class Broker:
         poller.register(sock, zmq.POLLIN)
         state = self.state
         # Bound once: this loop runs per message.
-        poll, monotonic, execute = poller.poll, time.monotonic, self._execute
-        on_message = state.on_message
+        poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
+        forward_target, on_unforwarded = state.forward_target, state.on_unforwarded
         keys = self.keys
         user_id = None
         tick_at = 0.0  # timers (heartbeats, expiry) are due no earlier than this
@@ -157,7 +157,13 @@ class Broker:
                             break
                         if keys is not None:
                             user_id = self._user_id(frames[0])
-                        execute(on_message(frames[0].bytes, frames[1:], monotonic(), user_id))
+                        identity, message, at = frames[0].bytes, frames[1:], monotonic()
+                        # Most messages go to a live pid, unread: no instructions to build.
+                        target = forward_target(identity, message, at, user_id)
+                        if target is None:
+                            execute(on_unforwarded(identity, message, at, user_id))
+                        elif not send(target, message):
+                            execute(state.on_unreachable(target, at))
                 if self._backlog:
                     self._flush_backlog()
         finally:

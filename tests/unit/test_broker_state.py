@@ -540,6 +540,24 @@ def test_a_message_to_a_live_pid_is_forwarded_without_reading_its_body(state, cl
     assert state.nodes[ident("n1")].last_seen == clock.now
 
 
+def test_forward_target_counts_only_what_it_forwards(state, clock):
+    # The broker's loop calls forward_target, then on_unforwarded when it gives None: every
+    # message must be counted exactly once either way.
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    body = b"\xa3msg\xc0"
+    before = state.stats["messages"]
+    forwarded = send_with_body(Pid("n2", 1, 5), body)
+    assert state.forward_target(ident("n1"), forwarded, clock.now) == ident("n2")
+    assert state.stats["messages"] == before + 1
+    unknown = send_with_body(Pid("n9", 1, 5), body)
+    assert state.forward_target(ident("n1"), unknown, clock.now) is None
+    assert state.forward_target(ident("stranger"), forwarded, clock.now) is None
+    assert state.stats["messages"] == before + 1
+    state.on_unforwarded(ident("n1"), unknown, clock.now)
+    assert state.stats["messages"] == before + 2
+
+
 def test_a_message_that_cannot_be_forwarded_unread_is_decoded_and_counted(state, clock):
     join(state, clock, "n1")
     join(state, clock, "n2")
