@@ -257,6 +257,14 @@ def worker(
     cv_threads: Annotated[
         int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
     ] = 1,
+    keep_heap: Annotated[
+        bool,
+        typer.Option(
+            "--keep-heap/--trim-heap",
+            help="Keep up to 128 MiB of freed memory for the next images (faster), or give it "
+            "back to the system after each one (glibc only).",
+        ),
+    ] = True,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
@@ -283,6 +291,7 @@ def worker(
             max_pixels=max_pixels,
             keys=client_keys,
             allow_paths=allow_paths,
+            keep_heap=keep_heap,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None

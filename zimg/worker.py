@@ -17,6 +17,7 @@ import cv2
 
 from zimg import images, ops, protocol, wire
 from zimg._errors import ImageError, OpError, WireError, ZimgError
+from zimg._heap import keep_freed_memory
 from zimg.jobs import ItemResult, JobItem, JobRequest
 from zimg.node import Node
 from zimg.security import ClientKeys
@@ -216,13 +217,19 @@ def serve(
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     keys: ClientKeys | None = None,
     allow_paths: bool = False,
+    keep_heap: bool = True,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
+
+    ``keep_heap`` keeps up to 128 MiB of freed memory in the process for the next images
+    instead of returning it to the kernel after each (glibc only; see ``zimg._heap``).
 
     Raises:
         ZimgError: the broker refused the worker (its name is taken, for example).
     """
     configure_opencv(cv_threads)
+    if keep_heap and not keep_freed_memory():
+        log.debug("no glibc mallopt here: the C library's own heap behaviour stays")
     node = Worker(
         url,
         name,

@@ -306,9 +306,9 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"skipped: {note}")
     rows = micro_rows(results)
     if rows:
-        head = f"{'micro-figure':68}{'zimg':>14}{'raw pyzmq':>12}{'ratio':>9}"
+        head = f"{'micro-figure':68}{'zimg':>14}{'raw pyzmq':>12}{'ratio':>20}"
         lines += ["", head, "-" * len(head)]
-        lines += [f"{a:68}{b:>14}{c:>12}{d:>9}" for a, b, c, d in rows]
+        lines += [f"{a:68}{b:>14}{c:>12}{d:>20}" for a, b, c, d in rows]
     for key, why in (lookup(results, "micro", "errors") or {}).items():
         lines.append(f"micro-figure {key}: FAILED: {why}")
     lines += ["", "Targets (issue 5), medians of this run:"]

@@ -1,0 +1,51 @@
+"""zimg._heap: a worker keeps freed image buffers for the next image."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+# Faults of allocating (and touching) a 6 MiB buffer, after one of that size was freed.
+_SECOND_ALLOCATION_FAULTS = """
+import resource, sys
+import numpy as np
+from zimg._heap import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    before = faults()
+    block = np.ones(6 << 20, np.uint8)
+    del block
+print(faults() - before)
+"""
+
+
+def second_allocation_faults(mode: str) -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", _SECOND_ALLOCATION_FAULTS, mode],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return int(done.stdout)
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_a_freed_image_buffer_is_reused_without_faulting_its_pages_in_again():
+    # 6 MiB is 1,536 pages; reusing the freed block faults none of them.
+    assert second_allocation_faults("keep") < 50
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_without_it_glibc_maps_the_second_buffer_afresh():
+    # What keep_freed_memory is for: glibc's default gives the block back and faults it in
+    # again (if this fails, glibc changed and the tuning may no longer be needed).
+    assert second_allocation_faults("default") > 200
