@@ -136,13 +136,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             return None
         return all((v >= limit) if above else (v <= limit) for v in (x, y))
 
+    # Three decimals, so that a figure just under its threshold does not print as equal to it.
     measured = [
-        (f"A {fmt(a2)} / B {fmt(b2)}", both(a2, b2, 1.80, True)),
-        (f"A {fmt(a1)} / B {fmt(b1)}", both(a1, b1, 0.95, True)),
-        (f"A {fmt(a42)} / B {fmt(b42)}", both(a42, b42, 0.97, True)),
+        (f"A {fmt(a2, digits=3)} / B {fmt(b2, digits=3)}", both(a2, b2, 1.80, True)),
+        (f"A {fmt(a1, digits=3)} / B {fmt(b1, digits=3)}", both(a1, b1, 0.95, True)),
+        (f"A {fmt(a42, digits=3)} / B {fmt(b42, digits=3)}", both(a42, b42, 0.97, True)),
         (fmt(first, " s"), None if first is None else first <= 0.25),
-        (fmt(small), None if small is None else small >= 0.8),
-        (fmt(big), None if big is None else big >= 0.95),
+        (fmt(small, digits=3), None if small is None else small >= 0.8),
+        (fmt(big, digits=3), None if big is None else big >= 0.95),
         (
             f"sender {fmt(rss_s)} / broker {fmt(rss_b)}{_counts(results)}",
             both(rss_s, rss_b, 1.2, False),
