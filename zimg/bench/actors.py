@@ -542,7 +542,7 @@ def format_table(
         f"{cfg.messages} one-way messages (+{cfg.warmup_messages}), "
         f"{cfg.spawns} spawns (+{cfg.warmup_spawns})",
         f"         message bytes on the wire, zimg = raw payload: RTT request {cfg.rtt_bytes} B, "
-        f"one-way {cfg.one_way_bytes} B (zimg: 3 frames, raw: 1 frame); transport ipc://",
+        f"one-way {cfg.one_way_bytes} B (zimg: 1 lead frame, raw: 1 frame); transport ipc://",
         "",
     ]
     head = f"{'':38}{'zimg':>12}{'pyzmq direct':>14}{'zimg/dir':>10}{'pyzmq proxy':>13}"
