@@ -162,8 +162,8 @@ class Broker:
                         target = forward_target(identity, message, at, user_id)
                         if target is None:
                             execute(on_unforwarded(identity, message, at, user_id))
-                        elif not send(target, message):
-                            execute(state.on_unreachable(target, at))
+                        else:
+                            send(target, message)
                 if self._backlog:
                     self._flush_backlog()
         finally:
@@ -182,20 +182,16 @@ class Broker:
     def _execute(self, instructions: Sequence[Instruction]) -> None:
         for ins in instructions:
             if isinstance(ins, Send):
-                if not self._send(ins.identity, ins.frames):
-                    self._execute(self.state.on_unreachable(ins.identity, time.monotonic()))
+                self._send(ins.identity, ins.frames)
             elif isinstance(ins, Probe):
                 reachable = self._probe(ins.identity)
                 self._execute(self.state.on_probe(ins.identity, reachable, time.monotonic()))
             elif isinstance(ins, Log):
                 log.log(ins.level, "%s", ins.text)
 
-    def _send(self, identity: bytes, frames: Sequence[Any]) -> bool:
-        """Send, or queue behind earlier messages if the peer's queue is full.
-
-        Returns:
-            False if the peer's connection is gone.
-        """
+    def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
+        """Send, or queue behind earlier messages if the peer's queue is full; a peer whose
+        connection is gone is declared dead."""
         waiting = self._backlog.get(identity)
         if waiting is not None:
             if (
@@ -204,19 +200,18 @@ class Broker:
             ):
                 # Count what we drop rather than grow without bound (see MAX_BACKLOG).
                 self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
-                return True
+                return
             waiting.push(frames)
-            return True
+            return
         try:
             self._send_now(identity, frames)
         except zmq.Again:
             self._backlog[identity] = _Backlog(frames)
             self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
         except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return False
-            raise
-        return True
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            self._execute(self.state.on_unreachable(identity, time.monotonic()))
 
     def _probe(self, identity: bytes) -> bool:
         """Is ``identity`` still connected? A full queue means it is; a vanished pipe, not."""
