@@ -70,7 +70,7 @@ def lead_frame(command: Command, header: bytes) -> bytes:
     return b"".join((MAGIC, _COMMAND_BYTES[command], header))
 
 
-_V1_HELLO = (b"ZIMG1", bytes((Command.HELLO,)))
+_V1_HELLO = (b"ZIMG1", _COMMAND_BYTES[Command.HELLO])
 
 
 def is_v1_hello(frames: Sequence[Any]) -> bool:
@@ -85,7 +85,7 @@ def is_v1_hello(frames: Sequence[Any]) -> bool:
 def v1_reject(reason: str) -> list[bytes]:
     """A REJECT that a version-1 node can read, so that it stops with ``reason`` instead of
     waiting for a WELCOME that never comes."""
-    return [_V1_HELLO[0], bytes((Command.REJECT,)), _pack({"reason": reason})]
+    return [_V1_HELLO[0], _COMMAND_BYTES[Command.REJECT], _pack({"reason": reason})]
 
 
 class Ext(enum.IntEnum):
