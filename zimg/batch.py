@@ -25,6 +25,11 @@ from zimg.distribute import DEFAULT_WINDOW, JobClient
 from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, JobResult, PayloadMode
 
 MANIFEST_NAME = "manifest.jsonl"
+# A path job's input bytes stand for its work. Every job costs the sending process (which hosts
+# an embedded cluster's broker) several thread wake-ups; at 2 MiB instead of 512 KiB, set A's
+# 1080p jobs hold 5 images instead of 2, and that process's CPU per image fell by a quarter
+# (docs/performance-notes.md). Guided sizes still end a batch with one-image jobs.
+PATH_JOB_BYTES = 2 << 20
 
 
 @dataclass(slots=True)
@@ -41,8 +46,8 @@ class BatchOptions:
         idle_timeout_s: fail the rest of the batch if no result comes for this long.
         job_bytes: small files are grouped into one job until their input bytes reach this
             (measured: per-message costs are then paid once for several images). None: 256 KiB,
-            or 512 KiB in ``path`` mode, where the bytes stay on disk and only stand for the
-            work (decoding time grows with them).
+            or 2 MiB in ``path`` mode, where the bytes stay on disk and only stand for the
+            work (decoding time grows with them): about five 1080p JPEGs, 80 ms of work.
         job_items: the most images in one job; None: 8 in ``path`` mode (workers on this
             machine, where per-message costs weigh most), 1 otherwise (finer redelivery).
             The default also takes at most 1/8 of the images still to come per job (see
@@ -65,7 +70,7 @@ class BatchOptions:
         """Input bytes after which a job is closed, for this mode."""
         if self.job_bytes is not None:
             return self.job_bytes
-        return (512 << 10) if self.mode == "path" else (256 << 10)
+        return PATH_JOB_BYTES if self.mode == "path" else (256 << 10)
 
     def items_per_job(self) -> int:
         """The most images in one job, for this mode."""

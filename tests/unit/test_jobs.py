@@ -102,7 +102,7 @@ def test_items_per_job_by_mode():
 
 
 def test_bytes_per_job_by_mode():
-    assert BatchOptions(outdir=Path("."), mode="path").bytes_per_job() == 512 << 10
+    assert BatchOptions(outdir=Path("."), mode="path").bytes_per_job() == 2 << 20
     assert BatchOptions(outdir=Path("."), mode="encoded").bytes_per_job() == 256 << 10
     assert BatchOptions(outdir=Path("."), mode="raw", job_bytes=1).bytes_per_job() == 1
 
