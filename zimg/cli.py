@@ -265,16 +265,26 @@ def worker(
             "back to the system after each one (glibc only).",
         ),
     ] = True,
+    cpus: Annotated[
+        str | None,
+        typer.Option(
+            "--cpus",
+            metavar="LIST",
+            help="Run only on these CPUs, e.g. 0 or 0,2 or 0-3 (as taskset -c). Default: any.",
+        ),
+    ] = None,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
+    from zimg._affinity import parse_cpus
     from zimg.worker import serve
 
     _setup_logging(log_level)
     try:
+        cpu_set = parse_cpus(cpus) if cpus is not None else None
         protocol.check_name(name)
         for module in imports or ():
             ops.load_module(module)
@@ -292,6 +302,7 @@ def worker(
             keys=client_keys,
             allow_paths=allow_paths,
             keep_heap=keep_heap,
+            cpus=cpu_set,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -352,6 +363,15 @@ def run(
             "--capacity", min=1, help="Jobs each worker holds (its credit; it runs one at a time)."
         ),
     ] = 2,
+    pin: Annotated[
+        bool | None,
+        typer.Option(
+            "--pin/--no-pin",
+            help="Pin worker i to CPU i mod n. Default: only when there are more workers than "
+            "CPUs, where it saves the workers' moves between CPUs.",
+            show_default=False,
+        ),
+    ] = None,
     output: OutDir = Path("out"),
     op: OpsOpt = None,
     payload: Payload = "path",
@@ -372,7 +392,9 @@ def run(
             window=window,
             max_pixels=max_pixels,
         )
-        report = _run_local(files, options, workers=workers, capacity=capacity, imports=imports)
+        report = _run_local(
+            files, options, workers=workers, capacity=capacity, imports=imports, pin=pin
+        )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     _finish(report, grid)
@@ -385,12 +407,13 @@ def _run_local(
     workers: int,
     capacity: int,
     imports: Sequence[str] | None = None,
+    pin: bool | None = None,
 ) -> BatchReport:
     from zimg.cluster import local_cluster
 
     # No spinner while it starts: its thread would stop the workers from being forked (they
     # would start as new interpreters, ~0.5 s slower), and forking takes milliseconds.
-    with local_cluster(workers, capacity=capacity, imports=imports or ()) as running:
+    with local_cluster(workers, capacity=capacity, imports=imports or (), pin=pin) as running:
         return _run_with_progress(running.connection, files, options)
 
 

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import cv2
 
 from zimg import ops, protocol
+from zimg._affinity import embedded_plan, format_cpus
 from zimg._broker_state import BrokerConfig
 from zimg._children import ChildProcess, can_fork, fork_call
 from zimg._errors import ZimgError, ZimgTimeout
@@ -116,12 +117,21 @@ class WorkerKeeper:
             thread.join(5.0)
 
 
-def _fork_worker(url: str, capacity: int, imports: Sequence[str]) -> Callable[[str], ChildProcess]:
+def _fork_worker(
+    url: str, capacity: int, imports: Sequence[str], cpus: Mapping[str, set[int] | None]
+) -> Callable[[str], ChildProcess]:
     def start(name: str) -> ChildProcess:
         def main() -> None:
             for module in imports:
                 ops.load_module(module)
-            serve(url, name, capacity=capacity, threads=EMBEDDED_THREADS, allow_paths=True)
+            serve(
+                url,
+                name,
+                capacity=capacity,
+                threads=EMBEDDED_THREADS,
+                allow_paths=True,
+                cpus=cpus.get(name),
+            )
 
         # OpenCV's thread pool does not survive a fork: a child that touches it can hang on a
         # mutex copied in a locked state. Stop the pool (1 thread) while forking.
@@ -165,12 +175,15 @@ def worker_command(
     threads: int = EMBEDDED_THREADS,
     imports: Sequence[str] = (),
     log_level: str = "warning",
+    cpus: set[int] | None = None,
 ) -> list[str]:
     """The command line that starts an embedded cluster's worker process (which may read and
     write the client's files: its broker is private)."""
     cmd = [sys.executable, "-m", "zimg", "worker", "--name", name, "--connect", url]
     cmd += ["--capacity", str(capacity), "--threads", str(threads), "--allow-paths"]
     cmd += ["--log-level", log_level]
+    if cpus:
+        cmd += ["--cpus", format_cpus(cpus)]
     for module in imports:
         cmd += ["--import", module]
     return cmd
@@ -231,6 +244,7 @@ def local_cluster(
     url: str | None = None,
     config: BrokerConfig | None = None,
     timeout_s: float = 30.0,
+    pin: bool | None = None,
 ) -> Iterator[LocalCluster]:
     """Start a broker (a thread here) and ``workers`` worker processes; stop them on exit.
 
@@ -243,6 +257,8 @@ def local_cluster(
         url: the broker endpoint; by default a fresh ``ipc://`` path.
         config: broker settings.
         timeout_s: how long to wait for the workers to join.
+        pin: pin worker ``i`` to CPU ``i mod n`` of the CPUs this process may use. None (the
+            default) pins only when there are more workers than CPUs (see ``zimg._affinity``).
 
     Yields:
         The running :class:`LocalCluster`.
@@ -258,10 +274,12 @@ def local_cluster(
         # Workers first (forked before this process has a ZeroMQ context or threads); they
         # connect before the broker binds, which ZeroMQ retries.
         names = [f"n{i + 1}" for i in range(workers)]
+        cpus = dict(zip(names, embedded_plan(workers, pin), strict=True))
         commands = {
-            n: worker_command(endpoint, n, capacity=capacity, imports=imports) for n in names
+            n: worker_command(endpoint, n, capacity=capacity, imports=imports, cpus=cpus[n])
+            for n in names
         }
-        fork = _fork_worker(endpoint, capacity, imports) if can_fork() else None
+        fork = _fork_worker(endpoint, capacity, imports, cpus) if can_fork() else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         keeper = WorkerKeeper(commands, env=env, first_start=fork).start()
         broker = Broker(endpoint, config, also_bind=[f"inproc://zimg-local-{os.getpid()}-{tmp}"])

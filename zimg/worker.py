@@ -10,12 +10,14 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
 
 from zimg import images, ops, protocol, wire
+from zimg._affinity import format_cpus, pin_process
 from zimg._errors import ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
 from zimg.jobs import ItemResult, JobItem, JobRequest
@@ -218,15 +220,25 @@ def serve(
     keys: ClientKeys | None = None,
     allow_paths: bool = False,
     keep_heap: bool = True,
+    cpus: Collection[int] | None = None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
 
     ``keep_heap`` keeps up to 128 MiB of freed memory in the process for the next images
     instead of returning it to the kernel after each (glibc only; see ``zimg._heap``).
+    ``cpus`` pins the process to those CPUs, before it starts any thread (see
+    ``zimg._affinity``).
 
     Raises:
-        ZimgError: the broker refused the worker (its name is taken, for example).
+        ZimgError: the broker refused the worker (its name is taken, for example), or the
+            system refused ``cpus``.
     """
+    if cpus:
+        try:
+            if not pin_process(cpus):
+                log.warning("this system cannot pin processes to CPUs; --cpus is ignored")
+        except OSError as exc:
+            raise ZimgError(f"cannot run worker {name} on CPUs {format_cpus(cpus)}: {exc}") from exc
     configure_opencv(cv_threads)
     if keep_heap and not keep_freed_memory():
         log.debug("no glibc mallopt here: the C library's own heap behaviour stays")

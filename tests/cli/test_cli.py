@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import cv2
@@ -59,6 +60,20 @@ def test_worker_rejects_a_bad_name():
     result = invoke("worker", "--name", "bad name!")
     assert result.exit_code == 2
     assert "invalid node name" in result.output
+
+
+def test_worker_rejects_a_bad_cpu_list():
+    result = invoke("worker", "--name", "n1", "--cpus", "3-1")
+    assert result.exit_code == 2
+    assert "ascending range" in result.output
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+@pytest.mark.timeout(20)
+def test_worker_says_when_the_system_refuses_its_cpus():
+    result = invoke("worker", "--name", "n1", "--cpus", "100000", "--connect", free_tcp_url())
+    assert result.exit_code == 1
+    assert "cannot run worker n1 on CPUs 100000" in result.output
 
 
 @pytest.mark.timeout(20)

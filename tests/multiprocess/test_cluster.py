@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -180,8 +181,6 @@ def test_worker_rejoins_after_the_broker_restarts(procs, tcp_url, tmp_path, samp
 
 
 def test_local_cluster_restarts_a_worker_that_dies():
-    import os
-
     import zimg
 
     with zimg.local_cluster(workers=2) as cluster:
@@ -224,3 +223,33 @@ def test_path_jobs_need_a_worker_started_with_allow_paths(procs, ipc_url, tmp_pa
     assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == sorted(
         ["manifest.jsonl", *(f"img_{i:02d}_processed.png" for i in range(3))]
     )
+
+
+def thread_cpus(pid: int) -> set[frozenset[int]]:
+    """The CPU sets of every thread of process ``pid``."""
+    return {frozenset(os.sched_getaffinity(int(tid))) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_pinned_local_cluster_runs_each_worker_on_its_cpu_even_after_a_restart(tmp_path, samples):
+    import zimg
+
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = {f"n{i + 1}": frozenset({cpus[i % len(cpus)]}) for i in range(3)}
+    with zimg.local_cluster(workers=3, pin=True) as cluster:
+        for name, proc in cluster.processes.items():
+            assert thread_cpus(proc.pid) == {expected[name]}, name
+        first = cluster.processes["n2"]
+        cluster.monitor_node("n2")
+        os.kill(first.pid, signal.SIGKILL)
+        assert cluster.receive(timeout=10) == ("nodedown", "n2")
+        wait_for_workers(cluster.url, ["n2"], timeout_s=20)
+        restarted = cluster.processes["n2"]
+        assert restarted.pid != first.pid
+        assert thread_cpus(restarted.pid) == {expected["n2"]}
+        files = copies(samples / "coins.png", tmp_path / "in", 6)
+        report = run_batch(cluster.connection, files, BatchOptions(outdir=tmp_path / "out"))
+        assert report.failed == 0
+    with zimg.local_cluster(workers=1) as cluster:  # not oversubscribed: left to the system
+        (proc,) = cluster.processes.values()
+        assert thread_cpus(proc.pid) == {frozenset(cpus)}
