@@ -138,6 +138,7 @@ class Broker:
         state = self.state
         # Bound once: this loop runs per message.
         poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
+        recv = sock.recv
         forward_target, on_unforwarded = state.forward_target, state.on_unforwarded
         keys = self.keys
         user_id = None
@@ -152,12 +153,14 @@ class Broker:
                 if poll(wait_ms):
                     for _ in range(_MAX_BATCH):
                         try:
-                            frames = recv_frames(sock, NOBLOCK)
+                            # The routing id as bytes (0.4 us less than a Frame and its copy);
+                            # a ROUTER always has the message's own frames after it.
+                            identity = recv(NOBLOCK)
                         except zmq.Again:
                             break
+                        message, at = recv_frames(sock), monotonic()
                         if keys is not None:
-                            user_id = self._user_id(frames[0])
-                        identity, message, at = frames[0].bytes, frames[1:], monotonic()
+                            user_id = self._user_id(message[0])  # metadata is on every frame
                         # Most messages go to a live pid, unread: no instructions to build.
                         target = forward_target(identity, message, at, user_id)
                         if target is None:
