@@ -96,7 +96,12 @@ _INTERPOLATIONS = {
 
 @op()
 def threshold(
-    image: Image, *, thresh: float = 127, maxval: float = 255, type: str = "binary"
+    image: Image,
+    *,
+    thresh: float = 127,
+    maxval: float = 255,
+    type: str = "binary",
+    in_place: bool = False,
 ) -> Image:
     """Apply ``cv2.threshold`` to every channel (8/16-bit unsigned, int16, float images).
 
@@ -105,9 +110,10 @@ def threshold(
         thresh: the threshold value.
         maxval: the value given to pixels that pass (binary types).
         type: binary, binary_inv, trunc, tozero or tozero_inv.
+        in_place: write on ``image`` itself (set by run_pipeline for arrays it may write on).
 
     Returns:
-        A new image of the same dtype.
+        A new image of the same dtype, or ``image`` itself with ``in_place``.
 
     Raises:
         OpError: a bad param, or an image OpenCV cannot threshold.
@@ -116,6 +122,9 @@ def threshold(
     t = _number("threshold", "thresh", thresh)
     m = _number("threshold", "maxval", maxval)
     kind = _choice("threshold", "type", type, _THRESHOLD_TYPES)
+    if in_place and image.flags.c_contiguous:  # OpenCV writes a contiguous dst where it is
+        _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind, dst=image))
+        return image
     out: Image = _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind)[1])
     return out
 

@@ -54,7 +54,8 @@ def process(
     else:
         data = item.payload
     image = data if mode == "raw" else images.decode(data, name=item.name, max_pixels=max_pixels)
-    out = ops.run_pipeline(image, specs, node=node)
+    # A decoded image is ours to write on; a raw payload is a view of the received frame.
+    out = ops.run_pipeline(image, specs, node=node, consume=mode != "raw")
     if mode == "raw":
         return out
     return images.encode(out, item.ext, name=item.name)

@@ -164,3 +164,20 @@ def test_job_sizes_respect_the_byte_limit_and_small_batches():
 def test_job_sizes_without_guidance_are_as_given():
     assert sizes(20, per_job=8, job_bytes=1 << 30, spread=None) == [8, 8, 4]
     assert sizes(3, per_job=8, job_bytes=1 << 30, spread=None) == [3]
+
+
+def test_the_worker_writes_on_images_it_decoded_but_never_on_a_raw_payload():
+    from zimg import images, ops
+    from zimg.worker import process
+
+    raw = np.random.default_rng(5).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    before = raw.copy()
+    expected = ops.run_pipeline(raw, ops.DEFAULT_PIPELINE, node="n1")
+    out = process(JobItem(0, "a.png", ".png", payload=raw), "raw", ops.DEFAULT_PIPELINE, node="n1")
+    assert np.array_equal(raw, before)  # the caller's array, untouched
+    assert np.array_equal(out, expected)
+    encoded = images.encode(raw, ".png", name="a.png")
+    out = process(
+        JobItem(0, "a.png", ".png", payload=encoded), "encoded", ops.DEFAULT_PIPELINE, node="n1"
+    )
+    assert np.array_equal(images.decode(out, name="a.png"), expected)

@@ -664,3 +664,26 @@ def test_in_place_is_not_a_param_and_label_draws_on_intermediates_only(registry:
     expected = cv2.threshold(before, 127, 255, cv2.THRESH_BINARY)[1]
     cv2.putText(expected, "n1", (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
     assert np.array_equal(out, expected)
+
+
+def test_consume_lets_threshold_and_label_write_on_the_input(registry: None) -> None:
+    image = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    before = image.copy()
+    expected = run_pipeline(image, DEFAULT_PIPELINE, node="n1")
+    assert np.array_equal(image, before)  # not consumed: untouched
+    out = run_pipeline(image, DEFAULT_PIPELINE, node="n1", consume=True)
+    assert out is image  # thresholded and labelled where it was: no new image
+    assert np.array_equal(out, expected)
+
+
+def test_consume_never_writes_on_a_read_only_or_strided_input(registry: None) -> None:
+    base = np.random.default_rng(4).integers(0, 256, (40, 120, 3), dtype=np.uint8)
+    before = base.copy()
+    out = run_pipeline(read_only(base), DEFAULT_PIPELINE, node="n1", consume=True)
+    assert np.array_equal(base, before)
+    assert not np.shares_memory(out, base)
+    strided = base[:, ::2]  # writeable but not contiguous: threshold makes a new image
+    expected = run_pipeline(strided, DEFAULT_PIPELINE, node="n1")
+    out = run_pipeline(strided, DEFAULT_PIPELINE, node="n1", consume=True)
+    assert np.array_equal(out, expected)
+    assert np.array_equal(base, before)

@@ -69,7 +69,7 @@ def to_markdown(results: dict[str, Any], table: str) -> str:
         "deterministically at run time in a temporary folder (`zimg/bench/workload.py`). The job",
         "is the notebook's: read → decode → threshold → label → encode → write, with the same",
         "calls in every contender (`zimg.images` and `zimg.ops.run_pipeline` with the default",
-        "pipeline).",
+        "pipeline, which thresholds the decoded image in place, as a zimg worker does).",
         "",
         "## Results",
         "",

@@ -7,9 +7,10 @@ same OpenCV. Set A is 64 images at 1920x1080, set B 256 at 640x480 (see :data:`S
 
 The job is the notebook's: read -> decode -> threshold -> label -> encode -> write.
 :func:`process_file` does it with exactly the calls a zimg worker and sender make
-(:mod:`zimg.images` and :func:`zimg.ops.run_pipeline` with :data:`zimg.ops.DEFAULT_PIPELINE`), so
-every contender does the same work per image. It is a module-level function, so
-``multiprocessing``, Ray and Dask can ship it to their workers by reference.
+(:mod:`zimg.images` and :func:`zimg.ops.run_pipeline` with :data:`zimg.ops.DEFAULT_PIPELINE`,
+consuming the decoded image as a worker does), so every contender does the same work per
+image. It is a module-level function, so ``multiprocessing``, Ray and Dask can ship it to their
+workers by reference.
 """
 
 from __future__ import annotations
@@ -146,7 +147,7 @@ def process_file(path: str, outdir: str, node: str = "n1") -> str:
     """
     data = images.read_file(path)
     image = images.decode(data, name=path)
-    out = ops.run_pipeline(image, ops.DEFAULT_PIPELINE, node=node)
+    out = ops.run_pipeline(image, ops.DEFAULT_PIPELINE, node=node, consume=True)  # as workers do
     target = images.output_path(path, outdir)
     images.write_atomic(target, images.encode(out, Path(path).suffix, name=path))
     return str(target)
