@@ -49,3 +49,26 @@ def test_without_it_glibc_maps_the_second_buffer_afresh():
     # What keep_freed_memory is for: glibc's default gives the block back and faults it in
     # again (if this fails, glibc changed and the tuning may no longer be needed).
     assert second_allocation_faults("default") > 200
+
+
+_BENCH_JOB_TWICE = """
+import sys
+from zimg.bench import workload
+for _ in range(2):
+    workload.process_file(sys.argv[1], sys.argv[2])
+print(workload.same_heap_as_workers.cache_info().misses, workload.same_heap_as_workers())
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt is glibc's")
+def test_every_benchmark_contender_runs_the_job_with_the_workers_heap(samples, tmp_path):
+    # The benchmark compares distribution, not glibc's heuristics: its job sets the heap as a
+    # worker does, once per process (Pool, Ray and Dask processes included).
+    done = subprocess.run(
+        [sys.executable, "-c", _BENCH_JOB_TWICE, str(samples / "coins.png"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.split() == ["1", "True"]
