@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -413,6 +414,7 @@ def _run_local(
 
     # No spinner while it starts: its thread would stop the workers from being forked (they
     # would start as new interpreters, ~0.5 s slower), and forking takes milliseconds.
+    options = dataclasses.replace(options, workers=workers)  # guided job sizes for this many
     with local_cluster(workers, capacity=capacity, imports=imports or (), pin=pin) as running:
         return _run_with_progress(running.connection, files, options)
 

@@ -178,3 +178,20 @@ def test_run_applies_max_pixels_in_path_mode(tmp_path, samples):
     [entry] = manifest(tmp_path)
     assert "pixels" in entry["error"]
     assert entry["node"] in ("n1", "n2")  # refused by the worker that read it
+
+
+@pytest.mark.timeout(120)
+def test_run_tells_the_batch_how_many_workers_share_it(tmp_path, samples, monkeypatch):
+    from zimg import cli
+
+    seen = []
+    real = cli._run_with_progress
+
+    def spy(conn, files, options):  # type: ignore[no-untyped-def]
+        seen.append(options.workers)  # guided job sizes depend on it
+        return real(conn, files, options)
+
+    monkeypatch.setattr(cli, "_run_with_progress", spy)
+    result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), "--workers", "3")
+    assert result.exit_code == 0, result.output
+    assert seen == [3]

@@ -101,6 +101,18 @@ def test_items_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), job_items=10_000).items_per_job() == MAX_ITEMS
 
 
+def test_guided_spread_follows_the_workers_when_known():
+    out = Path(".")
+    assert BatchOptions(outdir=out, mode="path").guided_spread() == 8
+    assert BatchOptions(outdir=out, mode="path", workers=2).guided_spread() == 4
+    assert BatchOptions(outdir=out, mode="path", workers=6).guided_spread() == 12
+    assert BatchOptions(outdir=out, mode="path", workers=2, job_items=3).guided_spread() is None
+    # 1/4 still ends with one-image jobs, and needs far fewer jobs than 1/8 (18 against 29)
+    two = sizes(64, per_job=8, job_bytes=1 << 30, spread=4)
+    assert two[-7:] == [1] * 7
+    assert len(two) < 0.7 * len(sizes(64, per_job=8, job_bytes=1 << 30, spread=8))
+
+
 def test_bytes_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), mode="path").bytes_per_job() == 2 << 20
     assert BatchOptions(outdir=Path("."), mode="encoded").bytes_per_job() == 256 << 10

@@ -148,7 +148,12 @@ def run_halves(files: Sequence[Path], outdir: Path) -> RunTiming:
 
 
 def _batch(
-    connection: zimg.Connection, files: Sequence[Path], outdir: Path, mode: PayloadMode, t0: float
+    connection: zimg.Connection,
+    files: Sequence[Path],
+    outdir: Path,
+    mode: PayloadMode,
+    t0: float,
+    workers: int | None = None,
 ) -> tuple[float, float | None]:
     """Run the batch; return its wall time and when (after ``t0``) the first entry came."""
     first: list[float] = []
@@ -157,7 +162,7 @@ def _batch(
         if not first:
             first.append(time.perf_counter() - t0)
 
-    options = zimg.BatchOptions(outdir=outdir, mode=mode)
+    options = zimg.BatchOptions(outdir=outdir, mode=mode, workers=workers)
     started = time.perf_counter()
     report = zimg.run_batch(connection, files, options, on_entry=on_entry)
     run_s = time.perf_counter() - started
@@ -176,7 +181,7 @@ def run_zimg_local(
     node = cluster.__enter__()
     try:
         ready = time.perf_counter()
-        run_s, first = _batch(node.connection, files, outdir, mode, t0)
+        run_s, first = _batch(node.connection, files, outdir, mode, t0, workers)  # as `zimg run`
         done = time.perf_counter()
     finally:
         cluster.__exit__(None, None, None)
