@@ -101,8 +101,8 @@ class NodeSummary:
 MAX_KEPT_FAILURES = 1000
 # A job takes at most this fraction (1/8) of the images still to come: jobs shrink to one image
 # over the last 8, so that no worker runs a large last job while the others idle. When the
-# number of workers is known, 2 x workers instead: with 2 workers, 1/4 gave the same tail with
-# ~20 jobs instead of ~29 for 64 images, and 1.1-1.3% less time (docs/performance-notes.md).
+# number of workers is known, 2 x workers instead: with 2 workers, 1/4 still ends with one-image
+# jobs, needs 21 jobs for set A instead of 29, and took 0.5-1.3% less time (performance-notes).
 GUIDED_SPREAD = 8
 
 
