@@ -122,10 +122,10 @@ def threshold(
     t = _number("threshold", "thresh", thresh)
     m = _number("threshold", "maxval", maxval)
     kind = _choice("threshold", "type", type, _THRESHOLD_TYPES)
-    if in_place and image.flags.c_contiguous:  # OpenCV writes a contiguous dst where it is
-        _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind, dst=image))
-        return image
-    out: Image = _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind)[1])
+    # In place, OpenCV writes into ``image`` and returns it; it would return a new array if it
+    # could not use it, so its answer is what we return. A strided view always gets a new one.
+    dst = image if in_place and image.flags.c_contiguous else None
+    out: Image = _cv2_call("threshold", image, lambda: cv2.threshold(image, t, m, kind, dst=dst)[1])
     return out
 
 
