@@ -185,6 +185,8 @@ def main() -> int:
         problems += [f"step f: image {p.index} failed: {p.error}" for p in done if p.error]
         jobs = [(p.node, p.image) for p in done if p.node is not None and p.image is not None]
         print(f"   {len(done)} results from {sorted({n for n, _ in jobs})}")
+        print("   (the broker starts at most one job per CPU of a machine at once; the other")
+        print("   workers stand by: see 'CPU slots' in docs/decisions.md)")
         verify("f", jobs, COPIES)
 
     # g. Save step e's results under the notebook's names, and a grid of all of them.

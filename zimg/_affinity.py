@@ -2,11 +2,13 @@
 
 With more worker processes than CPUs, every worker is always runnable and the scheduler keeps
 moving them between CPUs; each move leaves a worker's image data in the other CPU's cache. An
-embedded cluster that is oversubscribed therefore pins worker ``i`` to CPU ``i mod n`` (of the
-CPUs this process may use): the workers sharing a CPU take turns on it, and none migrates.
-Measured with 4 workers on 2 cores, set A: 1-3% less time per batch (docs/performance-notes.md).
-With no more workers than CPUs nothing is pinned: there was no gain to measure, and a pinned
-worker could not move away from a CPU that another program keeps busy.
+embedded cluster that is oversubscribed and whose broker runs every worker at once
+(``--oversubscribe``) therefore pins worker ``i`` to CPU ``i mod n`` (of the CPUs this process
+may use): the workers sharing a CPU take turns on it, and none migrates. Measured with 4 workers
+on 2 cores, set A: 1-3% less time per batch (docs/performance-notes.md). By default the broker's
+CPU slots (``zimg._placement``) let only one job per CPU run, so nothing is pinned; nor with no
+more workers than CPUs: there was no gain to measure, and a pinned worker could not move away
+from a CPU that another program keeps busy.
 """
 
 from __future__ import annotations
@@ -45,8 +47,14 @@ def parse_cpus(text: str) -> set[int]:
 
 
 def format_cpus(cpus: Collection[int]) -> str:
-    """The ``--cpus`` text for ``cpus`` (a plain comma-separated list)."""
-    return ",".join(str(c) for c in sorted(cpus))
+    """The ``--cpus`` text for ``cpus``, runs written as ranges: ``0-3,6``."""
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs
+    for cpu in sorted(set(cpus)):
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def pin_process(cpus: Collection[int]) -> bool:

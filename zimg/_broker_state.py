@@ -23,6 +23,7 @@ from typing import Any
 
 from zimg import protocol, wire
 from zimg._errors import WireError
+from zimg._placement import Placement, host_loads
 from zimg.wire import Command, Pid
 
 JobKey = tuple[bytes, Any]
@@ -36,6 +37,7 @@ class BrokerConfig:
     liveness: int = protocol.DEFAULT_LIVENESS
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     limits: wire.Limits = wire.DEFAULT_LIMITS
+    cpu_slots: bool = True  # a host runs at most one job per CPU (see zimg._placement)
 
     @property
     def expiry_s(self) -> float:
@@ -85,9 +87,15 @@ class NodeRecord:
     assigned_seq: int = 0
     session: int = 0
     malformed: int = 0  # as the node last reported (HEARTBEAT): messages it dropped
+    placement: Placement | None = None  # a worker's host, CPUs and threads, if it said
+    waiting: int = 0  # of its active jobs, those sent ``queued``, not started yet
 
     def free(self) -> int:
         return self.capacity - len(self.active)
+
+    def running(self) -> int:
+        """Its jobs that run now (the others wait for one of these to end)."""
+        return len(self.active) - self.waiting
 
 
 @dataclass(slots=True)
@@ -335,12 +343,14 @@ class BrokerState:
                 joined_at=now,
                 last_seen=now,
                 session=header.get("session", 0),
+                placement=_placement_of(header),
             )
             self.nodes[identity] = node
             self.by_name[name] = node
             out.append(Log(logging.INFO, f"node {name} joined as {node.role}"))
         else:
             node.capacity = header["capacity"]
+            node.placement = _placement_of(header)
             node.last_seen = now
         welcome = {
             "name": name,
@@ -382,6 +392,8 @@ class BrokerState:
         if key in worker.active:
             worker.active.discard(key)
             worker.done += 1
+            if worker.waiting:
+                worker.waiting -= 1  # one of its jobs ended: the next in line starts
         elif job is not None and worker.name in job.workers_tried:
             self.stats["late_results"] += 1  # e.g. from a node we had given up on
         else:
@@ -464,29 +476,55 @@ class BrokerState:
 
     # ------------------------------------------------------------------ jobs
 
-    def _pick_worker(self) -> NodeRecord | None:
-        best: NodeRecord | None = None
+    def _pick_worker(self) -> tuple[NodeRecord, bool] | None:
+        """The worker for the next job, and whether the job is to wait there for one of the
+        jobs the worker runs to end (``queued``). The least loaded worker with credit left is
+        picked, then the one that waited longest.
+
+        With CPU slots, a job starts at once only on a host with a CPU free, preferably on a
+        worker whose CPUs are all idle. On a host whose CPUs all run jobs it goes to a worker
+        that is running one, and waits there; the workers with nothing to run stand by.
+        """
+        slots = self.config.cpu_slots
+        loads = host_loads(
+            (n.placement, n.running())
+            for n in self.nodes.values()
+            if slots and n.placement is not None and n.role == protocol.ROLE_WORKER
+        )
+        best: tuple[NodeRecord, bool] | None = None
+        best_rank: tuple[float, bool, int] | None = None
         for node in self.nodes.values():
             if node.role != protocol.ROLE_WORKER or node.free() <= 0:
                 continue
-            if best is None or (len(node.active) / node.capacity, node.assigned_seq) < (
-                len(best.active) / best.capacity,
-                best.assigned_seq,
-            ):
-                best = node
+            placed = node.placement
+            waits = placed is not None and node.running() >= placed.threads
+            shares_cpus = False
+            if slots and placed is not None and not waits:
+                load = loads[placed.host]
+                if not load.has_free_cpu():
+                    if not node.active:
+                        continue  # idle, on a host whose CPUs all run jobs: it stands by
+                    waits = True  # next in line behind the job it runs
+                shares_cpus = placed.cpus <= load.busy_cpus
+            rank = (len(node.active) / node.capacity, shares_cpus, node.assigned_seq)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = (node, waits), rank
         return best
 
     def _assign(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []
         while self.queue:
-            worker = self._pick_worker()
-            if worker is None:
+            picked = self._pick_worker()
+            if picked is None:
                 break
+            worker, waits = picked
             key = self.queue.popleft()
             job = self.jobs.get(key)
             if job is None or job.worker is not None:
                 continue  # finished or cancelled while queued
             header = {**job.header, "client": key[0], "attempt": job.attempt}
+            if waits:
+                header["queued"] = True
             try:
                 frames = wire.encode(Command.JOB, header, self.config.limits)
             except WireError as exc:
@@ -495,6 +533,7 @@ class BrokerState:
             job.worker = worker.identity
             job.workers_tried.append(worker.name)
             worker.active.add(key)
+            worker.waiting += waits
             self._seq += 1
             worker.assigned_seq = self._seq
             self.stats["jobs_dispatched"] += 1
@@ -586,6 +625,7 @@ class BrokerState:
                 "uptime_s": round(now - n.joined_at, 3),
                 "incarnation": n.incarnation,
                 "malformed": n.malformed,
+                **(n.placement.to_hello() if n.placement else {}),
             }
             for n in sorted(self.nodes.values(), key=lambda n: n.name)
         ]
@@ -647,7 +687,15 @@ def _check_hello(header: dict[str, Any]) -> str:
             f"protocol version {version} is not supported (this broker speaks "
             f"{protocol.PROTOCOL_VERSION})"
         )
+    _placement_of(header)
     return name
+
+
+def _placement_of(header: dict[str, Any]) -> Placement | None:
+    """A worker's placement from its HELLO (clients run no jobs: they have none)."""
+    if header["role"] != protocol.ROLE_WORKER:
+        return None
+    return Placement.from_hello(header)
 
 
 _ANY_NODE = "*"

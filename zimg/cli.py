@@ -67,6 +67,15 @@ Grid = Annotated[
     Path | None, typer.Option("--grid", help="Also write a 4-column grid of the outputs here.")
 ]
 Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at once.")]
+Oversubscribe = Annotated[
+    bool,
+    typer.Option(
+        "--oversubscribe",
+        help="Let every worker run jobs even when its machine then runs more jobs than it has "
+        "CPUs. By default a machine runs one job per CPU at once and its other workers stand by "
+        "(more at once cost more CPU per job).",
+    ),
+]
 Imports = Annotated[
     list[str] | None,
     typer.Option(
@@ -197,6 +206,7 @@ def broker(
     insecure: Annotated[
         bool, typer.Option("--insecure", help="Allow a non-loopback bind without keys.")
     ] = False,
+    oversubscribe: Oversubscribe = False,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the broker: one ROUTER socket that every node connects to."""
@@ -215,7 +225,10 @@ def broker(
     except ZimgError as exc:
         raise _fail(str(exc), code=2) from None
     config = BrokerConfig(
-        heartbeat_interval_s=heartbeat, liveness=liveness, max_attempts=max_attempts
+        heartbeat_interval_s=heartbeat,
+        liveness=liveness,
+        max_attempts=max_attempts,
+        cpu_slots=not oversubscribe,
     )
     server = Broker(bind, config, keys=broker_keys)
     signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
@@ -368,11 +381,12 @@ def run(
         bool | None,
         typer.Option(
             "--pin/--no-pin",
-            help="Pin worker i to CPU i mod n. Default: only when there are more workers than "
-            "CPUs, where it saves the workers' moves between CPUs.",
+            help="Pin worker i to CPU i mod n. Default: only with --oversubscribe and more "
+            "workers than CPUs, where it saves the workers' moves between CPUs.",
             show_default=False,
         ),
     ] = None,
+    oversubscribe: Oversubscribe = False,
     output: OutDir = Path("out"),
     op: OpsOpt = None,
     payload: Payload = "path",
@@ -394,7 +408,13 @@ def run(
             max_pixels=max_pixels,
         )
         report = _run_local(
-            files, options, workers=workers, capacity=capacity, imports=imports, pin=pin
+            files,
+            options,
+            workers=workers,
+            capacity=capacity,
+            imports=imports,
+            pin=pin,
+            oversubscribe=oversubscribe,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -409,13 +429,25 @@ def _run_local(
     capacity: int,
     imports: Sequence[str] | None = None,
     pin: bool | None = None,
+    oversubscribe: bool = False,
 ) -> BatchReport:
+    from zimg._affinity import usable_cpus
     from zimg.cluster import local_cluster
 
     # No spinner while it starts: its thread would stop the workers from being forked (they
     # would start as new interpreters, ~0.5 s slower), and forking takes milliseconds.
     options = dataclasses.replace(options, workers=workers)  # guided job sizes for this many
-    with local_cluster(workers, capacity=capacity, imports=imports or (), pin=pin) as running:
+    config = BrokerConfig(cpu_slots=not oversubscribe)
+    cpus = len(usable_cpus())
+    if workers > cpus and not oversubscribe:
+        err.print(
+            f"note: {workers} workers on {cpus} CPUs: at most {cpus} run jobs at once, the others "
+            "stand by (--oversubscribe runs them all)",
+            highlight=False,
+        )
+    with local_cluster(
+        workers, capacity=capacity, imports=imports or (), config=config, pin=pin
+    ) as running:
         return _run_with_progress(running.connection, files, options)
 
 
@@ -488,6 +520,7 @@ def nodes(
     """List the nodes connected to a broker."""
     import json
 
+    from zimg._affinity import format_cpus
     from zimg.connection import query_nodes
 
     try:
@@ -498,13 +531,14 @@ def nodes(
         out.print_json(json.dumps(report))
         return
     table = Table(title=f"nodes at {broker_url}")
-    columns = ("name", "role", "capacity", "active", "done", "malformed", "last heartbeat (s)")
-    for col in columns:
+    columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed")
+    for col in (*columns, "last heartbeat (s)"):
         table.add_column(col, justify="left" if col in ("name", "role") else "right")
     for n in report["nodes"]:
         table.add_row(
             n["name"],
             n["role"],
+            format_cpus(n["cpus"]) if "cpus" in n else "",
             str(n["capacity"]),
             str(n["active"]),
             str(n["done"]),

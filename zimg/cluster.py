@@ -258,7 +258,9 @@ def local_cluster(
         config: broker settings.
         timeout_s: how long to wait for the workers to join.
         pin: pin worker ``i`` to CPU ``i mod n`` of the CPUs this process may use. None (the
-            default) pins only when there are more workers than CPUs (see ``zimg._affinity``).
+            default) pins only when there are more workers than CPUs and ``config`` turns the
+            broker's CPU slots off (see ``zimg._affinity``): with them on, only as many
+            workers run at once as there are CPUs, and the system places those best.
 
     Yields:
         The running :class:`LocalCluster`.
@@ -274,6 +276,8 @@ def local_cluster(
         # Workers first (forked before this process has a ZeroMQ context or threads); they
         # connect before the broker binds, which ZeroMQ retries.
         names = [f"n{i + 1}" for i in range(workers)]
+        if pin is None and (config or BrokerConfig()).cpu_slots:
+            pin = False
         cpus = dict(zip(names, embedded_plan(workers, pin), strict=True))
         commands = {
             n: worker_command(endpoint, n, capacity=capacity, imports=imports, cpus=cpus[n])

@@ -21,6 +21,7 @@ import zmq
 
 from zimg import protocol, wire
 from zimg._errors import BrokenError, ClosedError, RejectedError, WireError, ZimgTimeout
+from zimg._placement import Placement
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
@@ -44,6 +45,8 @@ class Connection:
         name: this node's name, unique among live nodes.
         role: ``"worker"`` (runs jobs) or ``"client"``.
         capacity: how many jobs the broker may hand this node at once (workers).
+        placement: where a worker runs its jobs (host, CPUs, threads), sent in its HELLO so
+            that the broker runs no more jobs on a host than it has CPUs.
         handlers: what to call, on the I/O thread, for each command that arrives.
         limits: wire limits for what is sent and received.
     """
@@ -55,6 +58,7 @@ class Connection:
         *,
         role: str = protocol.ROLE_CLIENT,
         capacity: int = 0,
+        placement: Placement | None = None,
         handlers: Mapping[Command, Handler] | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
@@ -66,6 +70,7 @@ class Connection:
         self.name = protocol.check_name(name)
         self.role = role
         self.capacity = capacity
+        self.placement = placement
         self.limits = limits
         self.keys = keys
         self.incarnation = secrets.randbits(62)
@@ -228,6 +233,7 @@ class Connection:
                     "incarnation": self.incarnation,
                     "session": self._session_id,
                     "version": protocol.PROTOCOL_VERSION,
+                    **(self.placement.to_hello() if self.placement else {}),
                 },
             )
         )

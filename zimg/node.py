@@ -25,6 +25,7 @@ from zimg._actor import (
 )
 from zimg._errors import ZimgTimeout
 from zimg._mailbox import Match
+from zimg._placement import Placement
 from zimg.connection import Connection
 from zimg.security import ClientKeys
 from zimg.wire import Command, Pid, Ref
@@ -40,6 +41,7 @@ class Node:
         name: this node's name, unique among live nodes.
         role: ``client`` (default) or ``worker`` (also takes jobs).
         capacity: jobs the broker may hand a worker at once.
+        placement: a worker's host, CPUs and threads (see :class:`Connection`).
         limits: wire limits.
     """
 
@@ -50,12 +52,20 @@ class Node:
         *,
         role: str = protocol.ROLE_CLIENT,
         capacity: int = 0,
+        placement: Placement | None = None,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.connection = Connection(
-            url, name, role=role, capacity=capacity, limits=limits, keys=keys, context=context
+            url,
+            name,
+            role=role,
+            capacity=capacity,
+            placement=placement,
+            limits=limits,
+            keys=keys,
+            context=context,
         )
         self.runtime = ActorRuntime(self.connection, self.report)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,7 @@ from zimg import images, ops, protocol, wire
 from zimg._affinity import format_cpus, pin_process
 from zimg._errors import ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
+from zimg._placement import Placement
 from zimg.jobs import ItemResult, JobItem, JobRequest
 from zimg.node import Node
 from zimg.security import ClientKeys
@@ -101,8 +103,20 @@ class Worker:
         self._writes = itertools.count()  # each write its own name, even for a repeated job
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=f"zimg-job-{name}")
         self._stopped = threading.Event()
+        # Jobs the broker sent ``queued``: each starts when a job this worker runs ends, on
+        # that job's thread (the broker counts one job per CPU of this host; see
+        # zimg._placement). ``_running`` counts the jobs handed to the pool.
+        self._gate = threading.Lock()
+        self._running = 0
+        self._queued: deque[dict[str, Any]] = deque()
         self.node = Node(
-            url, name, role=protocol.ROLE_WORKER, capacity=capacity, limits=limits, keys=keys
+            url,
+            name,
+            role=protocol.ROLE_WORKER,
+            capacity=capacity,
+            placement=Placement.here(self.threads),
+            limits=limits,
+            keys=keys,
         )
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
@@ -143,8 +157,29 @@ class Worker:
         self.stop()
 
     def _on_job(self, msg: wire.Message) -> None:
-        if not self._stopped.is_set():
-            self._pool.submit(self._run_job, msg.header)
+        if self._stopped.is_set():
+            return
+        with self._gate:
+            if msg.header.get("queued") is True and self._running > 0:
+                self._queued.append(msg.header)
+                return
+            self._running += 1
+        self._pool.submit(self._run_jobs, msg.header)
+
+    def _run_jobs(self, header: dict[str, Any]) -> None:
+        """Run a job, then each queued job this thread takes over, until none is left."""
+        next_job: dict[str, Any] | None = header
+        while next_job is not None:
+            try:
+                self._run_job(next_job)
+            except Exception:  # a bug here must not strand the jobs queued behind this one
+                log.error("job %s failed:\n%s", next_job.get("id"), traceback.format_exc())
+            with self._gate:
+                if self._queued and not self._stopped.is_set():
+                    next_job = self._queued.popleft()
+                else:
+                    next_job = None
+                    self._running -= 1
 
     def _run_job(self, header: dict[str, Any]) -> None:
         reply: dict[str, Any] = {

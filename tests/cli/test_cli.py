@@ -195,3 +195,31 @@ def test_run_tells_the_batch_how_many_workers_share_it(tmp_path, samples, monkey
     result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), "--workers", "3")
     assert result.exit_code == 0, result.output
     assert seen == [3]
+
+
+@pytest.mark.parametrize(
+    ("flags", "cpu_slots"), [((), True), (("--oversubscribe",), False)], ids=["default", "oversub"]
+)
+def test_run_starts_one_job_per_cpu_unless_told_to_oversubscribe(
+    monkeypatch, tmp_path, samples, flags, cpu_slots
+):
+    from contextlib import contextmanager
+
+    from zimg import _affinity, cluster
+    from zimg._errors import ZimgError
+
+    seen = []
+
+    @contextmanager
+    def no_cluster(workers, **kw):  # type: ignore[no-untyped-def]
+        seen.append((workers, kw["config"].cpu_slots))
+        raise ZimgError("no cluster in this test")
+        yield
+
+    monkeypatch.setattr(_affinity, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr(cluster, "local_cluster", no_cluster)
+    args = ("run", str(samples / "coins.png"), "-o", str(tmp_path), "--workers", "3", *flags)
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert seen == [(3, cpu_slots)]
+    assert ("3 workers on 2 CPUs: at most 2 run jobs at once" in result.output) is cpu_slots

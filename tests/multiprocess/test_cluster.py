@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.reference import check_output, copies, manifest
+from zimg._affinity import usable_cpus
 from zimg.batch import BatchOptions, run_batch
 from zimg.cluster import wait_for_workers
 from zimg.connection import Connection, query_nodes
@@ -55,7 +56,10 @@ def test_32_copies_over_workers_are_pixel_exact(procs, tcp_url, tmp_path, sample
     assert len(entries) == 32
     assert sorted(e["input"] for e in entries) == sorted(map(str, files))
     assert len({e["output"] for e in entries}) == 32
-    assert {e["node"] for e in entries} == set(names)
+    # One job per CPU at once: with more workers than CPUs, the others stand by.
+    used = {e["node"] for e in entries}
+    assert used <= set(names)
+    assert len(used) >= min(workers, len(usable_cpus()))
     for entry in entries:
         assert entry["attempts"] == 1
         check_output(entry)
@@ -253,3 +257,22 @@ def test_pinned_local_cluster_runs_each_worker_on_its_cpu_even_after_a_restart(t
     with zimg.local_cluster(workers=1) as cluster:  # not oversubscribed: left to the system
         (proc,) = cluster.processes.values()
         assert thread_cpus(proc.pid) == {frozenset(cpus)}
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) > 3,
+    reason="no CPU affinity here, or too many CPUs to oversubscribe cheaply",
+)
+@pytest.mark.parametrize("cpu_slots", [True, False], ids=["cpu-slots", "oversubscribe"])
+def test_an_oversubscribed_local_cluster_pins_its_workers_only_without_cpu_slots(cpu_slots):
+    import zimg
+    from zimg._broker_state import BrokerConfig
+
+    cpus = sorted(os.sched_getaffinity(0))
+    config = BrokerConfig(cpu_slots=cpu_slots)
+    with zimg.local_cluster(workers=len(cpus) + 1, config=config) as cluster:
+        placed = {name: thread_cpus(proc.pid) for name, proc in cluster.processes.items()}
+    for i, name in enumerate(sorted(placed, key=lambda n: int(n[1:]))):
+        # With CPU slots only as many workers run as there are CPUs: the system places them.
+        expected = frozenset(cpus) if cpu_slots else frozenset({cpus[i % len(cpus)]})
+        assert placed[name] == {expected}, name

@@ -67,3 +67,11 @@ def test_pin_process_covers_threads_started_before_and_after_it():
         check=True,
     )
     assert done.stdout.split() == [f"[{cpu}]"] * 3
+
+
+@pytest.mark.parametrize(
+    ("cpus", "text"),
+    [({0}, "0"), ({0, 2}, "0,2"), ({0, 1, 2, 3, 6}, "0-3,6"), ({5, 4, 9, 8, 1}, "1,4-5,8-9")],
+)
+def test_format_cpus_writes_runs_as_ranges(cpus, text):
+    assert format_cpus(cpus) == text

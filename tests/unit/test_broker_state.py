@@ -652,3 +652,154 @@ def test_a_result_settled_on_its_first_entries_still_needs_the_senders_key(state
         ident("c"), frames
     )
     assert state.stats["jobs_done"] == 1
+
+
+# ------------------------------------------------------------------ CPU slots
+
+
+def placed(cpus: list[int], host: str = "boot:a", threads: int = 1) -> dict[str, Any]:
+    return {"host": host, "cpus": cpus, "threads": threads}
+
+
+def dispatch(state: BrokerState, clock: Clock, first: int, count: int) -> list[bytes]:
+    """Submit jobs ``first`` .. ``first + count - 1``; the workers each was handed to."""
+    targets = []
+    for i in range(first, first + count):
+        out = sends(state.on_message(ident("c"), job(i), clock.now))
+        targets += [to for to, m in out if m.command is Command.JOB]
+    return targets
+
+
+def finish(state: BrokerState, clock: Clock, worker: str, job_id: int) -> list[bytes]:
+    """``worker`` returns job ``job_id``; the workers handed a job in exchange."""
+    out = sends(state.on_message(ident(worker), result(job_id, ident("c")), clock.now))
+    return [to for to, m in out if m.command is Command.JOB]
+
+
+def test_a_host_runs_one_job_per_cpu_and_its_other_workers_stand_by(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    for n in ("n1", "n2", "n3", "n4"):
+        join(state, clock, n, **placed([0, 1]))
+    # Two CPUs: two workers start a job each, then each gets the next in line (credit 2).
+    assert dispatch(state, clock, 0, 6) == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
+    assert len(state.queue) == 2
+    # A result frees credit on a worker that is still running: it takes the next job.
+    assert finish(state, clock, "n1", 0) == [ident("n1")]
+    assert state.nodes[ident("n3")].active == state.nodes[ident("n4")].active == set()
+    assert finish(state, clock, "n2", 1) == [ident("n2")]
+    # n2 runs dry: its CPU is free, and the next job goes to the worker that waited longest.
+    assert finish(state, clock, "n2", 3) == finish(state, clock, "n2", 5) == []
+    assert dispatch(state, clock, 6, 2) == [ident("n3"), ident("n3")]
+
+
+def test_a_worker_that_leaves_hands_its_cpu_to_one_standing_by(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    for n in ("n1", "n2"):
+        join(state, clock, n, **placed([0]))
+    assert dispatch(state, clock, 0, 3) == [ident("n1"), ident("n1")]
+    out = sends(state.on_unreachable(ident("n1"), clock.now))
+    jobs = [(to, m.header["id"]) for to, m in out if m.command is Command.JOB]
+    assert sorted(jobs) == [(ident("n2"), 0), (ident("n2"), 1)]
+
+
+def test_cpu_slots_are_counted_per_host(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "a1", **placed([0], host="boot:a"))
+    join(state, clock, "a2", **placed([0], host="boot:a"))
+    join(state, clock, "b1", **placed([0], host="boot:b"))
+    targets = dispatch(state, clock, 0, 4)
+    assert sorted(targets) == sorted([ident("a1"), ident("b1")] * 2)
+
+
+def jobs_sent(out) -> list[tuple[bytes, Any, bool]]:
+    """(worker, job id, sent queued) for each JOB in ``out``."""
+    return [
+        (to, m.header["id"], m.header.get("queued", False))
+        for to, m in sends(out)
+        if m.command is Command.JOB
+    ]
+
+
+def test_on_a_full_host_the_next_job_waits_behind_a_running_one(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    for n in ("n1", "n2"):  # two threads each: they could run four jobs on the two CPUs
+        join(state, clock, n, capacity=2, **placed([0, 1], threads=2))
+    out = [i for k in range(5) for i in state.on_message(ident("c"), job(k), clock.now)]
+    assert jobs_sent(out) == [
+        (ident("n1"), 0, False),
+        (ident("n2"), 1, False),
+        (ident("n1"), 2, True),
+        (ident("n2"), 3, True),
+    ]
+    # Job 0 ends, job 2 starts on n1: the host still runs two, so job 4 waits behind job 2.
+    out = state.on_message(ident("n1"), result(0, ident("c")), clock.now)
+    assert jobs_sent(out) == [(ident("n1"), 4, True)]
+    # n2 leaves: its CPU is free, and n1 starts the next job at once on its second thread.
+    state.on_message(ident("n2"), wire.encode(Command.DISCONNECT, {}), clock.now)
+    out = state.on_message(ident("n1"), result(2, ident("c")), clock.now)
+    [(to, job_id, queued)] = jobs_sent(out)
+    assert (to, job_id in (1, 3), queued) == (ident("n1"), True, False)
+
+
+def test_a_prefetched_job_is_sent_queued(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", **placed([0, 1]))
+    out = [i for k in range(2) for i in state.on_message(ident("c"), job(k), clock.now)]
+    assert jobs_sent(out) == [(ident("n1"), 0, False), (ident("n1"), 1, True)]
+
+
+def test_a_worker_with_threads_uses_as_many_cpus(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "big", capacity=2, **placed([0, 1], threads=2))
+    assert dispatch(state, clock, 0, 2) == [ident("big"), ident("big")]  # both run
+    assert sends(join(state, clock, "spare", **placed([0, 1]))) != []  # welcomed
+    assert dispatch(state, clock, 2, 1) == []  # no CPU free for it
+    assert finish(state, clock, "big", 0) == [ident("spare")]
+
+
+def test_pinned_workers_start_on_a_cpu_where_nothing_runs(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    # Round-robin pinning: n1 and n3 on CPU 0, n2 and n4 on CPU 1. n3 joined first, so plain
+    # least-recently-used order would start n1 and n3, both on CPU 0.
+    for n, cpu in (("n3", 0), ("n1", 0), ("n2", 1), ("n4", 1)):
+        join(state, clock, n, **placed([cpu]))
+    targets = dispatch(state, clock, 0, 2)
+    cpus = {state.nodes[t].placement.cpus for t in targets}  # type: ignore[union-attr]
+    assert cpus == {frozenset({0}), frozenset({1})}
+
+
+def test_oversubscribe_gives_every_worker_jobs(clock):
+    state = BrokerState(BrokerConfig(cpu_slots=False), now=clock.now, epoch=1)
+    join(state, clock, "c", role="client", capacity=0)
+    for n in ("n1", "n2", "n3"):
+        join(state, clock, n, **placed([0]))
+    assert dispatch(state, clock, 0, 3) == [ident("n1"), ident("n2"), ident("n3")]
+
+
+def test_workers_that_say_nothing_of_their_cpus_are_not_held_back(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", **placed([0]))
+    join(state, clock, "n2", **placed([0]))
+    join(state, clock, "old")  # an older worker: no placement in its HELLO
+    targets = dispatch(state, clock, 0, 2)
+    assert sorted(targets) == [ident("n1"), ident("old")]
+
+
+def test_a_malformed_placement_is_rejected(state, clock):
+    out = sends(join(state, clock, "n1", **placed([-1])))
+    [(_, msg)] = out
+    assert msg.command is Command.REJECT
+    assert "CPU numbers" in msg.header["reason"]
+
+
+def test_the_nodes_report_shows_where_workers_run(state, clock):
+    join(state, clock, "n1", **placed([0, 1], threads=1))
+    join(state, clock, "c", role="client", capacity=0)
+    out = sends(state.on_message(b"anyone", wire.encode(Command.NODES, {}), clock.now))
+    nodes = {n["name"]: n for n in out[0][1].header["nodes"]}
+    assert (nodes["n1"]["host"], nodes["n1"]["cpus"], nodes["n1"]["threads"]) == (
+        "boot:a",
+        [0, 1],
+        1,
+    )
+    assert "cpus" not in nodes["c"]
