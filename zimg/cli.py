@@ -67,6 +67,14 @@ Grid = Annotated[
     Path | None, typer.Option("--grid", help="Also write a 4-column grid of the outputs here.")
 ]
 Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at once.")]
+KeepHeap = Annotated[
+    bool,
+    typer.Option(
+        "--keep-heap/--trim-heap",
+        help="Keep up to 128 MiB of freed memory for the next images or messages (faster), or "
+        "give it back to the system after each one (glibc only).",
+    ),
+]
 Oversubscribe = Annotated[
     bool,
     typer.Option(
@@ -207,9 +215,11 @@ def broker(
         bool, typer.Option("--insecure", help="Allow a non-loopback bind without keys.")
     ] = False,
     oversubscribe: Oversubscribe = False,
+    keep_heap: KeepHeap = True,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the broker: one ROUTER socket that every node connects to."""
+    from zimg._heap import keep_freed_memory
     from zimg.broker import Broker
 
     _setup_logging(log_level)
@@ -230,6 +240,10 @@ def broker(
         max_attempts=max_attempts,
         cpu_slots=not oversubscribe,
     )
+    # A 6 MB frame is a fresh block for ZeroMQ's I/O thread each time; glibc's default trims it
+    # away after each message and faults it in again (docs/decisions.md).
+    if keep_heap and not keep_freed_memory():
+        logging.getLogger("zimg.broker").debug("no glibc mallopt: the heap keeps its own habits")
     server = Broker(bind, config, keys=broker_keys)
     signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
     try:
@@ -271,14 +285,7 @@ def worker(
     cv_threads: Annotated[
         int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
     ] = 1,
-    keep_heap: Annotated[
-        bool,
-        typer.Option(
-            "--keep-heap/--trim-heap",
-            help="Keep up to 128 MiB of freed memory for the next images (faster), or give it "
-            "back to the system after each one (glibc only).",
-        ),
-    ] = True,
+    keep_heap: KeepHeap = True,
     cpus: Annotated[
         str | None,
         typer.Option(

@@ -223,3 +223,16 @@ def test_run_starts_one_job_per_cpu_unless_told_to_oversubscribe(
     assert result.exit_code == 1
     assert seen == [(3, cpu_slots)]
     assert ("3 workers on 2 CPUs: at most 2 run jobs at once" in result.output) is cpu_slots
+
+
+@pytest.mark.parametrize(("flags", "kept"), [((), True), (("--trim-heap",), False)])
+def test_broker_keeps_freed_memory_unless_told_to_trim(monkeypatch, flags, kept):
+    from zimg import _heap
+    from zimg.broker import Broker
+
+    calls = []
+    monkeypatch.setattr(_heap, "keep_freed_memory", lambda: calls.append("kept") or True)
+    monkeypatch.setattr(Broker, "run", lambda self: self.context.term())  # serve nothing
+    result = invoke("broker", "--bind", free_tcp_url(), *flags)
+    assert result.exit_code == 0, result.output
+    assert calls == (["kept"] if kept else [])

@@ -72,3 +72,13 @@ def test_every_benchmark_contender_runs_the_job_with_the_workers_heap(samples, t
         check=True,
     )
     assert done.stdout.split() == ["1", "True"]
+
+
+def test_the_benchmarks_raw_proxy_keeps_freed_memory_as_the_broker_does(monkeypatch):
+    from zimg.bench import actors
+
+    calls: list[str] = []
+    monkeypatch.setattr(actors, "keep_freed_memory", lambda: calls.append("heap") or True)
+    monkeypatch.setattr(actors.zmq, "proxy", lambda front, back: calls.append("proxy"))
+    actors._raw_proxy("inproc://zimg-test-front", "inproc://zimg-test-back")
+    assert calls == ["heap", "proxy"]

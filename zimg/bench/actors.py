@@ -65,6 +65,7 @@ import zmq
 
 import zimg
 from zimg import wire
+from zimg._heap import keep_freed_memory
 from zimg.bench._common import BenchError, Timings, children, interrupt, machine_info, progress
 from zimg.wire import Command, Pid
 
@@ -309,8 +310,14 @@ def _raw_server(endpoint: str, connect: bool) -> None:
 
 
 def _raw_proxy(front: str, back: str) -> None:
-    """A ROUTER-DEALER ``zmq.proxy`` device; runs until the parent terminates it."""
+    """A ROUTER-DEALER ``zmq.proxy`` device; runs until the parent terminates it.
+
+    It keeps freed memory as ``zimg broker`` does (``zimg._heap``), so that the comparison is
+    of the two forwarding loops, not of glibc's heap heuristics: each 6 MB frame is a fresh
+    block, which glibc's default trims away and faults in again.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    keep_freed_memory()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         frontend = ctx.socket(zmq.ROUTER)
