@@ -72,5 +72,8 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
         assert data["contenders"]["loop"]["ratio"]["median"] == pytest.approx(1.0)
     assert {"actors", "forwarding", "startup", "memory"} <= results["micro"].keys()
     assert len(results["targets"]) == 7
-    assert (out / "performance.md").read_text().startswith("# Performance")
+    page = (out / "performance.md").read_text()
+    assert page.startswith("# Performance")
+    source = results["machine"]["source"]  # None outside a git checkout
+    assert source is None or f"commit `{source}`" in page
     assert not list(tmp_path.glob("bench")), "nothing may be written outside --out"

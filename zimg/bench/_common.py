@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -97,11 +98,38 @@ def machine_info(extra: Sequence[str] = ()) -> dict[str, Any]:
         "msgpack": version("msgpack"),
         "numpy": np.__version__,
         "zimg": version("zimg"),
+        "source": source_revision(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     for dist in extra:
         info[dist] = version(dist)
     return info
+
+
+def source_revision() -> str | None:
+    """The git commit zimg runs from (``abc1234``, ``+changes`` if its tree differs from it),
+    or None outside a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}+changes" if changed else head
 
 
 @contextlib.contextmanager

@@ -51,7 +51,8 @@ def to_markdown(results: dict[str, Any], table: str) -> str:
         "```",
         "",
         f"Latest run ({results['mode']}): "
-        f"{m['date']}, {results['phases_s'].get('total', 0):.0f} s wall. The chart of throughput"
+        f"{m['date']}{_source(m)}, {results['phases_s'].get('total', 0):.0f} s wall. The chart"
+        " of throughput"
         " against workers is written beside `results.json` (`bench/throughput.png`, not"
         " committed).",
         "",
@@ -198,3 +199,9 @@ def write_chart(results: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def _source(machine: dict[str, Any]) -> str:
+    """ ", commit abc1234" when the run knew the code's commit."""
+    source = machine.get("source")
+    return f", commit `{source}`" if source else ""
