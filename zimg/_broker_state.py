@@ -505,7 +505,7 @@ class BrokerState:
                     if not node.active:
                         continue  # idle, on a host whose CPUs all run jobs: it stands by
                     waits = True  # next in line behind the job it runs
-                shares_cpus = placed.cpus <= load.busy_cpus
+                shares_cpus = not placed.cpu_mask & ~load.busy_cpus
             rank = (len(node.active) / node.capacity, shares_cpus, node.assigned_seq)
             if best_rank is None or rank < best_rank:
                 best, best_rank = (node, waits), rank

@@ -45,11 +45,17 @@ class Placement:
         host: which machine (see :func:`this_host`).
         cpus: the CPUs the worker's process may run on.
         threads: how many jobs it runs at once.
+        cpu_mask: ``cpus`` as a bit mask (bit *i* for CPU *i*), which the broker combines for
+            every job it hands out.
     """
 
     host: str
     cpus: frozenset[int]
     threads: int
+    cpu_mask: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cpu_mask", sum(1 << cpu for cpu in self.cpus))
 
     @classmethod
     def here(cls, threads: int) -> Placement:
@@ -88,29 +94,31 @@ class HostLoad:
     """The jobs running on one host and its CPUs, as the broker counts them.
 
     Attributes:
-        cpus: every CPU that a worker of this host may use.
+        cpus: every CPU that a worker of this host may use, as a bit mask.
         running: jobs running on the host (a worker runs at most ``threads`` of its jobs).
-        busy_cpus: the CPUs of the workers that are running at least one job.
+        busy_cpus: the CPUs of the workers that are running at least one job, as a bit mask.
     """
 
-    cpus: set[int] = field(default_factory=set)
+    cpus: int = 0
     running: int = 0
-    busy_cpus: set[int] = field(default_factory=set)
+    busy_cpus: int = 0
 
     def has_free_cpu(self) -> bool:
         """Can one more job start on this host without waiting for a CPU?"""
-        return self.running < len(self.cpus)
+        return self.running < self.cpus.bit_count()
 
 
 def host_loads(workers: Iterable[tuple[Placement, int]]) -> dict[str, HostLoad]:
     """Every host's load, from each placed worker and the number of jobs it runs."""
     loads: dict[str, HostLoad] = {}
     for placement, running in workers:
-        load = loads.setdefault(placement.host, HostLoad())
-        load.cpus |= placement.cpus
+        load = loads.get(placement.host)
+        if load is None:
+            load = loads[placement.host] = HostLoad()
+        load.cpus |= placement.cpu_mask
         if running:
             load.running += running
-            load.busy_cpus |= placement.cpus
+            load.busy_cpus |= placement.cpu_mask
     return loads
 
 

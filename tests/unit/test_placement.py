@@ -57,15 +57,15 @@ def test_host_loads_add_up_running_jobs_and_the_cpus_of_each_host():
             (place("b", {0}), 0),
         ]
     )
-    assert loads["a"] == HostLoad(cpus={0, 1, 2}, running=3, busy_cpus={0, 1, 2})
+    assert loads["a"] == HostLoad(cpus=0b111, running=3, busy_cpus=0b111)
     assert not loads["a"].has_free_cpu()
-    assert loads["b"] == HostLoad(cpus={0}, running=0, busy_cpus=set())
+    assert loads["b"] == HostLoad(cpus=0b1, running=0, busy_cpus=0)
     assert loads["b"].has_free_cpu()
 
 
 def test_pinned_workers_add_up_to_the_cpus_they_cover():
     loads = host_loads([(place("a", {i % 2}), 1 if i == 0 else 0) for i in range(4)])
-    assert loads["a"] == HostLoad(cpus={0, 1}, running=1, busy_cpus={0})
+    assert loads["a"] == HostLoad(cpus=0b11, running=1, busy_cpus=0b1)
     assert loads["a"].has_free_cpu()
 
 
