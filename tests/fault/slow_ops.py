@@ -2,7 +2,8 @@
 
 - ``sleepy``: sleeps ``ms`` milliseconds and returns its input unchanged, so the reference output
   (threshold, then label) still holds when it ends a pipeline; it keeps jobs in flight long
-  enough to kill or freeze a worker that holds some.
+  enough to kill or freeze a worker that holds some. With ``mark``, it first creates the file
+  ``<mark>-<pid>``, so that a test knows which worker process has started a job.
 - ``poison``: ends the whole worker process (``os._exit(1)``) when pixel (0, 0) of the image is
   the marker ``POISON_BGR``; otherwise returns its input unchanged.
 - ``fault.trap_and_report``: an actor that traps exits, optionally links to ``target``, says it
@@ -22,7 +23,10 @@ POISON_BGR = (1, 2, 3)
 
 
 @zimg.op("sleepy")
-def sleepy(image: np.ndarray, *, ms: float = 50) -> np.ndarray:
+def sleepy(image: np.ndarray, *, ms: float = 50, mark: str = "") -> np.ndarray:
+    if mark:
+        with open(f"{mark}-{os.getpid()}", "a"):
+            pass
     time.sleep(ms / 1000)
     return image
 

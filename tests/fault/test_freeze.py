@@ -110,7 +110,9 @@ def test_late_reply_that_reaches_the_sink_is_discarded_there(procs, tcp_url, tmp
     out = tmp_path / "out"
     ops.load_module(SLOW_OPS)
     slow_ms = 3000  # > EXPIRY_S + MARGIN_S: n1 answers after it is back
-    pipeline = [ops.parse_op(t) for t in ("threshold", "label", f"sleepy:ms={slow_ms}")]
+    mark = tmp_path / "started"
+    pipeline = [ops.parse_op("threshold"), ops.parse_op("label")]
+    pipeline.append(ops.OpSpec("sleepy", {"ms": slow_ms, "mark": str(mark)}))
     options = BatchOptions(outdir=out, pipeline=pipeline, window=2, idle_timeout_s=30)
     outcome: list[zimg.BatchReport] = []
 
@@ -122,6 +124,10 @@ def test_late_reply_that_reaches_the_sink_is_discarded_there(procs, tcp_url, tmp
             wait_for(
                 lambda: all(w["active"] for w in workers(tcp_url).values()), 10, "2 jobs running"
             )
+            # Handed out is not started: n1 must be running its job when it freezes, or it
+            # would start it on thawing, no earlier than n2 starts it again.
+            n1_started = Path(f"{mark}-{n1.pid}")
+            wait_for(n1_started.exists, 10, "n1 to start its job")
             stopped_at = kill(n1, signal.SIGSTOP)
             wait_for(lambda: workers(tcp_url).get("n2", {}).get("active") == 2, 5, "redelivery")
             assert time.monotonic() - stopped_at < EXPIRY_S + MARGIN_S
