@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,3 +162,36 @@ def wait_with_rusage(proc: subprocess.Popen[bytes], timeout_s: float) -> tuple[i
         if time.monotonic() > deadline:
             raise AssertionError(f"pid {proc.pid} still running after {timeout_s} s")
         time.sleep(0.05)
+
+
+class BrokerSampler:
+    """Asks the broker for its NODES report every ``every_s`` while a run goes on (its own
+    thread), and keeps the largest queue, the most jobs one worker held, and the most workers
+    holding jobs at once. Each report is one consistent snapshot of the broker's state."""
+
+    def __init__(self, url: str, *, every_s: float) -> None:
+        self.url = url
+        self.every_s = every_s
+        self.max_queued = 0
+        self.max_active = 0
+        self.most_busy = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> BrokerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            table = report(self.url)
+            self.max_queued = max(self.max_queued, table["queued"])
+            active = [n["active"] for n in table["nodes"] if n["role"] == "worker"]
+            self.max_active = max(self.max_active, *active, 0)
+            self.most_busy = max(self.most_busy, sum(1 for a in active if a))
+            self.samples += 1

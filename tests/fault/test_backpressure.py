@@ -4,7 +4,6 @@ the same as for 1,000 images, and nothing is dropped."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from tests.fault.helpers import (
     BROKER_ARGS,
     SLOW_OPS,
+    BrokerSampler,
     assert_clean_log,
     assert_no_tracebacks,
     report,
@@ -43,38 +43,10 @@ def tiny_pngs(target: Path, n: int) -> list[Path]:
     return files
 
 
-class Sampler:
-    """Polls the broker's queue length while a run goes on (its own thread)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.max_queued = 0
-        self.max_active = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            table = report(self.url)
-            self.max_queued = max(self.max_queued, table["queued"])
-            active = [n["active"] for n in table["nodes"] if n["role"] == "worker"]
-            self.max_active = max(self.max_active, *active, 0)
-            self.samples += 1
-
-
 def run_and_measure(procs, url: str, files: list[Path], out: Path, broker_pid: int) -> dict:
     sender, log = start_send(procs, url, out, files, "--window", str(WINDOW), pipeline=PIPELINE)
     started = time.monotonic()
-    with Sampler(url) as sampler:
+    with BrokerSampler(url, every_s=0.2) as sampler:
         code, sender_kb = wait_with_rusage(sender, 120)  # its exact peak, from wait4
     elapsed = time.monotonic() - started
     assert code == 0, log.read_text()[-3000:]

@@ -4,11 +4,10 @@ broker is started with ``--oversubscribe``."""
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 
-from tests.fault.helpers import SLOW_OPS, make_images, report
+from tests.fault.helpers import SLOW_OPS, BrokerSampler, make_images, report
 from tests.fault.invariants import check_exactly_once
 from zimg.batch import BatchOptions, run_batch
 from zimg.connection import Connection
@@ -20,31 +19,6 @@ pytestmark = [
 ]
 
 NAMES = ("n1", "n2", "n3")
-
-
-class BusySampler:
-    """Asks the broker, over and over, how many workers hold a job (its own thread)."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.most_busy = 0
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> BusySampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            busy = [n for n in report(self.url)["nodes"] if n["role"] == "worker" and n["active"]]
-            self.most_busy = max(self.most_busy, len(busy))
-            self.samples += 1
 
 
 @pytest.mark.parametrize("oversubscribe", [False, True], ids=["cpu-slots", "oversubscribe"])
@@ -59,7 +33,7 @@ def test_workers_pinned_to_one_cpu_take_turns_on_it(procs, tcp_url, tmp_path, ov
     files = make_images(tmp_path / "in", 12)
     pipeline = [OpSpec("threshold", {}), OpSpec("label", {}), OpSpec("sleepy", {"ms": 150})]
     options = BatchOptions(outdir=tmp_path / "out", pipeline=pipeline, workers=3)
-    with Connection(tcp_url, "main") as conn, BusySampler(tcp_url) as sampler:
+    with Connection(tcp_url, "main") as conn, BrokerSampler(tcp_url, every_s=0.02) as sampler:
         batch = run_batch(conn, files, options)
     assert batch.failed == 0
     check_exactly_once(tmp_path / "out", files)
