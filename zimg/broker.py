@@ -28,6 +28,7 @@ log = logging.getLogger("zimg.broker")
 MAX_BACKLOG = 100_000  # messages
 MAX_BACKLOG_BYTES = 256 << 20  # bytes of frames
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
+_MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this often
 _PROBE = [lead_frame(Command.HEARTBEAT, b"\x80")]  # a HEARTBEAT with an empty header
 
 
@@ -60,6 +61,10 @@ class Broker:
         self._ctx = context or zmq.Context()
         self.context = self._ctx
         self._stop = threading.Event()
+        # stop() pushes an empty message here so that the loop's poll returns at once (it may
+        # otherwise sleep up to 100 ms, until the next timer).
+        self._wake_url = f"inproc://zimg-broker-wake-{os.getpid()}-{secrets.token_hex(8)}"
+        self._waking = False
         self._thread: threading.Thread | None = None
         self._bound = threading.Event()
         self._error: BaseException | None = None
@@ -89,6 +94,7 @@ class Broker:
         """Stop the loop and close the socket."""
         self._stop.set()
         if self._thread is not None:
+            self._wake()
             self._thread.join(timeout_s)
             self._thread = None
         if self._own_context:
@@ -99,6 +105,19 @@ class Broker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def _wake(self) -> None:
+        """Make the loop's poll return now (from any thread but the loop's)."""
+        if not self._waking:
+            return
+        sock = self._ctx.socket(zmq.PUSH)
+        try:
+            sock.connect(self._wake_url)
+            sock.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the loop has already ended, or ends without it at its next timer
+        finally:
+            sock.close(linger=100)
 
     def _run_catching(self) -> None:
         try:
@@ -133,8 +152,12 @@ class Broker:
         self._sock = sock
         self._bound.set()
         log.info("broker listening on %s (pid %d)", self.endpoint, os.getpid())
+        wake = self._ctx.socket(zmq.PULL)
+        wake.bind(self._wake_url)
+        self._waking = True
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)  # only stop() writes to it, after setting _stop
         state = self.state
         # Bound once: this loop runs per message.
         poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
@@ -148,7 +171,7 @@ class Broker:
                 now = monotonic()
                 if now >= tick_at:
                     execute(state.on_tick(now))
-                    tick_at = min(state.next_deadline(), now + 0.1)
+                    tick_at = min(state.next_deadline(), now + _MAX_SLEEP_S)
                 wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
                     for _ in range(_MAX_BATCH):
@@ -170,7 +193,9 @@ class Broker:
                 if self._backlog:
                     self._flush_backlog()
         finally:
+            self._waking = False
             self._sock = None
+            wake.close(linger=0)
             sock.close(linger=0)
             if self.keys is not None:
                 self.keys.stop()

@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import cv2
@@ -111,8 +111,7 @@ class WorkerKeeper:
         with self._lock:
             self._stopping = True
             procs = list(self.processes.values())
-        for proc in procs:
-            stop_process(proc)
+        stop_processes(procs)
         for thread in self._threads:
             thread.join(5.0)
 
@@ -225,10 +224,19 @@ def wait_for_workers(
 
 def stop_process(proc: ChildProcess, timeout_s: float = 5.0) -> None:
     """SIGTERM, wait, then SIGKILL: a process is always reaped."""
-    if proc.poll() is None:
+    stop_processes([proc], timeout_s)
+
+
+def stop_processes(procs: Iterable[ChildProcess], timeout_s: float = 5.0) -> None:
+    """SIGTERM every process still running, then reap them all, SIGKILLing any still there
+    ``timeout_s`` after the signal: they shut down side by side, not one after another."""
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in running:
         try:
-            proc.wait(timeout_s)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
