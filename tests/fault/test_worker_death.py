@@ -39,15 +39,21 @@ def test_sigkilled_worker_jobs_go_to_the_others_within_the_liveness_bound(procs,
     out = tmp_path / "out"
     sender, log = start_send(procs, tcp_url, out, files)
 
-    # Kill n2 mid-run, at a moment the broker says it holds jobs.
+    # Kill a worker mid-run, at a moment the broker says it holds jobs. (With CPU slots only
+    # as many workers run as there are CPUs; the others stand by, and take over.)
     wait_for(lambda: lines_written(out) >= 20, 20, "20 results")
-    wait_for(lambda: workers(tcp_url)["n2"]["active"] > 0, 10, "n2 to hold a job")
-    killed_at = kill(started["n2"], signal.SIGKILL)
-    wait_for(lambda: "n2" not in workers(tcp_url), EXPIRY_S + 5, "the broker to drop n2")
+    victim = wait_for(
+        lambda: next((n for n, w in workers(tcp_url).items() if w["active"]), None),
+        10,
+        "a worker to hold a job",
+    )
+    others = set(names) - {victim}
+    killed_at = kill(started[victim], signal.SIGKILL)
+    wait_for(lambda: victim not in workers(tcp_url), EXPIRY_S + 5, f"the broker to drop {victim}")
     detected_s = time.monotonic() - killed_at
     lines_at_detection = lines_written(out)
     assert report(tcp_url)["stats"]["nodes_down"] == 1
-    assert detected_s < EXPIRY_S + MARGIN_S, f"n2 dropped {detected_s:.2f} s after SIGKILL"
+    assert detected_s < EXPIRY_S + MARGIN_S, f"{victim} dropped {detected_s:.2f} s after SIGKILL"
     assert lines_at_detection < len(files), "the run ended before the kill was detected"
 
     assert sender.wait(45) == 0, log.read_text()
@@ -56,11 +62,11 @@ def test_sigkilled_worker_jobs_go_to_the_others_within_the_liveness_bound(procs,
     redelivered = [e for e in entries.values() if e["attempts"] == 2]
     assert 1 <= len(redelivered) <= CAPACITY, redelivered
     assert all(e["attempts"] in (1, 2) for e in entries.values())
-    assert {e["node"] for e in redelivered} <= {"n1", "n3"}
-    assert stats["nodes_down"] == 2  # n2, and the sender when it left
+    assert {e["node"] for e in redelivered} <= others
+    assert stats["nodes_down"] == 2  # the victim, and the sender when it left
     assert stats["jobs_requeued"] == len(redelivered)
     assert stats["jobs_failed"] == 0
-    assert set(workers(tcp_url)) == {"n1", "n3"}
+    assert set(workers(tcp_url)) == others
     print(f"\nMEASURED kill->dropped {detected_s:.3f} s; redelivered {len(redelivered)}")
     assert_no_tracebacks(procs)
 

@@ -1321,7 +1321,9 @@ def test_a_peer_that_stops_reading_gets_a_bounded_backlog(
         report = query_nodes(url)["stats"]
         while report["messages"] < total + 2 and time.monotonic() < deadline:
             report = query_nodes(url)["stats"]  # polling the broker: no event to wait on
-        assert report["backlogged"] == 1
+        # The backlog may have started more than once: while ZeroMQ's I/O thread still moves
+        # messages into the kernel's buffers, a retry can empty it before the next batch comes.
+        assert report["backlogged"] >= 1
         [backlog] = broker._backlog.values()
         held = len(backlog.messages)
         # Full to the cap (messages of ~1 KiB: a few fewer than 300 fit in 300 KiB), and the
