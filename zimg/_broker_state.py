@@ -523,8 +523,12 @@ class BrokerState:
             if job is None or job.worker is not None:
                 continue  # finished or cancelled while queued
             header = {**job.header, "client": key[0], "attempt": job.attempt}
+            running = worker.running()
+            waits = waits and running > 0
             if waits:
-                header["queued"] = True
+                # "Wait while you still run this many": one may have ended since (its RESULT
+                # on the way), and then this job starts at once, as this count assumes.
+                header["queued"] = running
             try:
                 frames = wire.encode(Command.JOB, header, self.config.limits)
             except WireError as exc:

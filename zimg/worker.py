@@ -105,7 +105,9 @@ class Worker:
         self._stopped = threading.Event()
         # Jobs the broker sent ``queued``: each starts when a job this worker runs ends, on
         # that job's thread (the broker counts one job per CPU of this host; see
-        # zimg._placement). ``_running`` counts the jobs handed to the pool.
+        # zimg._placement). ``queued`` is how many jobs the broker saw running here: if one of
+        # them has ended by the time the job arrives, it starts at once. ``_running`` counts
+        # the jobs handed to the pool.
         self._gate = threading.Lock()
         self._running = 0
         self._queued: deque[dict[str, Any]] = deque()
@@ -159,9 +161,10 @@ class Worker:
     def _on_job(self, msg: wire.Message) -> None:
         if self._stopped.is_set():
             return
+        queued = msg.header.get("queued")
         with self._gate:
-            if msg.header.get("queued") is True and self._running > 0:
-                self._queued.append(msg.header)
+            if type(queued) is int and self._running >= queued > 0:
+                self._queued.append(msg.header)  # behind the jobs the broker saw running
                 return
             self._running += 1
         self._pool.submit(self._run_jobs, msg.header)

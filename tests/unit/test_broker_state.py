@@ -711,10 +711,10 @@ def test_cpu_slots_are_counted_per_host(state, clock):
     assert sorted(targets) == sorted([ident("a1"), ident("b1")] * 2)
 
 
-def jobs_sent(out) -> list[tuple[bytes, Any, bool]]:
-    """(worker, job id, sent queued) for each JOB in ``out``."""
+def jobs_sent(out) -> list[tuple[bytes, Any, int]]:
+    """(worker, job id, its ``queued``: the worker's jobs running, 0 if absent) for each JOB."""
     return [
-        (to, m.header["id"], m.header.get("queued", False))
+        (to, m.header["id"], m.header.get("queued", 0))
         for to, m in sends(out)
         if m.command is Command.JOB
     ]
@@ -726,26 +726,41 @@ def test_on_a_full_host_the_next_job_waits_behind_a_running_one(state, clock):
         join(state, clock, n, capacity=2, **placed([0, 1], threads=2))
     out = [i for k in range(5) for i in state.on_message(ident("c"), job(k), clock.now)]
     assert jobs_sent(out) == [
-        (ident("n1"), 0, False),
-        (ident("n2"), 1, False),
-        (ident("n1"), 2, True),
-        (ident("n2"), 3, True),
+        (ident("n1"), 0, 0),
+        (ident("n2"), 1, 0),
+        (ident("n1"), 2, 1),  # wait while you run 1 job
+        (ident("n2"), 3, 1),
     ]
     # Job 0 ends, job 2 starts on n1: the host still runs two, so job 4 waits behind job 2.
     out = state.on_message(ident("n1"), result(0, ident("c")), clock.now)
-    assert jobs_sent(out) == [(ident("n1"), 4, True)]
+    assert jobs_sent(out) == [(ident("n1"), 4, 1)]
     # n2 leaves: its CPU is free, and n1 starts the next job at once on its second thread.
     state.on_message(ident("n2"), wire.encode(Command.DISCONNECT, {}), clock.now)
     out = state.on_message(ident("n1"), result(2, ident("c")), clock.now)
     [(to, job_id, queued)] = jobs_sent(out)
-    assert (to, job_id in (1, 3), queued) == (ident("n1"), True, False)
+    assert (to, job_id in (1, 3), queued) == (ident("n1"), True, 0)
 
 
 def test_a_prefetched_job_is_sent_queued(state, clock):
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1", **placed([0, 1]))
     out = [i for k in range(2) for i in state.on_message(ident("c"), job(k), clock.now)]
-    assert jobs_sent(out) == [(ident("n1"), 0, False), (ident("n1"), 1, True)]
+    assert jobs_sent(out) == [(ident("n1"), 0, 0), (ident("n1"), 1, 1)]
+
+
+def test_a_queued_job_says_how_many_jobs_it_waits_behind(state, clock):
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1", capacity=4, **placed([0, 1], threads=2))
+    out = [i for k in range(5) for i in state.on_message(ident("c"), job(k), clock.now)]
+    assert jobs_sent(out) == [
+        (ident("n1"), 0, 0),
+        (ident("n1"), 1, 0),
+        (ident("n1"), 2, 2),
+        (ident("n1"), 3, 2),
+    ]
+    # Job 0 ends: job 2 takes its thread, job 1 still runs; job 4 waits behind those two.
+    out = state.on_message(ident("n1"), result(0, ident("c")), clock.now)
+    assert jobs_sent(out) == [(ident("n1"), 4, 2)]
 
 
 def test_a_worker_with_threads_uses_as_many_cpus(state, clock):

@@ -30,7 +30,7 @@ def hold(image: np.ndarray, *, tag: str) -> np.ndarray:
     return image
 
 
-def job(tag: str, *, queued: bool = False) -> Message:
+def job(tag: str, *, queued: int = 0) -> Message:
     RELEASE[tag] = threading.Event()
     request = JobRequest(
         id=0,
@@ -40,7 +40,7 @@ def job(tag: str, *, queued: bool = False) -> Message:
     )
     header = request.header(ord(tag))
     if queued:
-        header["queued"] = True
+        header["queued"] = queued  # how many jobs the broker saw running here
     return Message(Command.JOB, header)
 
 
@@ -64,7 +64,7 @@ def worker() -> Iterator[Worker]:
 def test_a_queued_job_waits_for_a_running_one_to_end_not_for_a_free_thread(worker):
     worker._on_job(job("A"))
     assert STARTED.get(timeout=10) == "A"
-    worker._on_job(job("B", queued=True))
+    worker._on_job(job("B", queued=1))
     assert [h["id"] for h in worker._queued] == [ord("B")]  # held, though a thread is free
     worker._on_job(job("C"))  # not queued: runs at once, on the free thread
     assert STARTED.get(timeout=10) == "C"
@@ -78,15 +78,25 @@ def test_a_queued_job_waits_for_a_running_one_to_end_not_for_a_free_thread(worke
 
 
 def test_a_queued_job_starts_at_once_when_nothing_runs(worker):
-    worker._on_job(job("A", queued=True))
+    worker._on_job(job("A", queued=1))
     assert STARTED.get(timeout=10) == "A"
+    assert not worker._queued
+
+
+def test_a_queued_job_starts_at_once_if_a_job_it_waited_for_has_ended(worker):
+    # The broker saw A and B running; A ended while this job was on its way (its RESULT
+    # crossed the JOB), so the broker counts it as started: it must not wait for B.
+    worker._on_job(job("B"))
+    assert STARTED.get(timeout=10) == "B"
+    worker._on_job(job("C", queued=2))
+    assert STARTED.get(timeout=10) == "C"
     assert not worker._queued
 
 
 def test_a_stopping_worker_leaves_its_queued_jobs_to_the_broker(worker):
     worker._on_job(job("A"))
     assert STARTED.get(timeout=10) == "A"
-    worker._on_job(job("B", queued=True))
+    worker._on_job(job("B", queued=1))
     worker.request_stop()
     RELEASE["A"].set()
     worker._pool.shutdown(wait=True)
