@@ -476,22 +476,26 @@ class BrokerState:
 
     # ------------------------------------------------------------------ jobs
 
-    def _pick_worker(self) -> tuple[NodeRecord, bool] | None:
-        """The worker for the next job, and whether the job is to wait there for one of the
-        jobs the worker runs to end (``queued``). The least loaded worker with credit left is
-        picked, then the one that waited longest.
+    def _pick_worker(self) -> tuple[NodeRecord, int] | None:
+        """The worker for the next job, and the job's ``queued``: 0 if it starts at once, else
+        how many of the worker's jobs run now, one of which it is to wait for. The least loaded
+        worker with credit left is picked, then the one that waited longest.
 
         With CPU slots, a job starts at once only on a host with a CPU free, preferably on a
         worker whose CPUs are all idle. On a host whose CPUs all run jobs it goes to a worker
         that is running one, and waits there; the workers with nothing to run stand by.
         """
         slots = self.config.cpu_slots
-        loads = host_loads(
-            (n.placement, n.running())
-            for n in self.nodes.values()
-            if slots and n.placement is not None and n.role == protocol.ROLE_WORKER
+        loads = (
+            host_loads(
+                (n.placement, n.running())
+                for n in self.nodes.values()
+                if n.placement is not None and n.role == protocol.ROLE_WORKER
+            )
+            if slots
+            else {}
         )
-        best: tuple[NodeRecord, bool] | None = None
+        best: tuple[NodeRecord, int] | None = None
         best_rank: tuple[float, bool, int] | None = None
         for node in self.nodes.values():
             if node.role != protocol.ROLE_WORKER or node.free() <= 0:
@@ -508,7 +512,7 @@ class BrokerState:
                 shares_cpus = not placed.cpu_mask & ~load.busy_cpus
             rank = (len(node.active) / node.capacity, shares_cpus, node.assigned_seq)
             if best_rank is None or rank < best_rank:
-                best, best_rank = (node, waits), rank
+                best, best_rank = (node, node.running() if waits else 0), rank
         return best
 
     def _assign(self, now: float) -> list[Instruction]:
@@ -517,18 +521,16 @@ class BrokerState:
             picked = self._pick_worker()
             if picked is None:
                 break
-            worker, waits = picked
+            worker, queued = picked
             key = self.queue.popleft()
             job = self.jobs.get(key)
             if job is None or job.worker is not None:
                 continue  # finished or cancelled while queued
             header = {**job.header, "client": key[0], "attempt": job.attempt}
-            running = worker.running()
-            waits = waits and running > 0
-            if waits:
+            if queued:
                 # "Wait while you still run this many": one may have ended since (its RESULT
                 # on the way), and then this job starts at once, as this count assumes.
-                header["queued"] = running
+                header["queued"] = queued
             try:
                 frames = wire.encode(Command.JOB, header, self.config.limits)
             except WireError as exc:
@@ -537,7 +539,7 @@ class BrokerState:
             job.worker = worker.identity
             job.workers_tried.append(worker.name)
             worker.active.add(key)
-            worker.waiting += waits
+            worker.waiting += queued > 0
             self._seq += 1
             worker.assigned_seq = self._seq
             self.stats["jobs_dispatched"] += 1
