@@ -55,6 +55,8 @@ class Command(enum.IntEnum):
     EXIT = 0x17
     DOWN = 0x18
     NODEDOWN = 0x19
+    WATCH = 0x1A
+    UNWATCH = 0x1B
     JOB = 0x20
     RESULT = 0x21
     ERROR = 0x7F
