@@ -185,9 +185,14 @@ class Worker:
                     self._running -= 1
 
     def _run_job(self, header: dict[str, Any]) -> None:
+        # id, ticket and attempt first: the broker settles a RESULT on its first entries.
         reply: dict[str, Any] = {
             "id": header.get("id"),
-            "client": header.get("client"),
+            **(
+                {"ticket": header["ticket"]}
+                if "ticket" in header
+                else {"client": header.get("client")}
+            ),
             "attempt": header.get("attempt", 1),
             "node": self.name,
             "ok": True,
