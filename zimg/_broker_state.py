@@ -3,147 +3,135 @@
 The broker loop (``zimg.broker``) feeds this state machine with what happened and carries out the
 instructions it returns:
 
-- ``on_message(identity, frames, now)``: a multipart message arrived from ``identity``;
-- ``on_tick(now)``: time passed (heartbeats, purging silent nodes);
+- ``on_message(identity, frames, now)``: a multipart message arrived from ``identity``
+  (``forward_target`` and ``heard`` are its two fast paths: a SEND to a live pid, a HEARTBEAT);
+- ``on_tick(now, drained_at)``: time passed (heartbeats, silent nodes, job deadlines);
 - ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone;
 - ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction.
 
-Instructions are :class:`Send` (frames to one identity), :class:`Probe` (is this identity still
-connected?) and :class:`Log`. Every method takes ``now`` in seconds, so tests drive it with a fake
-clock.
+Instructions are :class:`Send`, :class:`SendMany`, :class:`Probe` and :class:`Log`. Every method
+takes ``now`` in seconds, so tests drive it with a fake clock.
+
+Every per-event cost is independent of the number of nodes N (O(1) or O(log N)): the worker pick
+is an index (``_dispatch``), timers sit in heaps, NODEDOWN goes only to watchers
+(``_broker_actors``), and a client's jobs are found through the client. Failures found while
+sending are reported back one at a time by the loop (``on_unreachable``), never recursively.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
 import logging
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from zimg import protocol, wire
+from zimg._broker_actors import ActorRouter
+from zimg._broker_jobs import JobTable
+from zimg._broker_records import (
+    BrokerConfig,
+    Instruction,
+    JobRecord,
+    Log,
+    NodeRecord,
+    Probe,
+    Send,
+    SendMany,
+    TokenBucket,
+)
+from zimg._dispatch import WorkerIndex
 from zimg._errors import WireError
-from zimg._placement import Placement, host_loads
-from zimg.wire import Command, Pid
+from zimg._placement import Placement
+from zimg.wire import Command
 
-JobKey = tuple[bytes, Any]
+__all__ = [
+    "BrokerConfig",
+    "BrokerState",
+    "Instruction",
+    "Log",
+    "NodeRecord",
+    "Probe",
+    "Send",
+    "SendMany",
+    "result_head",
+]
 
-
-@dataclass(frozen=True, slots=True)
-class BrokerConfig:
-    """Broker settings. Times are in seconds."""
-
-    heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
-    liveness: int = protocol.DEFAULT_LIVENESS
-    max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
-    limits: wire.Limits = wire.DEFAULT_LIMITS
-    cpu_slots: bool = True  # a host runs at most one job per CPU (see zimg._placement)
-
-    @property
-    def expiry_s(self) -> float:
-        """How long a node may stay silent before it is declared dead."""
-        return self.heartbeat_interval_s * self.liveness
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``frames`` to the peer with routing id ``identity``."""
-
-    identity: bytes
-    frames: Sequence[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Probe:
-    """Find out whether ``identity`` still has a live connection; report with ``on_probe``."""
-
-    identity: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Log:
-    """Log ``text`` at ``level``."""
-
-    level: int
-    text: str
-
-
-Instruction = Send | Probe | Log
-
-
-@dataclass(slots=True)
-class NodeRecord:
-    """What the broker knows of one connected node."""
-
-    name: str
-    identity: bytes
-    role: str
-    capacity: int
-    incarnation: int
-    joined_at: float
-    last_seen: float
-    active: set[JobKey] = field(default_factory=set)
-    done: int = 0
-    assigned_seq: int = 0
-    session: int = 0
-    malformed: int = 0  # as the node last reported (HEARTBEAT): messages it dropped
-    placement: Placement | None = None  # a worker's host, CPUs and threads, if it said
-    waiting: int = 0  # of its active jobs, those sent ``queued``, not started yet
-
-    def free(self) -> int:
-        return self.capacity - len(self.active)
-
-    def running(self) -> int:
-        """Its jobs that run now (the others wait for one of these to end)."""
-        return len(self.active) - self.waiting
-
-
-@dataclass(slots=True)
-class JobRecord:
-    """A job the broker is responsible for until a result goes back to its client."""
-
-    key: JobKey
-    header: dict[str, Any]
-    attempt: int = 1
-    worker: bytes | None = None
-    workers_tried: list[str] = field(default_factory=list)
-
-
+STATS = (
+    "messages",
+    "malformed",
+    "unknown_peer",
+    "rejected",
+    "forged",
+    "throttled",
+    "jobs_received",
+    "jobs_refused",
+    "jobs_dispatched",
+    "jobs_done",
+    "jobs_requeued",
+    "jobs_expired",
+    "jobs_failed",
+    "late_results",
+    "unroutable",
+    "nodes_down",
+    "watch_refused",
+)
 _MAX_LOGGED_PEERS = 1024
+_WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 class BrokerState:
-    """The broker's node table, job queue and routing, as a pure state machine."""
+    """The broker's node table, jobs and routing, as a pure state machine.
 
-    def __init__(self, config: BrokerConfig | None = None, *, now: float, epoch: int) -> None:
-        self.config = config or BrokerConfig()
+    Args:
+        config: the settings.
+        now: the current time (seconds, any origin).
+        epoch: this broker's random epoch (nodes tell a restart by it).
+        key_names: with CURVE, the names of every authorised key (a node name belongs to the
+            longest key name it starts with, see ``protocol.name_allowed``).
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        now: float,
+        epoch: int,
+        key_names: Collection[str] = (),
+    ) -> None:
+        self.config = cfg = config or BrokerConfig()
         self.epoch = epoch
         self.started_at = now
+        self.key_names = frozenset(key_names)
         self.nodes: dict[bytes, NodeRecord] = {}
         self.by_name: dict[str, NodeRecord] = {}
-        self.jobs: dict[JobKey, JobRecord] = {}
-        self.queue: deque[JobKey] = deque()
-        self.next_heartbeat = now + self.config.heartbeat_interval_s
-        self.stats: dict[str, int] = dict.fromkeys(
-            (
-                "messages",
-                "malformed",
-                "unknown_peer",
-                "rejected",
-                "jobs_received",
-                "jobs_dispatched",
-                "jobs_done",
-                "jobs_requeued",
-                "jobs_failed",
-                "late_results",
-                "unroutable",
-                "nodes_down",
-            ),
-            0,
-        )
-        self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any]]] = {}
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self.index = WorkerIndex(cfg.cpu_slots)
+        self.table = JobTable(cfg)
+        self.actors = ActorRouter(cfg, self.by_name, self.index, self.stats, self._log_once)
+        self.node_limit = cfg.max_nodes
+        self.node_limit_fix = "start the broker with a larger --max-nodes"
+        self.next_heartbeat = now + cfg.heartbeat_interval_s
+        self._beat = wire.encode(Command.HEARTBEAT, {})
+        self._expiry: list[tuple[float, int, NodeRecord]] = []
+        self._n = itertools.count()
+        self._anonymous_pages = TokenBucket(cfg.nodes_pages_per_s, now)
+        self._names: list[str] | None = []  # sorted names, rebuilt lazily after a change
+        self._warned = 0  # how many of _WARN_AT the node count has passed
+        self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
         self._logged_peers: set[bytes] = set()
-        self._seq = 0
+
+    @property
+    def queue_length(self) -> int:
+        """Jobs waiting for a worker."""
+        return self.table.queued
 
     # ------------------------------------------------------------------ events
 
@@ -163,27 +151,28 @@ class BrokerState:
         self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None = None
     ) -> bytes | None:
         """The common case of :meth:`on_message`, on its own for the broker's loop: if this is
-        an actor message from a registered node to a pid of a live node, count it and return
-        the routing id to forward it to, unread (the receiving node decodes and counts the
-        rest). None otherwise, with nothing counted: pass the message to
-        :meth:`on_unforwarded`."""
+        a SEND from a registered node to a pid of a live node, count it and return the routing
+        id to forward it to, unread (the receiving node decodes and counts the rest). None
+        otherwise, with nothing counted: pass the message to :meth:`on_unforwarded`."""
         node = self.nodes.get(identity)
-        if node is None:
+        if node is None or node.user_id != user_id:
             return None
-        peeked = wire.peek_to(frames, self.config.limits)
-        if peeked is None:
-            return None
-        to = peeked[1]
-        target = self.by_name.get(to.node)
-        if (
-            target is None
-            or target.incarnation != to.incarnation
-            or (user_id is not None and not protocol.name_allowed(node.name, user_id))
-        ):
+        target = self.actors.forward_target(frames)
+        if target is None:
             return None
         self.stats["messages"] += 1
         node.last_seen = now
         return target.identity
+
+    def heard(self, identity: bytes, now: float, user_id: str | None = None) -> bool:
+        """An empty HEARTBEAT came from ``identity``: note it if that is a registered node (True);
+        False means "not handled, pass it to :meth:`on_unforwarded`"."""
+        node = self.nodes.get(identity)
+        if node is None or node.user_id != user_id:
+            return False
+        self.stats["messages"] += 1
+        node.last_seen = now
+        return True
 
     def on_unforwarded(
         self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None = None
@@ -193,8 +182,8 @@ class BrokerState:
         node = self.nodes.get(identity)
         if (
             node is not None
+            and node.user_id == user_id
             and (head := result_head(frames, self.config.limits)) is not None
-            and (user_id is None or protocol.name_allowed(node.name, user_id))
         ):
             # A RESULT settled on its first entries, and forwarded verbatim.
             node.last_seen = now
@@ -203,12 +192,8 @@ class BrokerState:
             msg = wire.decode(frames, self.config.limits)
             if msg.command is Command.HELLO:
                 return self._hello(identity, msg.header, now, user_id)
-            if (
-                node is not None
-                and user_id is not None
-                and not protocol.name_allowed(node.name, user_id)
-            ):
-                # Another key took over this node's routing id (ROUTER_HANDOVER): refuse it.
+            if node is not None and node.user_id != user_id:
+                # Another key speaks under this node's routing id: refuse it.
                 self.stats["rejected"] += 1
                 return self._log_once(identity, f"key {user_id!r} may not speak for {node.name}")
             return self._dispatch_command(identity, msg, frames, now)
@@ -223,46 +208,64 @@ class BrokerState:
                 return [Send(identity, wire.v1_reject(reason))]
             return self._malformed(identity, str(exc))
 
-    def on_tick(self, now: float) -> list[Instruction]:
-        """Send due heartbeats and declare silent nodes dead."""
+    def on_tick(self, now: float, drained_at: float | None = None) -> list[Instruction]:
+        """Send due heartbeats, declare silent nodes dead, take back jobs past their deadline.
+
+        ``drained_at``: the last time the loop found no message waiting. A node is dead only if
+        it sent nothing for longer than the liveness bound before that moment, so a node whose
+        heartbeats are still queued in the socket (the broker is behind) is never declared dead.
+        None means now (nothing is waiting).
+        """
         out: list[Instruction] = []
         if now >= self.next_heartbeat:
-            beat = wire.encode(Command.HEARTBEAT, {})
-            out.extend(Send(ident, beat) for ident in self.nodes)
+            if self.nodes:
+                out.append(SendMany(list(self.nodes), self._beat))
             self.next_heartbeat = now + self.config.heartbeat_interval_s
-        expired = [
-            n.identity for n in self.nodes.values() if now - n.last_seen > self.config.expiry_s
-        ]
-        for ident in expired:
-            out.extend(self._node_down(ident, protocol.NOCONNECTION, now, "missed heartbeats"))
+        limit = now if drained_at is None else min(now, drained_at)
+        expiry_s = self.config.expiry_s
+        heap = self._expiry
+        while heap and heap[0][0] < limit:
+            _, _, node = heapq.heappop(heap)
+            if self.nodes.get(node.identity) is not node:
+                continue  # gone already
+            due = node.last_seen + expiry_s
+            if due < limit:
+                out.extend(self._node_down(node, protocol.NOCONNECTION, now, "missed heartbeats"))
+            else:
+                heapq.heappush(heap, (due, next(self._n), node))
+        for job in self.table.expired(now):
+            out.extend(self._expire(job, now))
         return out
 
     def on_unreachable(self, identity: bytes, now: float) -> list[Instruction]:
         """A send to ``identity`` failed: its connection is gone, so the node is dead."""
         self.stats["unroutable"] += 1
-        if identity in self.nodes:
-            return self._node_down(identity, protocol.NOCONNECTION, now, "connection closed")
-        return []
+        node = self.nodes.get(identity)
+        if node is None:
+            return []
+        return self._node_down(node, protocol.NOCONNECTION, now, "connection closed")
 
     def on_probe(self, identity: bytes, reachable: bool, now: float) -> list[Instruction]:
         """The answer to a :class:`Probe` of a node whose name a newcomer asked for."""
         pending = self._pending_hello.pop(identity, None)
         if pending is None:
             return []
-        new_identity, header = pending
-        if reachable and identity in self.nodes:
-            return self._reject(new_identity, header["name"], now)
+        new_identity, header, user_id = pending
+        holder = self.nodes.get(identity)
+        if reachable and holder is not None:
+            return self._reject_name(new_identity, header["name"])
         out: list[Instruction] = []
-        if identity in self.nodes:
-            out.extend(self._node_down(identity, protocol.NOCONNECTION, now, "connection closed"))
-        out.extend(self._admit(new_identity, header, now))
+        if holder is not None:
+            out.extend(self._node_down(holder, protocol.NOCONNECTION, now, "connection closed"))
+        if self.by_name.get(header["name"]) is None:
+            out.extend(self._admit(new_identity, header, now, user_id))
         return out
 
     def next_deadline(self) -> float:
         """The latest time by which ``on_tick`` should be called again."""
-        deadline = self.next_heartbeat
-        for node in self.nodes.values():
-            deadline = min(deadline, node.last_seen + self.config.expiry_s)
+        deadline = min(self.next_heartbeat, self.table.next_deadline())
+        if self._expiry:
+            deadline = min(deadline, self._expiry[0][0])
         return deadline
 
     # ------------------------------------------------------------------ commands
@@ -271,9 +274,9 @@ class BrokerState:
         self, identity: bytes, msg: wire.Message, frames: Sequence[Any], now: float
     ) -> list[Instruction]:
         cmd = msg.command
-        if cmd is Command.NODES:
-            return [Send(identity, wire.encode(Command.NODES, self.nodes_report(now)))]
         node = self.nodes.get(identity)
+        if cmd is Command.NODES:
+            return self._nodes(identity, node, msg.header, now)
         if node is None:
             self.stats["unknown_peer"] += 1
             if cmd in (Command.DISCONNECT, Command.REJECT):
@@ -282,57 +285,77 @@ class BrokerState:
             return [Send(identity, wire.encode(Command.DISCONNECT, {"reason": reason}))]
         node.last_seen = now
         if cmd is Command.HEARTBEAT:
-            reported = msg.header.get("malformed")
-            if type(reported) is int and reported >= 0:
-                node.malformed = reported
+            for key in ("malformed", "dropped"):
+                reported = msg.header.get(key)
+                if type(reported) is int and reported >= 0:
+                    setattr(node, key, reported)
             return []
         if cmd is Command.JOB:
-            return self._job(node, msg.header, now)
+            return self._job(node, msg.header, frames, now)
         if cmd is Command.RESULT:
             return self._result(node, msg.header, frames, now)
         if cmd is Command.DISCONNECT:
-            return self._node_down(identity, protocol.NORMAL, now, "left")
+            return self._node_down(node, protocol.NORMAL, now, "left")
+        if cmd is Command.WATCH:
+            return self.actors.watch(node, msg.header)
+        if cmd is Command.UNWATCH:
+            return self.actors.unwatch(node, msg.header)
         if cmd in wire.ACTOR_COMMANDS:
-            return self._route(node, cmd, msg.header, frames)
+            return self.actors.route(node, cmd, msg.header, frames)
         return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
 
     def _hello(
         self, identity: bytes, header: dict[str, Any], now: float, user_id: str | None
     ) -> list[Instruction]:
+        known = self.nodes.get(identity)
         try:
             name = _check_hello(header)
-            if user_id is not None and not protocol.name_allowed(name, user_id):
-                raise WireError(
-                    f"this node's key is registered as {user_id!r}; it cannot join as {name!r}"
+            if user_id is not None and not protocol.name_allowed(name, user_id, self.key_names):
+                raise _Refused(
+                    f"this node's key is registered as {user_id!r}; it cannot join as {name!r}",
+                    protocol.REJECT_KEY,
                 )
-        except WireError as exc:
-            # Answer, so that the node stops asking and can tell its user why.
-            self.stats["rejected"] += 1
-            out = self._log_once(identity, f"refused a HELLO: {exc}")
-            return [Send(identity, wire.encode(Command.REJECT, {"reason": str(exc)})), *out]
-        known = self.nodes.get(identity)
+            if known is not None and known.name != name:
+                raise _Refused(
+                    f"this connection joined as {known.name!r}; it cannot become {name!r}",
+                    protocol.REJECT_INVALID,
+                )
+            if known is None and len(self.nodes) >= self.node_limit:
+                raise _Refused(
+                    f"the broker is at its limit of {self.node_limit} nodes; {self.node_limit_fix}",
+                    protocol.REJECT_LIMIT,
+                )
+        except _Refused as exc:
+            return self._refuse(identity, str(exc), exc.code)
         if known is not None:
-            if known.name != name:
-                self.stats["rejected"] += 1
-                text = f"this connection joined as {known.name!r}; it cannot become {name!r}"
-                return [Send(identity, wire.encode(Command.REJECT, {"reason": text}))]
             if header.get("session", 0) != known.session:
                 # The node lost its session (it stopped hearing from us) and may have dropped
                 # messages: end the old session as a disconnection, then start a new one.
                 out = self._node_down(
-                    identity, protocol.NOCONNECTION, now, "rejoined", spend_attempts=False
+                    known, protocol.NOCONNECTION, now, "rejoined", spend_attempts=False
                 )
-                return [*out, *self._admit(identity, header, now)]
+                return [*out, *self._admit(identity, header, now, user_id)]
+            return self._admit(identity, header, now, user_id)
         holder = self.by_name.get(name)
-        if holder is not None and holder.identity != identity:
-            self._pending_hello[holder.identity] = (identity, header)
+        if holder is not None:
+            self._pending_hello[holder.identity] = (identity, header, user_id)
             return [Probe(holder.identity)]
-        return self._admit(identity, header, now)
+        return self._admit(identity, header, now, user_id)
 
-    def _admit(self, identity: bytes, header: dict[str, Any], now: float) -> list[Instruction]:
+    def _refuse(self, identity: bytes, reason: str, code: str) -> list[Instruction]:
+        """Answer a HELLO with REJECT, so that the node stops asking and can say why."""
+        self.stats["rejected"] += 1
+        out = self._log_once(identity, f"refused a HELLO: {reason}")
+        reply = wire.encode(Command.REJECT, {"reason": reason, "code": code})
+        return [Send(identity, reply), *out]
+
+    def _admit(
+        self, identity: bytes, header: dict[str, Any], now: float, user_id: str | None
+    ) -> list[Instruction]:
         name = header["name"]
         node = self.nodes.get(identity)
         out: list[Instruction] = []
+        placement = _placement_of(header)
         if node is None:
             node = NodeRecord(
                 name=name,
@@ -343,15 +366,26 @@ class BrokerState:
                 joined_at=now,
                 last_seen=now,
                 session=header.get("session", 0),
-                placement=_placement_of(header),
+                placement=placement,
+                user_id=user_id,
+                pages=TokenBucket(self.config.nodes_pages_per_s, now),
             )
             self.nodes[identity] = node
             self.by_name[name] = node
+            self._names = None
+            heapq.heappush(self._expiry, (now + self.config.expiry_s, next(self._n), node))
+            if node.is_worker:
+                self.index.add(node)
             out.append(Log(logging.INFO, f"node {name} joined as {node.role}"))
+            out.extend(self._warn_if_near_the_limit())
         else:
-            node.capacity = header["capacity"]
-            node.placement = _placement_of(header)
+            # A repeated HELLO of this session: take its credit and placement as they are now.
             node.last_seen = now
+            if node.is_worker:
+                self.index.remove(node)
+            node.capacity, node.placement = header["capacity"], placement
+            if node.is_worker:
+                self.index.add(node)
         welcome = {
             "name": name,
             "epoch": self.epoch,
@@ -363,285 +397,242 @@ class BrokerState:
         out.extend(self._assign(now))
         return out
 
-    def _reject(self, identity: bytes, name: str, now: float) -> list[Instruction]:
-        self.stats["rejected"] += 1
-        text = f"node name {name!r} is held by a live node; pick another --name"
-        return [
-            Send(identity, wire.encode(Command.REJECT, {"reason": text})),
-            Log(logging.WARNING, f"refused a second node named {name}"),
-        ]
+    def _warn_if_near_the_limit(self) -> list[Instruction]:
+        share = len(self.nodes) / max(1, self.node_limit)
+        if share < 0.7:
+            self._warned = 0
+        if self._warned < len(_WARN_AT) and share >= _WARN_AT[self._warned]:
+            self._warned += 1
+            text = (
+                f"{len(self.nodes)} nodes: near this broker's limit of {self.node_limit} "
+                f"(new nodes are refused beyond it; {self.node_limit_fix})"
+            )
+            return [Log(logging.WARNING, text)]
+        return []
 
-    def _job(self, client: NodeRecord, header: dict[str, Any], now: float) -> list[Instruction]:
+    def _reject_name(self, identity: bytes, name: str) -> list[Instruction]:
+        text = f"node name {name!r} is held by a live node; pick another --name"
+        out = self._refuse(identity, text, protocol.REJECT_NAME_TAKEN)
+        return [*out, Log(logging.WARNING, f"refused a second node named {name}")]
+
+    # ------------------------------------------------------------------ jobs
+
+    def _job(
+        self, client: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
+    ) -> list[Instruction]:
         job_id = protocol.field(header, "id", (int, str))
-        key: JobKey = (client.identity, job_id)
-        if key in self.jobs:
+        if self.table.holds(client, job_id):
             return []  # a resend of a job we already hold: idempotent
+        refusal = self.table.refusal(client, sum(len(f) for f in frames))
+        if refusal is not None:
+            why, busy = refusal
+            self.stats["jobs_refused"] += 1
+            reply = {"id": job_id, "ok": False, "attempt": 0, "node": None, "error": why}
+            if busy:
+                reply["busy"] = True
+            return [Send(client.identity, wire.encode(Command.RESULT, reply))]
         self.stats["jobs_received"] += 1
-        header = {k: v for k, v in header.items() if k not in ("client", "attempt")}
-        self.jobs[key] = JobRecord(key, header)
-        self.queue.append(key)
+        self.table.add(client, job_id, header, frames)
         return self._assign(now)
 
     def _result(
         self, worker: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
     ) -> list[Instruction]:
-        job_id = protocol.field(header, "id", (int, str))
-        client = protocol.field(header, "client", bytes)
-        key: JobKey = (client, job_id)
-        job = self.jobs.get(key)
-        if key in worker.active:
-            worker.active.discard(key)
+        ticket = protocol.field(header, "ticket", int)
+        job = self.table.jobs.get(ticket)
+        if job is not None and _id_differs(job.job_id, header.get("id")):
+            self.stats["forged"] += 1  # answering another job of the client under this ticket
+            return self._log_once(
+                worker.identity, f"dropped a RESULT whose id is not job {ticket}'s"
+            )
+        if worker.hung:
+            worker.hung = False  # it answers: it is working again
+            self.index.changed(worker)
+        if job is not None and job.worker is worker:
+            self.index.finished(worker, ticket)
             worker.done += 1
-            if worker.waiting:
-                worker.waiting -= 1  # one of its jobs ended: the next in line starts
         elif job is not None and worker.name in job.workers_tried:
-            self.stats["late_results"] += 1  # e.g. from a node we had given up on
+            self.stats["late_results"] += 1  # from a worker we had given up on: it completes
+            if job.worker is not None:
+                self.index.finished(job.worker, ticket)  # the retry's credit comes back
         else:
             # Not a job this node was given (or one this broker never saw, before a restart):
             # the client resends what it has not received, so dropping loses nothing.
             self.stats["late_results"] += 1
             return self._log_once(
-                worker.identity, f"dropped a RESULT for job {job_id!r}: not its job"
+                worker.identity, f"dropped a RESULT for job {ticket}: not its job"
             )
-        if self.jobs.pop(key, None) is not None:
-            self.stats["jobs_done"] += 1
+        self.table.remove(job)
+        self.stats["jobs_done"] += 1
         out: list[Instruction] = []
-        if client in self.nodes:
-            out.append(Send(client, frames))
+        if self._client_waits(job):
+            out.append(Send(job.client.identity, frames))
         else:
             self.stats["unroutable"] += 1
         out.extend(self._assign(now))
         return out
 
-    def _route(
-        self, sender: NodeRecord, cmd: Command, header: dict[str, Any], frames: Sequence[Any]
-    ) -> list[Instruction]:
-        """Forward an actor command to the node its ``to`` names, or answer for a missing one.
-
-        ``to`` is a Pid, a ``(registered name, node)`` pair, or (SPAWN) a node name or ``"*"``
-        for the least-loaded worker. A pid of an earlier incarnation of a live node is dead.
-        """
-        to = header.get("to")
-        incarnation: int | None = None
-        target: NodeRecord | None
-        if isinstance(to, Pid):
-            name: Any = to.node
-            incarnation = to.incarnation
-        elif isinstance(to, tuple | list) and len(to) == 2:
-            name = to[1]
-        else:
-            name = to
-        if cmd is Command.SPAWN and name == _ANY_NODE:
-            target = self._pick_any()
-        else:
-            target = self.by_name.get(name) if isinstance(name, str) else None
-        if target is not None and incarnation in (None, target.incarnation):
-            return [Send(target.identity, frames)]
-        self.stats["unroutable"] += 1
-        reason = protocol.NOPROC if target is not None else protocol.NOCONNECTION
-        return self._answer_for(sender, cmd, header, reason, name)
-
-    def _pick_any(self) -> NodeRecord | None:
-        workers = [n for n in self.nodes.values() if n.role == protocol.ROLE_WORKER]
-        if not workers:
-            return None
-        best = min(workers, key=lambda n: (len(n.active) / max(1, n.capacity), n.assigned_seq))
-        self._seq += 1
-        best.assigned_seq = self._seq
-        return best
-
-    def _answer_for(
-        self, sender: NodeRecord, cmd: Command, header: dict[str, Any], reason: str, name: Any
-    ) -> list[Instruction]:
-        """What the missing target would have said: a dead pid answers noproc, a gone node
-        noconnection. Messages that expect no answer (SEND, ...) are dropped: at most once."""
-        to, origin, ref = header.get("to"), header.get("from"), header.get("ref")
-        if not isinstance(origin, Pid):
-            return []
-        if cmd is Command.MONITOR and isinstance(to, Pid):
-            reply = {"to": origin, "ref": ref, "pid": to, "reason": reason}
-            return [Send(sender.identity, wire.encode(Command.DOWN, reply))]
-        if cmd is Command.LINK and isinstance(to, Pid):
-            reply = {"to": origin, "from": to, "reason": reason, "link": True}
-            return [Send(sender.identity, wire.encode(Command.EXIT, reply))]
-        if cmd is Command.SPAWN:
-            text = (
-                "no worker node is connected"
-                if name == _ANY_NODE
-                else f"node {name!r} is not connected"
-            )
-            reply = {"to": origin, "ref": ref, "pid": None, "error": text}
-            return [Send(sender.identity, wire.encode(Command.SPAWNED, reply))]
-        return []
-
-    # ------------------------------------------------------------------ jobs
-
-    def _pick_worker(self) -> tuple[NodeRecord, int] | None:
-        """The worker for the next job, and the job's ``queued``: 0 if it starts at once, else
-        how many of the worker's jobs run now, one of which it is to wait for. The least loaded
-        worker with credit left is picked, then the one that waited longest.
-
-        With CPU slots, a job starts at once only on a host with a CPU free, preferably on a
-        worker whose CPUs are all idle. On a host whose CPUs all run jobs it goes to a worker
-        that is running one, and waits there; the workers with nothing to run stand by.
-        """
-        slots = self.config.cpu_slots
-        loads = (
-            host_loads(
-                (n.placement, n.running())
-                for n in self.nodes.values()
-                if n.placement is not None and n.role == protocol.ROLE_WORKER
-            )
-            if slots
-            else {}
-        )
-        best: tuple[NodeRecord, int] | None = None
-        best_rank: tuple[float, bool, int] | None = None
-        for node in self.nodes.values():
-            if node.role != protocol.ROLE_WORKER or node.free() <= 0:
-                continue
-            placed = node.placement
-            waits = placed is not None and node.running() >= placed.threads
-            shares_cpus = False
-            if slots and placed is not None and not waits:
-                load = loads[placed.host]
-                if not load.has_free_cpu():
-                    if not node.active:
-                        continue  # idle, on a host whose CPUs all run jobs: it stands by
-                    waits = True  # next in line behind the job it runs
-                shares_cpus = not placed.cpu_mask & ~load.busy_cpus
-            rank = (len(node.active) / node.capacity, shares_cpus, node.assigned_seq)
-            if best_rank is None or rank < best_rank:
-                best, best_rank = (node, node.running() if waits else 0), rank
-        return best
+    def _client_waits(self, job: JobRecord) -> bool:
+        return not job.orphaned and self.nodes.get(job.client.identity) is job.client
 
     def _assign(self, now: float) -> list[Instruction]:
         out: list[Instruction] = []
-        while self.queue:
-            picked = self._pick_worker()
+        while self.table.queued > 0:
+            picked = self.index.pick()
             if picked is None:
                 break
             worker, queued = picked
-            key = self.queue.popleft()
-            job = self.jobs.get(key)
-            if job is None or job.worker is not None:
-                continue  # finished or cancelled while queued
-            header = {**job.header, "client": key[0], "attempt": job.attempt}
-            if queued:
-                # "Wait while you still run this many": one may have ended since (its RESULT
-                # on the way), and then this job starts at once, as this count assumes.
-                header["queued"] = queued
+            job = self.table.next_queued()
+            if job is None:
+                break
             try:
-                frames = wire.encode(Command.JOB, header, self.config.limits)
+                frames = self.table.dispatch(job, worker, queued, now)
             except WireError as exc:
                 out.extend(self._fail_job(job, f"cannot forward the job: {exc}", died=False))
                 continue
-            job.worker = worker.identity
-            job.workers_tried.append(worker.name)
-            worker.active.add(key)
-            worker.waiting += queued > 0
-            self._seq += 1
-            worker.assigned_seq = self._seq
+            self.index.dispatched(worker, job.ticket, queued)
             self.stats["jobs_dispatched"] += 1
             out.append(Send(worker.identity, frames))
         return out
 
     def _fail_job(self, job: JobRecord, text: str, *, died: bool = True) -> list[Instruction]:
         self.stats["jobs_failed"] += 1
-        client, job_id = job.key
-        del self.jobs[job.key]
-        if client not in self.nodes:
+        self.table.remove(job)
+        if not self._client_waits(job):
             return []
         result = {
-            "id": job_id,
-            "client": client,
+            "id": job.job_id,
             "ok": False,
             "error": text,
             "node": job.workers_tried[-1] if job.workers_tried else None,
             "attempt": len(job.workers_tried),
             "died": died,
         }
-        return [Send(client, wire.encode(Command.RESULT, result))]
+        return [Send(job.client.identity, wire.encode(Command.RESULT, result))]
+
+    def _take_back(self, job: JobRecord, *, spend: bool, why: str) -> list[Instruction]:
+        """``job`` no longer runs on its worker: queue it again at the front, or fail it after
+        ``max_attempts`` (``why`` says what kept happening)."""
+        self.table.take_back(job)
+        if job.orphaned:
+            self.table.remove(job)  # nobody waits for it
+            return []
+        if spend:
+            job.attempt += 1
+        if job.attempt > self.config.max_attempts:
+            tried = ", ".join(job.workers_tried)
+            text = f"gave up: {why} {self.config.max_attempts} times (tried {tried})"
+            return self._fail_job(job, text)
+        self.stats["jobs_requeued"] += 1
+        self.table.put_back(job)
+        return []
+
+    def _expire(self, job: JobRecord, now: float) -> list[Instruction]:
+        """``job`` got no RESULT within its deadline: retry it elsewhere, and give its worker
+        nothing more until it answers."""
+        worker = job.worker
+        assert worker is not None  # expired() only reports running jobs
+        self.stats["jobs_expired"] += 1
+        self.index.finished(worker, job.ticket)
+        worker.hung = True
+        self.index.changed(worker)
+        text = (
+            f"{worker.name} sent no result for a job of {job.client.name} within its deadline of "
+            f"{job.deadline_s:g} s: the job is retried elsewhere, and {worker.name} gets no "
+            "new jobs until it answers"
+        )
+        why = f"no result within the deadline of {job.deadline_s:g} s"
+        out: list[Instruction] = [Log(logging.WARNING, text)]
+        out.extend(self._take_back(job, spend=True, why=why))
+        out.extend(self._assign(now))
+        return out
 
     # ------------------------------------------------------------------ node death
 
     def _node_down(
         self,
-        identity: bytes,
+        node: NodeRecord,
         reason: str,
         now: float,
         why: str,
         *,
         spend_attempts: bool | None = None,
     ) -> list[Instruction]:
-        """Forget a node: tell the others (NODEDOWN), requeue its jobs, drop its clients' jobs.
+        """Forget a node: tell its watchers (NODEDOWN), requeue its jobs, drop its clients'
+        jobs. Costs O(its jobs + its watchers + its watches), whatever the number of nodes.
 
         A job it held spends an attempt unless the node left gracefully (or ``spend_attempts``
         says otherwise).
         """
-        node = self.nodes.pop(identity, None)
-        if node is None:
+        if self.nodes.get(node.identity) is not node:
             return []
+        del self.nodes[node.identity]
         if self.by_name.get(node.name) is node:
             del self.by_name[node.name]
+        self._names = None
         self.stats["nodes_down"] += 1
+        self.index.remove(node)
         out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
-        notice = wire.encode(
-            Command.NODEDOWN,
-            {"node": node.name, "incarnation": node.incarnation, "reason": reason},
-        )
-        out.extend(Send(other, notice) for other in self.nodes)
+        out.extend(self.actors.node_gone(node, reason))
         spend = reason != protocol.NORMAL if spend_attempts is None else spend_attempts
-        for key in sorted(node.active, key=repr):
-            job = self.jobs.get(key)
-            if job is None or job.worker != identity:
-                continue
-            job.worker = None
-            if spend:
-                job.attempt += 1
-            if job.attempt > self.config.max_attempts:
-                tried = ", ".join(job.workers_tried)
-                out.extend(
-                    self._fail_job(
-                        job,
-                        f"gave up: the worker running it died {self.config.max_attempts} "
-                        f"times (tried {tried})",
-                    )
-                )
-            else:
-                self.stats["jobs_requeued"] += 1
-                self.queue.appendleft(key)
-        for key in [k for k in self.jobs if k[0] == identity]:
-            del self.jobs[key]  # the client is gone: nobody is waiting for these
+        for ticket in sorted(node.active):
+            job = self.table.jobs.get(ticket)
+            if job is not None and job.worker is node:
+                out.extend(self._take_back(job, spend=spend, why="the worker running it died"))
+        node.active.clear()
+        node.waiting = 0
+        self.table.forget_client(node)
         out.extend(self._assign(now))
         return out
 
     # ------------------------------------------------------------------ reporting
 
-    def nodes_report(self, now: float) -> dict[str, Any]:
-        """The answer to ``NODES``: every node, the queue length and the counters."""
-        nodes = [
-            {
-                "name": n.name,
-                "role": n.role,
-                "capacity": n.capacity,
-                "active": len(n.active),
-                "done": n.done,
-                "last_seen_s": round(now - n.last_seen, 3),
-                "uptime_s": round(now - n.joined_at, 3),
-                "incarnation": n.incarnation,
-                "malformed": n.malformed,
-                **(n.placement.to_hello() if n.placement else {}),
-            }
-            for n in sorted(self.nodes.values(), key=lambda n: n.name)
-        ]
+    def _nodes(
+        self, identity: bytes, node: NodeRecord | None, header: dict[str, Any], now: float
+    ) -> list[Instruction]:
+        after = header.get("after")
+        if after is not None and type(after) is not str:
+            raise WireError("header field 'after' must be str")
+        bucket = node.pages if node is not None else self._anonymous_pages
+        if not bucket.take(now, self.config.nodes_pages_per_s):
+            self.stats["throttled"] += 1
+            return self._log_once(identity, "dropped NODES requests beyond the rate limit")
+        return [Send(identity, wire.encode(Command.NODES, self.nodes_page(now, after)))]
+
+    def nodes_page(self, now: float, after: str | None = None) -> dict[str, Any]:
+        """One page of the answer to ``NODES``: the nodes whose names sort after ``after``, as
+        many as fit in about ``nodes_page_bytes``, then the queue length and the counters."""
+        if self._names is None:
+            self._names = sorted(self.by_name)
+        names = self._names
+        start = bisect.bisect_right(names, after) if after is not None else 0
+        page: list[dict[str, Any]] = []
+        size = 0
+        for name in itertools.islice(names, start, None):
+            node = self.by_name[name]
+            cost = _entry_cost(node)
+            if page and size + cost > self.config.nodes_page_bytes:
+                break
+            page.append(_node_entry(node, now))
+            size += cost
         return {
-            "nodes": nodes,
-            "queued": sum(1 for j in self.jobs.values() if j.worker is None),
+            "nodes": page,
+            "more": start + len(page) < len(names),
+            "count": len(names),
+            "queued": self.table.queued,
             "stats": dict(self.stats),
             "epoch": self.epoch,
             "uptime_s": round(now - self.started_at, 3),
         }
+
+    def nodes_report(self, now: float) -> dict[str, Any]:
+        """Every page of the NODES answer at once (for callers in this process)."""
+        report = self.nodes_page(now)
+        while report["more"]:
+            page = self.nodes_page(now, report["nodes"][-1]["name"])
+            report["nodes"] += page["nodes"]
+            report["more"] = page["more"]
+        return report
 
     def _malformed(self, identity: bytes, text: str) -> list[Instruction]:
         self.stats["malformed"] += 1
@@ -655,9 +646,38 @@ class BrokerState:
         return [Log(logging.WARNING, f"from {identity!r}: {text}")]
 
 
+def _id_differs(job_id: Any, reported: Any) -> bool:
+    return type(job_id) is not type(reported) or job_id != reported
+
+
+def _node_entry(n: NodeRecord, now: float) -> dict[str, Any]:
+    entry = {
+        "name": n.name,
+        "role": n.role,
+        "capacity": n.capacity,
+        "active": len(n.active),
+        "done": n.done,
+        "last_seen_s": round(now - n.last_seen, 3),
+        "uptime_s": round(now - n.joined_at, 3),
+        "incarnation": n.incarnation,
+        "malformed": n.malformed,
+        "dropped": n.dropped,
+        **(n.placement.to_hello() if n.placement else {}),
+    }
+    if n.hung:
+        entry["hung"] = True
+    return entry
+
+
+def _entry_cost(n: NodeRecord) -> int:
+    """An upper bound of the encoded size of a node's NODES entry, in bytes."""
+    placed = n.placement
+    return 256 + len(n.name) + (len(placed.host) + 3 * len(placed.cpus) if placed else 0)
+
+
 def result_head(frames: Sequence[Any], limits: wire.Limits) -> dict[str, Any] | None:
     """The first entries of a RESULT when the broker can settle it on them alone: plain values,
-    with an int or str ``id`` and a bin ``client`` (a worker writes id, client and attempt
+    with an int or str ``id`` and an int ``ticket`` (a worker writes id, ticket and attempt
     first). The RESULT is then forwarded verbatim and its client decodes the rest. None for any
     other message, which the broker decodes in full."""
     if wire.command_of(frames) is not Command.RESULT:
@@ -666,34 +686,38 @@ def result_head(frames: Sequence[Any], limits: wire.Limits) -> dict[str, Any] | 
     if peeked is None:
         return None
     head = peeked[1]
-    if type(head.get("id")) not in (int, str) or type(head.get("client")) is not bytes:
+    if type(head.get("id")) not in (int, str) or type(head.get("ticket")) is not int:
         return None
     return head
 
 
 def _check_hello(header: dict[str, Any]) -> str:
-    """Validate a HELLO header and return the node name; raise WireError saying what is wrong."""
-    name: str = protocol.field(header, "name", str)
+    """Validate a HELLO header and return the node name; raise _Refused saying what is wrong."""
     try:
-        protocol.check_name(name)
-    except ValueError as exc:
-        raise WireError(str(exc)) from None
-    role = protocol.field(header, "role", str)
-    if role not in protocol.ROLES:
-        raise WireError(f"role {role!r} is not one of {protocol.ROLES}")
-    capacity = protocol.field(header, "capacity", int)
-    if not 0 <= capacity <= protocol.MAX_CAPACITY:
-        raise WireError(f"capacity {capacity} is outside 0..{protocol.MAX_CAPACITY}")
-    protocol.field(header, "incarnation", int)
-    if "session" in header:
-        protocol.field(header, "session", int)
-    version = protocol.field(header, "version", int)
+        name: str = protocol.field(header, "name", str)
+        try:
+            protocol.check_name(name)
+        except ValueError as exc:
+            raise WireError(str(exc)) from None
+        role = protocol.field(header, "role", str)
+        if role not in protocol.ROLES:
+            raise WireError(f"role {role!r} is not one of {protocol.ROLES}")
+        capacity = protocol.field(header, "capacity", int)
+        if not 0 <= capacity <= protocol.MAX_CAPACITY:
+            raise WireError(f"capacity {capacity} is outside 0..{protocol.MAX_CAPACITY}")
+        protocol.field(header, "incarnation", int)
+        if "session" in header:
+            protocol.field(header, "session", int)
+        version = protocol.field(header, "version", int)
+        _placement_of(header)
+    except WireError as exc:
+        raise _Refused(str(exc), protocol.REJECT_INVALID) from None
     if version != protocol.PROTOCOL_VERSION:
-        raise WireError(
+        raise _Refused(
             f"protocol version {version} is not supported (this broker speaks "
-            f"{protocol.PROTOCOL_VERSION})"
+            f"{protocol.PROTOCOL_VERSION}): run the same zimg version on every node",
+            protocol.REJECT_VERSION,
         )
-    _placement_of(header)
     return name
 
 
@@ -702,6 +726,3 @@ def _placement_of(header: dict[str, Any]) -> Placement | None:
     if header["role"] != protocol.ROLE_WORKER:
         return None
     return Placement.from_hello(header)
-
-
-_ANY_NODE = "*"

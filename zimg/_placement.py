@@ -2,12 +2,12 @@
 once as it has CPUs.
 
 A worker says in its HELLO which host it is on, which CPUs it may use and how many jobs it runs
-at once (:class:`Placement`). The broker adds up, per host, the jobs running there and the CPUs
-its workers may use (:func:`host_loads`), and hands a job to an idle worker only while its host
-has a CPU without a running job. A worker that is already running gets its next job in line
-sent ``queued``: it starts that job when the one it runs ends, even if it has a thread free, so
-the CPUs stay busy between jobs and never run more than one job each. The rules are in
-``BrokerState._pick_worker`` and in ``docs/protocol.md`` §7.3.
+at once (:class:`Placement`). The broker keeps, per host, the jobs running there and the CPUs
+its workers may use (``zimg._dispatch.HostState``), and hands a job to an idle worker only while
+its host has a CPU without a running job. A worker that is already running gets its next job in
+line sent ``queued``: it starts that job when the one it runs ends, even if it has a thread free,
+so the CPUs stay busy between jobs and never run more than one job each. The rules are in
+``zimg._dispatch`` and in ``docs/protocol.md`` §7.3.
 
 Why: more jobs than CPUs at once cost CPU time rather than save it. Four 1080p workers on two
 CPUs spent 1-4% more CPU per image than two, and finished a batch 3-8% later
@@ -23,7 +23,7 @@ placement and are never held back.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,39 +87,6 @@ class Placement:
         if not 0 < threads <= protocol.MAX_CAPACITY:
             raise WireError(f"threads {threads} is outside 1..{protocol.MAX_CAPACITY}")
         return cls(host, frozenset(cpus), threads)
-
-
-@dataclass(slots=True)
-class HostLoad:
-    """The jobs running on one host and its CPUs, as the broker counts them.
-
-    Attributes:
-        cpus: every CPU that a worker of this host may use, as a bit mask.
-        running: jobs running on the host (a worker runs at most ``threads`` of its jobs).
-        busy_cpus: the CPUs of the workers that are running at least one job, as a bit mask.
-    """
-
-    cpus: int = 0
-    running: int = 0
-    busy_cpus: int = 0
-
-    def has_free_cpu(self) -> bool:
-        """Can one more job start on this host without waiting for a CPU?"""
-        return self.running < self.cpus.bit_count()
-
-
-def host_loads(workers: Iterable[tuple[Placement, int]]) -> dict[str, HostLoad]:
-    """Every host's load, from each placed worker and the number of jobs it runs."""
-    loads: dict[str, HostLoad] = {}
-    for placement, running in workers:
-        load = loads.get(placement.host)
-        if load is None:
-            load = loads[placement.host] = HostLoad()
-        load.cpus |= placement.cpu_mask
-        if running:
-            load.running += running
-            load.busy_cpus |= placement.cpu_mask
-    return loads
 
 
 def this_host() -> str:

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from zimg._errors import WireError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_LIVENESS = 3
 DEFAULT_MAX_ATTEMPTS = 3
 MAX_CAPACITY = 4096
+
+# Why a HELLO was refused (REJECT ``code``). A node that is re-joining keeps trying after the
+# retryable ones; on its first join every REJECT is final.
+REJECT_INVALID = "invalid"
+REJECT_VERSION = "version"
+REJECT_KEY = "key"
+REJECT_NAME_TAKEN = "name_taken"
+REJECT_LIMIT = "limit"
+RETRYABLE_REJECTS = frozenset({REJECT_NAME_TAKEN, REJECT_LIMIT})
 
 ROLE_WORKER = "worker"
 ROLE_CLIENT = "client"
@@ -52,12 +61,23 @@ def node_identity(name: str, incarnation: int, secret: int) -> bytes:
     return f"{name}/{incarnation:x}/{secret:x}".encode()
 
 
-def name_allowed(name: str, user_id: str) -> bool:
+def name_allowed(name: str, user_id: str, key_names: Collection[str] = ()) -> bool:
     """May a node authenticated (CURVE) as ``user_id`` use the node name ``name``?
 
-    Only its own name, or that name followed by ``.`` and anything (``main.send-42``).
+    Only its own name, or that name followed by ``.`` and anything (``main.send-42``), unless
+    a longer key name owns it: with keys ``n1`` and ``n1.gpu`` in ``key_names``, the names
+    ``n1.gpu`` and ``n1.gpu.x`` are ``n1.gpu``'s, not ``n1``'s.
     """
-    return name == user_id or name.startswith(user_id + ".")
+    if name == user_id:
+        return True
+    if not name.startswith(user_id + "."):
+        return False
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        owner = ".".join(parts[:end])
+        if owner in key_names:
+            return owner == user_id
+    return True
 
 
 def field(header: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:

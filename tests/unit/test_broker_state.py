@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from zimg import protocol, wire
-from zimg._broker_state import BrokerConfig, BrokerState, Log, Probe, Send
+from zimg._broker_state import BrokerConfig, BrokerState, Log, Probe, Send, SendMany
 from zimg.wire import Command, Pid
 
 CFG = BrokerConfig(heartbeat_interval_s=1.0, liveness=3, max_attempts=3)
@@ -52,7 +52,13 @@ def hello(name: str, role: str = "worker", capacity: int = 2, **extra) -> list:
 
 
 def sends(instructions) -> list[tuple[bytes, wire.Message]]:
-    return [(i.identity, wire.decode(i.frames)) for i in instructions if isinstance(i, Send)]
+    out = []
+    for i in instructions:
+        if isinstance(i, Send):
+            out.append((i.identity, wire.decode(i.frames)))
+        elif isinstance(i, SendMany):
+            out += [(to, wire.decode(i.frames)) for to in i.identities]
+    return out
 
 
 def join(state: BrokerState, clock: Clock, name: str, **kw) -> list:
@@ -65,8 +71,17 @@ def job(job_id: int, **extra) -> list:
     return wire.encode(Command.JOB, header)
 
 
-def result(job_id: int, client: bytes, **extra) -> list:
-    header = {"id": job_id, "client": client, "ok": True, "attempt": 1}
+def ticket_of(state: BrokerState, job_id: Any, client: bytes) -> int:
+    """The broker's ticket for ``client``'s job ``job_id`` (what its worker was sent)."""
+    for ticket, held in state.table.jobs.items():
+        if held.job_id == job_id and held.client.identity == client:
+            return ticket
+    raise AssertionError(f"the broker holds no job {job_id!r} of {client!r}")
+
+
+def result(state: BrokerState, job_id: int, client: bytes, **extra) -> list:
+    """A worker's RESULT for ``client``'s job ``job_id``: id, ticket and attempt first."""
+    header = {"id": job_id, "ticket": ticket_of(state, job_id, client), "attempt": 1, "ok": True}
     header.update(extra)
     return wire.encode(Command.RESULT, header)
 
@@ -194,10 +209,13 @@ def test_jobs_wait_for_a_worker_then_respect_its_capacity(state, clock):
     out = sends(join(state, clock, "n1", capacity=2))
     jobs = [m for _, m in out if m.command is Command.JOB]
     assert [m.header["id"] for m in jobs] == [0, 1]
-    assert all(m.header["client"] == client and m.header["attempt"] == 1 for m in jobs)
+    assert all(m.header["attempt"] == 1 and type(m.header["ticket"]) is int for m in jobs)
+    # A worker never learns the client's routing id, only the broker's ticket.
+    assert not any("client" in m.header for m in jobs)
+    assert all(m.header["deadline_s"] == CFG.job_deadline_s for m in jobs)
     assert np.array_equal(jobs[0].header["payload"], np.zeros(4, np.uint8))
     # a result frees one credit, which goes to the third job
-    out = sends(state.on_message(ident("n1"), result(0, client), clock.now))
+    out = sends(state.on_message(ident("n1"), result(state, 0, client), clock.now))
     assert [(to, m.command) for to, m in out] == [
         (client, Command.RESULT),
         (ident("n1"), Command.JOB),
@@ -209,7 +227,7 @@ def test_result_frames_are_forwarded_untouched(state, clock):
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1")
     state.on_message(ident("c"), job(0), clock.now)
-    frames = result(0, ident("c"), payload=np.arange(6, dtype=np.uint8))
+    frames = result(state, 0, ident("c"), payload=np.arange(6, dtype=np.uint8))
     out = state.on_message(ident("n1"), frames, clock.now)
     forwarded = [i for i in out if isinstance(i, Send) and i.identity == ident("c")]
     assert len(forwarded) == 1
@@ -232,7 +250,7 @@ def test_duplicate_job_id_is_ignored(state, clock):
     state.on_message(ident("c"), job(7), clock.now)
     state.on_message(ident("c"), job(7), clock.now)
     assert state.stats["jobs_received"] == 1
-    assert len(state.queue) == 1
+    assert state.queue_length == 1
 
 
 def test_heartbeats_go_to_every_node_once_per_interval(state, clock):
@@ -290,7 +308,7 @@ def test_job_fails_after_max_attempts(state, clock):
     assert msg.header["died"] is True
     assert msg.header["attempt"] == 3
     assert "w0, w1, w2" in msg.header["error"]
-    assert state.jobs == {}
+    assert state.table.jobs == {}
     assert state.stats["jobs_failed"] == 1
 
 
@@ -310,13 +328,13 @@ def test_late_result_after_requeue_is_forwarded_and_cancels_the_retry(state, clo
     state.on_message(ident("c"), job(0), clock.now)
     # n1 is declared dead while the job is queued again (no other worker)
     state.on_unreachable(ident("n1"), clock.now)
-    assert state.jobs[(ident("c"), 0)].worker is None
+    assert state.table.jobs[ticket_of(state, 0, ident("c"))].worker is None
     # n1 comes back as a new incarnation and its old reply arrives
     state.on_message(b"n1/9", hello("n1", incarnation=9, capacity=0), clock.now)
-    late = result(0, ident("c"))
+    late = result(state, 0, ident("c"))
     out = state.on_message(b"n1/9", late, clock.now)
     assert [(i.identity, i.frames) for i in out if isinstance(i, Send)] == [(ident("c"), late)]
-    assert state.jobs == {}
+    assert state.table.jobs == {}
     assert state.stats["late_results"] == 1
     # a worker joining later is not given the finished job
     out = sends(join(state, clock, "n2"))
@@ -328,7 +346,7 @@ def test_dead_client_jobs_are_dropped(state, clock):
     for i in range(3):
         state.on_message(ident("c"), job(i), clock.now)
     state.on_unreachable(ident("c"), clock.now)
-    assert state.jobs == {}
+    assert state.table.jobs == {}
     out = sends(join(state, clock, "n1"))
     assert [m.command for _, m in out] == [Command.WELCOME]
 
@@ -375,7 +393,7 @@ def test_job_too_big_to_forward_fails_instead_of_sticking(clock):
     assert "cannot forward" in msg.header["error"]
     assert msg.header["died"] is False
     assert state.by_name["n1"].active == set()
-    assert state.jobs == {}
+    assert state.table.jobs == {}
 
 
 def test_result_from_a_node_not_given_the_job_is_dropped(state, clock):
@@ -383,9 +401,9 @@ def test_result_from_a_node_not_given_the_job_is_dropped(state, clock):
     join(state, clock, "n1", capacity=1)
     join(state, clock, "n2", capacity=0)
     state.on_message(ident("c"), job(0), clock.now)
-    out = state.on_message(ident("n2"), result(0, ident("c")), clock.now)
+    out = state.on_message(ident("n2"), result(state, 0, ident("c")), clock.now)
     assert sends(out) == []
-    assert state.jobs[(ident("c"), 0)].worker == ident("n1")
+    assert state.table.jobs[ticket_of(state, 0, ident("c"))].worker is state.by_name["n1"]
     assert state.stats["late_results"] == 1
 
 
@@ -452,10 +470,18 @@ def test_spawn_any_goes_round_the_workers(state, clock):
     assert targets == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
 
 
-def test_node_down_is_broadcast_to_the_others(state, clock):
+def watch(state: BrokerState, clock: Clock, who: str, name: str, incarnation=None) -> list:
+    header = {"node": name, "incarnation": incarnation}
+    return sends(state.on_message(ident(who), wire.encode(Command.WATCH, header), clock.now))
+
+
+def test_node_down_goes_to_its_watchers_only(state, clock):
     join(state, clock, "n1")
     join(state, clock, "n2")
     join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "bystander", role="client", capacity=0)
+    assert watch(state, clock, "n1", "n2", 1) == []  # n2 of incarnation 1 is up: no answer
+    assert watch(state, clock, "c", "n2") == []
     out = sends(state.on_unreachable(ident("n2"), clock.now))
     notices = sorted(
         (to, m.header["node"], m.header["incarnation"])
@@ -463,6 +489,46 @@ def test_node_down_is_broadcast_to_the_others(state, clock):
         if m.command is Command.NODEDOWN
     )
     assert notices == [(ident("c"), "n2", 1), (ident("n1"), "n2", 1)]
+    # The watches of a node that went down are gone with it.
+    assert state.actors.watch_total == 2
+    state.on_unreachable(ident("c"), clock.now)
+    assert state.actors.watch_total == 1
+
+
+def test_a_watch_of_a_node_that_is_not_up_is_answered_at_once(state, clock):
+    join(state, clock, "n1")
+    [(to, msg)] = watch(state, clock, "n1", "ghost", 7)
+    assert (to, msg.command) == (ident("n1"), Command.NODEDOWN)
+    assert (msg.header["node"], msg.header["incarnation"]) == ("ghost", 7)
+    assert msg.header["reason"] == protocol.NOCONNECTION
+    join(state, clock, "n2")  # incarnation 1: a watch of incarnation 7 is answered too
+    [(_, msg)] = watch(state, clock, "n1", "n2", 7)
+    assert (msg.command, msg.header["incarnation"]) == (Command.NODEDOWN, 7)
+    # It stays registered, by name: the next n2 going down is reported.
+    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    assert [(to, m.header["incarnation"]) for to, m in out if m.command is Command.NODEDOWN] == [
+        (ident("n1"), 1)
+    ]
+
+
+def test_unwatch_stops_the_notices(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    watch(state, clock, "n1", "n2")
+    state.on_message(ident("n1"), wire.encode(Command.UNWATCH, {"node": "n2"}), clock.now)
+    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    assert [m for _, m in out if m.command is Command.NODEDOWN] == []
+
+
+def test_watches_beyond_the_limit_are_refused_with_system_limit(clock):
+    state = BrokerState(BrokerConfig(max_watches=2), now=clock.now, epoch=1)
+    join(state, clock, "n1")
+    for name in ("a", "b"):
+        watch(state, clock, "n1", name)
+    [(_, msg)] = watch(state, clock, "n1", "c")
+    assert (msg.command, msg.header["reason"]) == (Command.NODEDOWN, "system_limit")
+    assert state.stats["watch_refused"] == 1
+    assert state.actors.watch_total == 2
 
 
 def test_send_to_a_name_node_pair_routes_by_node(state, clock):
@@ -479,7 +545,7 @@ def test_a_repeated_hello_in_the_same_session_changes_nothing(state, clock):
     state.on_message(ident("c"), job(0), clock.now)
     out = sends(join(state, clock, "n1", capacity=1))
     assert [m.command for _, m in out] == [Command.WELCOME]
-    assert state.by_name["n1"].active == {(ident("c"), 0)}
+    assert state.by_name["n1"].active == {ticket_of(state, 0, ident("c"))}
     assert state.stats["nodes_down"] == 0
 
 
@@ -487,6 +553,7 @@ def test_a_hello_with_a_new_session_ends_the_old_one_without_spending_attempts(s
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n2", capacity=0)
     join(state, clock, "n1", capacity=1)
+    watch(state, clock, "n2", "n1")
     state.on_message(ident("c"), job(0), clock.now)
     out = sends(join(state, clock, "n1", capacity=1, session=1))
     commands = [(to, m.command) for to, m in out]
@@ -613,7 +680,8 @@ def test_a_result_is_settled_on_its_first_entries_and_forwarded_unread(state, cl
     join(state, clock, "c", role="client", capacity=0)
     [(to, _)] = sends(state.on_message(ident("c"), job(0), clock.now))
     assert to == ident("n1")
-    first = header_of(wire.encode(Command.RESULT, {"id": 0, "client": ident("c"), "attempt": 1}))
+    ticket = ticket_of(state, 0, ident("c"))
+    first = header_of(wire.encode(Command.RESULT, {"id": 0, "ticket": ticket, "attempt": 1}))
     garbage = [wire.lead_frame(Command.RESULT, b"\x84" + first[1:] + b"\xa5items\xc1")]
     with pytest.raises(wire.WireError):
         wire.decode(garbage)
@@ -629,11 +697,12 @@ def test_a_result_whose_first_entries_are_not_plain_is_decoded_in_full(state, cl
     join(state, clock, "c", role="client", capacity=0)
     state.on_message(ident("c"), job(0), clock.now)
     # "items" first: the broker decodes the whole message, and it is malformed.
-    bad = [wire.MAGIC, bytes([Command.RESULT]), b"\x83\xa5items\x90\xa2id\x00\xa6client\xc1"]
+    bad = [wire.MAGIC, bytes([Command.RESULT]), b"\x83\xa5items\x90\xa2id\x00\xa6ticket\xc1"]
     assert not any(isinstance(i, Send) for i in state.on_message(ident("n1"), bad, clock.now))
     assert state.stats["malformed"] == 1
     # The same fields in another order still settle the job, through the full decode.
-    header = {"ok": True, "id": 0, "client": ident("c"), "attempt": 1, "items": []}
+    ticket = ticket_of(state, 0, ident("c"))
+    header = {"ok": True, "id": 0, "ticket": ticket, "attempt": 1, "items": []}
     frames = wire.encode(Command.RESULT, header)
     assert state.on_message(ident("n1"), frames, clock.now) == [Send(ident("c"), frames)]
     assert state.stats["jobs_done"] == 1
@@ -643,7 +712,7 @@ def test_a_result_settled_on_its_first_entries_still_needs_the_senders_key(state
     state.on_message(ident("n1"), hello("n1"), clock.now, user_id="n1")
     state.on_message(ident("c"), hello("c", role="client", capacity=0), clock.now, user_id="c")
     state.on_message(ident("c"), job(0), clock.now, user_id="c")
-    frames = result(0, ident("c"))
+    frames = result(state, 0, ident("c"))
     out = state.on_message(ident("n1"), frames, clock.now, user_id="n2")  # another key
     assert not any(isinstance(i, Send) for i in out)
     assert state.stats["rejected"] == 1
@@ -672,7 +741,7 @@ def dispatch(state: BrokerState, clock: Clock, first: int, count: int) -> list[b
 
 def finish(state: BrokerState, clock: Clock, worker: str, job_id: int) -> list[bytes]:
     """``worker`` returns job ``job_id``; the workers handed a job in exchange."""
-    out = sends(state.on_message(ident(worker), result(job_id, ident("c")), clock.now))
+    out = sends(state.on_message(ident(worker), result(state, job_id, ident("c")), clock.now))
     return [to for to, m in out if m.command is Command.JOB]
 
 
@@ -682,7 +751,7 @@ def test_a_host_runs_one_job_per_cpu_and_its_other_workers_stand_by(state, clock
         join(state, clock, n, **placed([0, 1]))
     # Two CPUs: two workers start a job each, then each gets the next in line (credit 2).
     assert dispatch(state, clock, 0, 6) == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
-    assert len(state.queue) == 2
+    assert state.queue_length == 2
     # A result frees credit on a worker that is still running: it takes the next job.
     assert finish(state, clock, "n1", 0) == [ident("n1")]
     assert state.nodes[ident("n3")].active == state.nodes[ident("n4")].active == set()
@@ -732,11 +801,11 @@ def test_on_a_full_host_the_next_job_waits_behind_a_running_one(state, clock):
         (ident("n2"), 3, 1),
     ]
     # Job 0 ends, job 2 starts on n1: the host still runs two, so job 4 waits behind job 2.
-    out = state.on_message(ident("n1"), result(0, ident("c")), clock.now)
+    out = state.on_message(ident("n1"), result(state, 0, ident("c")), clock.now)
     assert jobs_sent(out) == [(ident("n1"), 4, 1)]
     # n2 leaves: its CPU is free, and n1 starts the next job at once on its second thread.
     state.on_message(ident("n2"), wire.encode(Command.DISCONNECT, {}), clock.now)
-    out = state.on_message(ident("n1"), result(2, ident("c")), clock.now)
+    out = state.on_message(ident("n1"), result(state, 2, ident("c")), clock.now)
     [(to, job_id, queued)] = jobs_sent(out)
     assert (to, job_id in (1, 3), queued) == (ident("n1"), True, 0)
 
@@ -759,7 +828,7 @@ def test_a_queued_job_says_how_many_jobs_it_waits_behind(state, clock):
         (ident("n1"), 3, 2),
     ]
     # Job 0 ends: job 2 takes its thread, job 1 still runs; job 4 waits behind those two.
-    out = state.on_message(ident("n1"), result(0, ident("c")), clock.now)
+    out = state.on_message(ident("n1"), result(state, 0, ident("c")), clock.now)
     assert jobs_sent(out) == [(ident("n1"), 4, 2)]
 
 

@@ -1,4 +1,4 @@
-"""A worker's placement (host, CPUs, threads) and the broker's per-host count of running jobs."""
+"""A worker's placement (host, CPUs, threads), as its HELLO carries it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from zimg import _placement
 from zimg._errors import WireError
-from zimg._placement import HostLoad, Placement, host_loads, this_host
+from zimg._placement import Placement, this_host
 
 
 def test_placement_round_trips_through_a_hello():
@@ -42,31 +42,6 @@ def test_a_hello_without_a_host_has_no_placement():
 def test_a_malformed_placement_is_refused(fields, fragment):
     with pytest.raises(WireError, match=fragment):
         Placement.from_hello(fields)
-
-
-def place(host: str, cpus: set[int], threads: int = 1) -> Placement:
-    return Placement(host, frozenset(cpus), threads)
-
-
-def test_host_loads_add_up_running_jobs_and_the_cpus_of_each_host():
-    loads = host_loads(
-        [
-            (place("a", {0, 1}), 1),
-            (place("a", {0, 1}), 0),
-            (place("a", {2}, threads=2), 2),
-            (place("b", {0}), 0),
-        ]
-    )
-    assert loads["a"] == HostLoad(cpus=0b111, running=3, busy_cpus=0b111)
-    assert not loads["a"].has_free_cpu()
-    assert loads["b"] == HostLoad(cpus=0b1, running=0, busy_cpus=0)
-    assert loads["b"].has_free_cpu()
-
-
-def test_pinned_workers_add_up_to_the_cpus_they_cover():
-    loads = host_loads([(place("a", {i % 2}), 1 if i == 0 else 0) for i in range(4)])
-    assert loads["a"] == HostLoad(cpus=0b11, running=1, busy_cpus=0b1)
-    assert loads["a"].has_free_cpu()
 
 
 def test_this_host_is_the_kernels_boot_id(tmp_path, monkeypatch):

@@ -1,0 +1,204 @@
+"""What the broker keeps: its settings, the instructions it gives its socket loop, and its records
+of nodes and jobs. Plain data: the logic is in ``_broker_state`` (events), ``_dispatch`` (which
+worker gets the next job) and ``_broker_jobs`` (the job table)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zimg import protocol, wire
+from zimg._placement import Placement
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """Broker settings. Times are in seconds, sizes in bytes.
+
+    Attributes:
+        heartbeat_interval_s: how often the broker and the nodes send HEARTBEAT.
+        liveness: heartbeats a node may miss before it is declared dead.
+        max_attempts: dispatches of a job whose workers died (or timed out) before it fails.
+        limits: wire limits for what the broker reads and sends.
+        cpu_slots: a host runs at most one job per CPU (see ``zimg._placement``).
+        job_deadline_s: the longest a worker may work on a job (a client may ask for less). A
+            job not answered by then, plus a grace period, is taken back and retried elsewhere,
+            and its worker gets no new job until it answers (it is *hung*).
+        max_job_bytes: bytes of all jobs the broker holds (queued or running) at once.
+        max_client_job_bytes: bytes of the jobs one client has in the broker at once.
+        max_jobs: jobs held at once, all clients together.
+        max_client_jobs: jobs one client has in the broker at once.
+        max_nodes: nodes registered at once (the socket loop lowers it to fit the
+            file-descriptor limit).
+        max_watches: node names one node may WATCH at once.
+        max_watch_total: WATCHes held at once, all nodes together.
+        nodes_page_bytes: about how large one page of the NODES reply may grow.
+        nodes_pages_per_s: NODES pages each node may ask for per second (also the budget shared
+            by every peer that has not joined).
+    """
+
+    heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
+    liveness: int = protocol.DEFAULT_LIVENESS
+    max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
+    limits: wire.Limits = wire.DEFAULT_LIMITS
+    cpu_slots: bool = True
+    job_deadline_s: float = 300.0
+    max_job_bytes: int = 1 << 30
+    max_client_job_bytes: int = 256 << 20
+    max_jobs: int = 1_000_000
+    max_client_jobs: int = 10_000
+    max_nodes: int = 100_000
+    max_watches: int = 4096
+    max_watch_total: int = 1_000_000
+    nodes_page_bytes: int = 64 << 10
+    nodes_pages_per_s: float = 50.0
+
+    @property
+    def expiry_s(self) -> float:
+        """How long a node may stay silent before it is declared dead."""
+        return self.heartbeat_interval_s * self.liveness
+
+    def job_grace_s(self, deadline_s: float) -> float:
+        """How long after a job's deadline the broker still waits for its RESULT (the worker
+        stops at the deadline, between two ops, and its answer is on the way)."""
+        return self.expiry_s + 0.05 * deadline_s
+
+
+# ---------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``frames`` to the peer with routing id ``identity``."""
+
+    identity: bytes
+    frames: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SendMany:
+    """Send the same ``frames`` to each of ``identities`` (heartbeats)."""
+
+    identities: Sequence[bytes]
+    frames: Sequence[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Find out whether ``identity`` still has a live connection; report with ``on_probe``."""
+
+    identity: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """Log ``text`` at ``level``."""
+
+    level: int
+    text: str
+
+
+Instruction = Send | SendMany | Probe | Log
+
+
+# ---------------------------------------------------------------------------- records
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A rate limit: ``tokens`` left, last refilled at ``refilled`` (seconds)."""
+
+    tokens: float
+    refilled: float
+
+    def take(self, now: float, rate: float) -> bool:
+        """Spend one token if there is one (the bucket refills at ``rate`` per second, up to
+        ``rate`` tokens)."""
+        self.tokens = min(rate, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass(slots=True, eq=False)
+class NodeRecord:
+    """What the broker knows of one connected node (hashed by identity of the record)."""
+
+    name: str
+    identity: bytes
+    role: str
+    capacity: int
+    incarnation: int
+    joined_at: float
+    last_seen: float
+    session: int = 0
+    placement: Placement | None = None  # a worker's host, CPUs and threads, if it said
+    # The job path (workers): the tickets of the jobs it holds, and of those the ones sent
+    # ``queued`` that it has not started yet.
+    active: set[int] = field(default_factory=set)
+    waiting: int = 0
+    done: int = 0
+    hung: bool = False  # it held a job past its deadline: no new jobs until it answers
+    # The job path (clients): the tickets of the jobs it submitted, and their bytes.
+    submitted: set[int] = field(default_factory=set)
+    submitted_bytes: int = 0
+    # Names it WATCHes (NODEDOWN goes to it when one of them goes down).
+    watching: set[str] = field(default_factory=set)
+    # What the node reports in its heartbeats: messages it dropped as malformed, and messages
+    # its mailboxes dropped when full.
+    malformed: int = 0
+    dropped: int = 0
+    # The key it joined with (CURVE: the ZAP user id), which every later message must carry.
+    user_id: str | None = None
+    # NODES pages it may still ask for.
+    pages: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 0.0))
+    # Bookkeeping of the worker index (``_dispatch``).
+    assigned_seq: int = 0
+    version: int = 0
+    indexed: bool = False
+    parked: bool = False
+
+    @property
+    def is_worker(self) -> bool:
+        return self.role == protocol.ROLE_WORKER
+
+    def free(self) -> int:
+        """Jobs it may still be given (its credit left)."""
+        return self.capacity - len(self.active)
+
+    def running(self) -> int:
+        """Its jobs that run now (the others wait for one of these to end)."""
+        return len(self.active) - self.waiting
+
+    def owns(self, pid: Any) -> bool:
+        """Is ``pid`` (a Pid or Ref) one of this node's, of this incarnation?"""
+        return (
+            isinstance(pid, wire.Pid | wire.Ref)
+            and pid.node == self.name
+            and pid.incarnation == self.incarnation
+        )
+
+
+@dataclass(slots=True, eq=False)
+class JobRecord:
+    """A job the broker is responsible for until its result goes back to its client.
+
+    ``ticket`` is the broker's own number for it: the only name a worker ever learns (a worker
+    never sees the client's routing id, nor the client the worker's).
+    """
+
+    ticket: int
+    client: NodeRecord
+    job_id: Any  # the client's id
+    header: dict[str, Any]
+    frames: Sequence[Any]
+    nbytes: int
+    deadline_s: float
+    attempt: int = 1
+    worker: NodeRecord | None = None
+    workers_tried: list[str] = field(default_factory=list)
+    dispatches: int = 0
+    orphaned: bool = False  # its client went away; kept only while a worker runs it
