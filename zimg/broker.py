@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import secrets
 import threading
 import time
@@ -15,7 +16,15 @@ from typing import Any
 import zmq
 
 from zimg import protocol
-from zimg._broker_state import BrokerConfig, BrokerState, Instruction, Log, Probe, Send
+from zimg._broker_state import (
+    BrokerConfig,
+    BrokerState,
+    Instruction,
+    Log,
+    Probe,
+    Send,
+    SendMany,
+)
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
 from zimg.wire import Command, lead_frame
@@ -27,9 +36,14 @@ log = logging.getLogger("zimg.broker")
 # and is declared dead when it misses its heartbeats, which frees its backlog.
 MAX_BACKLOG = 100_000  # messages
 MAX_BACKLOG_BYTES = 256 << 20  # bytes of frames
+MAX_BACKLOG_TOTAL_BYTES = 1 << 30  # bytes of frames queued for all peers together
+# File descriptors kept for the broker's own use (its sockets, libzmq's, ZAP, logs): the rest
+# of its open-file limit is for nodes, one connection each.
+RESERVED_FDS = 64
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this often
-_PROBE = [lead_frame(Command.HEARTBEAT, b"\x80")]  # a HEARTBEAT with an empty header
+_EMPTY_HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # a HEARTBEAT with an empty header
+_PROBE = [_EMPTY_HEARTBEAT]
 
 
 class Broker:
@@ -69,10 +83,19 @@ class Broker:
         self._bound = threading.Event()
         self._error: BaseException | None = None
         self.endpoint: str | None = None
-        self.state = BrokerState(self.config, now=time.monotonic(), epoch=secrets.randbits(63))
+        self.state = BrokerState(
+            self.config,
+            now=time.monotonic(),
+            epoch=secrets.randbits(63),
+            key_names=keys.names.values() if keys is not None else (),
+        )
         self._sock: zmq.Socket[bytes] | None = None
         # Messages waiting for a peer whose queue is full (its high-water mark), in order.
         self._backlog: dict[bytes, _Backlog] = {}
+        self._backlog_bytes = 0
+        # Peers found gone while sending: handled one by one after the current instructions,
+        # never from inside a send (a mass disconnection must not recurse).
+        self._unreachable: deque[bytes] = deque()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -130,12 +153,21 @@ class Broker:
 
     def run(self) -> None:
         """Bind and serve until :meth:`stop` is called (or KeyboardInterrupt)."""
+        self._fit_node_limit()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unroutable sends raise instead of vanishing
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a node's new connection replaces its old one
+        # No ROUTER_HANDOVER: a connection never takes over a routing id that another live
+        # connection holds (a node's own reconnection waits until its old one is closed, which
+        # the ZMTP heartbeats below bound).
         limits = self.config.limits
         sock.setsockopt(zmq.MAXMSGSIZE, limits.largest_frame)
+        # ZMTP heartbeats: a connection that answers nothing (a peer stalled in the middle of a
+        # frame, a vanished host) is closed after the liveness bound, freeing what it holds.
+        interval_ms = max(1, round(self.config.heartbeat_interval_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(self.config.expiry_s * 1000)))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, 10_000)
         if self.keys is not None:
             self.keys.start(self._ctx)
             self.keys.apply(sock)
@@ -163,14 +195,17 @@ class Broker:
         poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
         recv = sock.recv
         forward_target, on_unforwarded = state.forward_target, state.on_unforwarded
+        heard = state.heard
         keys = self.keys
         user_id = None
+        beat, beat_size = _EMPTY_HEARTBEAT, len(_EMPTY_HEARTBEAT)
         tick_at = 0.0  # timers (heartbeats, expiry) are due no earlier than this
+        drained_at = monotonic()  # when the loop last found no message waiting
         try:
             while not self._stop.is_set():
                 now = monotonic()
                 if now >= tick_at:
-                    execute(state.on_tick(now))
+                    execute(state.on_tick(now, drained_at))
                     tick_at = min(state.next_deadline(), now + _MAX_SLEEP_S)
                 wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
@@ -180,16 +215,29 @@ class Broker:
                             # a ROUTER always has the message's own frames after it.
                             identity = recv(NOBLOCK)
                         except zmq.Again:
+                            drained_at = monotonic()
                             break
                         message, at = recv_frames(sock), monotonic()
                         if keys is not None:
                             user_id = self._user_id(message[0])  # metadata is on every frame
-                        # Most messages go to a live pid, unread: no instructions to build.
+                        lead = message[0]
+                        if (
+                            len(message) == 1
+                            and len(lead) == beat_size
+                            and lead.bytes == beat
+                            and heard(identity, at, user_id)
+                        ):
+                            continue  # the commonest message of an idle cluster
+                        # Most other messages go to a live pid, unread: no instructions.
                         target = forward_target(identity, message, at, user_id)
                         if target is None:
                             execute(on_unforwarded(identity, message, at, user_id))
                         else:
                             send(target, message)
+                            if self._unreachable:
+                                execute(())
+                else:
+                    drained_at = monotonic()
                 if self._backlog:
                     self._flush_backlog()
         finally:
@@ -207,13 +255,50 @@ class Broker:
         value = frame.get("User-Id")
         return value if isinstance(value, str) else ""
 
+    def _fit_node_limit(self) -> None:
+        """Raise the open-file limit as far as the system allows, and admit no more nodes than
+        it leaves room for (each is one connection), so that the broker refuses a node with a
+        reason rather than failing to accept its connection."""
+        try:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            if hard == resource.RLIM_INFINITY or soft < hard:
+                target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+                soft = target
+        except (OSError, ValueError) as exc:  # not allowed here: keep what we have
+            log.debug("could not raise the open-file limit: %s", exc)
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            return
+        room = max(16, soft - RESERVED_FDS)
+        if room < self.state.node_limit:
+            self.state.node_limit = room
+            self.state.node_limit_fix = (
+                f"its open-file limit (ulimit -n {soft}) leaves room for about {room}: raise "
+                "the broker's limit (ulimit -n, and the hard limit: limits.conf, or LimitNOFILE "
+                "for a systemd service)"
+            )
+
     def _execute(self, instructions: Sequence[Instruction]) -> None:
+        """Carry out ``instructions``, then handle the peers found gone while sending (which
+        make more instructions), one at a time until none is left."""
+        self._run_instructions(instructions)
+        while self._unreachable:
+            identity = self._unreachable.popleft()
+            self._run_instructions(self.state.on_unreachable(identity, time.monotonic()))
+
+    def _run_instructions(self, instructions: Sequence[Instruction]) -> None:
         for ins in instructions:
             if isinstance(ins, Send):
                 self._send(ins.identity, ins.frames)
+            elif isinstance(ins, SendMany):
+                for identity in ins.identities:
+                    self._send(identity, ins.frames)
             elif isinstance(ins, Probe):
                 reachable = self._probe(ins.identity)
-                self._execute(self.state.on_probe(ins.identity, reachable, time.monotonic()))
+                self._run_instructions(
+                    self.state.on_probe(ins.identity, reachable, time.monotonic())
+                )
             elif isinstance(ins, Log):
                 log.log(ins.level, "%s", ins.text)
 
@@ -225,21 +310,26 @@ class Broker:
             if (
                 len(waiting.messages) >= self.max_backlog
                 or waiting.nbytes >= self.max_backlog_bytes
+                or self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES
             ):
                 # Count what we drop rather than grow without bound (see MAX_BACKLOG).
                 self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
                 return
-            waiting.push(frames)
+            self._backlog_bytes += waiting.push(frames)
             return
         try:
             self._send_now(identity, frames)
         except zmq.Again:
-            self._backlog[identity] = _Backlog(frames)
+            if self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES:
+                self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
+                return
+            backlog = self._backlog[identity] = _Backlog()
+            self._backlog_bytes += backlog.push(frames)
             self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self._execute(self.state.on_unreachable(identity, time.monotonic()))
+            self._unreachable.append(identity)  # handled by _execute, after what it runs now
 
     def _probe(self, identity: bytes) -> bool:
         """Is ``identity`` still connected? A full queue means it is; a vanished pipe, not."""
@@ -264,21 +354,25 @@ class Broker:
             waiting = self._backlog[identity]
             if identity not in self.state.nodes:
                 self.state.stats["unroutable"] += len(waiting.messages)
+                self._backlog_bytes -= waiting.nbytes
                 del self._backlog[identity]
                 continue
             try:
                 while waiting.messages:
                     self._send_now(identity, waiting.messages[0])
-                    waiting.pop()
+                    self._backlog_bytes -= waiting.pop()
             except zmq.Again:
                 continue
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
+                self._backlog_bytes -= waiting.nbytes
                 del self._backlog[identity]
-                self._execute(self.state.on_unreachable(identity, time.monotonic()))
+                self._unreachable.append(identity)
                 continue
             del self._backlog[identity]
+        if self._unreachable:
+            self._execute(())
 
 
 class _Backlog:
@@ -286,14 +380,19 @@ class _Backlog:
 
     __slots__ = ("messages", "nbytes")
 
-    def __init__(self, first: Sequence[Any]) -> None:
+    def __init__(self) -> None:
         self.messages: deque[Sequence[Any]] = deque()
         self.nbytes = 0
-        self.push(first)
 
-    def push(self, frames: Sequence[Any]) -> None:
+    def push(self, frames: Sequence[Any]) -> int:
+        """Queue a message; returns its size in bytes."""
         self.messages.append(frames)
-        self.nbytes += sum(len(f) for f in frames)  # zmq.Frame and bytes: their byte length
+        size = sum(len(f) for f in frames)  # zmq.Frame and bytes: their byte length
+        self.nbytes += size
+        return size
 
-    def pop(self) -> None:
-        self.nbytes -= sum(len(f) for f in self.messages.popleft())
+    def pop(self) -> int:
+        """Take the first message off (it was sent); returns its size in bytes."""
+        size = sum(len(f) for f in self.messages.popleft())
+        self.nbytes -= size
+        return size
