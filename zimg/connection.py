@@ -83,6 +83,9 @@ class Connection:
         # pid without decoding their bodies, so these are counted here and reported to it
         # with every heartbeat (``zimg nodes`` shows them).
         self.malformed = 0
+        # Counts reported to the broker with every heartbeat, when not zero (``zimg nodes``
+        # shows them): ``malformed`` here, ``dropped`` from the actor runtime's mailboxes.
+        self.counters: dict[str, Callable[[], int]] = {"malformed": lambda: self.malformed}
         self._session_id = 0  # sent in HELLO; a new value tells the broker we lost our session
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
@@ -102,6 +105,7 @@ class Connection:
         self._control_peer = self._ctx.socket(zmq.PAIR)
         self._control_peer.connect(f"inproc://zimg-control-{n}")
         self._welcomed = threading.Event()
+        self._retrying = False  # a re-join was refused for now, and is being asked again
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -319,13 +323,9 @@ class Connection:
                         # The broker's interval may be shorter than the one we started with.
                         next_beat = min(next_beat, time.monotonic() + self.heartbeat_interval_s)
                     elif msg.command is Command.REJECT:
-                        reason = msg.header.get("reason", "no reason given")
-                        self._error = RejectedError(
-                            f"the broker refused node {self.name}: {reason}"
-                        )
-                        log.error("%s", self._error)
-                        self._welcomed.set()
-                        return
+                        if self._refused(msg, ready):
+                            return
+                        ready = False
                     elif msg.command is Command.DISCONNECT:
                         # The broker restarted or dropped us: join again. While not ready, a
                         # HELLO is already on its way (and is retried every interval): a second
@@ -359,11 +359,35 @@ class Connection:
                 self._forward_inbox(256)
             if now >= next_beat:
                 if ready:
-                    beat = {"malformed": self.malformed} if self.malformed else {}
+                    beat = {k: n for k, count in self.counters.items() if (n := count())}
                     self._send_direct(wire.encode(Command.HEARTBEAT, beat))
                 else:
                     self._hello()
                 next_beat = now + self.heartbeat_interval_s
+
+    def _refused(self, msg: wire.Message, ready: bool) -> bool:
+        """A REJECT arrived: True if it ends this node. A node that was welcomed before keeps
+        asking after a refusal that time can lift (its name is held by a node that is about
+        to be declared dead; the broker is full), saying why; any other refusal, and every
+        refusal of a first join, is final."""
+        reason = msg.header.get("reason", "no reason given")
+        code = msg.header.get("code")
+        if self.sessions > 0 and code in protocol.RETRYABLE_REJECTS:
+            if ready or not self._retrying:
+                log.warning(
+                    "node %s: the broker refused to take us back (%s); asking again every %g s",
+                    self.name,
+                    reason,
+                    self.heartbeat_interval_s,
+                )
+            self._retrying = True
+            if ready:
+                self._session_id += 1
+            return False
+        self._error = RejectedError(f"the broker refused node {self.name}: {reason}")
+        log.error("%s", self._error)
+        self._welcomed.set()
+        return True
 
     def _welcome(self, msg: wire.Message, *, rejoined: bool) -> None:
         interval = msg.header.get("heartbeat_interval_s")
@@ -372,6 +396,7 @@ class Connection:
             self.heartbeat_interval_s = float(interval)
         if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
             self.liveness = liveness
+        self._retrying = False
         previous, self.epoch = self.epoch, msg.header.get("epoch")
         if self.sessions == 0 or rejoined:
             self.sessions += 1
@@ -419,14 +444,35 @@ def query_nodes(
         if keys is not None:
             keys.apply(sock)
         sock.connect(url)
-        sock.send_multipart(wire.encode(Command.NODES, {}))
         deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(left * 1000) + 1):
-                break
-            msg = wire.decode(sock.recv_multipart(copy=False))
-            if msg.command is Command.NODES:
-                return msg.header
-        raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s} s")
+
+        def ask(request: dict[str, Any]) -> dict[str, Any]:
+            sock.send_multipart(wire.encode(Command.NODES, request))
+            while (left := deadline - time.monotonic()) > 0:
+                if not sock.poll(int(left * 1000) + 1):
+                    break
+                msg = wire.decode(sock.recv_multipart(copy=False))
+                if msg.command is Command.NODES:
+                    return msg.header
+            raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s} s")
+
+        return collect_pages(ask)
     finally:
         ctx.destroy(linger=0)
+
+
+def collect_pages(ask: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The whole NODES report, from the pages ``ask(request)`` returns (the broker answers
+    NODES a page at a time, each request naming the last node of the page before).
+
+    The counters and the queue length are those of the last page.
+    """
+    report = ask({})
+    nodes: list[dict[str, Any]] = list(report.get("nodes", []))
+    while report.get("more") is True and nodes:
+        report = ask({"after": nodes[-1]["name"]})
+        page = report.get("nodes", [])
+        if not page:
+            break
+        nodes.extend(page)
+    return {**report, "nodes": nodes, "more": False}

@@ -10,6 +10,7 @@ exactly-once for the caller.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
@@ -33,6 +34,8 @@ log = logging.getLogger("zimg.distribute")
 DEFAULT_WINDOW = 16
 _RECENT = 1024  # answered jobs whose late duplicates are still recognised
 _RESEND = object()
+_BUSY_PAUSE_S = 0.05  # first pause before sending again a job the broker was too full to take
+_BUSY_PAUSE_MAX_S = 2.0
 
 
 @dataclass(slots=True)
@@ -132,6 +135,10 @@ class JobClient:
         self._outstanding: dict[int, tuple[JobRequest, float]] = {}
         self._recent: OrderedDict[int, JobRequest] = OrderedDict()  # answered, route kept
         self._again: deque[JobRequest] = deque()
+        # Jobs the broker was too full to take (a ``busy`` RESULT): (when, id) to send again,
+        # after a pause that doubles while it stays full.
+        self._later: list[tuple[float, int]] = []
+        self._pause_s = _BUSY_PAUSE_S
 
     def resubmit(self, request: JobRequest) -> None:
         """Send ``request`` again, before any new request: from the loop consuming :meth:`run`."""
@@ -181,9 +188,16 @@ class JobClient:
                 self._send(request)
             if not self._outstanding:
                 return
+            timeout = idle_timeout_s
+            if self._later:
+                wait = max(0.0, self._later[0][0] - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             try:
-                item = self._inbox.get(timeout=idle_timeout_s)
+                item = self._inbox.get(timeout=timeout)
             except queue.Empty:
+                if self._later:
+                    self._resend_due()
+                    continue
                 raise ZimgTimeout(
                     f"no result for {idle_timeout_s} s with {len(self._outstanding)} jobs "
                     "unanswered; are any workers connected?"
@@ -197,6 +211,14 @@ class JobClient:
         self._outstanding[job_id] = (request, time.perf_counter())
         self._router.expect(job_id, self._inbox)
         self.connection.send(Command.JOB, request.header(job_id))
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            _, job_id = heapq.heappop(self._later)
+            entry = self._outstanding.get(job_id)
+            if entry is not None:
+                self.connection.send(Command.JOB, entry[0].header(job_id))
 
     def _take(self, item: object) -> Completed | None:
         if item is _RESEND:
@@ -212,6 +234,12 @@ class JobClient:
         except WireError as exc:
             log.warning("dropped a malformed RESULT: %s", exc)
             return None
+        if item.header.get("busy") is True and result.id in self._outstanding:
+            # The broker holds as many jobs as it may: send this one again a little later.
+            heapq.heappush(self._later, (time.monotonic() + self._pause_s, result.id))
+            self._pause_s = min(_BUSY_PAUSE_MAX_S, self._pause_s * 2)
+            return None
+        self._pause_s = _BUSY_PAUSE_S
         entry = self._outstanding.pop(result.id, None)
         if entry is None:
             self._duplicates += 1  # a repeated answer: the job was already answered
