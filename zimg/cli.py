@@ -659,15 +659,14 @@ def keys_authorize(
     ] = Path("."),
 ) -> None:
     """Let the node of PUBLIC_KEY join the broker whose keys are in DIR (restart the broker)."""
-    from zimg.security import AUTHORIZED_DIR, load_public_key
+    from zimg.security import authorize_key
 
     if public_key.name.endswith(".key_secret"):
         raise _fail("give the public NAME.key file, never the secret one", code=2)
     try:
-        load_public_key(public_key)
+        target = authorize_key(public_key, directory)
     except ZimgError as exc:
         raise _fail(str(exc), code=2) from None
-    target = directory / AUTHORIZED_DIR / public_key.name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(public_key, target)
+    except OSError as exc:
+        raise _fail(f"cannot authorize {public_key}: {exc}") from None
     out.print(f"authorized: {target}", highlight=False)

@@ -1,7 +1,8 @@
 """CURVE keys in the "ironhouse" model: certificates, the broker's ZAP authenticator, name binding.
 
 Certificates use the zcert text format that ``zmq.auth.load_certificate`` reads: ``NAME.key``
-holds the public key and ``NAME.key_secret`` both keys (written with mode 0600). The broker admits
+holds the public key (mode 0644) and ``NAME.key_secret`` both keys (mode 0600), whatever the umask;
+directories made for them are 0755 at most, so nobody else can swap a key. The broker admits
 only the public keys found in its ``authorized/`` directory, and binds each key to the node name in
 its file name: a node holding ``n2``'s key may join as ``n2`` (or ``n2.anything``), never as ``n1``.
 """
@@ -24,13 +25,17 @@ from zimg._errors import KeyFileError
 
 AUTHORIZED_DIR = "authorized"
 BROKER_KEY_NAME = "broker"
+PUBLIC_FILE_MODE = 0o644
+SECRET_FILE_MODE = 0o600
+DIR_MODE = 0o755  # the umask may narrow it, never widen it
 _DOMAIN = "*"
 
 
 def create_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Write a new certificate pair ``NAME.key`` and ``NAME.key_secret`` into ``directory``.
 
-    The secret file is created with mode 0600 and never overwritten.
+    The public file gets mode 0644 and the secret one 0600, whatever the umask; neither is ever
+    overwritten. Missing directories are created with mode 0755 (or less, by the umask).
 
     Returns:
         ``(public_file, secret_file)``.
@@ -40,7 +45,7 @@ def create_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Pat
     """
     protocol.check_name(name)
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder)
     public_file, secret_file = folder / f"{name}.key", folder / f"{name}.key_secret"
     if public_file.exists() or secret_file.exists():
         raise KeyFileError(f"a certificate named {name!r} already exists in {folder}")
@@ -51,12 +56,82 @@ def create_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Pat
         f"#   ZeroMQ CURVE **Secret** Certificate for {name}, {now}\n#   Keep it private.\n"
     )
     secret_text += f'metadata\n    name = "{name}"\n{body}    secret-key = "{secret.decode()}"\n'
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.write(secret_text)
     public_text = f"#   ZeroMQ CURVE Public Certificate for {name}, {now}\nmetadata\n{body}"
-    public_file.write_text(public_text, encoding="ascii")
+    _write_new(secret_file, secret_text.encode("ascii"), SECRET_FILE_MODE)
+    try:
+        _write_new(public_file, public_text.encode("ascii"), PUBLIC_FILE_MODE)
+    except BaseException:
+        secret_file.unlink(missing_ok=True)
+        raise
     return public_file, secret_file
+
+
+def authorize_key(public_key: str | os.PathLike[str], directory: str | os.PathLike[str]) -> Path:
+    """Copy a node's public certificate into ``directory/authorized/`` (mode 0644).
+
+    An authorized key of the same name is replaced (atomically).
+
+    Returns:
+        The file written.
+
+    Raises:
+        KeyFileError: ``public_key`` is not a certificate, or holds a secret key.
+    """
+    source = Path(public_key)
+    _public, secret = _load(source)
+    if secret is not None:
+        raise KeyFileError(f"{source} holds a secret key: give the public NAME.key file")
+    data = source.read_bytes()
+    target = Path(directory) / AUTHORIZED_DIR / source.name
+    make_dirs(target.parent)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        _write_new(tmp, data, PUBLIC_FILE_MODE)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def make_dirs(folder: Path) -> None:
+    """Create ``folder`` and its missing parents with mode 0755 (less if the umask says so).
+
+    ``Path.mkdir(parents=True)`` would create the parents with 0777 minus the umask: with a umask
+    of 000, directories anyone could add a key to.
+    """
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+
+
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` (never over an existing file) with exactly ``mode``, and write ``data``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    except FileExistsError:
+        raise KeyFileError(f"{path} already exists") from None
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)  # the umask only narrows os.open's mode: make it exact
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
 
 
 def load_keypair(secret_file: str | os.PathLike[str]) -> tuple[bytes, bytes]:
