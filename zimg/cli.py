@@ -223,12 +223,18 @@ def broker(
     from zimg.broker import Broker
 
     _setup_logging(log_level)
-    if keys is None and not insecure and not _is_local_endpoint(bind):
-        raise _fail(
-            f"{bind} is reachable from other machines, and without --keys this broker would "
-            "admit anyone. Use --keys DIR (see 'zimg keys new'), bind a loopback address, or "
-            "pass --insecure on a network you trust.",
-            code=2,
+    if keys is None and not _is_local_endpoint(bind):
+        if not insecure:
+            raise _fail(
+                f"{bind} is reachable from other machines, and without --keys this broker would "
+                "admit anyone. Use --keys DIR (see 'zimg keys new'), bind a loopback address, or "
+                "pass --insecure on a network you trust.",
+                code=2,
+            )
+        logging.getLogger("zimg.broker").warning(
+            "--insecure: %s is reachable by anyone on the network, without keys: any of them can "
+            "join under a free node name, run jobs, and read the images that pass through",
+            bind,
         )
     try:
         broker_keys = BrokerKeys(keys) if keys is not None else None

@@ -236,3 +236,46 @@ def test_broker_keeps_freed_memory_unless_told_to_trim(monkeypatch, flags, kept)
     result = invoke("broker", "--bind", free_tcp_url(), *flags)
     assert result.exit_code == 0, result.output
     assert calls == (["kept"] if kept else [])
+
+
+@pytest.mark.parametrize(
+    ("bind", "warned"),
+    [
+        ("tcp://0.0.0.0:5555", True),
+        ("tcp://*:5555", True),
+        ("tcp://192.168.1.10:5555", True),
+        ("tcp://127.0.0.1:5555", False),
+        ("ipc:///tmp/zimg-broker", False),
+    ],
+)
+def test_insecure_on_a_reachable_address_logs_a_warning(monkeypatch, caplog, bind, warned):
+    import logging
+    import signal
+
+    from zimg import broker
+
+    made = []
+
+    class NoBroker:  # binds and serves nothing
+        def __init__(self, bind, config, keys=None):  # type: ignore[no-untyped-def]
+            made.append(bind)
+
+        def run(self):  # type: ignore[no-untyped-def]
+            pass
+
+    monkeypatch.setattr(broker, "Broker", NoBroker)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    with caplog.at_level(logging.INFO):
+        result = invoke("broker", "--bind", bind, "--insecure")
+    assert result.exit_code == 0, result.output
+    assert made == [bind]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if not warned:
+        assert warnings == []
+        return
+    [record] = warnings
+    assert record.name == "zimg.broker"
+    message = record.getMessage()
+    assert bind in message
+    assert "reachable by anyone" in message
+    assert "without keys" in message
