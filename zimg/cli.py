@@ -568,14 +568,36 @@ def fetch(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="File or directory to write.")
     ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds.")] = 10.0,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", help="Largest download.")] = 50 << 20,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds for the whole download, redirects included.")
+    ] = 10.0,
+    max_bytes: Annotated[int, typer.Option("--max-bytes", min=0, help="Largest body.")] = 50 << 20,
+    force: Annotated[
+        bool, typer.Option("--force", "-f", help="Replace the file if it exists.")
+    ] = False,
+    allow_private: Annotated[
+        bool,
+        typer.Option(
+            "--allow-private",
+            help="Also fetch from (or be redirected to) loopback, private, link-local and other "
+            "non-public addresses, refused by default.",
+        ),
+    ] = False,
 ) -> None:
-    """Download an image (with a timeout, a size cap and a content-type check)."""
+    """Download an image: one deadline, a size cap, public addresses only, image bytes only."""
     from zimg.fetch import fetch as do_fetch
 
+    if not timeout > 0:
+        raise typer.BadParameter("must be positive", param_hint="--timeout")
     try:
-        path = do_fetch(url, output, timeout_s=timeout, max_bytes=max_bytes)
+        path = do_fetch(
+            url,
+            output,
+            timeout_s=timeout,
+            max_bytes=max_bytes,
+            overwrite=force,
+            allow_private=allow_private,
+        )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     out.print(f"saved {path}", highlight=False)

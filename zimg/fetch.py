@@ -1,27 +1,70 @@
-"""Download one image over HTTP(S) with a timeout, a size limit and an atomic write."""
+"""Download one image over HTTP(S): one deadline, public addresses, sniffed bytes, no clobbering.
+
+What ``fetch`` guarantees, whatever the server does:
+
+- **One deadline.** ``timeout_s`` bounds the whole download: name resolution, connecting, the
+  TLS handshake, the headers, every redirect and the body. A watchdog shuts the connection down
+  when it passes, so a server that sends a byte every second cannot stretch it.
+- **Public addresses only.** Before each request (the URL's and every redirect's) the host is
+  resolved once and *every* address it resolves to is checked: loopback, private, link-local,
+  multicast, unspecified, reserved and other non-global addresses are refused (also when they
+  are embedded in an IPv6 address). The connection then goes to one of the checked addresses:
+  the name is never resolved again, so a DNS answer that changes between the check and the
+  connection (DNS rebinding) cannot redirect it. TLS still checks the certificate against the
+  host name. Proxies from the environment are not used (a proxy would resolve the name itself).
+- **The bytes decide.** The body must start with the signature of an image format OpenCV reads
+  (PNG, JPEG, GIF, BMP, WebP, TIFF, PNM), whatever the Content-Type says.
+- **No clobbering.** An existing file is kept unless ``overwrite`` is set; the final rename
+  fails rather than replace a file that appeared meanwhile.
+- **Bounded and atomic.** At most ``max_bytes`` are accepted, and the file appears complete
+  or not at all.
+"""
 
 from __future__ import annotations
 
-import mimetypes
+import contextlib
+import ipaddress
 import os
 import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import unquote, urlsplit
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from urllib3.exceptions import ReadTimeoutError
+from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
+from requests.utils import requote_uri
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+)
 
 from zimg._errors import FetchError
 
-__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "fetch"]
+__all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "MAX_REDIRECTS", "fetch"]
 
 DEFAULT_TIMEOUT_S = 10.0
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+MAX_REDIRECTS = 10
 
 _SCHEMES = ("http", "https")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK_BYTES = 64 * 1024
+_SNIFF_BYTES = 32
 _FALLBACK_STEM = "download"
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+SockAddr = tuple[Any, ...]
+_Pinned = list[tuple[socket.AddressFamily, SockAddr]]
 
 
 def fetch(
@@ -31,6 +74,9 @@ def fetch(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
     session: requests.Session | None = None,
+    overwrite: bool = False,
+    allow_private: bool = False,
+    allowed_networks: Iterable[str | IPNetwork] = (),
 ) -> Path:
     """Download the image at `url` and write it to disk atomically.
 
@@ -38,82 +84,365 @@ def fetch(
         url: An http or https URL.
         dest: Where to write. None means the current directory, and an existing
             directory means inside it, both under the last segment of the URL's path
-            (or "download" plus an extension guessed from the Content-Type). Any
-            other value is the file path itself; an existing file is replaced.
-        timeout_s: Seconds to wait to connect and for each read from the server.
+            (or "download" plus the extension of the image's format). Any other value
+            is the file path itself.
+        timeout_s: Seconds for the whole download: resolving, connecting, redirects,
+            headers and body.
         max_bytes: The largest body accepted.
-        session: A `requests.Session` to send the request with. It is left open;
-            without one, a private session is opened and closed.
+        session: A `requests.Session` whose headers, cookies, auth and TLS settings the
+            requests use (not its adapters, hooks or proxies: the connections are
+            made here). It is left open.
+        overwrite: Replace an existing file (by default it is an error).
+        allow_private: Also connect to loopback, private, link-local and other
+            non-public addresses (refused by default, for the URL and every redirect).
+        allowed_networks: Networks (such as "10.1.2.0/24") allowed even without
+            `allow_private`; the others stay refused.
 
     Returns:
         The path written.
 
     Raises:
-        FetchError: The URL is not http(s), the server could not be reached or
-            timed out, answered with status >= 400 or a non-image Content-Type, the
-            body is larger than `max_bytes`, or the file could not be written. No
-            partial file is left behind.
-        ValueError: `timeout_s` is not positive or `max_bytes` is negative.
+        FetchError: The URL is not http(s), its host (or a redirect's) resolves to a
+            refused address, the server could not be reached, answered with status
+            >= 400 or too many redirects, the deadline passed, the body is not an
+            image or larger than `max_bytes`, the file exists already, or it could not
+            be written. No partial file is left behind.
+        ValueError: `timeout_s` is not positive, `max_bytes` is negative, or a network
+            in `allowed_networks` is malformed.
     """
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
     if max_bytes < 0:
         raise ValueError(f"max_bytes must not be negative, got {max_bytes!r}")
-    _check_url(url)
-    if session is not None:
-        return _download(session, url, dest, timeout_s, max_bytes)
-    with requests.Session() as own_session:
-        return _download(own_session, url, dest, timeout_s, max_bytes)
+    networks = tuple(ipaddress.ip_network(n) for n in allowed_networks)
+    _check_url(url, url, redirected=False)
+    early = _destination(url, dest, None)
+    if early is not None and not overwrite and os.path.lexists(early):
+        raise _exists(url, early)
+    with contextlib.ExitStack() as stack:  # closed in reverse: guard, adapter, own session
+        if session is None:
+            session = stack.enter_context(requests.Session())
+        guard = _Guard(url, timeout_s, allow_private=allow_private, allowed=networks)
+        adapter = _PinnedAdapter(guard)
+        stack.callback(adapter.close)
+        stack.enter_context(guard)
+        return _download(session, adapter, guard, url, dest, max_bytes, overwrite)
+    raise AssertionError("unreachable")  # for mypy: ExitStack may swallow exceptions
 
 
-def _check_url(url: str) -> None:
-    parts = urlsplit(url)
+# ---------------------------------------------------------------------- addresses
+
+
+def _resolve(host: str, port: int) -> _Pinned:
+    """Every TCP address of ``host`` (the system resolver; tests replace this function)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    return [(f, addr) for f, _, _, _, addr in infos if f in (socket.AF_INET, socket.AF_INET6)]
+
+
+def _refusal(ip: IPAddress) -> str | None:
+    """Why ``ip`` is not a public address, or None when it is one."""
+    checks = (
+        ("loopback", ip.is_loopback),
+        ("unspecified", ip.is_unspecified),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("reserved", ip.is_reserved),  # before private: Python counts 240.0.0.0/4 as both
+        ("private", ip.is_private),
+        ("non-global", not ip.is_global),
+    )
+    for kind, applies in checks:
+        if applies:
+            return f"a {kind} address"
+    return None
+
+
+def _embedded(ip: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address leads to: mapped, 6to4, Teredo, NAT64 (64:ff9b::/96)."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+class _Guard:
+    """The deadline and the checked addresses of one download.
+
+    The deadline is enforced two ways: every connect and read waits at most for the time left,
+    and a timer shuts every connection down when the time is up (``socket.shutdown`` on a
+    duplicate of its descriptor: a blocked read returns at once, with no race on the descriptor
+    the HTTP stack closes).
+    """
+
+    def __init__(
+        self, url: str, timeout_s: float, *, allow_private: bool, allowed: Sequence[IPNetwork]
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.allow_private = allow_private
+        self.allowed = allowed
+        self.deadline = time.monotonic() + timeout_s
+        self.expired = False
+        self._pins: dict[tuple[str, int], _Pinned] = {}
+        self._watched: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Guard:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        with self._lock:
+            watched, self._watched = self._watched, []
+        for dup in watched:
+            dup.close()
+
+    def stop(self) -> None:
+        """Stop the watchdog; ``expired`` is final afterwards."""
+        self._timer.cancel()
+        if self._timer.ident is not None:
+            self._timer.join()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for dup in self._watched:
+                with contextlib.suppress(OSError):
+                    dup.shutdown(socket.SHUT_RDWR)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timed_out(self) -> FetchError:
+        return _error(self.url, f"timed out after {self.timeout_s:g} s (the whole download)")
+
+    # -- resolving and checking
+
+    def pin(self, hop_url: str, *, redirected: bool) -> None:
+        """Resolve the host of ``hop_url``, check every address, and remember them for it."""
+        parts = urlsplit(hop_url)
+        host = parts.hostname or ""
+        port = parts.port or _DEFAULT_PORTS[parts.scheme.lower()]
+        addresses = self._resolve(hop_url, host, port, redirected=redirected)
+        if not addresses:
+            raise self.refused(hop_url, f"{host} has no IPv4 or IPv6 address", redirected)
+        for _, sockaddr in addresses:
+            ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
+            why = self._why_refused(ip)
+            if why is not None:
+                shown = f"{ip} is" if _host_key(host) == str(ip) else f"{host} resolves to {ip},"
+                reason = f"{shown} {why}; --allow-private (allow_private=True) allows it"
+                raise self.refused(hop_url, reason, redirected)
+        self._pins[(_host_key(host), port)] = addresses
+
+    def _resolve(self, hop_url: str, host: str, port: int, *, redirected: bool) -> _Pinned:
+        """``_resolve`` in a daemon thread, so that a stuck resolver cannot pass the deadline."""
+        result: list[_Pinned] = []
+        failure: list[Exception] = []
+
+        def run() -> None:
+            try:
+                result.append(_resolve(host, port))
+            except Exception as exc:  # OSError, or UnicodeError for a name IDNA refuses
+                failure.append(exc)
+
+        thread = threading.Thread(target=run, name="zimg-fetch-resolve", daemon=True)
+        thread.start()
+        thread.join(max(0.0, self.left()))
+        if thread.is_alive():
+            raise self.timed_out()
+        if failure:
+            raise self.refused(hop_url, f"cannot resolve {host} ({failure[0]})", redirected)
+        return list(dict.fromkeys(result[0]))
+
+    def _allowed(self, ip: IPAddress) -> bool:
+        return any(ip in n for n in self.allowed if n.version == ip.version)
+
+    def _why_refused(self, ip: IPAddress) -> str | None:
+        """Why ``ip`` may not be connected to, or None."""
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if self.allow_private or self._allowed(ip):
+            return None
+        why = _refusal(ip)
+        if why is not None:
+            return why
+        for inner in _embedded(ip):
+            inner_why = _refusal(inner)
+            if inner_why is not None and not self._allowed(inner):
+                return f"an address that leads to {inner} ({inner_why})"
+        return None
+
+    def refused(self, hop_url: str, reason: str, redirected: bool) -> FetchError:
+        return _error(self.url, f"redirected to {hop_url}: {reason}" if redirected else reason)
+
+    # -- connecting
+
+    def connect(self, conn: HTTPConnection) -> socket.socket:
+        """A socket connected to one of the addresses checked for ``conn``'s host and port."""
+        addresses = self._pins.get((_host_key(conn.host), conn.port or 0))
+        if addresses is None:  # fail closed: nothing unchecked is ever connected to
+            raise NewConnectionError(conn, f"{conn.host}:{conn.port} was not checked")
+        last: OSError | None = None
+        for family, sockaddr in addresses:
+            left = self.left()
+            if left <= 0:
+                raise ConnectTimeoutError(conn, f"no time left to connect to {sockaddr[0]}")
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                for option in conn.socket_options or ():
+                    sock.setsockopt(*option)
+                self._watch(sock)
+                sock.settimeout(left)
+                sock.connect(sockaddr)
+                sock.settimeout(max(self.left(), 0.001))  # bounds the TLS handshake too
+            except TimeoutError as exc:
+                sock.close()
+                raise ConnectTimeoutError(conn, f"connecting to {sockaddr[0]} timed out") from exc
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            return sock
+        raise NewConnectionError(conn, f"Failed to establish a new connection: {last}")
+
+    def _watch(self, sock: socket.socket) -> None:
+        dup = sock.dup()
+        with self._lock:
+            self._watched.append(dup)
+            if self.expired:
+                with contextlib.suppress(OSError):  # not connected yet: connect() then fails
+                    dup.shutdown(socket.SHUT_RDWR)
+
+
+def _host_key(host: str) -> str:
+    return host.strip("[]").rstrip(".").lower()
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """A transport whose connections go only to the addresses its guard checked."""
+
+    def __init__(self, guard: _Guard) -> None:
+        self._guard = guard
+        super().__init__(max_retries=0)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        guard = self._guard
+
+        class Plain(HTTPConnection):
+            def _new_conn(self) -> socket.socket:
+                return guard.connect(self)
+
+        class Secure(HTTPSConnection):
+            def _new_conn(self) -> socket.socket:
+                return guard.connect(self)
+
+        class PlainPool(HTTPConnectionPool):
+            ConnectionCls = Plain
+
+        class SecurePool(HTTPSConnectionPool):
+            ConnectionCls = Secure
+
+        self.poolmanager.pool_classes_by_scheme = {"http": PlainPool, "https": SecurePool}
+
+
+# ---------------------------------------------------------------------- the download
+
+
+def _check_url(url: str, hop_url: str, *, redirected: bool) -> None:
+    parts = urlsplit(hop_url)
     scheme = parts.scheme.lower()
+    where = f"redirected to {hop_url}: " if redirected else ""
     if scheme not in _SCHEMES:
         got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         accepted = " and ".join(_SCHEMES)
-        raise _error(url, f"only {accepted} URLs are supported (got {got})")
+        raise _error(url, f"{where}only {accepted} URLs are supported (got {got})")
     if not parts.hostname:
-        raise _error(url, "the URL has no host")
+        raise _error(url, f"{where}the URL has no host")
+    try:
+        parts.port  # noqa: B018  # raises on a malformed port
+    except ValueError as exc:
+        raise _error(url, f"{where}{exc}") from None
 
 
 def _download(
     session: requests.Session,
+    adapter: _PinnedAdapter,
+    guard: _Guard,
     url: str,
     dest: str | os.PathLike[str] | None,
-    timeout_s: float,
     max_bytes: int,
+    overwrite: bool,
 ) -> Path:
-    try:
-        response = session.get(url, timeout=timeout_s, stream=True)
-    except requests.RequestException as exc:
-        raise _request_error(url, exc, timeout_s) from exc
+    response = _follow(session, adapter, guard, url)
     with response:
-        media_type = _check_response(url, response, max_bytes)
-        path = _destination(url, dest, media_type)
+        if response.status_code >= 400:
+            status = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
+            raise _error(url, status)
+        declared = _content_length(response)
+        if declared is not None and declared > max_bytes:
+            raise _error(url, f"Content-Length {declared} exceeds the limit of {max_bytes} bytes")
+        return _save(url, response, guard, dest, max_bytes, overwrite)
+
+
+def _follow(
+    session: requests.Session, adapter: _PinnedAdapter, guard: _Guard, url: str
+) -> requests.Response:
+    """Send the request, and follow redirects, checking every hop's scheme and addresses."""
+    hop_url, hops = url, 0
+    previous_host: str | None = None
+    while True:
+        redirected = hops > 0
         try:
-            _save(url, response, path, max_bytes)
-        except requests.RequestException as exc:  # before OSError: it subclasses it
-            raise _request_error(url, exc, timeout_s) from exc
-        except OSError as exc:
-            raise _error(url, f"cannot write {path}: {exc}") from exc
-    return path
-
-
-def _check_response(url: str, response: requests.Response, max_bytes: int) -> str:
-    """Refuse a bad status, a non-image type or a declared size over the limit; return the type."""
-    if response.status_code >= 400:
-        status = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
-        raise _error(url, status)
-    content_type = response.headers.get("Content-Type", "").strip()
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if not media_type.startswith("image/") or media_type == "image/":
-        got = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
-        raise _error(url, f"expected an image/* Content-Type, got {got}")
-    declared = _content_length(response)
-    if declared is not None and declared > max_bytes:
-        raise _error(url, f"Content-Length {declared} exceeds the limit of {max_bytes} bytes")
-    return media_type
+            request = session.prepare_request(requests.Request("GET", hop_url))
+        except requests.RequestException as exc:
+            raise _error(url, f"bad URL {hop_url} ({exc})") from exc
+        hop_url = request.url or hop_url  # as requests encoded it (IDNA, quoting)
+        _check_url(url, hop_url, redirected=redirected)
+        host = urlsplit(hop_url).hostname
+        if previous_host is not None and host != previous_host:
+            request.headers.pop("Authorization", None)  # as requests does across hosts
+        guard.pin(hop_url, redirected=redirected)
+        # The session's TLS settings (REQUESTS_CA_BUNDLE and the like when it says verify=True);
+        # never a proxy.
+        settings = session.merge_environment_settings(
+            hop_url, {}, True, session.verify, session.cert
+        )
+        left = guard.left()
+        if left <= 0:
+            raise guard.timed_out()
+        try:
+            response = adapter.send(
+                request,
+                stream=True,
+                timeout=(left, left),
+                verify=True if settings["verify"] is None else settings["verify"],
+                cert=settings["cert"],
+            )
+        except requests.RequestException as exc:
+            raise _request_error(url, exc, guard) from exc
+        extract_cookies_to_jar(session.cookies, request, response.raw)  # type: ignore[no-untyped-call]
+        target = session.get_redirect_target(response)
+        if target is None:
+            return response
+        response.close()
+        hops += 1
+        if hops > MAX_REDIRECTS:
+            raise _error(url, f"more than {MAX_REDIRECTS} redirects")
+        previous_host = host
+        hop_url = requote_uri(urljoin(hop_url, target))
 
 
 def _content_length(response: requests.Response) -> int | None:
@@ -127,37 +456,171 @@ def _content_length(response: requests.Response) -> int | None:
         return None
 
 
-def _destination(url: str, dest: str | os.PathLike[str] | None, media_type: str) -> Path:
-    if dest is None:
-        return Path(_filename(url, media_type))
-    path = Path(dest)
-    if path.is_dir():
-        return path / _filename(url, media_type)
-    return path
-
-
-def _filename(url: str, media_type: str) -> str:
-    """The last segment of the URL's path, or "download" plus a guessed extension."""
-    segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
-    # An encoded slash or a backslash must not lead out of the destination directory.
-    name = segment.replace("\\", "/").rsplit("/", 1)[-1]
-    if name in ("", ".", "..") or "\0" in name:
-        return _FALLBACK_STEM + (mimetypes.guess_extension(media_type) or "")
-    return name
-
-
-def _save(url: str, response: requests.Response, path: Path, max_bytes: int) -> None:
-    """Stream the body into a temporary file beside `path`, then rename it over `path`."""
-    fd, tmp = _open_temp(path)
+def _save(
+    url: str,
+    response: requests.Response,
+    guard: _Guard,
+    dest: str | os.PathLike[str] | None,
+    max_bytes: int,
+    overwrite: bool,
+) -> Path:
+    """Sniff the first bytes, stream the body beside the destination, then put it in place."""
+    chunks = response.iter_content(_CHUNK_BYTES)
+    try:
+        head = _head(url, chunks, max_bytes)
+    except requests.RequestException as exc:
+        raise _request_error(url, exc, guard) from exc
+    fmt = _sniff_format(head)
+    if fmt is None:
+        if guard.expired:
+            raise guard.timed_out()
+        raise _not_an_image(url, head, response)
+    path = _destination(url, dest, fmt)
+    assert path is not None  # the format is known
+    if not overwrite and os.path.lexists(path):
+        raise _exists(url, path)
+    try:
+        fd, tmp = _open_temp(path)
+    except OSError as exc:
+        raise _error(url, f"cannot write {path}: {exc}") from exc
     try:
         with open(fd, "wb") as out:
-            _copy_body(url, response, out, max_bytes)
+            out.write(head)
+            _copy_body(url, chunks, out, len(head), max_bytes)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
+        guard.stop()
+        if guard.expired:  # a body cut short by the watchdog may look complete
+            raise guard.timed_out()
+        _install(url, tmp, path, overwrite)
+    except requests.RequestException as exc:  # before OSError: it subclasses it
+        tmp.unlink(missing_ok=True)
+        raise _request_error(url, exc, guard) from exc
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _error(url, f"cannot write {path}: {exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def _head(url: str, chunks: Iterator[Any], max_bytes: int) -> bytes:
+    """The first bytes of the body (at least ``_SNIFF_BYTES`` unless the body is shorter)."""
+    head = b""
+    for chunk in chunks:
+        head += _as_bytes(chunk)
+        if len(head) > max_bytes:
+            raise _error(url, f"body exceeds the limit of {max_bytes} bytes")
+        if len(head) >= _SNIFF_BYTES:
+            break
+    return head
+
+
+def _as_bytes(chunk: object) -> bytes:
+    if not isinstance(chunk, bytes):  # only decode_unicode=True yields str
+        raise TypeError("expected bytes from iter_content")
+    return chunk
+
+
+def _copy_body(
+    url: str, chunks: Iterator[Any], out: BinaryIO, written: int, max_bytes: int
+) -> None:
+    for chunk in chunks:
+        written += len(_as_bytes(chunk))
+        if written > max_bytes:
+            raise _error(url, f"body exceeds the limit of {max_bytes} bytes")
+        out.write(chunk)
+
+
+def _install(url: str, tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished file into place; without ``overwrite``, never over an existing file."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)  # atomic, and fails if `path` exists, even if it appeared just now
+    except FileExistsError:
+        raise _exists(url, path) from None
+    except OSError:  # a filesystem without hard links: check, then rename
+        if os.path.lexists(path):
+            raise _exists(url, path) from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
+# ---------------------------------------------------------------------- formats and names
+
+_EXTENSIONS = {
+    "PNG": ".png",
+    "JPEG": ".jpg",
+    "GIF": ".gif",
+    "BMP": ".bmp",
+    "WebP": ".webp",
+    "TIFF": ".tif",
+    "PBM": ".pbm",
+    "PGM": ".pgm",
+    "PPM": ".ppm",
+    "PAM": ".pam",
+}
+_PNM = {b"1": "PBM", b"2": "PGM", b"3": "PPM", b"4": "PBM", b"5": "PGM", b"6": "PPM", b"7": "PAM"}
+_BMP_HEADER_SIZES = {12, 16, 40, 52, 56, 64, 108, 124}
+_TIFF = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # and BigTIFF
+
+
+def _sniff_format(head: bytes) -> str | None:
+    """The image format ``head`` (a body's first bytes) starts with, or None.
+
+    Only signatures: ``zimg.images`` checks the header itself when the file is decoded.
+    """
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in _TIFF:
+        return "TIFF"
+    if head[:1] == b"P" and head[1:2] in _PNM and head[2:3] in (b" ", b"\t", b"\n", b"\r"):
+        return _PNM[head[1:2]]
+    return None
+
+
+def _not_an_image(url: str, head: bytes, response: requests.Response) -> FetchError:
+    content_type = response.headers.get("Content-Type", "").strip()
+    declared = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+    if not head:
+        return _error(url, f"the body is empty ({declared})")
+    return _error(
+        url,
+        "the body is not an image (PNG, JPEG, GIF, BMP, WebP, TIFF or PNM): it starts with "
+        f"{head[:16]!r} ({declared})",
+    )
+
+
+def _destination(url: str, dest: str | os.PathLike[str] | None, fmt: str | None) -> Path | None:
+    """Where to write; None while it depends on the format (not known yet)."""
+    if dest is not None and not Path(dest).is_dir():
+        return Path(dest)
+    name = _filename(url, fmt)
+    if name is None:
+        return None
+    return Path(name) if dest is None else Path(dest) / name
+
+
+def _filename(url: str, fmt: str | None) -> str | None:
+    """The last segment of the URL's path, or "download" plus the format's extension."""
+    segment = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
+    # An encoded slash or a backslash must not lead out of the destination directory.
+    name = segment.replace("\\", "/").rsplit("/", 1)[-1]
+    if name not in ("", ".", "..") and "\0" not in name:
+        return name
+    return None if fmt is None else _FALLBACK_STEM + _EXTENSIONS[fmt]
 
 
 def _open_temp(path: Path) -> tuple[int, Path]:
@@ -171,27 +634,31 @@ def _open_temp(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _copy_body(url: str, response: requests.Response, out: BinaryIO, max_bytes: int) -> None:
-    written = 0
-    for chunk in response.iter_content(_CHUNK_BYTES):
-        if not isinstance(chunk, bytes):  # only decode_unicode=True yields str
-            raise TypeError("expected bytes from iter_content")
-        written += len(chunk)
-        if written > max_bytes:
-            raise _error(url, f"body exceeds the limit of {max_bytes} bytes")
-        out.write(chunk)
+# ---------------------------------------------------------------------- errors
 
 
-def _request_error(url: str, exc: requests.RequestException, timeout_s: float) -> FetchError:
+def _request_error(url: str, exc: requests.RequestException, guard: _Guard) -> FetchError:
     # A read timeout while streaming the body surfaces as a ConnectionError wrapping urllib3's.
     timed_out = isinstance(exc, requests.Timeout) or any(
         isinstance(arg, ReadTimeoutError) for arg in exc.args
     )
-    if timed_out:
-        return _error(url, f"timed out after {timeout_s:g} s")
-    if isinstance(exc, requests.ConnectionError):
-        return _error(url, f"connection failed ({exc})")
+    if timed_out or guard.expired:
+        return guard.timed_out()
+    if isinstance(exc, requests.ConnectionError):  # SSLError too
+        return _error(url, f"connection failed ({_cause(exc)})")
     return _error(url, f"request failed ({type(exc).__name__}: {exc})")
+
+
+def _cause(exc: requests.RequestException) -> str:
+    """The reason under requests' and urllib3's wrappers ("Max retries exceeded ... Caused by")."""
+    wrapped = exc.args[0] if exc.args else None
+    if isinstance(wrapped, MaxRetryError) and wrapped.reason is not None:
+        return str(wrapped.reason)
+    return str(exc)
+
+
+def _exists(url: str, path: Path) -> FetchError:
+    return _error(url, f"{path} already exists; --force (overwrite=True) replaces it")
 
 
 def _error(url: str, reason: str) -> FetchError:
