@@ -16,8 +16,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from zimg import images, ops, protocol
 from zimg._broker_state import BrokerConfig
@@ -36,8 +38,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# No :emoji: codes: a file named ':skull:.png' is printed as it is.
+out = Console(soft_wrap=True, emoji=False)
+err = Console(stderr=True, soft_wrap=True, emoji=False)
 
 BrokerUrl = Annotated[
     str, typer.Option("--broker", "-b", help="The broker's endpoint.", envvar="ZIMG_BROKER")
@@ -128,8 +131,34 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _plain(value: object) -> str:
+    """``str(value)`` with control and other invisible characters shown as escapes (``\\x1b``).
+
+    A name or an error text must not move the cursor, colour the terminal or reorder the line.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _lit(value: object) -> str:
+    """``value`` as markup that rich shows literally.
+
+    For every string that did not come from this code (file names, paths, URLs, node names,
+    error texts from workers, servers or the system) before it goes into a rich markup string.
+    """
+    return escape(_plain(value))
+
+
+def _cell(value: object) -> Text:
+    """A table cell shown literally (rich would read a plain str as markup)."""
+    return Text(_plain(value))
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` (literally) as an error; return the Exit to raise."""
+    err.print(f"[bold red]error:[/] {_lit(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -152,7 +181,8 @@ def _pipeline(
         unknown = [s.name for s in specs if s.name not in known]
         if unknown and not strict:
             err.print(
-                f"[yellow]note:[/] ops {unknown} are not known here; the workers must know them"
+                f"[yellow]note:[/] ops {_lit(unknown)} are not known here; "
+                "the workers must know them"
             )
         ops.validate([s for s in specs if strict or s.name in known])
     except OpError as exc:
@@ -468,7 +498,7 @@ def _run_with_progress(
     conn: Connection, files: Sequence[Path], options: BatchOptions
 ) -> BatchReport:
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[errors]} errors"),
@@ -495,24 +525,26 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
     total = max(1, sum(s.jobs for s in report.per_node.values()))
     for node_name, s in sorted(report.per_node.items()):
         mean = s.total_ms / s.jobs if s.jobs else 0.0
-        table.add_row(node_name, str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}")
+        table.add_row(
+            _cell(node_name), str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}"
+        )
     out.print(table)
     n = report.count
     rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
     out.print(
         f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
-        f"manifest: {report.manifest}",
+        f"manifest: {_lit(report.manifest)}",
         highlight=False,
     )
     for entry in report.failures:
-        err.print(f"[red]failed:[/] {entry['error']}", highlight=False)
+        err.print(f"[red]failed:[/] {_lit(entry['error'])}", highlight=False)
     if report.failed > len(report.failures):
         err.print(f"[red]... and {report.failed - len(report.failures)} more (see the manifest)")
     outputs = report.outputs() if grid is not None else []
     if grid is not None and outputs:
         try:
             images.grid_from_files(outputs, grid)
-            out.print(f"grid: {grid}", highlight=False)
+            out.print(f"grid: {_lit(grid)}", highlight=False)
         except ZimgError as exc:
             raise _fail(f"cannot write the grid: {exc}") from None
     if report.failed:
@@ -543,23 +575,24 @@ def nodes(
     if as_json:
         out.print_json(json.dumps(report))
         return
-    table = Table(title=f"nodes at {broker_url}")
+    table = Table(title=Text(f"nodes at {_plain(broker_url)}"))
     columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed")
     for col in (*columns, "last heartbeat (s)"):
         table.add_column(col, justify="left" if col in ("name", "role") else "right")
     for n in report["nodes"]:
-        table.add_row(
+        cells = (
             n["name"],
             n["role"],
             format_cpus(n["cpus"]) if "cpus" in n else "",
-            str(n["capacity"]),
-            str(n["active"]),
-            str(n["done"]),
-            str(n.get("malformed", 0)),
+            n["capacity"],
+            n["active"],
+            n["done"],
+            n.get("malformed", 0),
             f"{n['last_seen_s']:.1f}",
         )
+        table.add_row(*map(_cell, cells))
     out.print(table)
-    out.print(f"queued jobs: {report['queued']}", highlight=False)
+    out.print(f"queued jobs: {_lit(report['queued'])}", highlight=False)
 
 
 @app.command()
@@ -600,7 +633,7 @@ def fetch(
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"saved {path}", highlight=False)
+    out.print(f"saved {_lit(path)}", highlight=False)
 
 
 @app.command()
@@ -616,7 +649,7 @@ def grid(
         images.grid_from_files(files, output, columns=columns)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"grid: {output}", highlight=False)
+    out.print(f"grid: {_lit(output)}", highlight=False)
 
 
 @app.command()
@@ -637,7 +670,9 @@ def demo(
         raise _fail(str(exc)) from None
     grid_path = directory / "grid.png"
     _finish(report, grid_path)
-    out.print(f"inputs:  {directory / 'images'}\noutputs: {options.outdir}", highlight=False)
+    out.print(
+        f"inputs:  {_lit(directory / 'images')}\noutputs: {_lit(options.outdir)}", highlight=False
+    )
 
 
 def prepare_demo_inputs(target: Path, copies: int) -> list[Path]:
@@ -676,7 +711,7 @@ def keys_new(
         public, secret = create_keys(name, directory)
     except (ValueError, ZimgError) as exc:
         raise _fail(str(exc), code=2) from None
-    out.print(f"public: {public}\nsecret: {secret}  (keep it private)", highlight=False)
+    out.print(f"public: {_lit(public)}\nsecret: {_lit(secret)}  (keep it private)", highlight=False)
 
 
 @keys_app.command("authorize")
@@ -697,4 +732,4 @@ def keys_authorize(
         raise _fail(str(exc), code=2) from None
     except OSError as exc:
         raise _fail(f"cannot authorize {public_key}: {exc}") from None
-    out.print(f"authorized: {target}", highlight=False)
+    out.print(f"authorized: {_lit(target)}", highlight=False)
