@@ -34,8 +34,9 @@ class BrokerConfig:
         max_watches: node names one node may WATCH at once.
         max_watch_total: WATCHes held at once, all nodes together.
         nodes_page_bytes: about how large one page of the NODES reply may grow.
-        nodes_pages_per_s: NODES pages each node may ask for per second (also the budget shared
-            by every peer that has not joined).
+        nodes_bytes_per_s: bytes of NODES replies each node may ask for per second (also the
+            budget shared by every peer that has not joined): a cap on what a flood of
+            NODES requests costs the broker.
     """
 
     heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
@@ -52,7 +53,7 @@ class BrokerConfig:
     max_watches: int = 4096
     max_watch_total: int = 1_000_000
     nodes_page_bytes: int = 64 << 10
-    nodes_pages_per_s: float = 50.0
+    nodes_bytes_per_s: float = 4 << 20
 
     @property
     def expiry_s(self) -> float:
@@ -112,15 +113,15 @@ class TokenBucket:
     tokens: float
     refilled: float
 
-    def take(self, now: float, rate: float) -> bool:
-        """Spend one token if there is one (the bucket refills at ``rate`` per second, up to
-        ``rate`` tokens)."""
+    def ready(self, now: float, rate: float) -> bool:
+        """Refill (at ``rate`` per second, up to ``rate``): is anything left to spend?"""
         self.tokens = min(rate, self.tokens + (now - self.refilled) * rate)
         self.refilled = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
+        return self.tokens > 0.0
+
+    def spend(self, amount: float) -> None:
+        """Spend ``amount`` (the bucket may go into debt, which the refill pays off first)."""
+        self.tokens -= amount
 
 
 @dataclass(slots=True, eq=False)
@@ -157,6 +158,7 @@ class NodeRecord:
     pages: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 0.0))
     # Bookkeeping of the worker index (``_dispatch``).
     assigned_seq: int = 0
+    order: int = 0
     version: int = 0
     indexed: bool = False
     parked: bool = False

@@ -122,7 +122,7 @@ class BrokerState:
         self._beat = wire.encode(Command.HEARTBEAT, {})
         self._expiry: list[tuple[float, int, NodeRecord]] = []
         self._n = itertools.count()
-        self._anonymous_pages = TokenBucket(cfg.nodes_pages_per_s, now)
+        self._anonymous_pages = TokenBucket(cfg.nodes_bytes_per_s, now)
         self._names: list[str] | None = []  # sorted names, rebuilt lazily after a change
         self._warned = 0  # how many of _WARN_AT the node count has passed
         self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
@@ -368,7 +368,7 @@ class BrokerState:
                 session=header.get("session", 0),
                 placement=placement,
                 user_id=user_id,
-                pages=TokenBucket(self.config.nodes_pages_per_s, now),
+                pages=TokenBucket(self.config.nodes_bytes_per_s, now),
             )
             self.nodes[identity] = node
             self.by_name[name] = node
@@ -594,10 +594,12 @@ class BrokerState:
         if after is not None and type(after) is not str:
             raise WireError("header field 'after' must be str")
         bucket = node.pages if node is not None else self._anonymous_pages
-        if not bucket.take(now, self.config.nodes_pages_per_s):
+        if not bucket.ready(now, self.config.nodes_bytes_per_s):
             self.stats["throttled"] += 1
             return self._log_once(identity, "dropped NODES requests beyond the rate limit")
-        return [Send(identity, wire.encode(Command.NODES, self.nodes_page(now, after)))]
+        page = self.nodes_page(now, after)
+        bucket.spend(page.pop("_cost"))
+        return [Send(identity, wire.encode(Command.NODES, page))]
 
     def nodes_page(self, now: float, after: str | None = None) -> dict[str, Any]:
         """One page of the answer to ``NODES``: the nodes whose names sort after ``after``, as
@@ -616,6 +618,7 @@ class BrokerState:
             page.append(_node_entry(node, now))
             size += cost
         return {
+            "_cost": size + 512,  # what the page costs the asker's budget, in bytes
             "nodes": page,
             "more": start + len(page) < len(names),
             "count": len(names),
@@ -632,6 +635,7 @@ class BrokerState:
             page = self.nodes_page(now, report["nodes"][-1]["name"])
             report["nodes"] += page["nodes"]
             report["more"] = page["more"]
+        del report["_cost"]
         return report
 
     def _malformed(self, identity: bytes, text: str) -> list[Instruction]:

@@ -2,9 +2,10 @@
 
 The rule (``docs/protocol.md`` §7.3): among the workers with credit left, the one with the
 lowest load ``held / capacity``; then, with CPU slots, one whose CPUs all idle; then the one that
-was assigned least recently. With CPU slots a job starts at once only on a host with fewer jobs
-running than CPUs; on a full host an idle worker stands by and a running one gets the job
-*queued*, behind the jobs it runs (see ``zimg._placement``).
+was assigned least recently (among those never assigned, the first to join). With CPU slots a
+job starts at once only on a host with fewer jobs running than CPUs; on a full host an idle
+worker stands by and a running one gets the job *queued*, behind the jobs it runs (see
+``zimg._placement``).
 
 How it stays cheap with thousands of workers:
 
@@ -72,8 +73,10 @@ def _mask(node: NodeRecord) -> int:
     return node.placement.cpu_mask if node.placement is not None else 0
 
 
-_Entry = tuple[float, bool, int, int, int, NodeRecord]  # ratio, shares, seq, n, version, node
-_SpawnEntry = tuple[float, int, int, int, NodeRecord]  # ratio, seq, n, version, node
+# The rank, then a push counter (unique: entries never compare their node), then the
+# worker's version when the entry was pushed, then the worker.
+_Entry = tuple[float, bool, int, int, int, int, NodeRecord]  # ratio, shares, seq, order, n, ...
+_SpawnEntry = tuple[float, int, int, int, int, NodeRecord]  # ratio, seq, order, n, ...
 
 
 class WorkerIndex:
@@ -91,6 +94,7 @@ class WorkerIndex:
         self._jobs: list[_Entry] = []
         self._spawns: list[_SpawnEntry] = []
         self._n = itertools.count()
+        self._orders = itertools.count(1)  # join order: ties among never-assigned workers
         self._seq = 0
 
     # ------------------------------------------------------------------ changes
@@ -99,6 +103,8 @@ class WorkerIndex:
         """A worker joined."""
         self.workers += 1
         node.indexed = True
+        if not node.order:
+            node.order = next(self._orders)
         host = self._placed_host(node, create=True)
         if host is not None:
             had_room = not host.full()
@@ -184,7 +190,7 @@ class WorkerIndex:
         heap = self._jobs
         while heap:
             self.steps += 1
-            ratio, shares, _, _, version, node = heap[0]
+            ratio, shares, *_, version, node = heap[0]
             if version != node.version:
                 heapq.heappop(heap)
                 continue
@@ -242,8 +248,8 @@ class WorkerIndex:
         self.steps += 1
         heapq.heappush(
             self._spawns,
-            (len(node.active) / max(1, node.capacity), node.assigned_seq, next(self._n),
-             node.version, node),
+            (len(node.active) / max(1, node.capacity), node.assigned_seq, node.order,
+             next(self._n), node.version, node),
         )  # fmt: skip
         if node.free() > 0 and not node.hung and not node.parked:
             ratio = len(node.active) / node.capacity
@@ -252,7 +258,7 @@ class WorkerIndex:
 
     def _push_job(self, node: NodeRecord, ratio: float, shares: bool) -> None:
         self.steps += 1
-        entry = (ratio, shares, node.assigned_seq, next(self._n), node.version, node)
+        entry = (ratio, shares, node.assigned_seq, node.order, next(self._n), node.version, node)
         heapq.heappush(self._jobs, entry)
 
     def _shares(self, node: NodeRecord) -> bool:
