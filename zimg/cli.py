@@ -113,6 +113,7 @@ BrokerKeyOpt = Annotated[
         show_default=False,
     ),
 ]
+_DEFAULTS = BrokerConfig()  # the broker's defaults, shown by `zimg broker --help`
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse larger images.")]
 
@@ -245,6 +246,45 @@ def broker(
         bool, typer.Option("--insecure", help="Allow a non-loopback bind without keys.")
     ] = False,
     oversubscribe: Oversubscribe = False,
+    job_deadline: Annotated[
+        float,
+        typer.Option(
+            "--job-deadline",
+            min=0.1,
+            help="Seconds a worker may work on a job. Past it the job is retried elsewhere and "
+            "the worker gets no new job until it answers.",
+        ),
+    ] = _DEFAULTS.job_deadline_s,
+    max_frame_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-frame-mb",
+            min=1,
+            help="Largest frame (one array or blob) a peer may send, in MiB; a peer that sends "
+            "more is disconnected.",
+        ),
+    ] = _DEFAULTS.limits.max_frame_bytes >> 20,
+    max_client_jobs_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-client-jobs-mb",
+            min=1,
+            help="MiB of jobs one client may have in the broker at once (beyond: it is told to "
+            "wait).",
+        ),
+    ] = _DEFAULTS.max_client_job_bytes >> 20,
+    max_jobs_mb: Annotated[
+        int,
+        typer.Option("--max-jobs-mb", min=1, help="MiB of jobs the broker holds at once, in all."),
+    ] = _DEFAULTS.max_job_bytes >> 20,
+    max_nodes: Annotated[
+        int,
+        typer.Option(
+            "--max-nodes",
+            min=1,
+            help="Nodes admitted at once (also bounded by the open-file limit).",
+        ),
+    ] = _DEFAULTS.max_nodes,
     keep_heap: KeepHeap = True,
     log_level: LogLevel = "info",
 ) -> None:
@@ -270,11 +310,17 @@ def broker(
         broker_keys = BrokerKeys(keys) if keys is not None else None
     except ZimgError as exc:
         raise _fail(str(exc), code=2) from None
+    limits = _DEFAULTS.limits
     config = BrokerConfig(
         heartbeat_interval_s=heartbeat,
         liveness=liveness,
         max_attempts=max_attempts,
         cpu_slots=not oversubscribe,
+        job_deadline_s=job_deadline,
+        limits=dataclasses.replace(limits, max_frame_bytes=max_frame_mb << 20),
+        max_client_job_bytes=max_client_jobs_mb << 20,
+        max_job_bytes=max_jobs_mb << 20,
+        max_nodes=max_nodes,
     )
     # A 6 MB frame is a fresh block for ZeroMQ's I/O thread each time; glibc's default trims it
     # away after each message and faults it in again (docs/decisions.md).
