@@ -7,6 +7,7 @@ is paid once for all of them; the broker sees one job either way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,16 @@ from zimg._errors import WireError
 PayloadMode = Literal["encoded", "raw", "path"]
 PAYLOAD_MODES: tuple[PayloadMode, ...] = ("encoded", "raw", "path")
 MAX_ITEMS = 64
+MAX_ERROR_CHARS = 1000
+"""The longest error text a RESULT carries, for the job or for one item. With at most
+``MAX_ITEMS`` items a RESULT's texts stay under 64 K characters, far inside a header
+(``wire.Limits.max_header_bytes``, 1 MiB), however long the message an op built."""
+
+
+def cap_text(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, the last one "…"; the start, which names the file
+    and the op, is kept."""
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 @dataclass(slots=True)
@@ -61,6 +72,9 @@ class JobRequest:
         ops: the pipeline, as ``[[name, params], ...]``.
         items: the images, at least one.
         max_pixels: the client's limit on image size; workers apply the lower of theirs and it.
+        deadline_s: seconds the job may take once a worker has received it (the broker sends
+            the lower of this and its own maximum); past it, the worker fails the items it has
+            not finished. None: no deadline of the client's.
     """
 
     id: int
@@ -68,10 +82,11 @@ class JobRequest:
     ops: list[list[Any]]
     items: list[JobItem] = field(default_factory=list)
     max_pixels: int | None = None
+    deadline_s: float | None = None
 
     def header(self, job_id: int) -> dict[str, Any]:
         """The JOB header, with ``job_id`` as the id on the wire."""
-        header = {
+        header: dict[str, Any] = {
             "id": job_id,
             "mode": self.mode,
             "ops": self.ops,
@@ -79,6 +94,8 @@ class JobRequest:
         }
         if self.max_pixels is not None:
             header["max_pixels"] = self.max_pixels
+        if self.deadline_s is not None:
+            header["deadline_s"] = self.deadline_s
         return header
 
     @classmethod
@@ -102,7 +119,18 @@ class JobRequest:
             ops=protocol.field(header, "ops", list),
             items=items,
             max_pixels=max_pixels,
+            deadline_s=_deadline(header),
         )
+
+
+def _deadline(header: dict[str, Any]) -> float | None:
+    """The optional ``deadline_s``: a finite number of seconds > 0 (int or float, not bool)."""
+    if "deadline_s" not in header:
+        return None
+    value = protocol.field(header, "deadline_s", (int, float))
+    if not 0 < value < math.inf:
+        raise WireError(f"header field 'deadline_s' must be a number of seconds > 0, not {value}")
+    return float(value)
 
 
 def _item(index: int, raw: Any, mode: str) -> JobItem:
@@ -144,7 +172,9 @@ class ItemResult:
     output: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"ok": self.ok, "ms": round(self.ms, 3), "error": self.error}
+        """The item's map in a RESULT; ``error`` capped at ``MAX_ERROR_CHARS``."""
+        error = None if self.error is None else cap_text(self.error)
+        out: dict[str, Any] = {"ok": self.ok, "ms": round(self.ms, 3), "error": error}
         if self.payload is not None:
             out["payload"] = self.payload
         if self.output is not None:
@@ -165,6 +195,8 @@ class JobResult:
         error: why the whole job failed, or None.
         items: one result per item, in the job's order.
         died: the broker gave up because the workers running it kept dying.
+        busy: the broker did not take the job (its queue was full: ``attempt`` is 0); send it
+            again later.
     """
 
     id: int
@@ -174,6 +206,7 @@ class JobResult:
     error: str | None = None
     items: list[ItemResult] = field(default_factory=list)
     died: bool = False
+    busy: bool = False
 
     def item(self, position: int) -> ItemResult:
         """The result of the job's ``position``-th item; a whole-job failure fails each one."""
@@ -195,6 +228,7 @@ class JobResult:
             error=error if isinstance(error, str) else None,
             items=items,
             died=header.get("died") is True,
+            busy=header.get("busy") is True,
         )
 
 

@@ -10,7 +10,15 @@ import pytest
 from zimg import wire
 from zimg._errors import ImageError, WireError
 from zimg.batch import BatchOptions, _Temporaries, group_items
-from zimg.jobs import MAX_ITEMS, ItemResult, JobItem, JobRequest, JobResult
+from zimg.jobs import (
+    MAX_ERROR_CHARS,
+    MAX_ITEMS,
+    ItemResult,
+    JobItem,
+    JobRequest,
+    JobResult,
+    cap_text,
+)
 from zimg.wire import Command
 
 OPS = [["threshold", {}], ["label", {}]]
@@ -193,3 +201,66 @@ def test_the_worker_writes_on_images_it_decoded_but_never_on_a_raw_payload():
         JobItem(0, "a.png", ".png", payload=encoded), "encoded", ops.DEFAULT_PIPELINE, node="n1"
     )
     assert np.array_equal(images.decode(out, name="a.png"), expected)
+
+
+# ---- deadline_s, busy and capped errors (issue 12, protocol 3) ---------------------------------
+
+
+def job_header(**extra):
+    item = {"name": "a.png", "ext": ".png", "payload": np.zeros(3, np.uint8)}
+    return {"id": 1, "mode": "encoded", "ops": OPS, "items": [item], **extra}
+
+
+@pytest.mark.parametrize(("given", "parsed"), [(None, None), (2, 2.0), (0.25, 0.25)])
+def test_deadline_s_is_optional_and_taken_as_float_seconds(given, parsed):
+    header = job_header() if given is None else job_header(deadline_s=given)
+    request = JobRequest.from_header(roundtrip(Command.JOB, header))
+    assert request.deadline_s == parsed
+    assert type(request.deadline_s) is (float if given is not None else type(None))
+
+
+@pytest.mark.parametrize("bad", [True, 0, -1.5, "5", float("nan"), float("inf"), None])
+def test_a_bad_deadline_s_fails_the_job(bad):
+    with pytest.raises(WireError, match="deadline_s"):
+        JobRequest.from_header(roundtrip(Command.JOB, job_header(deadline_s=bad)))
+
+
+def test_a_client_may_set_deadline_s():
+    request = JobRequest(0, "encoded", OPS, [JobItem(0, "a.png", ".png", np.zeros(3, np.uint8))])
+    assert "deadline_s" not in request.header(5)
+    request.deadline_s = 30.0
+    header = roundtrip(Command.JOB, request.header(5))
+    assert header["deadline_s"] == 30.0
+    assert JobRequest.from_header(header).deadline_s == 30.0
+
+
+def test_a_busy_result_says_so():
+    busy = {"id": 9, "ok": False, "attempt": 0, "busy": True, "error": "the broker is full"}
+    result = JobResult.from_header(roundtrip(Command.RESULT, busy))
+    assert result.busy
+    assert not result.ok
+    assert result.attempt == 0
+    assert result.item(0).error == "the broker is full"
+    for value in (None, 1, "true"):
+        other = JobResult.from_header({**busy, "busy": value})
+        assert not other.busy
+    assert not JobResult.from_header({"id": 9, "ok": True, "attempt": 1}).busy
+
+
+def test_error_texts_are_capped_keeping_their_start():
+    assert MAX_ERROR_CHARS == 1000
+    assert cap_text("short") == "short"
+    exact = "e" * MAX_ERROR_CHARS
+    assert cap_text(exact) == exact
+    long = "a.png: label: " + "0, " * 400_000
+    capped = cap_text(long)
+    assert len(capped) == MAX_ERROR_CHARS
+    assert capped.startswith("a.png: label: 0, 0")
+    assert capped.endswith("\u2026")
+
+
+def test_an_item_result_caps_its_error_on_the_wire():
+    wired = ItemResult(ok=False, error="b.png: " + "x" * 10**6).to_wire()
+    assert len(wired["error"]) == MAX_ERROR_CHARS
+    assert wired["error"].startswith("b.png: x")
+    assert ItemResult(ok=True).to_wire()["error"] is None
