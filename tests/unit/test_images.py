@@ -152,11 +152,10 @@ def test_decode_max_pixels_boundary() -> None:
         decode(data, max_pixels=9_999)
 
 
-def test_decode_max_pixels_for_formats_not_sniffed() -> None:
+def test_decode_checks_tiff_pixels_from_its_header(no_imdecode: None) -> None:
     data = encoded(noise(10, 10), ".tiff")
-    assert sniff_size(data) is None
-    assert decode(data).shape == (10, 10, 3)
-    with pytest.raises(ImageError, match="over the limit"):
+    assert sniff_size(data) == (10, 10)
+    with pytest.raises(ImageError, match="over the limit of 99 pixels"):
         decode(data, max_pixels=99)
 
 
@@ -362,3 +361,262 @@ def test_write_atomic_missing_directory(tmp_path: Path) -> None:
 
 def test_module_keeps_default_limit() -> None:
     assert images.DEFAULT_MAX_PIXELS == 200_000_000
+
+
+# ---- decoded size in bytes, from the header (issue 12) ----------------------------------------
+
+
+def tiff_header(
+    width: int,
+    height: int,
+    *,
+    spp: int = 3,
+    bits: int = 8,
+    photometric: int = 2,
+    order: str = "<",
+    big: bool = False,
+) -> bytes:
+    """A TIFF's header and first IFD (no pixel data): what zimg reads before decoding."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, spp, bits)]
+    entries += [(262, 3, 1, photometric), (277, 3, 1, spp)]
+    mark = b"II" if order == "<" else b"MM"
+    if big:
+        head = mark + struct.pack(order + "HHHQ", 43, 8, 0, 16) + struct.pack(order + "Q", 5)
+        values_at = 16 + 8 + 5 * 20 + 8
+        body = b""
+        for tag, kind, n, value in entries:
+            if tag == 258 and n > 4:  # 8-byte fields hold up to 4 shorts
+                body += struct.pack(order + "HHQQ", tag, kind, n, values_at)
+            else:
+                field = struct.pack(order + ("H" if kind == 3 else "I"), value) * min(n, 4)
+                body += struct.pack(order + "HHQ", tag, kind, n) + field.ljust(8, b"\0")
+        return head + body + bytes(8) + struct.pack(order + f"{spp}H", *[bits] * spp)
+    head = mark + struct.pack(order + "HIH", 42, 8, len(entries))
+    values_at = 8 + 2 + len(entries) * 12 + 4
+    body = b""
+    for tag, kind, n, value in entries:
+        if tag == 258 and n > 2:  # 4-byte fields hold up to 2 shorts
+            body += struct.pack(order + "HHII", tag, kind, n, values_at)
+        else:
+            field = struct.pack(order + ("H" if kind == 3 else "I"), value) * n
+            body += struct.pack(order + "HHI", tag, kind, n) + field.ljust(4, b"\0")
+    return head + body + bytes(4) + struct.pack(order + f"{spp}H", *[bits] * spp)
+
+
+def png_header(width: int, height: int, depth: int, colour: int, *chunks: bytes) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0"))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + b"".join(chunks) + idat
+
+
+LAYOUTS = [
+    (noise(30, 40, 1), ".png", True),
+    (noise(30, 40, 3), ".png", True),
+    (noise(30, 40, 4), ".png", True),
+    (noise(30, 40, 1, np.uint16), ".png", True),
+    (noise(30, 40, 4, np.uint16), ".png", True),
+    (noise(30, 40, 1), ".jpg", True),
+    (noise(30, 40, 3), ".jpg", True),
+    (noise(30, 40, 1), ".bmp", False),  # a palette: BGR at most
+    (noise(30, 40, 3), ".bmp", True),
+    (noise(30, 40, 4), ".bmp", True),
+    (noise(30, 40, 3), ".webp", True),
+    (noise(30, 40, 4), ".webp", True),
+    (noise(30, 40, 3), ".gif", False),  # BGR or BGRA
+    (noise(30, 40, 1), ".tiff", True),
+    (noise(30, 40, 3), ".tiff", True),
+    (noise(30, 40, 4), ".tiff", True),
+    (noise(30, 40, 3, np.uint16), ".tiff", True),
+    (noise(30, 40, 1).astype(np.float32), ".tiff", True),
+    (noise(30, 40, 3).astype(np.float64), ".tiff", True),
+    (noise(30, 40, 1), ".pgm", True),
+    (noise(30, 40, 1, np.uint16), ".pgm", True),
+    (noise(30, 40, 3), ".ppm", True),
+    (noise(30, 40, 3, np.uint16), ".ppm", True),
+    (noise(30, 40, 1), ".pbm", True),
+    (noise(30, 40, 1), ".pam", True),
+    (noise(30, 40, 3), ".pam", True),
+    (noise(30, 40, 1).astype(np.float32), ".pfm", True),
+    (noise(30, 40, 3).astype(np.float32), ".pfm", True),
+]
+
+
+@pytest.mark.parametrize(("image", "ext", "exact"), LAYOUTS)
+def test_the_header_bounds_the_decoded_size(image: np.ndarray, ext: str, exact: bool) -> None:
+    data = encoded(image, ext)
+    header = images.sniff_header(data)
+    assert header is not None
+    decoded = decode(data)
+    assert (header.width, header.height) == (40, 30)
+    assert header.nbytes >= decoded.nbytes
+    if exact:
+        assert header.nbytes == decoded.nbytes, (header, decoded.shape, decoded.dtype)
+    assert decode(data, max_bytes=header.nbytes).shape == decoded.shape
+
+
+@pytest.mark.parametrize(("image", "ext", "exact"), LAYOUTS)
+def test_an_image_over_max_bytes_is_refused_before_decoding(
+    image: np.ndarray, ext: str, exact: bool, no_imdecode: None
+) -> None:
+    data = encoded(image, ext)
+    header = images.sniff_header(data)
+    assert header is not None
+    with pytest.raises(ImageError, match=rf"^in{ext}: a 40x30 .* decodes to \d+ bytes, over"):
+        decode(data, name=f"in{ext}", max_bytes=header.nbytes - 1)
+
+
+def test_a_16_bit_rgba_png_bomb_under_the_pixel_limit_is_refused(no_imdecode: None) -> None:
+    # 196 Mpx passes max_pixels; its 1.57 GB of pixels do not pass max_bytes.
+    bomb = png_header(14_000, 14_000, 16, 6)
+    with pytest.raises(
+        ImageError,
+        match=r"^bomb\.png: a 14000x14000 16-bit RGBA PNG decodes to 1568000000 bytes, "
+        r"over the limit of 536870912 bytes$",
+    ):
+        decode(bomb, name="bomb.png")
+
+
+def test_the_default_byte_limit_admits_8k_16_bit_rgba() -> None:
+    assert images.DEFAULT_MAX_IMAGE_BYTES == 512 * 2**20
+    header = images.sniff_header(png_header(7680, 4320, 16, 6))
+    assert header is not None
+    assert header.nbytes <= images.DEFAULT_MAX_IMAGE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("colour", "depth", "chunks", "channels"),
+    [
+        (0, 8, (), 1),
+        (2, 8, (), 3),
+        (3, 8, (png_chunk(b"PLTE", bytes(3)),), 3),
+        (3, 8, (png_chunk(b"PLTE", bytes(3)), png_chunk(b"tRNS", b"\0")), 4),
+        (2, 16, (png_chunk(b"tRNS", bytes(6)),), 4),  # OpenCV adds alpha for tRNS
+        (4, 8, (), 4),  # gray + alpha decodes to BGRA
+        (0, 1, (), 1),
+    ],
+)
+def test_png_channels_come_from_the_colour_type_and_trns(
+    colour: int, depth: int, chunks: tuple[bytes, ...], channels: int
+) -> None:
+    header = images.sniff_header(png_header(10, 10, depth, colour, *chunks))
+    assert header is not None
+    assert header.channels == channels
+    assert header.sample_bytes == (2 if depth == 16 else 1)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+@pytest.mark.parametrize("big", [False, True])
+def test_a_tiff_bomb_is_refused_from_its_first_ifd(
+    order: str, big: bool, no_imdecode: None
+) -> None:
+    # OpenCV decoded such a file in full (822 MB) before zimg's pixel check could run.
+    bomb = tiff_header(16_000, 16_000, order=order, big=big)
+    header = images.sniff_header(bomb)
+    assert header == images.Header("TIFF", 16_000, 16_000, 3, 1)
+    with pytest.raises(ImageError, match=r"^b\.tif: 16000x16000 is 256000000 pixels, over"):
+        decode(bomb, name="b.tif")
+    under = tiff_header(14_000, 14_000, spp=4, bits=16, order=order, big=big)  # 196 Mpx
+    with pytest.raises(ImageError, match=r"^b\.tif: a 14000x14000 16-bit RGBA TIFF decodes to"):
+        decode(under, name="b.tif")
+
+
+@pytest.mark.parametrize(
+    ("spp", "bits", "photometric", "channels", "sample_bytes"),
+    [
+        (1, 1, 1, 1, 1),
+        (1, 12, 1, 1, 2),
+        (3, 64, 2, 3, 8),
+        (1, 8, 3, 4, 1),  # palette: OpenCV decodes to BGR (4 at most)
+        (4, 8, 5, 4, 1),  # CMYK
+        (2, 8, 1, 4, 1),  # gray + alpha
+        (6, 8, 2, 4, 1),  # OpenCV refuses more than 4 channels
+    ],
+)
+def test_tiff_layouts(
+    spp: int, bits: int, photometric: int, channels: int, sample_bytes: int
+) -> None:
+    header = images.sniff_header(tiff_header(7, 5, spp=spp, bits=bits, photometric=photometric))
+    assert header is not None
+    assert (header.width, header.height) == (7, 5)
+    assert (header.channels, header.sample_bytes) == (channels, sample_bytes)
+
+
+@pytest.mark.parametrize(
+    ("data", "fmt"),
+    [
+        (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(40), "JPEG 2000"),
+        (b"\xffO\xffQ" + bytes(40), "JPEG 2000"),
+        (b"v/1\x01" + bytes(40), "OpenEXR"),
+        (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 60000 +X 60000\n", "Radiance HDR"),
+        (b"\x59\xa6\x6a\x95" + bytes(40), "Sun raster"),
+        (b"\x00\x00\x00\x1cftypavif" + bytes(40), "AVIF"),
+    ],
+)
+def test_formats_whose_size_is_not_read_are_refused_before_decoding(
+    data: bytes, fmt: str, no_imdecode: None
+) -> None:
+    with pytest.raises(ImageError, match=rf"^x\.img: a {fmt} image, whose size zimg cannot read"):
+        decode(data, name="x.img")
+
+
+def test_an_unknown_format_is_never_handed_to_opencv(no_imdecode: None) -> None:
+    with pytest.raises(ImageError, match=r"^x: not an image \(unrecognised format\)"):
+        decode(b"hello, I am text", name="x")
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (png_header(10, 10, 16, 3), "bit depth 16 with colour type 3"),
+        (png_header(10, 10, 8, 5), "colour type 5"),
+        (b"BM" + bytes(12) + struct.pack("<IiiHH", 40, 10, 10, 1, 7) + bytes(4), "7 bits"),
+        (b"II*\x00" + struct.pack("<I", 10_000), "past the end"),
+        (b"II*\x00" + struct.pack("<IH", 8, 500) + bytes(24), "cut off"),
+        (tiff_header(10, 10)[:30], "cut off"),
+        (b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 258, 3, 1, 8), "ImageWidth"),
+        (b"P5\n10 ten\n255\n", "corrupt PNM"),
+        (b"P6\n10 10\n70000\n", "maxval 70000"),
+        (b"P5\n12345678901 1\n255\n", "corrupt PNM"),
+        (b"P7\nWIDTH 10\nHEIGHT 10\nDEPTH 9\nMAXVAL 255\nENDHDR\n", "depth 9"),
+        (b"P7\nWIDTH 10\nHEIGHT 10\n" + b"#" * 2000, "no ENDHDR"),
+        (b"P3\n10", "truncated or corrupt PNM"),
+    ],
+)
+def test_corrupt_headers_are_refused_before_decoding(
+    data: bytes, fragment: str, no_imdecode: None
+) -> None:
+    with pytest.raises(ImageError, match=r"^x: ") as info:
+        decode(data, name="x")
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size", "channels", "sample_bytes"),
+    [
+        (b"P1\n# a comment\n5 3\n", (5, 3), 1, 1),
+        (b"P5 7 2 65535\n", (7, 2), 1, 2),
+        (b"P6\n#c\n4\n#d\n9\n255\n", (4, 9), 3, 1),
+        (b"PF\n6 2\n-1.0\n", (6, 2), 3, 4),
+        (b"P7\nWIDTH 3\nHEIGHT 8\nDEPTH 2\nMAXVAL 65535\nENDHDR\n", (3, 8), 2, 2),
+    ],
+)
+def test_pnm_headers(text: bytes, size: tuple[int, int], channels: int, sample_bytes: int) -> None:
+    header = images.sniff_header(text)
+    assert header is not None
+    assert ((header.width, header.height), header.channels) == (size, channels)
+    assert header.sample_bytes == sample_bytes
+
+
+@given(
+    st.sampled_from([b"II*\x00", b"MM\x00*", b"II+\x00", b"P5\n", b"P7\n", b"PF\n"]),
+    st.binary(max_size=300),
+)
+def test_new_headers_with_garbage_raise_only_image_errors(signature: bytes, rest: bytes) -> None:
+    with contextlib.suppress(ImageError):
+        images.sniff_header(signature + rest)
+
+
+def test_a_raw_image_over_max_bytes_is_refused() -> None:
+    images.check_bytes(np.zeros((4, 4), np.float64), 128)
+    with pytest.raises(ImageError, match=r"shape \(4, 4\) is 128 bytes, over the limit of 127"):
+        images.check_bytes(np.zeros((4, 4), np.float64), 127)
