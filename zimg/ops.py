@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib
 import importlib.util
 import inspect
 import re
+import reprlib
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -15,22 +19,32 @@ from typing import Any, TypeVar, overload
 import numpy as np
 from numpy.typing import NDArray
 
+from zimg import images
 from zimg._errors import OpError
 from zimg._registry import same_source
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "MAX_NAME_CHARS",
+    "MAX_OPS",
+    "MAX_PARAMS",
+    "MAX_SEQUENCE",
+    "MAX_STR_CHARS",
+    "DeadlinePassed",
     "OpSpec",
     "blur",
+    "check_op_count",
     "get_op",
     "grayscale",
     "label",
     "load_module",
+    "max_output_bytes",
     "op",
     "parse_op",
     "registered_ops",
     "resize",
     "run_pipeline",
+    "short_repr",
     "threshold",
     "validate",
 ]
@@ -45,42 +59,111 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
+# Bounds on a pipeline as a JOB carries it. They keep what one job may ask of a worker small
+# and predictable (every op's own params bound its cost: see zimg._op_library), and every
+# message that repeats a param short. The client checks the same bounds (``parse_op`` builds an
+# OpSpec), so ``zimg send`` refuses such a pipeline up front (exit code 2).
+MAX_OPS = 32
+"""The most ops in one pipeline. The shipped ops each cost at most a few seconds on the largest
+image a worker decodes, so a job's time stays bounded; the job's ``deadline_s`` (checked
+between ops) is the bound on the whole."""
+MAX_PARAMS = 16
+"""The most params of one op."""
+MAX_STR_CHARS = 256
+"""The longest str param (label text, choices)."""
+MAX_SEQUENCE = 16
+"""The most numbers in a list/tuple param (colours, points)."""
+MAX_NAME_CHARS = 64
+"""The longest op or param name."""
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack carries
+
+_short = reprlib.Repr()
+_short.maxlevel, _short.maxstring, _short.maxother = 2, 40, 40
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 6
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` shortened for a message: long strings and sequences elided, at most
+    ``limit`` characters. Never builds the full repr of a large value."""
+    text = _short.repr(value)
+    if isinstance(value, list | tuple | dict | str) and len(value) > _short.maxlist:
+        text += f" ({len(value)} {'characters' if isinstance(value, str) else 'entries'})"
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _in_range(value: object) -> bool:
+    """A float, or an int msgpack can carry."""
+    return not isinstance(value, int) or _INT_MIN <= value <= _INT_MAX
+
+
 def _check_value(name: str, key: str, value: object) -> Any:
     """Return ``value`` as a param value (lists become tuples) or raise OpError."""
-    if isinstance(value, bool | int | float | str):
+    where = f"op {name!r}: param {key!r}"
+    if value is None or isinstance(value, bool | int | float):
+        if not _in_range(value):
+            raise OpError(f"{where}: the integer {short_repr(value)} does not fit in 64 bits")
         return value
-    if isinstance(value, list | tuple) and all(_is_number(v) for v in value):
-        return tuple(value)
+    if isinstance(value, str):
+        if len(value) > MAX_STR_CHARS:
+            raise OpError(
+                f"{where} is a string of {len(value)} characters, over the limit of "
+                f"{MAX_STR_CHARS}: {short_repr(value)}"
+            )
+        return value
+    if isinstance(value, list | tuple):
+        if len(value) > MAX_SEQUENCE:
+            raise OpError(
+                f"{where} has {len(value)} entries, over the limit of {MAX_SEQUENCE}: "
+                f"{short_repr(value)}"
+            )
+        if all(_is_number(v) and _in_range(v) for v in value):
+            return tuple(value)
     raise OpError(
-        f"op {name!r}: param {key!r} must be an int, float, str, bool or tuple of numbers, "
-        f"got {value!r}"
+        f"{where} must be None, an int, float, str, bool or up to {MAX_SEQUENCE} numbers, "
+        f"got {short_repr(value)}"
     )
+
+
+def _is_name(name: object) -> bool:
+    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and bool(_NAME.match(name))
 
 
 @dataclass(frozen=True)
 class OpSpec:
     """One step of a pipeline: an op name and its keyword params.
 
-    Param values are int, float, str, bool or tuples of numbers; the constructor checks this.
+    Param values are None, int, float, str, bool or tuples of numbers; the constructor checks
+    this and the bounds: names of at most ``MAX_NAME_CHARS`` characters, at most ``MAX_PARAMS``
+    params, strings of at most ``MAX_STR_CHARS`` characters, at most ``MAX_SEQUENCE`` numbers
+    in a tuple, ints that fit in 64 bits.
     """
 
     name: str
     params: dict[str, Any]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise OpError(f"op name must be an identifier, got {self.name!r}")
+        if not _is_name(self.name):
+            raise OpError(
+                f"op name must be an identifier of at most {MAX_NAME_CHARS} characters, "
+                f"got {short_repr(self.name)}"
+            )
         if not isinstance(self.params, Mapping):
-            raise OpError(f"op {self.name!r}: params must be a dict, got {self.params!r}")
+            raise OpError(f"op {self.name!r}: params must be a dict, got {short_repr(self.params)}")
+        if len(self.params) > MAX_PARAMS:
+            raise OpError(
+                f"op {self.name!r}: {len(self.params)} params, over the limit of {MAX_PARAMS}"
+            )
         checked = {}
         for key, value in self.params.items():
-            if not isinstance(key, str) or not _NAME.match(key):
-                raise OpError(f"op {self.name!r}: param name must be an identifier, got {key!r}")
+            if not _is_name(key):
+                raise OpError(
+                    f"op {self.name!r}: param name must be an identifier of at most "
+                    f"{MAX_NAME_CHARS} characters, got {short_repr(key)}"
+                )
             checked[key] = _check_value(self.name, key, value)
         object.__setattr__(self, "params", checked)
 
@@ -96,7 +179,7 @@ class OpSpec:
             OpError: ``obj`` is not ``[name, params]`` with valid types.
         """
         if not isinstance(obj, list | tuple) or len(obj) != 2:
-            raise OpError(f"an op on the wire must be [name, params], got {obj!r:.200}")
+            raise OpError(f"an op on the wire must be [name, params], got {short_repr(obj)}")
         name, params = obj
         return cls(name, params)
 
@@ -197,6 +280,8 @@ def registered_ops() -> list[str]:
 
 def _parse_value(text: str) -> Any:
     bare = text.strip()
+    if len(bare) > MAX_STR_CHARS:
+        return text  # no number is that long: OpSpec refuses it as a string
     if bare.lower() in ("true", "false"):
         return bare.lower() == "true"
     parts = [p.strip() for p in bare.split("/")]
@@ -222,19 +307,19 @@ def parse_op(text: str) -> OpSpec:
     name = name.strip()
 
     def bad(why: str) -> OpError:
-        return OpError(f"bad op {text!r}: {why}; expected {_SYNTAX}")
+        return OpError(f"bad op {short_repr(text)}: {why}; expected {_SYNTAX}")
 
     if not _NAME.match(name):
-        raise bad(f"op name {name!r} is not an identifier")
+        raise bad(f"op name {short_repr(name)} is not an identifier")
     params: dict[str, Any] = {}
     if sep:
         for item in rest.split(","):
             key, eq, value = item.partition("=")
             key = key.strip()
             if not eq or not _NAME.match(key):
-                raise bad(f"{item!r} is not KEY=VALUE")
+                raise bad(f"{short_repr(item)} is not KEY=VALUE")
             if key in params:
-                raise bad(f"param {key!r} given twice")
+                raise bad(f"param {short_repr(key)} given twice")
             params[key] = _parse_value(value)
     return OpSpec(name, params)
 
@@ -250,19 +335,65 @@ def _check_params(spec: OpSpec, entry: _Entry) -> None:
         raise OpError(f"op {spec.name!r} has no param {unknown[0]!r}; accepted params: {accepted}")
 
 
-def validate(specs: Sequence[OpSpec]) -> None:
-    """Check that every op exists and takes every param given.
+def check_op_count(specs: Sized) -> None:
+    """Refuse a pipeline of more than ``MAX_OPS`` ops (a JOB's ``ops``, before parsing them).
 
     Raises:
-        OpError: an unknown op, or a param the op does not accept (the message names it and
-            lists the accepted params).
+        OpError: too many ops.
     """
+    if len(specs) > MAX_OPS:
+        raise OpError(f"a pipeline has at most {MAX_OPS} ops, got {len(specs)}")
+
+
+def validate(specs: Sequence[OpSpec]) -> None:
+    """Check the op count, that every op exists and takes every param given.
+
+    Raises:
+        OpError: more than ``MAX_OPS`` ops, an unknown op, or a param the op does not accept
+            (the message names it and lists the accepted params).
+    """
+    check_op_count(specs)
     for spec in specs:
         _check_params(spec, _lookup(spec.name))
 
 
+class DeadlinePassed(OpError):
+    """:func:`run_pipeline` found its ``deadline`` passed before an op."""
+
+
+_max_output_bytes: contextvars.ContextVar[int] = contextvars.ContextVar(
+    "zimg_max_output_bytes", default=images.DEFAULT_MAX_IMAGE_BYTES
+)
+
+
+def max_output_bytes() -> int:
+    """The largest image, in bytes, an op may make: the limit of the pipeline running now
+    (``run_pipeline(max_bytes=...)``; a worker passes its ``max_image_bytes``), else
+    ``images.DEFAULT_MAX_IMAGE_BYTES``. An op whose output size follows from its params
+    (``resize``) checks it before allocating anything."""
+    return _max_output_bytes.get()
+
+
+@contextlib.contextmanager
+def _output_limit(max_bytes: int | None) -> Iterator[None]:
+    if max_bytes is None:
+        yield
+        return
+    token = _max_output_bytes.set(max_bytes)
+    try:
+        yield
+    finally:
+        _max_output_bytes.reset(token)
+
+
 def run_pipeline(
-    image: Image, specs: Sequence[OpSpec], *, node: str, consume: bool = False
+    image: Image,
+    specs: Sequence[OpSpec],
+    *,
+    node: str,
+    consume: bool = False,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
 ) -> Image:
     """Apply ``specs`` in order to ``image`` and return the result.
 
@@ -276,22 +407,49 @@ def run_pipeline(
         specs: the ops to apply; checked with :func:`validate` first.
         node: the node name given to ops that declare a ``node`` keyword.
         consume: ops may write on ``image``; only for an array nobody else reads.
+        deadline: a ``time.monotonic()`` time; checked before each op, none starts after it.
+        max_bytes: the largest image an op may return (default: unchecked, and ops that
+            check their output size before allocating use ``images.DEFAULT_MAX_IMAGE_BYTES``;
+            see :func:`max_output_bytes`).
 
     Returns:
         The last op's output (the input itself, viewed read-only, if ``specs`` is empty; with
         ``consume``, possibly ``image`` itself, written on).
 
     Raises:
-        OpError: validation failed, an op cannot handle the image, or returned a non-array.
+        DeadlinePassed: ``deadline`` passed before an op could start.
+        OpError: validation failed, an op cannot handle the image, or returned a non-array
+            or an image over ``max_bytes``.
     """
     if not isinstance(image, np.ndarray):
         raise OpError(f"run_pipeline needs a numpy array, got {type(image).__name__}")
+    check_op_count(specs)
     entries = [_lookup(spec.name) for spec in specs]
     for spec, entry in zip(specs, entries, strict=True):
         _check_params(spec, entry)
+    with _output_limit(max_bytes):
+        result = _run(image, specs, entries, node, consume, deadline, max_bytes)
+    given = consume and image.flags.writeable
+    if result is image and not given:
+        result = image.view()
+        result.flags.writeable = False
+    return result
+
+
+def _run(
+    image: Image,
+    specs: Sequence[OpSpec],
+    entries: list[_Entry],
+    node: str,
+    consume: bool,
+    deadline: float | None,
+    max_bytes: int | None,
+) -> Image:
     result = image
     given = consume and image.flags.writeable  # the caller's array is ours to write on
     for spec, entry in zip(specs, entries, strict=True):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlinePassed(f"the deadline passed before op {spec.name!r}")
         kwargs = dict(spec.params)
         if entry.takes_node:
             kwargs["node"] = node
@@ -304,9 +462,11 @@ def run_pipeline(
         result = entry.fn(arg, **kwargs)
         if not isinstance(result, np.ndarray):
             raise OpError(f"op {spec.name!r} returned {type(result).__name__}, not an ndarray")
-    if result is image and not given:
-        result = image.view()
-        result.flags.writeable = False
+        if max_bytes is not None and result.nbytes > max_bytes:
+            raise OpError(
+                f"op {spec.name!r} returned a {result.dtype} image of shape {result.shape}: "
+                f"{result.nbytes} bytes, over the limit of {max_bytes} bytes"
+            )
     return result
 
 
