@@ -13,7 +13,7 @@ import traceback
 from collections import deque
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 
@@ -22,7 +22,7 @@ from zimg._affinity import format_cpus, pin_process
 from zimg._errors import ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
 from zimg._placement import Placement
-from zimg.jobs import ItemResult, JobItem, JobRequest
+from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text
 from zimg.node import Node
 from zimg.security import ClientKeys
 from zimg.wire import Command
@@ -39,15 +39,27 @@ def process(
     *,
     node: str,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    max_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES,
+    deadline: float | None = None,
 ) -> Any:
     """Run the pipeline on one item: decode if needed, apply ``specs``, encode if needed.
 
     This is exactly what a worker does, so calling it in-process gives the reference output.
     ``path`` items are read and encoded here too; writing them is :meth:`Worker`'s part.
 
+    Args:
+        max_pixels: the largest image decoded (or taken raw), in pixels.
+        max_bytes: the largest image decoded (or taken raw), and the largest an op may
+            return, in bytes.
+        deadline: a ``time.monotonic()`` time after which no op, and no encoding, starts.
+
     Returns:
         A 1-D uint8 array of the encoded output (``encoded`` and ``path`` modes) or the
         processed image (``raw``).
+
+    Raises:
+        ops.DeadlinePassed: ``deadline`` passed before an op or the encoding.
+        ZimgError: the image was refused, or an op failed; the message names the item.
     """
     if mode == "path":
         data: Any = images.read_file(item.name)
@@ -55,12 +67,41 @@ def process(
         raise WireError(f"{item.name}: a {mode} item without a payload")
     else:
         data = item.payload
-    image = data if mode == "raw" else images.decode(data, name=item.name, max_pixels=max_pixels)
+    if mode == "raw":
+        image = data
+        _check_raw(image, item.name, max_pixels, max_bytes)
+    else:
+        image = images.decode(data, name=item.name, max_pixels=max_pixels, max_bytes=max_bytes)
     # A decoded image is ours to write on; a raw payload is a view of the received frame.
-    out = ops.run_pipeline(image, specs, node=node, consume=mode != "raw")
+    try:
+        out = ops.run_pipeline(
+            image,
+            specs,
+            node=node,
+            consume=mode != "raw",
+            deadline=deadline,
+            max_bytes=max_bytes,
+        )
+    except ops.DeadlinePassed:
+        raise
+    except OpError as exc:
+        raise OpError(f"{item.name}: {exc}") from exc
     if mode == "raw":
         return out
+    if deadline is not None and time.monotonic() > deadline:  # encoding may take seconds
+        raise ops.DeadlinePassed("the deadline passed before encoding")
     return images.encode(out, item.ext, name=item.name)
+
+
+def _check_raw(image: Any, name: str, max_pixels: int, max_bytes: int) -> None:
+    """The limits a decoded image gets, for a raw payload (an image already)."""
+    try:
+        if image.ndim >= 2 and image.shape[0] * image.shape[1] > max_pixels:
+            h, w = image.shape[:2]
+            raise ImageError(f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels} pixels")
+        images.check_bytes(image, max_bytes)
+    except ImageError as exc:
+        raise ImageError(f"{name}: {exc}") from None
 
 
 class Worker:
@@ -72,7 +113,11 @@ class Worker:
         capacity: the credit the broker grants: jobs held at once (running or next in line).
         threads: jobs run at once (default: ``capacity``). Fewer threads than credit means the
             next job is already here when one finishes.
-        max_pixels: the largest image this worker decodes.
+        max_pixels: the largest image this worker decodes, in pixels.
+        max_image_bytes: the largest image this worker decodes (width * height * channels *
+            bytes per sample, read from the header), takes raw, or lets an op make; see
+            ``images.DEFAULT_MAX_IMAGE_BYTES``.
+        limits: wire limits for what this worker sends and receives.
         allow_paths: accept ``path`` jobs, which read and write files named by the client.
             Only for workers that trust every client of their broker with their filesystem
             (an embedded cluster's workers, whose broker is private).
@@ -86,6 +131,7 @@ class Worker:
         capacity: int = DEFAULT_CAPACITY,
         threads: int | None = None,
         max_pixels: int = images.DEFAULT_MAX_PIXELS,
+        max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
         allow_paths: bool = False,
@@ -97,7 +143,10 @@ class Worker:
         self.threads = threads or capacity
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}")
+        if max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be at least 1, got {max_image_bytes}")
         self.max_pixels = max_pixels
+        self.max_image_bytes = max_image_bytes
         self.allow_paths = allow_paths
         self.jobs_done = 0
         self._writes = itertools.count()  # each write its own name, even for a repeated job
@@ -107,10 +156,11 @@ class Worker:
         # that job's thread (the broker counts one job per CPU of this host; see
         # zimg._placement). ``queued`` is how many jobs the broker saw running here: if one of
         # them has ended by the time the job arrives, it starts at once. ``_running`` counts
-        # the jobs handed to the pool.
+        # the jobs handed to the pool. Each job goes with the time it was received, from
+        # which its ``deadline_s`` counts (waiting here counts too).
         self._gate = threading.Lock()
         self._running = 0
-        self._queued: deque[dict[str, Any]] = deque()
+        self._queued: deque[_Received] = deque()
         self.node = Node(
             url,
             name,
@@ -159,24 +209,26 @@ class Worker:
         self.stop()
 
     def _on_job(self, msg: wire.Message) -> None:
+        """On the I/O thread, as the JOB arrives: its ``deadline_s`` counts from now."""
+        job = _Received(msg.header, time.monotonic())
         if self._stopped.is_set():
             return
         queued = msg.header.get("queued")
         with self._gate:
             if type(queued) is int and self._running >= queued > 0:
-                self._queued.append(msg.header)  # behind the jobs the broker saw running
+                self._queued.append(job)  # behind the jobs the broker saw running
                 return
             self._running += 1
-        self._pool.submit(self._run_jobs, msg.header)
+        self._pool.submit(self._run_jobs, job)
 
-    def _run_jobs(self, header: dict[str, Any]) -> None:
+    def _run_jobs(self, job: _Received) -> None:
         """Run a job, then each queued job this thread takes over, until none is left."""
-        next_job: dict[str, Any] | None = header
+        next_job: _Received | None = job
         while next_job is not None:
             try:
-                self._run_job(next_job)
+                self._run_job(next_job.header, next_job.received)
             except Exception:  # a bug here must not strand the jobs queued behind this one
-                log.error("job %s failed:\n%s", next_job.get("id"), traceback.format_exc())
+                log.error("job %s failed:\n%s", next_job.header.get("id"), traceback.format_exc())
             with self._gate:
                 if self._queued and not self._stopped.is_set():
                     next_job = self._queued.popleft()
@@ -184,20 +236,14 @@ class Worker:
                     next_job = None
                     self._running -= 1
 
-    def _run_job(self, header: dict[str, Any]) -> None:
-        # id, ticket and attempt first: the broker settles a RESULT on its first entries.
-        reply: dict[str, Any] = {
-            "id": header.get("id"),
-            **(
-                {"ticket": header["ticket"]}
-                if "ticket" in header
-                else {"client": header.get("client")}
-            ),
-            "attempt": header.get("attempt", 1),
-            "node": self.name,
-            "ok": True,
-            "error": None,
-        }
+    def _run_job(self, header: dict[str, Any], received: float) -> None:
+        """Run a job and send its RESULT, whatever happens.
+
+        ``received``: the ``time.monotonic()`` at which the JOB arrived; its ``deadline_s``
+        counts from then.
+        """
+        reply = result_head(header)
+        reply.update(node=self.name, ok=True, error=None)
         try:
             request = JobRequest.from_header(header)
             if request.mode == "path" and not self.allow_paths:
@@ -205,31 +251,62 @@ class Worker:
                     f"worker {self.name} does not take path jobs (they read and write its "
                     "files); start it with --allow-paths, or send encoded payloads"
                 )
+            ops.check_op_count(request.ops)
             specs = [ops.OpSpec.from_wire(x) for x in request.ops]
             ops.validate(specs)
             limit = min(self.max_pixels, request.max_pixels or self.max_pixels)
+            deadline = None if request.deadline_s is None else received + request.deadline_s
             reply["items"] = [
-                self._run_item(item, request.mode, specs, limit) for item in request.items
+                self._run_item(item, request, specs, limit, deadline) for item in request.items
             ]
         except ZimgError as exc:
-            reply.update(ok=False, error=str(exc))
+            reply.update(ok=False, error=cap_text(str(exc)))
         self.jobs_done += 1
         try:
-            self.connection.send(Command.RESULT, reply)
-        except ZimgError as exc:
+            frames = wire.encode(Command.RESULT, reply, self.connection.limits)
+        except WireError as exc:
+            # Never drop a result: the broker would hold the job, and this worker's credit
+            # with it. Say why instead, in a reply that always fits.
+            log.error("the result of job %s cannot be sent: %s", header.get("id"), exc)
+            failure = result_head(header)
+            why = f"worker {self.name} could not send the result: {exc}"
+            failure.update(node=self.name, ok=False, error=cap_text(why))
+            frames = wire.encode(Command.RESULT, failure, self.connection.limits)
+        try:
+            self.connection.send_frames(frames)
+        except ZimgError as exc:  # closed, or gone for good: the broker takes the job back
             log.error("could not send the result of job %s: %s", header.get("id"), exc)
 
     def _run_item(
-        self, item: JobItem, mode: str, specs: list[ops.OpSpec], max_pixels: int
+        self,
+        item: JobItem,
+        request: JobRequest,
+        specs: list[ops.OpSpec],
+        max_pixels: int,
+        deadline: float | None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         result = ItemResult(ok=True)
+        mode = request.mode
         try:
-            out = process(item, mode, specs, node=self.name, max_pixels=max_pixels)
+            if deadline is not None and time.monotonic() > deadline:
+                raise ops.DeadlinePassed("the deadline passed before the item started")
+            out = process(
+                item,
+                mode,
+                specs,
+                node=self.name,
+                max_pixels=max_pixels,
+                max_bytes=self.max_image_bytes,
+                deadline=deadline,
+            )
             if mode == "path":
                 result.output = self._write_temporary(item, out)
             else:
                 result.payload = out
+        except ops.DeadlinePassed:
+            passed = f"{item.name}: the job's deadline of {request.deadline_s:g} s passed"
+            result = ItemResult(ok=False, error=passed)
         except ZimgError as exc:
             result = ItemResult(ok=False, error=str(exc))
         except Exception as exc:  # a bug in an op must fail the item, not the worker
@@ -253,6 +330,19 @@ class Worker:
         return path
 
 
+class _Received(NamedTuple):
+    header: dict[str, Any]
+    received: float  # time.monotonic() on the I/O thread as the JOB arrived
+
+
+def result_head(header: dict[str, Any]) -> dict[str, Any]:
+    """The first entries of a worker's RESULT, copied from the JOB: ``id``, then ``ticket``
+    (protocol 3) or, from a broker that sends none, ``client``, then ``attempt`` (1 if absent).
+    A broker settles a RESULT on these first entries, even one it cannot fully decode."""
+    route = "ticket" if "ticket" in header else "client"
+    return {"id": header.get("id"), route: header.get(route), "attempt": header.get("attempt", 1)}
+
+
 def serve(
     url: str,
     name: str,
@@ -261,6 +351,7 @@ def serve(
     threads: int | None = None,
     cv_threads: int = 1,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
+    max_image_bytes: int = images.DEFAULT_MAX_IMAGE_BYTES,
     keys: ClientKeys | None = None,
     allow_paths: bool = False,
     keep_heap: bool = True,
@@ -292,6 +383,7 @@ def serve(
         capacity=capacity,
         threads=threads,
         max_pixels=max_pixels,
+        max_image_bytes=max_image_bytes,
         keys=keys,
         allow_paths=allow_paths,
     )
@@ -311,4 +403,4 @@ def configure_opencv(threads: int) -> None:
         cv2.setNumThreads(threads)
 
 
-__all__ = ["DEFAULT_CAPACITY", "Worker", "configure_opencv", "process", "serve"]
+__all__ = ["DEFAULT_CAPACITY", "Worker", "configure_opencv", "process", "result_head", "serve"]

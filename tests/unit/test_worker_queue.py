@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import zimg
+from zimg import wire
 from zimg.jobs import JobItem, JobRequest
 from zimg.wire import Command, Message
 from zimg.worker import Worker
@@ -48,7 +49,7 @@ def job(tag: str, *, queued: int = 0) -> Message:
 def worker() -> Iterator[Worker]:
     w = Worker("tcp://127.0.0.1:9", "gate", capacity=3, threads=2)  # never started
     results: list[dict[str, Any]] = []
-    w.connection.send = lambda command, header: results.append(header)  # type: ignore[method-assign]
+    w.connection.send_frames = lambda frames: results.append(wire.decode(frames).header)  # type: ignore[method-assign]
     w.results = results  # type: ignore[attr-defined]
     try:
         yield w
@@ -65,7 +66,7 @@ def test_a_queued_job_waits_for_a_running_one_to_end_not_for_a_free_thread(worke
     worker._on_job(job("A"))
     assert STARTED.get(timeout=10) == "A"
     worker._on_job(job("B", queued=1))
-    assert [h["id"] for h in worker._queued] == [ord("B")]  # held, though a thread is free
+    assert [job.header["id"] for job in worker._queued] == [ord("B")]  # held, a thread free
     worker._on_job(job("C"))  # not queued: runs at once, on the free thread
     assert STARTED.get(timeout=10) == "C"
     RELEASE["A"].set()
