@@ -46,9 +46,10 @@ and the largest an op may make (``ops.max_output_bytes``): 512 MiB.
 It admits any 8K image (7680 x 4320 16-bit RGBA is 265 MB), 16-bit RGB up to 89 Mpx and 8-bit
 RGB up to 179 Mpx (a 150 Mpx medium-format photo), and refuses what ``max_pixels`` alone let
 through: a 196 Mpx 16-bit RGBA PNG of 1.5 MB asked 1.57 GB and peaked a worker at 3.1 GB.
-Decoders and ops need up to about twice the image on top (libpng's 16-bit rows, libjpeg's
-progressive coefficients, an op's output), so one job peaks near 1.5 GiB at worst; a worker
-running N jobs at once needs N times that."""
+Decoding takes about as much again as the image: at the limit, an 8192 x 8192 16-bit RGBA PNG,
+a 13700 x 13000 RGB JPEG (baseline or progressive) and an 11585 x 11585 GIF each peaked 1.0 GB
+above the process's baseline. An op that makes a new image adds its output (at most this limit
+too), so a job peaks near 1.5 GiB at worst, and a worker running N jobs at once N times that."""
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RST0-7 carry no length
