@@ -24,6 +24,7 @@ from zimg._heap import keep_freed_memory
 from zimg._placement import Placement
 from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text
 from zimg.node import Node
+from zimg.ops import short_repr
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
@@ -228,7 +229,8 @@ class Worker:
             try:
                 self._run_job(next_job.header, next_job.received)
             except Exception:  # a bug here must not strand the jobs queued behind this one
-                log.error("job %s failed:\n%s", next_job.header.get("id"), traceback.format_exc())
+                job_id = short_repr(next_job.header.get("id"))
+                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
             with self._gate:
                 if self._queued and not self._stopped.is_set():
                     next_job = self._queued.popleft()
@@ -267,15 +269,26 @@ class Worker:
         except WireError as exc:
             # Never drop a result: the broker would hold the job, and this worker's credit
             # with it. Say why instead, in a reply that always fits.
-            log.error("the result of job %s cannot be sent: %s", header.get("id"), exc)
-            failure = result_head(header)
-            why = f"worker {self.name} could not send the result: {exc}"
-            failure.update(node=self.name, ok=False, error=cap_text(why))
-            frames = wire.encode(Command.RESULT, failure, self.connection.limits)
+            log.error("the result of job %s cannot be sent: %s", short_repr(header.get("id")), exc)
+            frames = self._failure(header, f"worker {self.name} could not send the result: {exc}")
         try:
             self.connection.send_frames(frames)
         except ZimgError as exc:  # closed, or gone for good: the broker takes the job back
-            log.error("could not send the result of job %s: %s", header.get("id"), exc)
+            log.error("could not send the result of job %s: %s", short_repr(header.get("id")), exc)
+
+    def _failure(self, header: dict[str, Any], why: str) -> list[Any]:
+        """The frames of a compact whole-job failure: the JOB's first entries, and ``why``.
+
+        A client's id (a str) may take nearly a whole header: if the failure does not fit
+        with it, the id goes back empty (a broker settles a RESULT on its ticket).
+        """
+        failure = result_head(header)
+        failure.update(node=self.name, ok=False, error=cap_text(why))
+        try:
+            return wire.encode(Command.RESULT, failure, self.connection.limits)
+        except WireError:
+            failure["id"] = ""
+            return wire.encode(Command.RESULT, failure, self.connection.limits)
 
     def _run_item(
         self,

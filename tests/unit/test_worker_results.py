@@ -188,6 +188,21 @@ def test_an_output_over_the_frame_limit_becomes_a_compact_failure():
     assert "items" not in result
 
 
+def test_a_failure_whose_id_alone_does_not_fit_goes_back_with_an_empty_id():
+    # A client's str id of nearly a header: the job fails (ids are ints here), and even the
+    # compact failure would not fit with it. The broker settles the RESULT on its ticket.
+    w, sent = make_worker(limits=wire.Limits(max_header_bytes=4000))
+    try:
+        msg = raw_job(0, [["threshold", {}]], ticket=5, attempt=1)
+        msg.header["id"] = "x" * 3990
+        result = run(w, sent, msg)
+    finally:
+        w.stop()
+    assert list(result)[:3] == ["id", "ticket", "attempt"]
+    assert (result["id"], result["ticket"], result["ok"]) == ("", 5, False)
+    assert result["error"].startswith("worker w1 could not send the result: header of")
+
+
 # ---- limits in bytes and ops ------------------------------------------------------------------
 
 
