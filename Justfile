@@ -36,3 +36,7 @@ send +FILES:
 # Benchmark against Pool, Ray and Dask (python -m zimg.bench; --quick for a reduced run).
 bench *ARGS:
     python -m zimg.bench {{ARGS}}
+
+# One broker against 10 to 10,000 simulated nodes: CPU, memory, mass kill (python -m zimg.bench.scale; --quick for a reduced run).
+scale *ARGS:
+    python -m zimg.bench.scale {{ARGS}}
