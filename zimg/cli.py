@@ -178,6 +178,7 @@ def _pipeline(
         if not op_texts:
             return list(ops.DEFAULT_PIPELINE)
         specs = [ops.parse_op(text) for text in op_texts]
+        ops.check_op_count(specs)  # unknown ops included: the workers would refuse them all
         known = set(ops.registered_ops())
         unknown = [s.name for s in specs if s.name not in known]
         if unknown and not strict:
@@ -377,6 +378,15 @@ def worker(
         ),
     ] = None,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    max_image_mb: Annotated[
+        int,
+        typer.Option(
+            "--max-image-mb",
+            min=1,
+            help="Refuse images whose decoded size (width x height x channels x bytes per "
+            "sample, read from the file's header) is larger, in MiB.",
+        ),
+    ] = images.DEFAULT_MAX_IMAGE_BYTES >> 20,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
@@ -402,6 +412,7 @@ def worker(
             threads=threads,
             cv_threads=cv_threads,
             max_pixels=max_pixels,
+            max_image_bytes=max_image_mb << 20,
             keys=client_keys,
             allow_paths=allow_paths,
             keep_heap=keep_heap,
