@@ -78,6 +78,7 @@ STATS = (
     "watch_refused",
 )
 _MAX_LOGGED_PEERS = 1024
+MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
 
 
@@ -421,6 +422,9 @@ class BrokerState:
         self, client: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
     ) -> list[Instruction]:
         job_id = protocol.field(header, "id", (int, str))
+        if isinstance(job_id, str) and len(job_id) > MAX_JOB_ID_CHARS:
+            # Every RESULT repeats the id: a long one would make a failure too large to send.
+            raise WireError(f"a job id may have at most {MAX_JOB_ID_CHARS} characters")
         if self.table.holds(client, job_id):
             return []  # a resend of a job we already hold: idempotent
         refusal = self.table.refusal(client, sum(len(f) for f in frames))

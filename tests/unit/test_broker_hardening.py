@@ -371,3 +371,12 @@ def test_reject_says_why_in_a_code(clock: Clock) -> None:
     [probe] = state.on_message(b"other", hello("n1"), clock.now)
     [(_, msg), *_] = sends(state.on_probe(probe.identity, True, clock.now))
     assert msg.header["code"] == protocol.REJECT_NAME_TAKEN
+
+
+def test_a_job_id_too_long_to_repeat_in_a_result_is_malformed(clock: Clock) -> None:
+    state = make_state(clock)
+    join(state, clock, "c", role="client", capacity=0)
+    out = state.on_message(ident("c"), job("x" * 129), clock.now)  # type: ignore[arg-type]
+    assert sends(out) == []
+    assert state.stats["malformed"] == 1
+    assert state.queue_length == 0
