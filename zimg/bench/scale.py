@@ -208,10 +208,11 @@ class NodesProbe:
 
 @dataclass
 class JobRun:
-    jobs: int
+    jobs: int  # answered with the payload echoed back
     wall_s: float
     failed: int
     busy: int
+    complete: bool = True  # False: the time ran out first (``jobs`` were done by then)
 
 
 class LightClient:
@@ -265,11 +266,9 @@ class LightClient:
         return wire.encode(Command.JOB, header)
 
     def run(self, jobs: int, window: int = WINDOW, timeout_s: float = 120.0) -> JobRun:
-        """Send ``jobs`` JOBs, at most ``window`` unanswered, and wait for every RESULT.
-
-        Raises:
-            TimeoutError: not done within ``timeout_s``.
-        """
+        """Send ``jobs`` JOBs, at most ``window`` unanswered, and wait for every RESULT, or
+        until ``timeout_s`` has passed (then ``complete`` is False; the jobs still out are
+        forgotten: their ids are never used again)."""
         sock, monotonic = self.sock, time.monotonic
         to_send = list(range(self._next_id, self._next_id + jobs))
         to_send.reverse()
@@ -289,10 +288,7 @@ class LightClient:
                 sock.send_multipart(beat)
                 self._beat_at = now + self.interval_s
             if now > deadline:
-                raise TimeoutError(
-                    f"{done + failed} of {jobs} jobs answered within {timeout_s} s "
-                    f"({len(outstanding)} outstanding)"
-                )
+                return JobRun(done, now - started, failed, busy, complete=False)
             if not sock.poll(100):
                 continue
             while int(sock.getsockopt(zmq.EVENTS)) & int(zmq.POLLIN):
@@ -341,6 +337,7 @@ class Row:
     placement: str
     joined: int = 0
     join_s: float | None = None
+    join_split_pct: dict[str, float] = field(default_factory=dict)
     empty_cpu_pct: float | None = None  # idle, before any node joined
     idle_cpu_pct: float | None = None
     us_per_node_s: float | None = None
@@ -378,6 +375,15 @@ class Options:
     per_process: int
     frozen: int
     workdir: Path
+    heartbeat_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
+    jobs_timeout_s: float = 60.0
+
+    @property
+    def broker_args(self) -> list[str]:
+        """What every broker is started with."""
+        if self.heartbeat_s == protocol.DEFAULT_HEARTBEAT_INTERVAL_S:
+            return []
+        return ["--heartbeat", str(self.heartbeat_s)]
 
 
 def _split(n: int, per_process: int) -> list[tuple[int, int]]:
@@ -393,6 +399,12 @@ def _split(n: int, per_process: int) -> list[tuple[int, int]]:
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     return {k: after[k] - before.get(k, 0.0) for k in after}
+
+
+def _shares(cpu: dict[str, float], since: float) -> dict[str, float]:
+    """CPU seconds per thread as % of one core since ``since`` (monotonic)."""
+    wall = max(1e-9, time.monotonic() - since)
+    return {k: round(100 * v / wall, 1) for k, v in cpu.items() if v > 0}
 
 
 def _start_sims(
@@ -452,7 +464,7 @@ def measure(n: int, placement: str, opts: Options, context: zmq.Context[zmq.Sock
     row = Row(n=n, placement=label)
     tag = f"{n}-{placement}"
     url = free_tcp_url()
-    broker = BrokerProcess(url, log=opts.workdir / f"broker-{tag}.log")
+    broker = BrokerProcess(url, *opts.broker_args, log=opts.workdir / f"broker-{tag}.log")
     probe = NodesProbe(url, context)
     sims: list[SimProcess] = []
     try:
@@ -471,60 +483,77 @@ def measure(n: int, placement: str, opts: Options, context: zmq.Context[zmq.Sock
             else ["--per-host", str(opts.per_host), "--cpus", str(opts.cpus)]
         )
         progress(f"N={n} {label}: joining")
+        split0, t0 = broker.thread_cpu_s(), time.monotonic()
         sims = _start_sims(url, n, opts, "w", extra, tag)
         try:
-            row.join_s = round(_wait_joined(sims, probe, n, timeout_s=30.0 + n / 50), 2)
+            row.join_s = round(_wait_joined(sims, probe, n, timeout_s=30.0 + n / 100), 2)
         except JoinStalled as exc:
+            row.join_split_pct = _shares(_delta(broker.thread_cpu_s(), split0), t0)
             row.joined = exc.best
+            row.notes.append(f"broker CPU while joining, % of a core: {row.join_split_pct}")
             row.notes.append(f"join: {exc}")
             progress(f"N={n} {label}: {exc}")
             kill_report(sims, probe, broker, row)  # the mass kill tells something all the same
             return row
+        row.join_split_pct = _shares(_delta(broker.thread_cpu_s(), split0), t0)
         row.joined = n
         time.sleep(opts.settle_s)
 
-        # Idle: every worker connected, nothing to do but heartbeats.
-        progress(f"N={n} {label}: idle for {opts.idle_s} s")
-        split0, t0 = broker.thread_cpu_s(), time.monotonic()
-        time.sleep(opts.idle_s)
-        split1, t1 = broker.thread_cpu_s(), time.monotonic()
-        idle = _delta(split1, split0)
-        idle_wall = t1 - t0
-        idle_rate = sum(idle.values()) / idle_wall
-        row.idle_cpu_pct = round(100 * idle_rate, 2)
-        row.us_per_node_s = round(1e6 * (idle_rate - empty_rate) / n, 2)
-        row.idle_split_pct = {k: round(100 * v / (t1 - t0), 2) for k, v in idle.items() if v > 0}
-        row.rss_after_kib = broker.rss_kib()
-        row.kib_per_node = round((row.rss_after_kib - row.rss_before_kib) / n, 2)
-        if probe.count() != n:
-            row.notes.append("nodes dropped while idle")
+        try:
+            # Idle: every worker connected, nothing to do but heartbeats.
+            progress(f"N={n} {label}: idle for {opts.idle_s} s")
+            split0, t0 = broker.thread_cpu_s(), time.monotonic()
+            time.sleep(opts.idle_s)
+            split1, t1 = broker.thread_cpu_s(), time.monotonic()
+            idle = _delta(split1, split0)
+            idle_wall = t1 - t0
+            idle_rate = sum(idle.values()) / idle_wall
+            row.idle_cpu_pct = round(100 * idle_rate, 2)
+            row.us_per_node_s = round(1e6 * (idle_rate - empty_rate) / n, 2)
+            row.idle_split_pct = {
+                k: round(100 * v / (t1 - t0), 2) for k, v in idle.items() if v > 0
+            }
+            row.rss_after_kib = broker.rss_kib()
+            row.kib_per_node = round((row.rss_after_kib - row.rss_before_kib) / n, 2)
+            if probe.count() != n:
+                row.notes.append("nodes dropped while idle")
 
-        # Jobs.
-        progress(f"N={n} {label}: {opts.jobs} jobs")
-        client = LightClient(url, context)
-        client.join()
-        client.run(min(1000, max(100, opts.jobs // 5)))  # warm-up, not measured
-        split0, t0 = broker.thread_cpu_s(), time.monotonic()
-        run = client.run(opts.jobs)
-        split1, t1 = broker.thread_cpu_s(), time.monotonic()
-        busy = _delta(split1, split0)
-        wall = t1 - t0
-        row.jobs, row.jobs_failed, row.jobs_busy = run.jobs, run.failed, run.busy
-        row.jobs_per_s = round(run.jobs / wall, 1)
-        row.us_per_job = round(1e6 * (sum(busy.values()) - idle_rate * wall) / opts.jobs, 2)
-        row.job_split_us = {
-            k: round(1e6 * (v - idle.get(k, 0.0) / idle_wall * wall) / opts.jobs, 2)
-            for k, v in busy.items()
-            if v > 0
-        }
-        client.leave()
-        with contextlib.suppress(TimeoutError):
-            probe.wait_count(n, 10.0)
-        for sim in sims:
-            with contextlib.suppress(TimeoutError, RuntimeError):
-                status = sim.status(timeout_s=5.0)
-                row.sim_lost += status["lost"]
-                row.sim_rejoins += status["rejoins"]
+            # Jobs.
+            progress(f"N={n} {label}: {opts.jobs} jobs")
+            client = LightClient(url, context)
+            client.join()
+            warm = client.run(min(1000, max(100, opts.jobs // 5)), timeout_s=opts.jobs_timeout_s)
+            split0, t0 = broker.thread_cpu_s(), time.monotonic()
+            run = client.run(opts.jobs, timeout_s=opts.jobs_timeout_s) if warm.complete else warm
+            split1, t1 = broker.thread_cpu_s(), time.monotonic()
+            busy = _delta(split1, split0)
+            wall = t1 - t0
+            row.jobs, row.jobs_failed, row.jobs_busy = run.jobs, run.failed, run.busy
+            if not run.complete:
+                row.notes.append(
+                    f"jobs: only {run.jobs:,} answered within {opts.jobs_timeout_s:.0f} s; "
+                    "no per-job figure"
+                )
+            elif run.jobs:
+                row.jobs_per_s = round(run.jobs / wall, 1)
+                row.us_per_job = round(1e6 * (sum(busy.values()) - idle_rate * wall) / run.jobs, 2)
+                row.job_split_us = {
+                    k: round(1e6 * (v - idle.get(k, 0.0) / idle_wall * wall) / run.jobs, 2)
+                    for k, v in busy.items()
+                    if v > 0
+                }
+            client.leave()
+            with contextlib.suppress(TimeoutError):
+                probe.wait_count(n, 10.0)
+            for sim in sims:
+                with contextlib.suppress(TimeoutError, RuntimeError):
+                    status = sim.status(timeout_s=5.0)
+                    row.sim_lost += status["lost"]
+                    row.sim_rejoins += status["rejoins"]
+
+        except (TimeoutError, RuntimeError, zmq.ZMQError) as exc:
+            row.notes.append(f"idle or jobs: {exc}")
+            progress(f"N={n} {label}: {exc}")
 
         # Mass kill.
         progress(f"N={n} {label}: SIGKILL of {n} nodes")
@@ -614,7 +643,7 @@ def frozen_check(opts: Options, context: zmq.Context[zmq.Socket[bytes]]) -> Froz
     """``opts.frozen`` workers SIGSTOPped past the liveness bound, 3 healthy ones beside."""
     result = Frozen(frozen=opts.frozen, healthy=3)
     url = free_tcp_url()
-    broker = BrokerProcess(url, log=opts.workdir / "broker-frozen.log")
+    broker = BrokerProcess(url, *opts.broker_args, log=opts.workdir / "broker-frozen.log")
     probe = NodesProbe(url, context)
     sims: list[SimProcess] = []
     try:
@@ -626,7 +655,7 @@ def frozen_check(opts: Options, context: zmq.Context[zmq.Socket[bytes]]) -> Froz
         _wait_joined(sims, probe, opts.frozen + 3, timeout_s=30.0 + opts.frozen / 50)
         before = _healthy_entries(probe)
         down0 = probe.ask(5.0)[0]["stats"]["nodes_down"]
-        bound = protocol.DEFAULT_HEARTBEAT_INTERVAL_S * protocol.DEFAULT_LIVENESS
+        bound = opts.heartbeat_s * protocol.DEFAULT_LIVENESS
         stopped_at = time.monotonic()
         for sim in frozen:
             sim.send_signal(signal.SIGSTOP)
@@ -783,7 +812,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--per-host", type=int, default=1, help="placed workers per simulated host")
     p.add_argument("--cpus", type=int, default=2, help="CPUs per simulated host")
-    p.add_argument("--jobs", type=int, help="measured jobs per row (default 20,000; --quick 3,000)")
+    p.add_argument("--jobs", type=int, help="measured jobs per row (default 10,000; --quick 3,000)")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=protocol.DEFAULT_HEARTBEAT_INTERVAL_S,
+        help="the brokers' heartbeat interval in seconds (zimg broker --heartbeat)",
+    )
     p.add_argument("--idle", type=float, help="seconds of idle measurement (default 5; --quick 2)")
     p.add_argument(
         "--frozen",
@@ -831,7 +866,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             placements=placements,
             per_host=args.per_host,
             cpus=args.cpus,
-            jobs=args.jobs or (3000 if args.quick else 20_000),
+            jobs=args.jobs or (3000 if args.quick else 10_000),
+            heartbeat_s=args.heartbeat,
             idle_s=args.idle or (2.0 if args.quick else 5.0),
             settle_s=0.5 if args.quick else 1.0,
             per_process=args.per_process,
