@@ -1,4 +1,14 @@
-"""An actor's mailbox: FIFO arrival, selective receive with timeouts, and an interrupt for exits."""
+"""An actor's mailbox: FIFO arrival, selective receive with timeouts, an interrupt for exits, and
+bounds on what it holds.
+
+Every mailbox holds at most ``max_messages`` messages and ``max_bytes`` bytes, and all the
+mailboxes of a node share a :class:`ByteBudget`. A message over a bound is dropped (the newest
+one: what is queued stays) and counted. Bytes are counted for messages that came off the network,
+as :func:`term_size` estimates them; a local message is passed by reference and counts as one
+message of no bytes. *System* messages (``EXIT`` from a link, ``DOWN``, ``nodedown``) are never
+dropped for the message bound: there is at most one per link or monitor, and links and monitors
+are bounded per process (see ``zimg._actor``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +18,86 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from zimg._errors import ZimgTimeout
+from zimg.wire import Pid, Ref
 
 Match = Callable[[Any], bool]
+
+DEFAULT_MAX_MESSAGES = 100_000
+DEFAULT_MAX_BYTES = 64 << 20
+DEFAULT_NODE_MAX_BYTES = 512 << 20
+
+_OBJECT_BYTES = 64  # about what one decoded object costs: its header, its slot in a container
+_CHUNK_BYTES = 16 << 10  # most of its node's budget a mailbox reserves and does not use
+_PLAIN = frozenset({int, float, bool, type(None), Pid, Ref})  # fixed-size terms
+
+
+def term_size(term: Any) -> int:
+    """About how many bytes of memory a decoded wire term holds.
+
+    Strings, byte strings and arrays count their length; every other object, and every slot of
+    a container, a small fixed cost. The walk is as deep as the term, which the wire limits
+    bound (header size and nesting depth): it costs less than the decode that built the term.
+    """
+    kind = type(term)
+    if kind is tuple or kind is list:
+        total = _OBJECT_BYTES + (_OBJECT_BYTES + 8) * len(term)
+        for item in term:
+            item_kind = type(item)
+            if item_kind is str or item_kind is bytes:
+                total += len(item)
+            elif item_kind not in _PLAIN:
+                total += term_size(item) - _OBJECT_BYTES
+        return total
+    if kind in _PLAIN:
+        return _OBJECT_BYTES
+    if kind is str or kind is bytes:
+        return _OBJECT_BYTES + len(term)
+    if kind is dict:
+        total = _OBJECT_BYTES + 32 * len(term)
+        for key, value in term.items():
+            total += term_size(key) + term_size(value)
+        return total
+    if kind is np.ndarray:
+        return _OBJECT_BYTES + int(term.nbytes)
+    return _OBJECT_BYTES
+
+
+class ByteBudget:
+    """The bytes held by all the mailboxes of one node, against a bound.
+
+    A mailbox reserves bytes a few KiB at a time (``chunk``) and keeps what it has not used
+    yet, so most messages cost no lock here; ``held`` counts what is reserved, which is what
+    the bound bounds.
+
+    Args:
+        max_bytes: the most bytes all mailboxes together may hold.
+    """
+
+    __slots__ = ("_lock", "chunk", "held", "max_bytes")
+
+    def __init__(self, max_bytes: int = DEFAULT_NODE_MAX_BYTES) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        self.max_bytes = max_bytes
+        self.chunk = min(_CHUNK_BYTES, max_bytes >> 6)
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> bool:
+        """Reserve ``nbytes`` if they fit; False (and nothing reserved) if not."""
+        with self._lock:
+            if self.held + nbytes > self.max_bytes:
+                return False
+            self.held += nbytes
+            return True
+
+    def give(self, nbytes: int) -> None:
+        """Release bytes reserved with :meth:`take`."""
+        with self._lock:
+            self.held -= nbytes
 
 
 class Mailbox:
@@ -18,17 +105,88 @@ class Mailbox:
 
     Unmatched messages stay where they are, in order. A receive that is waiting can be
     interrupted (an exit signal): :meth:`interrupt` wakes it and makes it call ``check``.
+
+    Args:
+        max_messages: the most messages it holds (system messages may go beyond it).
+        max_bytes: the most bytes of network messages it holds. One message larger than that
+            is still taken while the mailbox holds no bytes, so a single large image always
+            gets through to a process that keeps up.
+        budget: the node-wide byte bound shared by all of a node's mailboxes (None: a private
+            one of ``DEFAULT_NODE_MAX_BYTES``).
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_messages: int = DEFAULT_MAX_MESSAGES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        budget: ByteBudget | None = None,
+    ) -> None:
+        if max_messages < 1 or max_bytes < 1:
+            raise ValueError("a mailbox must hold at least 1 message and 1 byte")
         self._items: deque[Any] = deque()
+        self._sizes: deque[int] = deque()  # bytes counted for each item, in step with _items
         self._cond = threading.Condition(threading.Lock())
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.budget = budget if budget is not None else ByteBudget()
+        self.nbytes = 0  # bytes counted for the messages held now
+        self._credit = 0  # bytes reserved from the budget and not used yet
+        self._waiting = 0  # receives waiting now (a put wakes one only if there is one)
+        self.dropped = 0  # messages refused because a bound was reached
+        self._closed = False
 
-    def put(self, message: Any) -> None:
-        """Append a message; wakes a waiting receive."""
+    def put(self, message: Any, nbytes: int = 0, *, system: bool = False) -> bool:
+        """Append a message that holds ``nbytes`` counted bytes; wakes a waiting receive.
+
+        An ordinary message over the message bound, or whose bytes fit neither this mailbox nor
+        the node's budget, is dropped (the newest one goes, what is queued stays) and counted in
+        :attr:`dropped`. A ``system`` message ignores the message bound; only its bytes can be
+        refused. A closed mailbox (its process has ended) takes nothing and drops nothing, as a
+        dead process does.
+
+        Returns:
+            False if the message was dropped because a bound was reached; True otherwise.
+        """
         with self._cond:
+            if self._closed:
+                return True
+            if nbytes:
+                if (not system and len(self._items) >= self.max_messages) or (
+                    self.nbytes and self.nbytes + nbytes > self.max_bytes
+                ):
+                    self.dropped += 1
+                    return False
+                credit = self._credit
+                if nbytes > credit:
+                    budget, want = self.budget, nbytes - credit
+                    if budget.take(want + budget.chunk):
+                        credit += want + budget.chunk
+                    elif budget.take(want):
+                        credit += want
+                    else:
+                        self.dropped += 1
+                        return False
+                self._credit = credit - nbytes
+                self.nbytes += nbytes
+            elif not system and len(self._items) >= self.max_messages:
+                self.dropped += 1
+                return False
             self._items.append(message)
-            self._cond.notify()
+            self._sizes.append(nbytes)
+            if self._waiting:
+                self._cond.notify()
+        return True
+
+    def close(self) -> None:
+        """Drop every message and take no more (the process ended); returns their bytes."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._sizes.clear()
+            if self.nbytes or self._credit:
+                self.budget.give(self.nbytes + self._credit)
+                self.nbytes = self._credit = 0
+            self._cond.notify_all()
 
     def interrupt(self) -> None:
         """Wake a waiting receive so that it runs its ``check`` again."""
@@ -66,15 +224,30 @@ class Mailbox:
                     message = items[index]
                     if match is None or _accepts(match, message):
                         del items[index]
+                        sizes = self._sizes
+                        nbytes = sizes[index]
+                        del sizes[index]
+                        if nbytes:
+                            self.nbytes -= nbytes
+                            credit = self._credit + nbytes
+                            chunk = self.budget.chunk
+                            if credit > 2 * chunk:  # keep one chunk, give the rest back
+                                self.budget.give(credit - chunk)
+                                credit = chunk
+                            self._credit = credit
                         return message
                 scanned = len(items)
                 if deadline is None:
-                    self._cond.wait()
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ZimgTimeout(f"no matching message within {timeout} s")
-                self._cond.wait(left)
+                    left = None
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ZimgTimeout(f"no matching message within {timeout} s")
+                self._waiting += 1
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiting -= 1
 
 
 def _accepts(match: Match, message: Any) -> bool:

@@ -1,14 +1,24 @@
-"""The mailbox: arrival order, selective receive, timeouts and interrupts, with real threads."""
+"""The mailbox: arrival order, selective receive, timeouts and interrupts, with real threads; and
+its bounds: messages and bytes per mailbox, bytes per node, system messages, and term_size."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from zimg._errors import ZimgTimeout
-from zimg._mailbox import Mailbox
+from zimg._mailbox import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_NODE_MAX_BYTES,
+    ByteBudget,
+    Mailbox,
+    term_size,
+)
+from zimg.wire import Pid, Ref
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -89,3 +99,127 @@ def test_interrupt_runs_the_check_of_a_waiting_receive():
     thread.join(5)
     assert not thread.is_alive()
     assert [str(e) for e in errors] == ["exit signal"]
+
+
+# ---------------------------------------------------------------------------- bounds
+
+
+def drain(box):
+    out = []
+    while True:
+        try:
+            out.append(box.receive(timeout=0))
+        except ZimgTimeout:
+            return out
+
+
+def test_the_defaults_are_the_documented_ones():
+    assert (DEFAULT_MAX_MESSAGES, DEFAULT_MAX_BYTES, DEFAULT_NODE_MAX_BYTES) == (
+        100_000,
+        64 << 20,
+        512 << 20,
+    )
+    box = Mailbox()
+    assert (box.max_messages, box.max_bytes, box.budget.max_bytes) == (
+        100_000,
+        64 << 20,
+        512 << 20,
+    )
+
+
+def test_beyond_the_message_bound_the_newest_is_dropped_and_counted():
+    box = Mailbox(max_messages=3)
+    assert [box.put(i) for i in range(5)] == [True, True, True, False, False]
+    assert box.dropped == 2
+    assert drain(box) == [0, 1, 2]
+    assert box.put("room again")
+    assert drain(box) == ["room again"]
+
+
+def test_the_byte_bound_counts_network_messages_and_frees_them_on_receive():
+    box = Mailbox(max_bytes=1000)
+    assert box.put("a", 400)
+    assert box.put("b", 400)
+    assert not box.put("c", 400)  # 1200 > 1000
+    assert box.put("local", 0)  # a local message counts no bytes
+    assert (box.dropped, box.nbytes) == (1, 800)
+    assert box.receive(timeout=0) == "a"
+    assert box.nbytes == 400
+    assert box.put("d", 400)
+    assert drain(box) == ["b", "local", "d"]
+    assert box.nbytes == 0
+
+
+def test_one_message_larger_than_the_bound_gets_into_an_empty_mailbox_only():
+    box = Mailbox(max_bytes=1000)
+    assert box.put("big", 5000)
+    assert not box.put("second big", 5000)
+    assert not box.put("small", 10)  # the mailbox is over its bound until "big" is taken
+    assert box.receive(timeout=0) == "big"
+    assert box.put("small", 10)
+
+
+def test_all_mailboxes_of_a_node_share_its_byte_budget():
+    budget = ByteBudget(max_bytes=10_000)
+    a = Mailbox(max_bytes=8_000, budget=budget)
+    b = Mailbox(max_bytes=10_000, budget=budget)
+    assert a.put("a1", 6_000)
+    assert not b.put("b1", 6_000)  # fits b, not the node
+    assert b.put("b2", 3_000)
+    assert budget.held <= budget.max_bytes
+    assert a.receive(timeout=0) == "a1"
+    a.close()  # gives back what it reserved, used or not
+    assert b.put("b3", 6_000)
+    assert [b.dropped, a.dropped] == [1, 0]
+    assert drain(b) == ["b2", "b3"]
+    b.close()
+    assert budget.held == 0
+
+
+def test_the_budget_never_holds_more_than_its_bound():
+    budget = ByteBudget(max_bytes=1 << 20)
+    boxes = [Mailbox(max_bytes=1 << 20, budget=budget) for _ in range(8)]
+    rng = np.random.default_rng(3)
+    for step in range(5_000):
+        box = boxes[int(rng.integers(len(boxes)))]
+        if rng.random() < 0.6:
+            box.put(step, int(rng.integers(1, 50_000)))
+        else:
+            drain(box)
+        assert 0 <= budget.held <= budget.max_bytes
+        assert sum(b.nbytes for b in boxes) <= budget.held
+    for box in boxes:
+        box.close()
+    assert budget.held == 0
+
+
+def test_system_messages_ignore_the_message_bound_not_the_byte_bound():
+    box = Mailbox(max_messages=1, max_bytes=100)
+    assert box.put("ordinary")
+    assert not box.put("over")
+    assert box.put(("DOWN", 1), system=True)
+    assert box.put(("EXIT", 2), 60, system=True)
+    assert not box.put(("EXIT", 3), 60, system=True)  # its bytes do not fit
+    assert drain(box) == ["ordinary", ("DOWN", 1), ("EXIT", 2)]
+
+
+def test_a_closed_mailbox_takes_nothing_and_counts_no_drop():
+    budget = ByteBudget(max_bytes=1000)
+    box = Mailbox(budget=budget)
+    box.put("held", 500)
+    box.close()
+    assert budget.held == 0
+    assert box.put("late", 10)  # not a drop: the process is gone
+    assert (len(box), box.dropped) == (0, 0)
+
+
+def test_term_size_counts_strings_bytes_and_arrays_in_nested_terms():
+    pid = Pid("n1", 1, 2)
+    small = term_size(("echo", pid, 17))
+    assert small < 400
+    blob = b"x" * (1 << 20)
+    assert (1 << 20) < term_size(blob) < (1 << 20) + 200
+    assert term_size(("img", pid, np.zeros((512, 512), np.uint8))) > 512 * 512
+    nested = [{"k": ("a" * 1000, [b"y" * 2000])}, Ref("n1", 1, 3), None, 1.5]
+    assert 3000 < term_size(nested) < 4000
+    assert term_size(list(range(1000))) >= 1000 * 64  # many small objects count too
