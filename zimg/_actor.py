@@ -9,6 +9,16 @@ process ends too, unless it traps exits, in which case it gets ``("EXIT", pid, r
 cannot stop a thread from outside, so a process notices a signal at its next ``receive``, ``send``,
 ``spawn``, ``link`` or ``monitor`` (a waiting ``receive`` is woken at once); it then unwinds with
 :class:`ExitSignal`, a ``BaseException`` that ``except Exception`` does not swallow.
+
+Everything a peer can make a node hold is bounded (:class:`ActorLimits`): processes per node,
+links and monitors per process, messages and bytes per mailbox and bytes in all mailboxes. A
+request beyond a bound is refused as Erlang refuses one beyond a resource limit: a spawn with
+:class:`SpawnError`, a link or monitor with reason ``system_limit``, a message by dropping it.
+
+NODEDOWN comes only for the node names this node WATCHes at the broker. The runtime counts the
+references its processes hold into each remote node (links, monitors both ways, ``monitor_node``,
+pending spawns), WATCHes a name before the first message that creates one, and UNWATCHes a name
+lazily once nothing refers to it (:meth:`ActorRuntime.sweep_watches`, on the I/O thread).
 """
 
 from __future__ import annotations
@@ -24,7 +34,15 @@ from typing import Any
 
 from zimg import protocol
 from zimg._errors import SpawnError, ZimgError, ZimgTimeout
-from zimg._mailbox import Mailbox, Match
+from zimg._mailbox import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES,
+    DEFAULT_NODE_MAX_BYTES,
+    ByteBudget,
+    Mailbox,
+    Match,
+    term_size,
+)
 from zimg._registry import Behaviour, get_behaviour, registered_behaviours
 from zimg.connection import Connection
 from zimg.wire import Command, Message, Pid, Ref
@@ -34,9 +52,53 @@ log = logging.getLogger("zimg.actor")
 ANY = "*"
 KILL = "kill"
 SHUTDOWN = "shutdown"
+SYSTEM_LIMIT = "system_limit"
 DEFAULT_SPAWN_TIMEOUT_S = 10.0
 
 Address = Pid | tuple[str, str]
+_NodeKey = tuple[str, int | None]  # a remote node name, and an incarnation (None: any)
+
+
+@dataclass(frozen=True, slots=True)
+class ActorLimits:
+    """What one node's actors may hold at once. A request beyond a bound is refused.
+
+    The defaults are far above what a program does on purpose, and low enough that a peer
+    flooding a node cannot take its memory or its threads (``docs/actors.md``, "Bounds").
+
+    Attributes:
+        max_processes: live processes per node, the main process not counted. A spawn beyond it
+            raises (or answers) :class:`SpawnError`. Each process is a thread.
+        max_links: links one process holds. A link beyond it ends with reason ``system_limit``.
+        max_monitors: monitors one process holds, and monitors held on it (each bound apart).
+            A monitor beyond it gives ``("DOWN", ref, pid, "system_limit")``.
+        mailbox_messages: messages in one mailbox; more are dropped and counted.
+        mailbox_bytes: bytes of network messages in one mailbox; more are dropped and counted.
+        node_mailbox_bytes: bytes of network messages in all the node's mailboxes together.
+    """
+
+    max_processes: int = 1000
+    max_links: int = 10_000
+    max_monitors: int = 10_000
+    mailbox_messages: int = DEFAULT_MAX_MESSAGES
+    mailbox_bytes: int = DEFAULT_MAX_BYTES
+    node_mailbox_bytes: int = DEFAULT_NODE_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_processes",
+            "max_links",
+            "max_monitors",
+            "mailbox_messages",
+            "mailbox_bytes",
+            "node_mailbox_bytes",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"ActorLimits.{name} must be an int >= 1, got {value!r}")
+
+
+DEFAULT_ACTOR_LIMITS = ActorLimits()
 
 
 class ExitSignal(BaseException):  # named after what it is, like SystemExit
@@ -67,11 +129,14 @@ class Process:
     def __init__(self, runtime: ActorRuntime, pid: Pid) -> None:
         self.runtime = runtime
         self.pid = pid
-        self.mailbox = Mailbox()
+        limits = runtime.limits
+        self.mailbox = Mailbox(limits.mailbox_messages, limits.mailbox_bytes, runtime.budget)
         self.links: set[Pid] = set()
         self.monitors: dict[Ref, Pid] = {}  # monitors this process holds, by ref
         self.monitored_by: dict[Ref, Pid] = {}  # monitors held on this process, by ref
         self.names: set[str] = set()
+        self.node_watches: dict[str, int] = {}  # monitor_node names, and how many times each
+        self.spawned = False  # counts against max_processes (the main process does not)
         self.trap_exit = False
         self.alive = True
         self.exit_reason: Any = None
@@ -243,19 +308,57 @@ class _PendingSpawn:
     node: str
     link: bool
     monitor: bool
+    watched: bool = False  # holds a reference to its node name (a WATCH)
     done: threading.Event = field(default_factory=threading.Event)
     pid: Pid | None = None
     error: str | None = None
 
 
-class ActorRuntime:
-    """All the processes of one node, and the actor commands that reach it."""
+def _is(term: Any, atom: str) -> bool:
+    """``term == atom`` for any wire term (an array compared with ``==`` gives an array)."""
+    return type(term) is str and term == atom
 
-    def __init__(self, connection: Connection, report: Callable[[], dict[str, Any]]) -> None:
+
+def _watchable(name: Any) -> bool:
+    try:
+        protocol.check_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+class ActorRuntime:
+    """All the processes of one node, and the actor commands that reach it.
+
+    Args:
+        connection: the node's connection to the broker.
+        report: asks the broker for its node table.
+        limits: the bounds on processes, links, monitors and mailboxes.
+
+    Attributes:
+        dropped_messages: messages dropped because a mailbox bound was reached (and system
+            messages whose reason was replaced by ``system_limit`` for want of room).
+        refused_spawns: spawns refused because the node ran ``max_processes`` processes.
+        refused_links: links refused with ``system_limit`` (``max_links``).
+        refused_monitors: monitors refused with ``system_limit`` (``max_monitors``).
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        report: Callable[[], dict[str, Any]],
+        limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
+    ) -> None:
         self.connection = connection
         self.name = connection.name
         self.incarnation = connection.incarnation
         self.report = report
+        self.limits = limits
+        self.budget = ByteBudget(limits.node_mailbox_bytes)
+        self.dropped_messages = 0
+        self.refused_spawns = 0
+        self.refused_links = 0
+        self.refused_monitors = 0
         self._lock = threading.RLock()
         self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
@@ -263,7 +366,18 @@ class ActorRuntime:
         self._serials = itertools.count()
         self._refs = itertools.count(1)
         self._pending: dict[Ref, _PendingSpawn] = {}
-        self._node_watchers: dict[str, list[Process]] = {}
+        self._spawned = 0  # live processes that count against max_processes
+        # monitor_node: name -> process -> how many times it asked
+        self._node_watchers: dict[str, dict[Process, int]] = {}
+        # WATCH bookkeeping, all under _lock. A reference is a remote pid in a link or a monitor
+        # (either way), a monitor_node registration or a pending spawn to a named node (those
+        # two with incarnation None).
+        self._node_refs: dict[_NodeKey, int] = {}
+        self._name_refs: dict[str, int] = {}  # the same, summed per node name
+        self._watched: set[str] = set()  # names the broker watches for us (or soon will)
+        self._watch_sending: dict[str, int] = {}  # names whose WATCH a thread is sending now
+        self._unwatch_due: set[str] = set()  # names whose last reference went
+        self._next_sweep = 0.0
         handlers: dict[Command, Callable[[Message], None]] = {
             Command.SPAWN: self._on_spawn,
             Command.SPAWNED: self._on_spawned,
@@ -279,13 +393,25 @@ class ActorRuntime:
         for command, handler in handlers.items():
             connection.on(command, handler)
         connection.on_session(self._on_session)
+        connection.counters["dropped"] = lambda: self.dropped_messages  # in every heartbeat
         self.main = self._new_process()
 
     # ------------------------------------------------------------------ lookup
 
-    def _new_process(self) -> Process:
-        proc = Process(self, Pid(self.name, self.incarnation, next(self._serials)))
+    def _new_process(self, *, spawned: bool = False) -> Process:
         with self._lock:
+            if spawned:
+                if self._spawned >= self.limits.max_processes:
+                    self.refused_spawns += 1
+                    text = (
+                        f"node {self.name} runs {self._spawned} processes, its limit "
+                        f"(max_processes {self.limits.max_processes}): spawn refused"
+                    )
+                    self._log_refusal(self.refused_spawns, text)
+                    raise SpawnError(text)
+                self._spawned += 1
+            proc = Process(self, Pid(self.name, self.incarnation, next(self._serials)))
+            proc.spawned = spawned
             self._procs[proc.pid.serial] = proc
         return proc
 
@@ -317,14 +443,254 @@ class ActorRuntime:
         with self._lock:
             return list(self._procs.values())
 
+    def counters(self) -> dict[str, int]:
+        """What the bounds refused so far, and what the mailboxes hold (for reports)."""
+        with self._lock:
+            return {
+                "processes": len(self._procs),
+                "dropped_messages": self.dropped_messages,
+                "refused_spawns": self.refused_spawns,
+                "refused_links": self.refused_links,
+                "refused_monitors": self.refused_monitors,
+                "mailbox_bytes": self.budget.held,
+                # names the broker has (or is about to have: handed to the connection) a WATCH of
+                "watched_nodes": len(self._watched - self._watch_sending.keys()),
+            }
+
+    # ------------------------------------------------------------------ bounds
+
+    def _log_refusal(self, count: int, text: str) -> None:
+        # The first is a warning; the rest would let a peer flood the log.
+        log.log(logging.WARNING if count == 1 else logging.DEBUG, "node %s: %s", self.name, text)
+
+    def _dropped(self, proc: Process) -> None:
+        """A message to ``proc`` was dropped (its mailbox, or the node's, is full): count it;
+        log the first drop per process as a warning, the others at debug level."""
+        box = proc.mailbox
+        with self._lock:
+            self.dropped_messages += 1
+        log.log(
+            logging.WARNING if box.dropped == 1 else logging.DEBUG,
+            "node %s: dropped a message to %r: its mailbox holds %d messages, %d bytes "
+            "(bounds: %d messages, %d bytes per mailbox; %d bytes for the node), %d dropped",
+            self.name,
+            proc.pid,
+            len(box),
+            box.nbytes,
+            box.max_messages,
+            box.max_bytes,
+            self.budget.max_bytes,
+            box.dropped,
+        )
+
+    def _put_signal(self, proc: Process, head: tuple[Any, ...], reason: Any, nbytes: int) -> None:
+        """Queue the system message ``(*head, reason)``: one per link or monitor, never dropped.
+
+        If the bytes of a reason that came off the network do not fit the mailbox (or the
+        node's budget), the reason is replaced by ``system_limit``: the signal still arrives,
+        and it is still not ``normal``.
+        """
+        if proc.mailbox.put((*head, reason), nbytes, system=True):
+            return
+        proc.mailbox.put((*head, SYSTEM_LIMIT), 0, system=True)
+        self._dropped(proc)
+
+    def _limit_signal(self, proc: Process, pid: Pid) -> None:
+        """``proc`` asked for a link its own bound refuses: an exit signal ``system_limit``
+        from ``pid``, as a refused link from the other side would give."""
+        with self._lock:
+            if not proc.alive:
+                return
+            if proc.trap_exit:
+                proc.mailbox.put(("EXIT", pid, SYSTEM_LIMIT), system=True)
+            else:
+                proc.kill(SYSTEM_LIMIT)
+
+    def _check_spawn_bounds(self, caller: Process, link: bool, monitor: bool) -> None:
+        """Refuse a spawn whose link or monitor the caller has no room for (lock held)."""
+        if link and len(caller.links) >= self.limits.max_links:
+            self.refused_links += 1
+            raise SpawnError(
+                f"system_limit: {caller.pid!r} holds {len(caller.links)} links "
+                f"(max_links {self.limits.max_links})"
+            )
+        if monitor and len(caller.monitors) >= self.limits.max_monitors:
+            self.refused_monitors += 1
+            raise SpawnError(
+                f"system_limit: {caller.pid!r} holds {len(caller.monitors)} monitors "
+                f"(max_monitors {self.limits.max_monitors})"
+            )
+
+    # ------------------------------------------------------------------ references and WATCH
+
+    def _ref(
+        self, node: str, incarnation: int | None, *, ahead: bool = False, force: bool = False
+    ) -> _NodeKey | None:
+        """Count a reference into the remote ``node`` (lock held).
+
+        ``ahead``: the WATCH goes before the message that creates the reference (LINK, MONITOR,
+        SPAWN), and the broker answers that message itself for a dead pid. It then names no
+        incarnation: the broker answers it only if no node of that name is up, so a pid of an
+        earlier incarnation of a live node still gets ``noproc``, from the LINK or MONITOR.
+        Otherwise (the reference exists already: an incoming link, a spawn's answer, a new
+        session) it names the pid's incarnation, so that the broker answers at once if that
+        incarnation went down before the WATCH arrived. ``force``: send one even if the name
+        is watched already (``monitor_node`` wants the broker's answer).
+
+        Returns:
+            The WATCH the caller must send once the lock is released; None if the name is
+            watched already. While another thread is still sending the name's WATCH, this one
+            sends its own, with no incarnation: its message must not overtake the other's WATCH.
+        """
+        key = (node, incarnation)
+        self._node_refs[key] = self._node_refs.get(key, 0) + 1
+        self._name_refs[node] = self._name_refs.get(node, 0) + 1
+        sending = node in self._watch_sending
+        if not force and node in self._watched and not sending:
+            return None
+        self._watched.add(node)
+        self._watch_sending[node] = self._watch_sending.get(node, 0) + 1
+        return (node, None if sending or ahead else incarnation)
+
+    def _unref(self, node: str, incarnation: int | None, count: int = 1) -> None:
+        """Drop ``count`` references into ``node`` (lock held); a name no longer referred to
+        is UNWATCHed at the next sweep."""
+        key = (node, incarnation)
+        held = self._node_refs.get(key, 0)
+        count = min(count, held)
+        if count == 0:
+            return
+        if held > count:
+            self._node_refs[key] = held - count
+        else:
+            del self._node_refs[key]
+        left = self._name_refs[node] - count
+        if left:
+            self._name_refs[node] = left
+        else:
+            del self._name_refs[node]
+            self._unwatch_due.add(node)
+
+    def _send_watch(self, key: _NodeKey, *, quiet: bool = False) -> None:
+        """Send the WATCH that :meth:`_ref` asked for (lock not held)."""
+        node, incarnation = key
+        try:
+            header = {"node": node, "incarnation": incarnation}
+            if quiet:
+                self._send_quietly(Command.WATCH, header)
+            else:
+                self.connection.send(Command.WATCH, header)
+        finally:
+            with self._lock:
+                left = self._watch_sending.get(node, 1) - 1
+                if left > 0:
+                    self._watch_sending[node] = left
+                else:
+                    self._watch_sending.pop(node, None)
+
+    def _add_link(self, proc: Process, pid: Pid, *, ahead: bool = False) -> _NodeKey | None:
+        """Link ``proc`` to ``pid`` on this side (lock held); returns the WATCH to send."""
+        if pid in proc.links:
+            return None
+        proc.links.add(pid)
+        if pid.node != self.name:
+            return self._ref(pid.node, pid.incarnation, ahead=ahead)
+        return None
+
+    def _drop_link(self, proc: Process, pid: Pid) -> bool:
+        """Remove the link on this side (lock held); False if there was none."""
+        if pid not in proc.links:
+            return False
+        proc.links.discard(pid)
+        if pid.node != self.name:
+            self._unref(pid.node, pid.incarnation)
+        return True
+
+    def _add_monitor(
+        self, proc: Process, ref: Ref, pid: Pid, *, ahead: bool = False
+    ) -> _NodeKey | None:
+        """Record that ``proc`` monitors ``pid`` under ``ref`` (lock held)."""
+        self._pop_monitor(proc, ref)
+        proc.monitors[ref] = pid
+        if pid.node != self.name:
+            return self._ref(pid.node, pid.incarnation, ahead=ahead)
+        return None
+
+    def _pop_monitor(self, proc: Process, ref: Ref) -> Pid | None:
+        pid = proc.monitors.pop(ref, None)
+        if pid is not None and pid.node != self.name:
+            self._unref(pid.node, pid.incarnation)
+        return pid
+
+    def _add_watcher(self, proc: Process, ref: Ref, watcher: Pid) -> _NodeKey | None:
+        """Record that ``watcher`` monitors ``proc`` under ``ref`` (lock held)."""
+        self._pop_watcher(proc, ref)
+        proc.monitored_by[ref] = watcher
+        if watcher.node != self.name:
+            return self._ref(watcher.node, watcher.incarnation)
+        return None
+
+    def _pop_watcher(self, proc: Process, ref: Ref) -> Pid | None:
+        watcher = proc.monitored_by.pop(ref, None)
+        if watcher is not None and watcher.node != self.name:
+            self._unref(watcher.node, watcher.incarnation)
+        return watcher
+
+    def _end_pending(self, ref: Ref) -> _PendingSpawn | None:
+        """Forget a pending spawn (lock held); whoever gets it back completes it."""
+        pending = self._pending.pop(ref, None)
+        if pending is not None and pending.watched:
+            self._unref(pending.node, None)
+        return pending
+
+    def sweep_watches(self) -> None:
+        """UNWATCH the node names nothing on this node refers to any more.
+
+        Call it only on the connection's I/O thread, which sends without waiting: the UNWATCH
+        leaves under the lock, so a WATCH that another thread decides on afterwards reaches
+        the broker after it. It runs at most once per heartbeat interval, so a name that comes
+        and goes costs at most a WATCH and an UNWATCH per interval. The actor handlers call it;
+        a hook on the connection's heartbeat would also sweep a node that gets no actor
+        messages.
+        """
+        if not self._unwatch_due:
+            return
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        with self._lock:
+            self._next_sweep = now + self.connection.heartbeat_interval_s
+            later: set[str] = set()
+            for name in self._unwatch_due:
+                if name in self._name_refs or name not in self._watched:
+                    continue
+                if name in self._watch_sending:
+                    later.add(name)
+                    continue
+                self._watched.discard(name)
+                self._send_quietly(Command.UNWATCH, {"node": name})
+            self._unwatch_due = later
+
+    def _rewatch(self) -> None:
+        """WATCH again every remote (node, incarnation) referred to (after a new session: the
+        broker forgot our watches). Those that are not up are answered with NODEDOWN."""
+        with self._lock:
+            keys = sorted(self._node_refs, key=lambda k: (k[0], k[1] is not None, k[1] or 0))
+            for node, _ in keys:
+                self._watched.add(node)
+                self._watch_sending[node] = self._watch_sending.get(node, 0) + 1
+        for key in keys:
+            self._send_watch(key, quiet=True)
+
     # ------------------------------------------------------------------ messages
 
     def send(self, to: Address, message: Any) -> None:
         if isinstance(to, Pid):
             if self._is_local(to):
                 target = self._local(to)
-                if target is not None:
-                    target.mailbox.put(message)  # passed by reference: do not mutate after
+                # passed by reference (do not mutate after): counts as a message of no bytes
+                if target is not None and not target.mailbox.put(message):
+                    self._dropped(target)
                 return
             self.connection.send(Command.SEND, {"to": to, "msg": message})
             return
@@ -333,8 +699,8 @@ class ActorRuntime:
             if node == self.name:
                 with self._lock:
                     target = self._names.get(name)
-                if target is not None:
-                    target.mailbox.put(message)
+                if target is not None and not target.mailbox.put(message):
+                    self._dropped(target)
                 return
             self.connection.send(Command.SEND, {"to": to, "msg": message})
             return
@@ -350,8 +716,10 @@ class ActorRuntime:
                 target = self._names.get(to[0])
         else:
             target = None
-        if target is not None:
-            target.mailbox.put(message)
+        if target is not None and not target.mailbox.put(message, term_size(message)):
+            self._dropped(target)
+        if self._unwatch_due:
+            self.sweep_watches()
 
     # ------------------------------------------------------------------ spawning
 
@@ -371,17 +739,23 @@ class ActorRuntime:
             fn = get_behaviour(behaviour)
             if fn is None:
                 raise SpawnError(self._unknown(behaviour))
-            proc = self._prepare(caller.pid, ref, link, monitor)
+            with self._lock:
+                self._check_spawn_bounds(caller, link, monitor)
+            proc, _ = self._prepare(caller.pid, ref, link, monitor)
             with self._lock:
                 if link:
-                    caller.links.add(proc.pid)
+                    self._add_link(caller, proc.pid)
                 if monitor:
-                    caller.monitors[ref] = proc.pid
+                    self._add_monitor(caller, ref, proc.pid)
             self._start(proc, fn, args, kwargs)
             return proc.pid, ref
         pending = _PendingSpawn(caller, node, link, monitor)
         with self._lock:
+            self._check_spawn_bounds(caller, link, monitor)
             self._pending[ref] = pending
+            # WATCH a named node first, so that its death fails the spawn at once
+            pending.watched = node != ANY and _watchable(node)
+            watch = self._ref(node, None) if pending.watched else None
         header = {
             "to": node,
             "from": caller.pid,
@@ -393,14 +767,16 @@ class ActorRuntime:
             "monitor": monitor,
         }
         try:
+            if watch is not None:
+                self._send_watch(watch)
             self.connection.send(Command.SPAWN, header)
         except BaseException:
             with self._lock:
-                self._pending.pop(ref, None)
+                self._end_pending(ref)
             raise
         if not pending.done.wait(timeout):
             with self._lock:
-                self._pending.pop(ref, None)
+                self._end_pending(ref)
             raise ZimgTimeout(f"no answer to spawn of {behaviour!r} on {node!r} within {timeout} s")
         if pending.error is not None or pending.pid is None:
             raise SpawnError(pending.error or "spawn failed")
@@ -413,14 +789,22 @@ class ActorRuntime:
             text += "; a script run as __main__ must register behaviours with explicit names"
         return text
 
-    def _prepare(self, spawner: Pid, ref: Ref, link: bool, monitor: bool) -> Process:
-        proc = self._new_process()
+    def _prepare(
+        self, spawner: Pid, ref: Ref, link: bool, monitor: bool
+    ) -> tuple[Process, list[_NodeKey]]:
+        """A new process, linked to or monitored by its spawner already; the WATCHes to send.
+
+        Raises:
+            SpawnError: the node runs ``max_processes`` processes.
+        """
+        proc = self._new_process(spawned=True)
+        watches: list[_NodeKey] = []
         with self._lock:
-            if link:
-                proc.links.add(spawner)
-            if monitor:
-                proc.monitored_by[ref] = spawner
-        return proc
+            if link and (watch := self._add_link(proc, spawner)) is not None:
+                watches.append(watch)
+            if monitor and (watch := self._add_watcher(proc, ref, spawner)) is not None:
+                watches.append(watch)
+        return proc, watches
 
     def _start(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
         thread = threading.Thread(
@@ -432,7 +816,13 @@ class ActorRuntime:
         with self._lock:
             self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as exc:  # the system has no thread left for it
+            with self._lock:
+                self._threads.remove(thread)
+            self.exited(proc, error_reason(exc))
+            raise SpawnError(f"node {self.name} could not start a thread: {exc}") from exc
 
     def _run(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
         reason: Any = protocol.NORMAL
@@ -463,29 +853,52 @@ class ActorRuntime:
             )
             self.connection.send(Command.SPAWNED, reply)
             return
-        proc = self._prepare(spawner, ref, h.get("link") is True, h.get("monitor") is True)
+        try:
+            proc, watches = self._prepare(
+                spawner, ref, h.get("link") is True, h.get("monitor") is True
+            )
+        except SpawnError as exc:
+            reply["error"] = str(exc)
+            self.connection.send(Command.SPAWNED, reply)
+            return
+        for watch in watches:  # so that the new process hears if its spawner's node dies
+            self._send_watch(watch, quiet=True)
         reply["pid"] = proc.pid
         self.connection.send(Command.SPAWNED, reply)  # before it runs: SPAWNED precedes any EXIT
-        self._start(proc, fn, args, kwargs)
+        try:
+            self._start(proc, fn, args, kwargs)
+        except SpawnError as exc:  # it has ended already: its spawner hears of it as usual
+            log.warning("node %s: %s", self.name, exc)
+        self.sweep_watches()
 
     def _on_spawned(self, msg: Message) -> None:
         h = msg.header
         ref, pid, error = h.get("ref"), h.get("pid"), h.get("error")
+        watches: list[_NodeKey] = []
+        orphan = False
         with self._lock:
-            pending = self._pending.pop(ref, None) if isinstance(ref, Ref) else None
-            if pending is None:
-                if isinstance(pid, Pid):  # we gave up waiting: do not leave an orphan behind
-                    self.exit_signal(self.main.pid, pid, KILL, link=False)
-                return
-            if isinstance(pid, Pid) and error is None:
-                if pending.link:
-                    pending.caller.links.add(pid)
-                if pending.monitor and isinstance(ref, Ref):
-                    pending.caller.monitors[ref] = pid
+            pending = self._end_pending(ref) if isinstance(ref, Ref) else None
+            if pending is None or not isinstance(ref, Ref):
+                orphan = isinstance(pid, Pid)  # we gave up waiting: leave no orphan behind
+            elif isinstance(pid, Pid) and error is None:
+                caller = pending.caller
+                if not caller.alive:
+                    orphan = True  # its spawner is gone (the node is closing)
+                else:
+                    if pending.link and (watch := self._add_link(caller, pid)) is not None:
+                        watches.append(watch)
+                    if pending.monitor and (w := self._add_monitor(caller, ref, pid)) is not None:
+                        watches.append(w)
                 pending.pid = pid
             else:
                 pending.error = str(error) if error else "spawn failed"
-        pending.done.set()
+        if orphan and isinstance(pid, Pid):
+            self.exit_signal(self.main.pid, pid, KILL, link=False)
+        for watch in watches:  # a spawn to ANY: only now do we know which node to WATCH
+            self._send_watch(watch, quiet=True)
+        if pending is not None:
+            pending.done.set()
+        self.sweep_watches()
 
     # ------------------------------------------------------------------ exits
 
@@ -497,12 +910,30 @@ class ActorRuntime:
             proc.alive = False
             proc.exit_reason = reason
             self._procs.pop(proc.pid.serial, None)
+            if proc.spawned:
+                self._spawned -= 1
             for name in proc.names:
                 if self._names.get(name) is proc:
                     del self._names[name]
             links, proc.links = list(proc.links), set()
             watchers, proc.monitored_by = list(proc.monitored_by.items()), {}
             held, proc.monitors = list(proc.monitors.items()), {}
+            for pid in links:
+                if pid.node != self.name:
+                    self._unref(pid.node, pid.incarnation)
+            for pid in [*(w for _, w in watchers), *(p for _, p in held)]:
+                if pid.node != self.name:
+                    self._unref(pid.node, pid.incarnation)
+            for node, count in proc.node_watches.items():
+                asking = self._node_watchers.get(node)
+                if asking is not None:
+                    asking.pop(proc, None)
+                    if not asking:
+                        del self._node_watchers[node]
+                if node != self.name:
+                    self._unref(node, None, count)
+            proc.node_watches = {}
+        proc.mailbox.close()  # what it held is freed now, and counts no more
         for pid in links:
             self.exit_signal(proc.pid, pid, reason, link=True)
         for ref, watcher in watchers:
@@ -520,19 +951,22 @@ class ActorRuntime:
         header = {"to": to, "from": sender, "reason": reason, "link": link}
         self._send_quietly(Command.EXIT, header)
 
-    def _deliver_exit(self, proc: Process, sender: Pid, reason: Any, link: bool) -> None:
+    def _deliver_exit(
+        self, proc: Process, sender: Pid, reason: Any, link: bool, nbytes: int = 0
+    ) -> None:
         with self._lock:
             if not proc.alive:
                 return
-            if link:
-                if sender not in proc.links:
-                    return  # the link is gone already: a stale or repeated signal
-                proc.links.discard(sender)
-            if reason == KILL and not link:
+            if link and not self._drop_link(proc, sender):
+                return  # the link is gone already: a stale or repeated signal
+            if _is(reason, KILL) and not link:
                 proc.kill(protocol.KILLED)
             elif proc.trap_exit:
-                proc.mailbox.put(("EXIT", sender, reason))
-            elif reason != protocol.NORMAL:
+                if link:  # one per link: a system message
+                    self._put_signal(proc, ("EXIT", sender), reason, nbytes)
+                elif not proc.mailbox.put(("EXIT", sender, reason), nbytes):
+                    self._dropped(proc)  # exit(pid, reason) is sent like a message
+            elif not _is(reason, protocol.NORMAL):
                 proc.kill(reason)
 
     def _on_exit(self, msg: Message) -> None:
@@ -541,28 +975,50 @@ class ActorRuntime:
         if isinstance(to, Pid) and isinstance(sender, Pid):
             target = self._local(to)
             if target is not None:
-                self._deliver_exit(target, sender, h.get("reason"), h.get("link") is True)
+                reason = h.get("reason")
+                link = h.get("link") is True
+                self._deliver_exit(target, sender, reason, link, term_size(reason))
+        self.sweep_watches()
 
     # ------------------------------------------------------------------ links
 
     def link(self, proc: Process, pid: Pid) -> None:
         if pid == proc.pid:
             return
+        watch = None
         with self._lock:
-            proc.links.add(pid)
+            refused = pid not in proc.links and len(proc.links) >= self.limits.max_links
+            if refused:
+                self.refused_links += 1
+            else:
+                watch = self._add_link(proc, pid, ahead=True)
+        if refused:
+            self._log_refusal(
+                self.refused_links,
+                f"{proc.pid!r} holds {len(proc.links)} links (max_links "
+                f"{self.limits.max_links}): link to {pid!r} refused with system_limit",
+            )
+            self._limit_signal(proc, pid)
+            return
         if not self._is_local(pid):
+            if watch is not None:
+                self._send_watch(watch)  # before the LINK: its node's death must reach us
             self.connection.send(Command.LINK, {"to": pid, "from": proc.pid})
             return
         target = self._local(pid)
-        if target is None:
-            self._deliver_exit(proc, pid, protocol.NOPROC, link=True)
-            return
+        reason = protocol.NOPROC
         with self._lock:
-            target.links.add(proc.pid)
+            if target is not None and target.alive:
+                if proc.pid in target.links or len(target.links) < self.limits.max_links:
+                    target.links.add(proc.pid)
+                    return
+                self.refused_links += 1
+                reason = SYSTEM_LIMIT
+        self._deliver_exit(proc, pid, reason, link=True)
 
     def unlink(self, proc: Process, pid: Pid) -> None:
         with self._lock:
-            proc.links.discard(pid)
+            self._drop_link(proc, pid)
         if not self._is_local(pid):
             self._send_quietly(Command.UNLINK, {"to": pid, "from": proc.pid})
             return
@@ -576,14 +1032,28 @@ class ActorRuntime:
         if not isinstance(to, Pid) or not isinstance(sender, Pid):
             return
         target = self._local(to)
-        if target is None:
-            self.exit_signal(to, sender, protocol.NOPROC, link=True)
-            return
+        reason = None
+        watch = None
         with self._lock:
-            if target.alive:
-                target.links.add(sender)
-                return
-        self.exit_signal(to, sender, protocol.NOPROC, link=True)
+            if target is None or not target.alive:
+                reason = protocol.NOPROC
+            elif sender not in target.links:
+                if len(target.links) >= self.limits.max_links:
+                    self.refused_links += 1
+                    reason = SYSTEM_LIMIT
+                else:
+                    watch = self._add_link(target, sender)
+        if reason is not None:
+            if reason == SYSTEM_LIMIT:
+                self._log_refusal(
+                    self.refused_links,
+                    f"{to!r} holds {self.limits.max_links} links (max_links): a link from "
+                    f"{sender!r} is refused with system_limit",
+                )
+            self.exit_signal(to, sender, reason, link=True)
+        elif watch is not None:  # so that our process hears if the linked node dies
+            self._send_watch(watch, quiet=True)
+        self.sweep_watches()
 
     def _on_unlink(self, msg: Message) -> None:
         to, sender = msg.header.get("to"), msg.header.get("from")
@@ -591,28 +1061,48 @@ class ActorRuntime:
             target = self._local(to)
             if target is not None:
                 with self._lock:
-                    target.links.discard(sender)
+                    self._drop_link(target, sender)
+        self.sweep_watches()
 
     # ------------------------------------------------------------------ monitors
 
     def monitor(self, proc: Process, pid: Pid) -> Ref:
         ref = self.make_ref()
+        watch = None
         with self._lock:
-            proc.monitors[ref] = pid
+            refused = len(proc.monitors) >= self.limits.max_monitors
+            if refused:
+                self.refused_monitors += 1
+            else:
+                watch = self._add_monitor(proc, ref, pid, ahead=True)
+        if refused:
+            self._log_refusal(
+                self.refused_monitors,
+                f"{proc.pid!r} holds {len(proc.monitors)} monitors (max_monitors "
+                f"{self.limits.max_monitors}): a monitor of {pid!r} gives system_limit",
+            )
+            proc.mailbox.put(("DOWN", ref, pid, SYSTEM_LIMIT), system=True)
+            return ref
         if not self._is_local(pid):
+            if watch is not None:
+                self._send_watch(watch)  # before the MONITOR
             self.connection.send(Command.MONITOR, {"to": pid, "from": proc.pid, "ref": ref})
             return ref
         target = self._local(pid)
+        reason = protocol.NOPROC
         with self._lock:
             if target is not None and target.alive:
-                target.monitored_by[ref] = proc.pid
-                return ref
-        self._deliver_down(proc, ref, pid, protocol.NOPROC)
+                if len(target.monitored_by) < self.limits.max_monitors:
+                    self._add_watcher(target, ref, proc.pid)
+                    return ref
+                self.refused_monitors += 1
+                reason = SYSTEM_LIMIT
+        self._deliver_down(proc, ref, pid, reason)
         return ref
 
     def demonitor(self, proc: Process, ref: Ref) -> None:
         with self._lock:
-            target = proc.monitors.pop(ref, None)
+            target = self._pop_monitor(proc, ref)
         if target is not None:
             self._drop_monitor(ref, target)
 
@@ -623,7 +1113,7 @@ class ActorRuntime:
         proc = self._local(target)
         if proc is not None:
             with self._lock:
-                proc.monitored_by.pop(ref, None)
+                self._pop_watcher(proc, ref)
 
     def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
         """Tell ``watcher`` that the process ``pid`` it monitors with ``ref`` ended."""
@@ -635,22 +1125,41 @@ class ActorRuntime:
         header = {"to": watcher, "ref": ref, "pid": pid, "reason": reason}
         self._send_quietly(Command.DOWN, header)
 
-    def _deliver_down(self, proc: Process, ref: Ref, pid: Pid, reason: Any) -> None:
+    def _deliver_down(
+        self, proc: Process, ref: Ref, pid: Pid, reason: Any, nbytes: int = 0
+    ) -> None:
         with self._lock:
-            if proc.monitors.pop(ref, None) is None:
+            if self._pop_monitor(proc, ref) is None:
                 return  # demonitored, or already told: one DOWN per monitor
-        proc.mailbox.put(("DOWN", ref, pid, reason))
+        self._put_signal(proc, ("DOWN", ref, pid), reason, nbytes)
 
     def _on_monitor(self, msg: Message) -> None:
         to, watcher, ref = msg.header.get("to"), msg.header.get("from"), msg.header.get("ref")
         if not isinstance(to, Pid) or not isinstance(watcher, Pid) or not isinstance(ref, Ref):
             return
         target = self._local(to)
+        reason = None
+        watch = None
         with self._lock:
-            if target is not None and target.alive:
-                target.monitored_by[ref] = watcher
-                return
-        self.down(watcher, ref, to, protocol.NOPROC)
+            if target is None or not target.alive:
+                reason = protocol.NOPROC
+            elif ref not in target.monitored_by:
+                if len(target.monitored_by) >= self.limits.max_monitors:
+                    self.refused_monitors += 1
+                    reason = SYSTEM_LIMIT
+                else:
+                    watch = self._add_watcher(target, ref, watcher)
+        if reason is not None:
+            if reason == SYSTEM_LIMIT:
+                self._log_refusal(
+                    self.refused_monitors,
+                    f"{to!r} is monitored {self.limits.max_monitors} times (max_monitors): "
+                    f"a monitor from {watcher!r} gives system_limit",
+                )
+            self.down(watcher, ref, to, reason)
+        elif watch is not None:  # so that a dead watcher's node lets go of the monitor
+            self._send_watch(watch, quiet=True)
+        self.sweep_watches()
 
     def _on_demonitor(self, msg: Message) -> None:
         to, ref = msg.header.get("to"), msg.header.get("ref")
@@ -658,7 +1167,8 @@ class ActorRuntime:
             target = self._local(to)
             if target is not None:
                 with self._lock:
-                    target.monitored_by.pop(ref, None)
+                    self._pop_watcher(target, ref)
+        self.sweep_watches()
 
     def _on_down(self, msg: Message) -> None:
         h = msg.header
@@ -666,93 +1176,152 @@ class ActorRuntime:
         if isinstance(to, Pid) and isinstance(ref, Ref) and isinstance(pid, Pid):
             proc = self._local(to)
             if proc is not None:
-                self._deliver_down(proc, ref, pid, h.get("reason"))
+                reason = h.get("reason")
+                self._deliver_down(proc, ref, pid, reason, term_size(reason))
+        self.sweep_watches()
 
     # ------------------------------------------------------------------ nodes
 
     def monitor_node(self, proc: Process, name: str) -> None:
         with self._lock:
-            self._node_watchers.setdefault(name, []).append(proc)
-        if name == self.name or name in self.list_nodes():
+            asking = self._node_watchers.setdefault(name, {})
+            asking[proc] = asking.get(proc, 0) + 1
+            proc.node_watches[name] = proc.node_watches.get(name, 0) + 1
+            if name == self.name:
+                return  # this node is up as long as anyone can ask
+            # (no node has an invalid name: it is not up)
+            watch = self._ref(name, None, force=True) if _watchable(name) else None
+        if watch is None:
+            self._node_down(name, None)
             return
-        with self._lock:  # not up: only this watcher hears of it, and only once
-            watchers = self._node_watchers.get(name, [])
-            if proc not in watchers:
-                return  # a NODEDOWN got there first
-            watchers.remove(proc)
-        proc.mailbox.put(("nodedown", name))
+        # The broker answers NODEDOWN at once if no node of that name is up.
+        self._send_watch(watch)
 
     def _on_nodedown(self, msg: Message) -> None:
-        name, incarnation = msg.header.get("node"), msg.header.get("incarnation")
-        if isinstance(name, str):
-            self._node_down(name, incarnation if isinstance(incarnation, int) else None)
+        h = msg.header
+        name, incarnation, reason = h.get("node"), h.get("incarnation"), h.get("reason")
+        if isinstance(name, str) and name != self.name:
+            if _is(reason, SYSTEM_LIMIT):
+                # The broker refused to WATCH it (this node watches too many): we cannot
+                # hear of its death, so the links and monitors into it end now.
+                self._node_down(name, None, SYSTEM_LIMIT)
+            elif type(incarnation) is int:
+                self._node_down(name, incarnation)
+            else:
+                # The broker's answer to a WATCH without incarnation: no node of that name is
+                # up. A spawn sent there is answered by the broker itself ("not connected").
+                self._node_down(name, None, spawns=False)
+        self.sweep_watches()
 
-    def _node_down(self, name: str, incarnation: int | None) -> None:
-        """Every link and monitor into node ``name`` (that incarnation) ends with noconnection."""
+    def _node_down(
+        self,
+        name: str,
+        incarnation: int | None,
+        reason: str = protocol.NOCONNECTION,
+        *,
+        spawns: bool = True,
+    ) -> None:
+        """Every link and monitor into node ``name`` (that incarnation) ends with ``reason``,
+        and (``spawns``) every spawn waiting for an answer from it fails.
+
+        ``noconnection``: the node is gone. ``system_limit``: the broker would not watch it;
+        the node may be up, so its side of each link and monitor is told too.
+        """
+        limit = reason == SYSTEM_LIMIT
 
         def on_that_node(pid: Pid) -> bool:
             return pid.node == name and (incarnation is None or pid.incarnation == incarnation)
 
         with self._lock:
             procs = list(self._procs.values())
-            watchers = self._node_watchers.pop(name, [])
-            failed = [p for p in self._pending.values() if p.node == name]
+            asking = self._node_watchers.pop(name, {})
+            for proc, count in asking.items():
+                proc.node_watches.pop(name, None)
+                self._unref(name, None, count)
+            failed = [
+                pending
+                for ref in [r for r, p in self._pending.items() if spawns and p.node == name]
+                if (pending := self._end_pending(ref)) is not None
+            ]
+            if limit:
+                self._watched.discard(name)
         for pending in failed:
-            pending.error = f"node {name!r} went down"
+            pending.error = (
+                f"the broker would not watch node {name!r} (system_limit: this node watches "
+                "too many nodes)"
+                if limit
+                else f"node {name!r} went down"
+            )
             pending.done.set()
         for proc in procs:
             with self._lock:
                 links = [pid for pid in proc.links if on_that_node(pid)]
                 monitors = [(r, pid) for r, pid in proc.monitors.items() if on_that_node(pid)]
+                watchers = [(r, w) for r, w in proc.monitored_by.items() if on_that_node(w)]
+                for ref, _ in watchers:  # nobody left to tell (or, for system_limit, told below)
+                    self._pop_watcher(proc, ref)
             for pid in links:
-                self._deliver_exit(proc, pid, protocol.NOCONNECTION, link=True)
+                self._deliver_exit(proc, pid, reason, link=True)
             for ref, pid in monitors:
-                self._deliver_down(proc, ref, pid, protocol.NOCONNECTION)
-        for proc in watchers:
-            if proc.alive:
-                proc.mailbox.put(("nodedown", name))
+                self._deliver_down(proc, ref, pid, reason)
+            if limit:
+                for pid in links:
+                    header = {"to": pid, "from": proc.pid, "reason": SYSTEM_LIMIT, "link": True}
+                    self._send_quietly(Command.EXIT, header)
+                for ref, pid in monitors:
+                    self._send_quietly(Command.DEMONITOR, {"to": pid, "ref": ref})
+                for ref, watcher in watchers:
+                    self.down(watcher, ref, proc.pid, SYSTEM_LIMIT)
+        for proc, count in asking.items():
+            for _ in range(count):
+                proc.mailbox.put(("nodedown", name), system=True)
 
     def _on_session(self, broker_restarted: bool) -> None:
-        """This node joined the broker again (on the I/O thread)."""
+        """This node joined the broker again (on the I/O thread). The broker has forgotten
+        our WATCHes: they are sent again once the links and monitors are sorted out."""
+        with self._lock:
+            self._watched.clear()
+            self._unwatch_due.clear()
         if not broker_restarted:
             # The broker had given this node up and told every other node so (NODEDOWN): their
             # links and monitors into us are gone. Ours into them end the same way.
             for name in {name for name, _ in self._remote_nodes()}:
                 self._node_down(name, None)
+            self._rewatch()
             return
         threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
 
-    def _remote_nodes(self) -> set[tuple[str, int | None]]:
-        """The (node, incarnation) of every remote pid a local link or monitor points at, and
-        the node names watched with monitor_node (incarnation None)."""
+    def _remote_nodes(self) -> set[_NodeKey]:
+        """The (node, incarnation) of every remote pid a local link or monitor points at (either
+        way), and the node names watched with monitor_node or spawned on (incarnation None)."""
         with self._lock:
-            found: set[tuple[str, int | None]] = {(name, None) for name in self._node_watchers}
-            for proc in self._procs.values():
-                for pid in [*proc.links, *proc.monitors.values()]:
-                    if pid.node != self.name:
-                        found.add((pid.node, pid.incarnation))
-        return found
+            return set(self._node_refs)
 
     def _resync(self) -> None:
         """After a broker restart, nodes that died while it was down get no NODEDOWN: find them.
 
         Runs on its own thread: it waits for the other nodes to rejoin the new broker (they do
-        within a heartbeat or two), then ends links and monitors into any that did not.
+        within a heartbeat or two), then ends links and monitors into any that did not, and
+        WATCHes again the nodes still referred to (the broker answers at once for any that went
+        down since).
         """
         time.sleep(self.connection.heartbeat_interval_s * self.connection.liveness)
         try:
             nodes = self.report()["nodes"]
         except ZimgError as exc:
             log.warning("could not check the nodes after a broker restart: %s", exc)
-            return
-        live = {(n["name"], n["incarnation"]) for n in nodes}
-        live_names = {name for name, _ in live}
-        for name, incarnation in self._remote_nodes():
-            gone = (
-                name not in live_names if incarnation is None else (name, incarnation) not in live
-            )
-            if gone:
-                self._node_down(name, incarnation)
+        else:
+            live = {(n["name"], n["incarnation"]) for n in nodes}
+            live_names = {name for name, _ in live}
+            for name, incarnation in self._remote_nodes():
+                gone = (
+                    name not in live_names
+                    if incarnation is None
+                    else (name, incarnation) not in live
+                )
+                if gone:
+                    self._node_down(name, incarnation)
+        self._rewatch()
 
     # ------------------------------------------------------------------ names
 

@@ -16,8 +16,10 @@ import zmq
 from zimg import protocol, wire
 from zimg._actor import (
     ANY,
+    DEFAULT_ACTOR_LIMITS,
     DEFAULT_SPAWN_TIMEOUT_S,
     SHUTDOWN,
+    ActorLimits,
     ActorRuntime,
     Address,
     ExitSignal,
@@ -30,7 +32,7 @@ from zimg.connection import Connection
 from zimg.security import ClientKeys
 from zimg.wire import Command, Pid, Ref
 
-__all__ = ["ANY", "ExitSignal", "Node", "connect"]
+__all__ = ["ANY", "ActorLimits", "ExitSignal", "Node", "connect"]
 
 
 class Node:
@@ -43,6 +45,9 @@ class Node:
         capacity: jobs the broker may hand a worker at once.
         placement: a worker's host, CPUs and threads (see :class:`Connection`).
         limits: wire limits.
+        actor_limits: what this node's actors may hold: processes, links and monitors per
+            process, messages and bytes per mailbox and in all mailboxes (see
+            :class:`ActorLimits` and ``docs/actors.md``).
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class Node:
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     ) -> None:
         self.connection = Connection(
             url,
@@ -67,7 +73,7 @@ class Node:
             keys=keys,
             context=context,
         )
-        self.runtime = ActorRuntime(self.connection, self.report)
+        self.runtime = ActorRuntime(self.connection, self.report, actor_limits)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._query_lock = threading.Lock()
         self.connection.on(Command.NODES, self._replies.put)
