@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Any
 
 import zmq
@@ -28,7 +29,7 @@ from zimg._actor import (
 from zimg._errors import ZimgTimeout
 from zimg._mailbox import Match
 from zimg._placement import Placement
-from zimg.connection import Connection
+from zimg.connection import Connection, collect_pages
 from zimg.security import ClientKeys
 from zimg.wire import Command, Pid, Ref
 
@@ -110,15 +111,20 @@ class Node:
     # ------------------------------------------------------------------ the cluster
 
     def report(self, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The broker's full node table (what ``zimg nodes`` prints)."""
-        with self._query_lock:
+        """The broker's full node table (what ``zimg nodes`` prints), every page of it."""
+        deadline = time.monotonic() + timeout_s
+
+        def ask(request: dict[str, Any]) -> dict[str, Any]:
             while not self._replies.empty():
                 self._replies.get_nowait()
-            self.connection.send(Command.NODES, {})
+            self.connection.send(Command.NODES, request)
             try:
-                return self._replies.get(timeout=timeout_s).header
+                return self._replies.get(timeout=max(0.0, deadline - time.monotonic())).header
             except queue.Empty:
                 raise ZimgTimeout(f"the broker did not answer NODES within {timeout_s} s") from None
+
+        with self._query_lock:
+            return collect_pages(ask)
 
     def nodes(self) -> list[str]:
         """The names of the other connected nodes, sorted (Erlang's ``Node.list``)."""
