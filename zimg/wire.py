@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import enum
 import functools
+import gc
 import math
+import operator
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import chain, compress
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
@@ -77,9 +81,14 @@ _V1_HELLO = (b"ZIMG1", _COMMAND_BYTES[Command.HELLO])
 
 def is_v1_hello(frames: Sequence[Any]) -> bool:
     """Is this a HELLO in protocol version 1's layout (magic, command and header as three
-    frames)? Never raises."""
+    frames)? Never raises, and never copies more than the first two frames' 6 bytes."""
     try:
-        return len(frames) == 3 and (bytes(frames[0]), bytes(frames[1])) == _V1_HELLO
+        return (
+            len(frames) == 3
+            and memoryview(frames[0]).nbytes == len(_V1_HELLO[0])
+            and memoryview(frames[1]).nbytes == 1
+            and (bytes(frames[0]), bytes(frames[1])) == _V1_HELLO
+        )
     except Exception:  # not buffers at all
         return False
 
@@ -214,7 +223,7 @@ class _Encoder:
             if kind is list:
                 return [x if type(x) in _PLAIN else self.walk(x, depth + 1) for x in obj]
             return {
-                k if type(k) in _PLAIN else self.walk(k, depth + 1): v
+                k if type(k) is str else self._key(k, depth + 1): v
                 if type(v) in _PLAIN
                 else self.walk(v, depth + 1)
                 for k, v in obj.items()
@@ -249,8 +258,15 @@ class _Encoder:
         if isinstance(obj, tuple):
             return msgpack.ExtType(Ext.TUPLE, _pack([self.walk(x, depth + 1) for x in obj]))
         if isinstance(obj, dict):
-            return {self.walk(k, depth + 1): self.walk(v, depth + 1) for k, v in obj.items()}
+            return {self._key(k, depth + 1): self.walk(v, depth + 1) for k, v in obj.items()}
         raise WireError(f"cannot send a value of type {type(obj).__name__}")
+
+    def _key(self, key: Any, depth: int) -> Any:
+        """A map key: str or bytes only, the types whose hashes an attacker cannot aim
+        (``docs/protocol.md`` §3); a receiver refuses any other."""
+        if isinstance(key, str | bytes):
+            return self.walk(key, depth)
+        raise WireError(f"map keys must be str or bytes, not {type(key).__name__}")
 
     def _array(self, arr: np.ndarray[Any, Any]) -> msgpack.ExtType:
         if not _DTYPE_RE.fullmatch(arr.dtype.str):
@@ -272,12 +288,32 @@ def _pid_ext(pid: Pid) -> msgpack.ExtType:
     return msgpack.ExtType(Ext.PID, _pack([pid.node, pid.incarnation, pid.serial]))
 
 
-@functools.lru_cache(maxsize=4096)
+# A pid of a valid node name (at most 64 ASCII characters) and two 64-bit ints packs into 85
+# bytes. Only payloads up to this size are cached, so the cache holds at most 4096 of them, not
+# 4096 payloads of any size a peer chose.
+_PID_CACHE_BYTES = 96
+
+
 def _decode_pid(data: bytes) -> Pid:
-    parts = msgpack.unpackb(data, raw=False)
+    if len(data) <= _PID_CACHE_BYTES:
+        return _decode_small_pid(data)
+    return _decode_ids(data, Pid)
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_small_pid(data: bytes) -> Pid:
+    """A pid, cached: the same few pids travel in most messages."""
+    return _decode_ids(data, Pid)
+
+
+_Ids = TypeVar("_Ids", Pid, Ref)
+
+
+def _decode_ids(data: bytes, kind: type[_Ids]) -> _Ids:
+    parts = msgpack.unpackb(data, raw=False, strict_map_key=True)
     if not _is_pid_parts(parts):
         raise WireError("pid/ref ext must be [str, int, int]")
-    return Pid(parts[0], parts[1], parts[2])
+    return kind(parts[0], parts[1], parts[2])
 
 
 def _pack(obj: Any) -> bytes:
@@ -324,7 +360,7 @@ def encode(
 # ---------------------------------------------------------------- decoding
 
 
-_EXT_PID, _EXT_REF = int(Ext.PID), int(Ext.REF)
+_EXT_PID, _EXT_REF, _EXT_TUPLE = int(Ext.PID), int(Ext.REF), int(Ext.TUPLE)
 
 # A Pid ext is at most ~90 bytes (a 64-byte node name and two ints), so the ``to`` entry of a
 # header that starts with it lies within its first bytes.
@@ -428,24 +464,27 @@ def peek_head(
     decoding the rest of it.
 
     Only plain msgpack values count (None, bool, int, float, str, bytes): an ext, a list or a map
-    among the first entries, a non-str key, fewer entries than asked for, or any malformation
-    gives None, and the caller decodes fully; this never raises. As with :func:`peek_to`, the
-    rest of the message is **not** validated: whoever receives it must :func:`decode` it.
+    among the first entries, a non-str or repeated key, fewer entries than asked for, or any
+    malformation gives None, and the caller decodes fully; this never raises. As with
+    :func:`peek_to`, the rest of the message is **not** validated: whoever receives it must
+    :func:`decode` it.
     """
     try:
         found = _peekable(frames, limits)
         if found is None:
             return None
         command, header = found
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=limits.max_header_bytes)
+        unpacker = msgpack.Unpacker(
+            raw=False, strict_map_key=True, max_buffer_size=limits.max_header_bytes
+        )
         unpacker.feed(header)
         if unpacker.read_map_header() < entries:
             return None
         head: dict[str, Any] = {}
         for _ in range(entries):
             key, value = unpacker.unpack(), unpacker.unpack()
-            if type(key) is not str or type(value) not in _PEEKABLE:
-                return None
+            if type(key) is not str or type(value) not in _PEEKABLE or key in head:
+                return None  # a repeated key is malformed (decode says so)
             head[key] = value
         return command, head
     except Exception:  # any malformation: the caller decodes fully and finds out what
@@ -463,16 +502,24 @@ class _Decoder:
         self.ext_depth = 0
 
     def unpack(self, data: bytes | memoryview) -> Any:
+        # strict_map_key: msgpack refuses a map key that is not str or bytes as it reads it,
+        # before the key goes into any dict (docs/protocol.md §3).
         return msgpack.unpackb(
             data,
             raw=False,
             use_list=True,
-            strict_map_key=False,
+            strict_map_key=True,
             ext_hook=self.ext_hook,
         )
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        if code == Ext.TUPLE:
+        if code == _EXT_PID:  # the commonest ext, then tuples
+            if len(data) <= _PID_CACHE_BYTES:
+                return _decode_small_pid(data)
+            return _decode_ids(data, Pid)
+        if code == _EXT_TUPLE:
+            if data == b"\x90":
+                return ()
             self.ext_depth += 1
             if self.ext_depth > self.limits.max_depth:
                 raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
@@ -483,23 +530,20 @@ class _Decoder:
             if not isinstance(items, list):
                 raise WireError("tuple ext does not hold an array")
             return tuple(items)
-        if code == _EXT_PID:
-            return _decode_pid(data)
         if code == _EXT_REF:
-            parts = msgpack.unpackb(data, raw=False)
-            if not _is_pid_parts(parts):
-                raise WireError("pid/ref ext must be [str, int, int]")
-            return Ref(parts[0], parts[1], parts[2])
+            return _decode_ids(data, Ref)
         if code == Ext.ARRAY:
-            return self._array(msgpack.unpackb(data, raw=False))
+            return self._array(msgpack.unpackb(data, raw=False, strict_map_key=True))
         if code == Ext.BLOB:
-            index = msgpack.unpackb(data, raw=False)
+            index = msgpack.unpackb(data, raw=False, strict_map_key=True)
             return bytes(self._take(index))
         raise WireError(f"unknown ext type {code}")
 
     def _take(self, index: Any) -> memoryview:
         if type(index) is not int or not 0 <= index < len(self.frames):
-            raise WireError(f"reference to frame {index!r}, but the message has {len(self.frames)}")
+            raise WireError(
+                f"reference to frame {_brief(index)}, but the message has {len(self.frames)}"
+            )
         if self.used[index]:
             raise WireError(f"frame {index} is referenced twice")
         self.used[index] = True
@@ -510,14 +554,14 @@ class _Decoder:
             raise WireError("array ext must be [frame, dtype, shape]")
         index, dtype_str, shape = spec
         if not isinstance(dtype_str, str) or not _DTYPE_RE.fullmatch(dtype_str):
-            raise WireError(f"array dtype {dtype_str!r} is not allowed")
+            raise WireError(f"array dtype {_brief(dtype_str)} is not allowed")
         if (
             not isinstance(shape, list)
             or len(shape) > self.limits.max_ndim
             or not all(type(n) is int and n >= 0 for n in shape)
         ):
             raise WireError(
-                f"array shape {shape!r} is not a list of at most "
+                f"array shape {_brief(shape)} is not a list of at most "
                 f"{self.limits.max_ndim} non-negative ints"
             )
         buf = self._take(index)
@@ -536,19 +580,38 @@ class _Decoder:
         return arr
 
 
+# What a peer sent is quoted in error texts (which get logged) at most this long.
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 6
+
+
+def _brief(value: Any) -> str:
+    """``repr(value)``, cut short: a bad field may be a megabyte long or deeply nested."""
+    return _REPR.repr(value)
+
+
 _LEAF_TYPES = frozenset({type(None), bool, int, float, str, bytes, Pid, Ref, np.ndarray})
+_TERM_TYPES = _LEAF_TYPES | {list, tuple, dict}
+_SEQUENCE_TYPES = frozenset({list, tuple})
+_MAP_TYPES = frozenset({dict})
+_is_sequence = _SEQUENCE_TYPES.__contains__
+_is_map = _MAP_TYPES.__contains__
+_STR = frozenset({str})
 
 
 def _check_term(term: Any, max_depth: int, depth: int = 0) -> None:
     """Check nesting depth, and that msgpack gave back only terms (it decodes ext -1 itself).
 
     Recursion is bounded: a container deeper than ``max_depth`` raises before going further.
+    The fastest check of a small header; :func:`_check_terms` is for large ones.
     """
     kind = type(term)
     if kind is list or kind is tuple:
         children: Any = term
     elif kind is dict:
-        children = [*term.keys(), *term.values()]
+        children = term.values()  # keys are str or bytes (strict_map_key)
     elif kind in _LEAF_TYPES:
         return
     else:
@@ -560,8 +623,61 @@ def _check_term(term: Any, max_depth: int, depth: int = 0) -> None:
             _check_term(child, max_depth, depth + 1)
 
 
+def _check_terms(header: dict[str, Any], max_depth: int) -> None:
+    """:func:`_check_term` for a large header, the same checks in another order.
+
+    The walk goes one depth at a time, each in a few passes of C code (``map``, ``compress``,
+    ``list +=``) over all the items at that depth, instead of a Python call per container: a
+    megabyte of nested empty lists is checked in about half the time.
+    """
+    level: list[Any] = list(header.values())
+    depth = 1
+    while level:
+        found = set(map(type, level))
+        if found <= _LEAF_TYPES:
+            return
+        if not found <= _TERM_TYPES:
+            odd = min(kind.__name__ for kind in found - _TERM_TYPES)
+            raise WireError(f"header holds a {odd}, which is not a term")
+        if depth > max_depth:
+            raise WireError(f"term nested deeper than {max_depth} levels")
+        if found <= _SEQUENCE_TYPES:
+            level = functools.reduce(operator.iadd, level, [])
+        elif found <= _MAP_TYPES:
+            level = functools.reduce(operator.iadd, map(dict.values, level), [])
+        else:
+            kinds = list(map(type, level))
+            sequences = compress(level, map(_is_sequence, kinds))
+            maps = map(dict.values, compress(level, map(_is_map, kinds)))
+            level = functools.reduce(operator.iadd, chain(sequences, maps), [])
+        depth += 1
+
+
+# Headers up to this size are checked by the recursive walk, larger ones a depth at a time.
+_LEVEL_WALK_BYTES = 1024
+
+# Headers larger than this are decoded with the cyclic garbage collector paused. Decoding makes
+# no reference cycles, only new containers, and a megabyte of empty lists made the collector
+# run a thousand times: 0.5 s instead of 0.06 s.
+_GC_PAUSE_BYTES = 16 << 10
+
+
+def _map_size(header: memoryview) -> int:
+    """The entry count a msgpack map's first bytes declare (the header is known to be a map)."""
+    first = header[0]
+    if first == 0xDE:
+        return int.from_bytes(header[1:3], "big")
+    if first == 0xDF:
+        return int.from_bytes(header[1:5], "big")
+    return int(first & 0x0F)
+
+
 def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     """Decode the frames of one message (without any routing frame).
+
+    Costs time linear in the message's size, whatever it holds: map keys are str or bytes,
+    whose hashes are randomised per process, so no choice of keys makes the dicts slow, and a
+    key of any other type is refused as msgpack reads it (``docs/protocol.md`` §3).
 
     Args:
         frames: buffers (bytes, memoryview, zmq.Frame, ...): the lead frame, then raw frames.
@@ -595,17 +711,34 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
         if v.nbytes > limits.max_frame_bytes:
             raise WireError(f"frame {i + 1} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
     decoder = _Decoder(raw, limits)
+    paused = header_frame.nbytes > _GC_PAUSE_BYTES and gc.isenabled()
+    if paused:
+        gc.disable()
     try:
         header = decoder.unpack(header_frame)
+        if type(header) is not dict:
+            raise WireError("header must be a map with string keys")
+        if not set(map(type, header)) <= _STR:
+            raise WireError("header must be a map with string keys")
+        if len(header) != _map_size(header_frame):
+            raise WireError("header has a key more than once")
+        if header_frame.nbytes <= _LEVEL_WALK_BYTES:
+            _check_term(header, limits.max_depth)
+        else:
+            _check_terms(header, limits.max_depth)
     except WireError:
         raise
     except msgpack.StackError as exc:
         raise WireError("header nested too deeply for msgpack to unpack") from exc
+    except ValueError as exc:
+        if "for map key" in str(exc):  # msgpack's words for a key that strict_map_key refuses
+            raise WireError(f"map keys must be str or bytes: {exc}") from exc
+        raise WireError(f"bad msgpack header: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:  # msgpack raises many types on garbage; all mean "malformed"
         raise WireError(f"bad msgpack header: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(header, dict) or not all(isinstance(k, str) for k in header):
-        raise WireError("header must be a map with string keys")
-    _check_term(header, limits.max_depth)
+    finally:
+        if paused:
+            gc.enable()
     if raw and not all(decoder.used):
         unused = [i for i, u in enumerate(decoder.used) if not u]
         raise WireError(f"raw frames {unused} are not referenced by the header")

@@ -238,7 +238,8 @@ class Generator:
         if kind == 9:
             return tuple(self.term(depth + 1) for _ in range(r.randrange(4)))
         if kind == 10:
-            return {r.choice(["a", "b", 1, (1, 2)]): self.term(depth + 1) for _ in range(3)}
+            # str and bytes keys only: any other is malformed (docs/protocol.md §3)
+            return {r.choice(["a", "b", "", b"k"]): self.term(depth + 1) for _ in range(3)}
         return b"\x00" * r.choice([65_537, 70_000])  # a BLOB frame
 
     def array(self) -> np.ndarray:
@@ -585,7 +586,7 @@ class Generator:
                 "ref": r.choice([Ref("fuzz", 1, r.randrange(99)), 7]),
                 "behaviour": r.choice(["no.such", "zimg.behaviours:nope", 5, "zt.nothing"]),
                 "args": r.choice([[], "x", None, [self.term()]]),
-                "kwargs": r.choice([{}, {1: 2}, "x", None]),
+                "kwargs": r.choice([{}, {b"k": 2}, "x", None]),
             }.get(key, self.term())
         return wire.encode(command, header)
 

@@ -178,12 +178,7 @@ leaves = (
     | pid_fields.map(lambda t: Ref(*t))
     | arrays()
 )
-keys = (
-    st.text(max_size=6)
-    | st.integers(INT64_MIN, UINT64_MAX)
-    | st.tuples(st.integers(-5, 5), st.text(max_size=3))
-    | pid_fields.map(lambda t: Pid(*t))
-)
+keys = st.text(max_size=6) | st.binary(max_size=6)  # the only key types (protocol.md §3)
 terms = st.recursive(
     leaves,
     lambda kids: (
@@ -308,15 +303,15 @@ def _dict(x: Any) -> dict[str, Any]:
     return {"k": x}
 
 
-def _int_key_dict(x: Any) -> dict[int, Any]:
-    return {7: x}
+def _bytes_key_dict(x: Any) -> dict[bytes, Any]:
+    return {b"k": x}
 
 
 WRAPS = {
     "list": (_list,),
     "tuple": (_tuple,),
     "dict": (_dict,),
-    "int-key dict": (_int_key_dict,),
+    "bytes-key dict": (_bytes_key_dict,),
     "mixed": (_list, _tuple, _dict),
 }
 
@@ -435,10 +430,10 @@ GARBAGE = {
     "truncated": (message(pack({"a": [1, 2, "xyz"]})[:-2]), "bad msgpack header"),
     "trailing bytes": (message(pack({}) + b"\x00"), "bad msgpack header"),
     "bad utf-8": (message(b"\x81\xa1a\xa2\xff\xfe"), "bad msgpack header"),
-    "unhashable key": (message(b"\x81\xa1a\x81\x91\x01\x02"), "bad msgpack header"),
+    "unhashable key": (message(b"\x81\xa1a\x81\x91\x01\x02"), "map keys must be str or bytes"),
     "header is a list": (message([1, 2]), "header must be a map with string keys"),
     "header is an int": (message(7), "header must be a map"),
-    "int header key": (message({"a": 1, 2: 3}), "header must be a map with string keys"),
+    "int header key": (message({"a": 1, 2: 3}), "map keys must be str or bytes"),
     "bytes header key": (message({b"a": 1}), "header must be a map with string keys"),
     "40 nested lists": (message({"a": nest(40)}), "nested deeper than 32"),
     "40 nested maps": (message({"a": nest(40, _dict)}), "nested deeper than 32"),
@@ -575,19 +570,19 @@ def decode_or_wire_error(frames: list[Any]) -> None:
     assert isinstance(got, Message)
     again = decode(encode(got.command, got.header))
     assert_term_equal(again.header, got.header)
+    # A header that decodes has each key once, so the peeks read what decode does.
+    assert len(set(top_level_keys(header_of(frames)))) == len(got.header)
     if peeked is not None:
         assert peeked[0] is got.command
-        assert peeked[1] == got.header["to"] or top_level_keys(header_of(frames)).count("to") > 1
+        assert peeked[1] == got.header["to"]
     if head is not None:
         assert head[0] is got.command
-        keys = top_level_keys(header_of(frames))
         for key, value in head[1].items():
-            if keys.count(key) == 1:  # decode keeps the last of repeated keys
-                assert_term_equal(value, got.header[key])
+            assert_term_equal(value, got.header[key])
 
 
 def top_level_keys(header: bytes) -> list[Any]:
-    """The keys of a msgpack map in order, repeats included (decode keeps only the last)."""
+    """The keys of a msgpack map in order, repeats included (decode refuses repeats)."""
     pairs = msgpack.unpackb(header, object_pairs_hook=list, strict_map_key=False, raw=False)
     return [k for k, _ in pairs]
 
@@ -673,7 +668,7 @@ UNSENDABLE = {
     "range": (range(3), "type range"),
     "nested set": ([1, (2, {3})], "type set"),
     "set in dict": ({"k": {1}}, "type set"),
-    "set as key": ({frozenset(): 1}, "type frozenset"),
+    "set as key": ({frozenset(): 1}, "map keys must be str or bytes, not frozenset"),
     "object array": (np.array([object()], dtype=object), "arrays of dtype object"),
     "unicode array": (np.array(["ab"]), "arrays of dtype <U2"),
     "bytes array": (np.array([b"ab"]), "arrays of dtype |S2"),
@@ -685,7 +680,7 @@ UNSENDABLE = {
     "int over uint64": (2**64, "cannot encode"),
     "int under int64": (INT64_MIN - 1, "cannot encode"),
     "big int in tuple": ((1, [2**70]), "cannot encode"),
-    "big int dict key": ({2**64: 1}, "cannot encode"),
+    "int dict key": ({2**64: 1}, "map keys must be str or bytes, not int"),
     "surrogate str": ("\ud800", "cannot encode"),
     "pid int node": (Pid(1, 2, 3), "Pid fields must be (str, int, int)"),  # type: ignore[arg-type]
     "pid bool incarnation": (Pid("n", True, 3), "Pid fields must be"),
