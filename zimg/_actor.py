@@ -72,6 +72,9 @@ class ActorLimits:
         max_links: links one process holds. A link beyond it ends with reason ``system_limit``.
         max_monitors: monitors one process holds, and monitors held on it (each bound apart).
             A monitor beyond it gives ``("DOWN", ref, pid, "system_limit")``.
+        max_remote_refs: links and monitors (either way) between this node's processes and
+            other nodes, all processes together. A link or monitor another node asks for beyond
+            it is refused with ``system_limit`` (this node's own requests are only counted).
         mailbox_messages: messages in one mailbox; more are dropped and counted.
         mailbox_bytes: bytes of network messages in one mailbox; more are dropped and counted.
         node_mailbox_bytes: bytes of network messages in all the node's mailboxes together.
@@ -80,6 +83,7 @@ class ActorLimits:
     max_processes: int = 1000
     max_links: int = 10_000
     max_monitors: int = 10_000
+    max_remote_refs: int = 100_000
     mailbox_messages: int = DEFAULT_MAX_MESSAGES
     mailbox_bytes: int = DEFAULT_MAX_BYTES
     node_mailbox_bytes: int = DEFAULT_NODE_MAX_BYTES
@@ -89,6 +93,7 @@ class ActorLimits:
             "max_processes",
             "max_links",
             "max_monitors",
+            "max_remote_refs",
             "mailbox_messages",
             "mailbox_bytes",
             "node_mailbox_bytes",
@@ -374,6 +379,7 @@ class ActorRuntime:
         # two with incarnation None).
         self._node_refs: dict[_NodeKey, int] = {}
         self._name_refs: dict[str, int] = {}  # the same, summed per node name
+        self._ref_total = 0  # the same, summed
         self._watched: set[str] = set()  # names the broker watches for us (or soon will)
         self._watch_sending: dict[str, int] = {}  # names whose WATCH a thread is sending now
         self._unwatch_due: set[str] = set()  # names whose last reference went
@@ -452,6 +458,7 @@ class ActorRuntime:
                 "refused_spawns": self.refused_spawns,
                 "refused_links": self.refused_links,
                 "refused_monitors": self.refused_monitors,
+                "remote_refs": self._ref_total,
                 "mailbox_bytes": self.budget.held,
                 # names the broker has (or is about to have: handed to the connection) a WATCH of
                 "watched_nodes": len(self._watched - self._watch_sending.keys()),
@@ -506,6 +513,11 @@ class ActorRuntime:
             else:
                 proc.kill(SYSTEM_LIMIT)
 
+    def _remote_full(self, pid: Pid) -> bool:
+        """Would a link or monitor with ``pid`` take the node over ``max_remote_refs``? (lock
+        held)"""
+        return pid.node != self.name and self._ref_total >= self.limits.max_remote_refs
+
     def _check_spawn_bounds(self, caller: Process, link: bool, monitor: bool) -> None:
         """Refuse a spawn whose link or monitor the caller has no room for (lock held)."""
         if link and len(caller.links) >= self.limits.max_links:
@@ -545,6 +557,7 @@ class ActorRuntime:
         key = (node, incarnation)
         self._node_refs[key] = self._node_refs.get(key, 0) + 1
         self._name_refs[node] = self._name_refs.get(node, 0) + 1
+        self._ref_total += 1
         sending = node in self._watch_sending
         if not force and node in self._watched and not sending:
             return None
@@ -564,6 +577,7 @@ class ActorRuntime:
             self._node_refs[key] = held - count
         else:
             del self._node_refs[key]
+        self._ref_total -= count
         left = self._name_refs[node] - count
         if left:
             self._name_refs[node] = left
@@ -1038,7 +1052,7 @@ class ActorRuntime:
             if target is None or not target.alive:
                 reason = protocol.NOPROC
             elif sender not in target.links:
-                if len(target.links) >= self.limits.max_links:
+                if len(target.links) >= self.limits.max_links or self._remote_full(sender):
                     self.refused_links += 1
                     reason = SYSTEM_LIMIT
                 else:
@@ -1047,8 +1061,9 @@ class ActorRuntime:
             if reason == SYSTEM_LIMIT:
                 self._log_refusal(
                     self.refused_links,
-                    f"{to!r} holds {self.limits.max_links} links (max_links): a link from "
-                    f"{sender!r} is refused with system_limit",
+                    f"a link from {sender!r} to {to!r} is refused with system_limit (max_links "
+                    f"{self.limits.max_links} per process, max_remote_refs "
+                    f"{self.limits.max_remote_refs} per node)",
                 )
             self.exit_signal(to, sender, reason, link=True)
         elif watch is not None:  # so that our process hears if the linked node dies
@@ -1144,7 +1159,9 @@ class ActorRuntime:
             if target is None or not target.alive:
                 reason = protocol.NOPROC
             elif ref not in target.monitored_by:
-                if len(target.monitored_by) >= self.limits.max_monitors:
+                if len(target.monitored_by) >= self.limits.max_monitors or self._remote_full(
+                    watcher
+                ):
                     self.refused_monitors += 1
                     reason = SYSTEM_LIMIT
                 else:
@@ -1153,8 +1170,9 @@ class ActorRuntime:
             if reason == SYSTEM_LIMIT:
                 self._log_refusal(
                     self.refused_monitors,
-                    f"{to!r} is monitored {self.limits.max_monitors} times (max_monitors): "
-                    f"a monitor from {watcher!r} gives system_limit",
+                    f"a monitor of {to!r} from {watcher!r} gives system_limit (max_monitors "
+                    f"{self.limits.max_monitors} per process, max_remote_refs "
+                    f"{self.limits.max_remote_refs} per node)",
                 )
             self.down(watcher, ref, to, reason)
         elif watch is not None:  # so that a dead watcher's node lets go of the monitor

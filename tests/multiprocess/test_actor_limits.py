@@ -123,6 +123,21 @@ def test_a_link_flood_is_bounded_and_answered_with_system_limit(cluster):
     assert node.receive(lambda m: m[0] == "EXIT", timeout=WAIT) == ("EXIT", target, "system_limit")
 
 
+def test_a_link_flood_over_many_processes_is_bounded_for_the_node(cluster):
+    node, worker = cluster
+    targets = [node.spawn("n1", "zimg.behaviours:echo", timeout=WAIT) for _ in range(11)]
+    rss_before = status(worker.pid, "VmRSS")
+    senders = forged_pids(node, 10_000)
+    for target in targets:
+        for sender in senders:
+            node.connection.send(Command.LINK, {"to": target, "from": sender})
+    _, counters, *_ = probe(node)
+    grown_mb = (status(worker.pid, "VmRSS") - rss_before) / 1024
+    print(f"worker VmRSS +{grown_mb:.0f} MB for 110,000 links from another node; {counters}")
+    assert counters["remote_refs"] == 100_000  # max_remote_refs
+    assert counters["refused_links"] == 10_000
+
+
 def test_a_monitor_flood_is_bounded_and_answered_with_system_limit(cluster):
     node, _ = cluster
     target = node.spawn("n1", "zimg.behaviours:echo", timeout=WAIT)

@@ -14,6 +14,8 @@ def _counters(ctx: Any) -> dict[str, Any]:
     names = ("dropped_messages", "refused_spawns", "refused_links", "refused_monitors")
     counters = {name: getattr(runtime, name, None) for name in names}  # None: not counted
     counters["processes"] = len(runtime.processes())
+    if hasattr(runtime, "counters"):
+        counters.update(runtime.counters())
     return counters
 
 

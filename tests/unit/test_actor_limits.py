@@ -133,6 +133,7 @@ def refs_recounted(runtime: ActorRuntime) -> dict[tuple[str, int | None], int]:
 def test_actor_limits_defaults_and_validation():
     limits = ActorLimits()
     assert (limits.max_processes, limits.max_links, limits.max_monitors) == (1000, 10_000, 10_000)
+    assert limits.max_remote_refs == 100_000
     assert (limits.mailbox_messages, limits.mailbox_bytes, limits.node_mailbox_bytes) == (
         100_000,
         64 << 20,
@@ -340,6 +341,27 @@ def test_a_monitor_flood_is_bounded_and_answered_with_system_limit(make):
     assert [(d["ref"].serial, d["reason"]) for d in downs] == [
         (i, SYSTEM_LIMIT) for i in range(10, 15)
     ]
+
+
+def test_links_and_monitors_from_other_nodes_are_bounded_for_the_whole_node(make):
+    runtime, fake = make(max_remote_refs=5)
+    a, b = runtime.main, runtime._new_process()
+    for i in range(3):
+        fake.deliver(Command.LINK, to=a.pid, **{"from": remote(i)})
+    for i in range(3):
+        fake.deliver(Command.MONITOR, to=b.pid, **{"from": remote(9)}, ref=Ref("n2", N2, i))
+    assert (len(a.links), len(b.monitored_by)) == (3, 2)
+    assert (runtime.refused_links, runtime.refused_monitors) == (0, 1)
+    fake.deliver(Command.LINK, to=b.pid, **{"from": remote(7)})
+    assert runtime.refused_links == 1
+    assert [h["reason"] for h in fake.of(Command.DOWN) + fake.of(Command.EXIT)] == [
+        SYSTEM_LIMIT
+    ] * 2
+    assert runtime.counters()["remote_refs"] == 5
+    # this node's own links are not refused for it (only counted)
+    runtime.link(a, remote(20))
+    assert remote(20) in a.links
+    assert runtime.counters()["remote_refs"] == 6
 
 
 def test_own_link_and_monitor_bounds_give_system_limit_to_the_caller(make):
@@ -622,6 +644,7 @@ def test_the_reference_counts_match_the_processes_after_a_mixed_run(make):
                 Command.MONITOR, to=proc.pid, **{"from": target}, ref=Ref(target.node, 1, i)
             )
         assert refs_recounted(runtime) == runtime._node_refs
+        assert runtime._ref_total == sum(runtime._node_refs.values())
     for proc, ref in refs[::2]:
         runtime.demonitor(proc, ref)
     fake.deliver(Command.UNLINK, to=main.pid, **{"from": remote(2, "n4", 12)})
@@ -629,6 +652,7 @@ def test_the_reference_counts_match_the_processes_after_a_mixed_run(make):
     assert refs_recounted(runtime) == runtime._node_refs
     runtime.exited(procs[1], "normal")
     assert refs_recounted(runtime) == runtime._node_refs
+    assert runtime._ref_total == sum(runtime._node_refs.values())
     names = {name for name, _ in runtime._node_refs}
     fake.deliver(Command.SEND, to=main.pid, msg="sweep")
     unwatched = {h["node"] for h in fake.of(Command.UNWATCH)}
