@@ -7,7 +7,7 @@ is the broker's pure logic and ``broker`` its ROUTER loop; ``node`` is a node's 
 """
 
 from zimg import behaviours as behaviours  # registers the shipped behaviours
-from zimg._actor import ANY, ExitSignal, Process
+from zimg._actor import ANY, ActorLimits, ExitSignal, Process
 from zimg._broker_state import BrokerConfig
 from zimg._errors import (
     ActorDeadError,
@@ -38,6 +38,7 @@ __all__ = [
     "ANY",
     "DEFAULT_PIPELINE",
     "ActorDeadError",
+    "ActorLimits",
     "BatchOptions",
     "BatchReport",
     "BrokenError",

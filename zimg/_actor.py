@@ -663,9 +663,9 @@ class ActorRuntime:
         Call it only on the connection's I/O thread, which sends without waiting: the UNWATCH
         leaves under the lock, so a WATCH that another thread decides on afterwards reaches
         the broker after it. It runs at most once per heartbeat interval, so a name that comes
-        and goes costs at most a WATCH and an UNWATCH per interval. The actor handlers call it;
-        a hook on the connection's heartbeat would also sweep a node that gets no actor
-        messages.
+        and goes costs at most a WATCH and an UNWATCH per interval. The actor handlers call it,
+        and so does the connection once per heartbeat (``Connection.on_tick``), for a node that
+        gets no actor messages.
         """
         if not self._unwatch_due:
             return

@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from zimg import images, ops, protocol
+from zimg._actor import DEFAULT_ACTOR_LIMITS
 from zimg._broker_state import BrokerConfig
 from zimg._errors import OpError, ZimgError
 from zimg.batch import BatchOptions, BatchReport, run_batch
@@ -387,6 +388,14 @@ def worker(
             "sample, read from the file's header) is larger, in MiB.",
         ),
     ] = images.DEFAULT_MAX_IMAGE_BYTES >> 20,
+    max_processes: Annotated[
+        int,
+        typer.Option(
+            "--max-processes",
+            min=1,
+            help="Actor processes (threads) this worker runs at once; spawns beyond are refused.",
+        ),
+    ] = DEFAULT_ACTOR_LIMITS.max_processes,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
@@ -417,6 +426,7 @@ def worker(
             allow_paths=allow_paths,
             keep_heap=keep_heap,
             cpus=cpu_set,
+            actor_limits=dataclasses.replace(DEFAULT_ACTOR_LIMITS, max_processes=max_processes),
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -633,7 +643,7 @@ def nodes(
         out.print_json(json.dumps(report))
         return
     table = Table(title=Text(f"nodes at {_plain(broker_url)}"))
-    columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed")
+    columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed", "dropped")
     for col in (*columns, "last heartbeat (s)"):
         table.add_column(col, justify="left" if col in ("name", "role") else "right")
     for n in report["nodes"]:
@@ -642,9 +652,10 @@ def nodes(
             n["role"],
             format_cpus(n["cpus"]) if "cpus" in n else "",
             n["capacity"],
-            n["active"],
+            f"{n['active']} (hung)" if n.get("hung") else n["active"],
             n["done"],
             n.get("malformed", 0),
+            n.get("dropped", 0),
             f"{n['last_seen_s']:.1f}",
         )
         table.add_row(*map(_cell, cells))

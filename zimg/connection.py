@@ -90,6 +90,7 @@ class Connection:
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
         self._session_hooks: list[SessionHook] = []
+        self._tick_hooks: list[Callable[[], None]] = []
         # A shared context lets the node reach a broker in this process over inproc://.
         self._own_context = context is None
         self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
@@ -126,6 +127,11 @@ class Connection:
         be sent again.
         """
         self._session_hooks.append(hook)
+
+    def on_tick(self, hook: Callable[[], None]) -> None:
+        """Call ``hook()`` on the I/O thread once per heartbeat interval while the node is
+        ready (for housekeeping that must not race the node's own sends)."""
+        self._tick_hooks.append(hook)
 
     def start(self, timeout_s: float = 10.0) -> Connection:
         """Connect and wait for the broker's WELCOME.
@@ -361,6 +367,11 @@ class Connection:
                 if ready:
                     beat = {k: n for k, count in self.counters.items() if (n := count())}
                     self._send_direct(wire.encode(Command.HEARTBEAT, beat))
+                    for hook in self._tick_hooks:
+                        try:
+                            hook()
+                        except Exception:
+                            log.exception("node %s: a tick hook failed", self.name)
                 else:
                     self._hello()
                 next_beat = now + self.heartbeat_interval_s

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import cv2
 
 from zimg import images, ops, protocol, wire
+from zimg._actor import DEFAULT_ACTOR_LIMITS, ActorLimits
 from zimg._affinity import format_cpus, pin_process
 from zimg._errors import ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
@@ -119,6 +120,7 @@ class Worker:
             bytes per sample, read from the header), takes raw, or lets an op make; see
             ``images.DEFAULT_MAX_IMAGE_BYTES``.
         limits: wire limits for what this worker sends and receives.
+        actor_limits: what the worker's actors may hold (processes, links, mailboxes).
         allow_paths: accept ``path`` jobs, which read and write files named by the client.
             Only for workers that trust every client of their broker with their filesystem
             (an embedded cluster's workers, whose broker is private).
@@ -136,6 +138,7 @@ class Worker:
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
         allow_paths: bool = False,
+        actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -170,6 +173,7 @@ class Worker:
             placement=Placement.here(self.threads),
             limits=limits,
             keys=keys,
+            actor_limits=actor_limits,
         )
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
@@ -369,6 +373,7 @@ def serve(
     allow_paths: bool = False,
     keep_heap: bool = True,
     cpus: Collection[int] | None = None,
+    actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
 
@@ -399,6 +404,7 @@ def serve(
         max_image_bytes=max_image_bytes,
         keys=keys,
         allow_paths=allow_paths,
+        actor_limits=actor_limits,
     )
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:
