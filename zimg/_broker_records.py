@@ -17,8 +17,14 @@ class BrokerConfig:
     """Broker settings. Times are in seconds, sizes in bytes.
 
     Attributes:
-        heartbeat_interval_s: how often the broker and the nodes send HEARTBEAT.
+        heartbeat_interval_s: how often the broker and the nodes send HEARTBEAT, in a small
+            cluster: the interval doubles as nodes join, so that heartbeats stay within
+            ``heartbeats_per_s`` (see :meth:`interval_for`).
         liveness: heartbeats a node may miss before it is declared dead.
+        heartbeats_per_s: the most heartbeats per second the broker sends to its nodes, and
+            asks of them, all together.
+        stall_timeout_s: a connection that sends nothing at all for this long (a peer stalled in
+            the middle of a frame, a vanished host) is closed by ZeroMQ (ZMTP heartbeats).
         max_attempts: dispatches of a job whose workers died (or timed out) before it fails.
         limits: wire limits for what the broker reads and sends.
         cpu_slots: a host runs at most one job per CPU (see ``zimg._placement``).
@@ -41,6 +47,8 @@ class BrokerConfig:
 
     heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
     liveness: int = protocol.DEFAULT_LIVENESS
+    heartbeats_per_s: float = 2000.0
+    stall_timeout_s: float = 30.0
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     limits: wire.Limits = wire.DEFAULT_LIMITS
     cpu_slots: bool = True
@@ -57,8 +65,16 @@ class BrokerConfig:
 
     @property
     def expiry_s(self) -> float:
-        """How long a node may stay silent before it is declared dead."""
+        """How long a node may stay silent before it is declared dead (in a small cluster)."""
         return self.heartbeat_interval_s * self.liveness
+
+    def interval_for(self, nodes: int) -> float:
+        """The heartbeat interval for a cluster of ``nodes``: ``heartbeat_interval_s``, doubled
+        until ``nodes`` heartbeats per interval stay within ``heartbeats_per_s``."""
+        interval = self.heartbeat_interval_s
+        while nodes > interval * self.heartbeats_per_s:
+            interval *= 2
+        return interval
 
     def job_grace_s(self, deadline_s: float) -> float:
         """How long after a job's deadline the broker still waits for its RESULT (the worker

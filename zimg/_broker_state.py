@@ -24,6 +24,7 @@ import bisect
 import heapq
 import itertools
 import logging
+from collections import deque
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -119,8 +120,13 @@ class BrokerState:
         self.actors = ActorRouter(cfg, self.by_name, self.index, self.stats, self._log_once)
         self.node_limit = cfg.max_nodes
         self.node_limit_fix = "start the broker with a larger --max-nodes"
-        self.next_heartbeat = now + cfg.heartbeat_interval_s
+        # Heartbeats: the interval grows with the cluster (BrokerConfig.interval_for), and the
+        # beats go round the nodes in a ring, a few at each tick, not all at once.
+        self.interval_s = cfg.heartbeat_interval_s
         self._beat = wire.encode(Command.HEARTBEAT, {})
+        self._ring: deque[NodeRecord] = deque()
+        self._beats_owed = 0.0
+        self._beaten_at = now
         self._expiry: list[tuple[float, int, NodeRecord]] = []
         self._n = itertools.count()
         self._anonymous_pages = TokenBucket(cfg.nodes_bytes_per_s, now)
@@ -218,12 +224,11 @@ class BrokerState:
         None means now (nothing is waiting).
         """
         out: list[Instruction] = []
-        if now >= self.next_heartbeat:
-            if self.nodes:
-                out.append(SendMany(list(self.nodes), self._beat))
-            self.next_heartbeat = now + self.config.heartbeat_interval_s
+        beats = self._heartbeats(now)
+        if beats:
+            out.append(SendMany(beats, self._beat))
         limit = now if drained_at is None else min(now, drained_at)
-        expiry_s = self.config.expiry_s
+        expiry_s = self.expiry_s
         heap = self._expiry
         while heap and heap[0][0] < limit:
             _, _, node = heapq.heappop(heap)
@@ -262,9 +267,31 @@ class BrokerState:
             out.extend(self._admit(new_identity, header, now, user_id))
         return out
 
+    @property
+    def expiry_s(self) -> float:
+        """How long a node may stay silent before it is declared dead, now."""
+        return self.interval_s * self.config.liveness
+
+    def _heartbeats(self, now: float) -> list[bytes]:
+        """The nodes due a heartbeat now: ``len(nodes)`` per interval, round the ring, so each
+        node gets one per interval, spread evenly."""
+        owed = self._beats_owed + len(self.nodes) * (now - self._beaten_at) / self.interval_s
+        self._beaten_at = now
+        count = min(int(owed), len(self.nodes))
+        self._beats_owed = owed - int(owed) if count == int(owed) else 0.0
+        due: list[bytes] = []
+        ring = self._ring
+        while len(due) < count and ring:
+            node = ring.popleft()
+            if self.nodes.get(node.identity) is node:  # else it is gone: drop it from the ring
+                due.append(node.identity)
+                ring.append(node)
+        return due
+
     def next_deadline(self) -> float:
         """The latest time by which ``on_tick`` should be called again."""
-        deadline = min(self.next_heartbeat, self.table.next_deadline())
+        next_beat = self._beaten_at + self.interval_s / max(1, len(self.nodes))
+        deadline = min(next_beat, self.table.next_deadline())
         if self._expiry:
             deadline = min(deadline, self._expiry[0][0])
         return deadline
@@ -374,11 +401,13 @@ class BrokerState:
             self.nodes[identity] = node
             self.by_name[name] = node
             self._names = None
-            heapq.heappush(self._expiry, (now + self.config.expiry_s, next(self._n), node))
+            heapq.heappush(self._expiry, (now + self.expiry_s, next(self._n), node))
+            self._ring.append(node)
             if node.is_worker:
                 self.index.add(node)
             out.append(Log(logging.INFO, f"node {name} joined as {node.role}"))
             out.extend(self._warn_if_near_the_limit())
+            out.extend(self._widen_heartbeats(node))
         else:
             # A repeated HELLO of this session: take its credit and placement as they are now.
             node.last_seen = now
@@ -387,15 +416,34 @@ class BrokerState:
             node.capacity, node.placement = header["capacity"], placement
             if node.is_worker:
                 self.index.add(node)
+        out.append(Send(identity, self._welcome(node)))
+        out.extend(self._assign(now))
+        return out
+
+    def _welcome(self, node: NodeRecord) -> list[Any]:
         welcome = {
-            "name": name,
+            "name": node.name,
             "epoch": self.epoch,
-            "heartbeat_interval_s": self.config.heartbeat_interval_s,
+            "heartbeat_interval_s": self.interval_s,
             "liveness": self.config.liveness,
             "version": protocol.PROTOCOL_VERSION,
         }
-        out.append(Send(identity, wire.encode(Command.WELCOME, welcome)))
-        out.extend(self._assign(now))
+        return wire.encode(Command.WELCOME, welcome)
+
+    def _widen_heartbeats(self, newcomer: NodeRecord) -> list[Instruction]:
+        """If the cluster outgrew its heartbeat interval, double it and tell every node (a
+        WELCOME to a node that is ready only updates its interval and liveness). It never
+        shrinks back while the broker runs, so no node is ever held to a shorter interval than
+        it was told."""
+        interval = self.config.interval_for(len(self.nodes))
+        if interval <= self.interval_s:
+            return []
+        self.interval_s = interval
+        text = f"{len(self.nodes)} nodes: the heartbeat interval is now {interval:g} s"
+        out: list[Instruction] = [Log(logging.INFO, text)]
+        out.extend(
+            Send(n.identity, self._welcome(n)) for n in self.nodes.values() if n is not newcomer
+        )
         return out
 
     def _warn_if_near_the_limit(self) -> list[Instruction]:

@@ -162,11 +162,14 @@ class Broker:
         # the ZMTP heartbeats below bound).
         limits = self.config.limits
         sock.setsockopt(zmq.MAXMSGSIZE, limits.largest_frame)
-        # ZMTP heartbeats: a connection that answers nothing (a peer stalled in the middle of a
-        # frame, a vanished host) is closed after the liveness bound, freeing what it holds.
-        interval_ms = max(1, round(self.config.heartbeat_interval_s * 1000))
-        sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, round(self.config.expiry_s * 1000)))
+        # ZMTP heartbeats: a connection that sends nothing (a peer stalled in the middle of a
+        # frame, a vanished host) is closed after stall_timeout_s to 2 x stall_timeout_s,
+        # freeing what it holds. Not shorter: libzmq 4.3 cancels a timer by walking all of its
+        # I/O thread's timers, so each PONG costs O(connections); a 1 s interval made the I/O
+        # thread's work grow as N**2 and stalled a broker of 5,000 nodes.
+        stall_ms = max(1, round(self.config.stall_timeout_s * 1000))
+        sock.setsockopt(zmq.HEARTBEAT_IVL, stall_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, stall_ms)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 10_000)
         if self.keys is not None:
             self.keys.start(self._ctx)

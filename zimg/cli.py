@@ -279,6 +279,15 @@ def broker(
         int,
         typer.Option("--max-jobs-mb", min=1, help="MiB of jobs the broker holds at once, in all."),
     ] = _DEFAULTS.max_job_bytes >> 20,
+    stall_timeout: Annotated[
+        float,
+        typer.Option(
+            "--stall-timeout",
+            min=0.1,
+            help="Close a connection that sends nothing at all for this many seconds (a peer "
+            "stalled in the middle of a frame, a vanished host).",
+        ),
+    ] = _DEFAULTS.stall_timeout_s,
     max_nodes: Annotated[
         int,
         typer.Option(
@@ -323,6 +332,7 @@ def broker(
         max_client_job_bytes=max_client_jobs_mb << 20,
         max_job_bytes=max_jobs_mb << 20,
         max_nodes=max_nodes,
+        stall_timeout_s=stall_timeout,
     )
     # A 6 MB frame is a fresh block for ZeroMQ's I/O thread each time; glibc's default trims it
     # away after each message and faults it in again (docs/decisions.md).

@@ -253,16 +253,35 @@ def test_duplicate_job_id_is_ignored(state, clock):
     assert state.queue_length == 1
 
 
-def test_heartbeats_go_to_every_node_once_per_interval(state, clock):
-    join(state, clock, "n1")
-    join(state, clock, "c", role="client", capacity=0)
-    assert sends(state.on_tick(clock.advance(0.5))) == []
-    out = sends(state.on_tick(clock.advance(0.6)))
-    assert sorted(to for to, m in out if m.command is Command.HEARTBEAT) == [
-        ident("c"),
-        ident("n1"),
-    ]
-    assert sends(state.on_tick(clock.advance(0.1))) == []
+def test_heartbeats_go_to_every_node_once_per_interval_spread_over_it(state, clock):
+    for i in range(10):
+        join(state, clock, f"n{i}")
+    beats: list[bytes] = []
+    for tick in range(10):  # one interval, in ticks of 0.1 s
+        out = sends(state.on_tick(clock.advance(0.1)))
+        got = [to for to, m in out if m.command is Command.HEARTBEAT]
+        assert len(got) == 1, tick  # spread: one node per tick, not all at once
+        beats += got
+    assert sorted(beats) == sorted(ident(f"n{i}") for i in range(10))
+
+
+def test_the_heartbeat_interval_doubles_as_the_cluster_outgrows_it(clock):
+    state = BrokerState(BrokerConfig(heartbeats_per_s=4.0), now=clock.now, epoch=1)
+    for i in range(4):
+        join(state, clock, f"n{i}")
+    assert state.interval_s == 1.0
+    out = sends(join(state, clock, "n4"))  # 5 nodes > 4 per second: every 2 s
+    assert state.interval_s == 2.0
+    welcomes = {to: m.header for to, m in out if m.command is Command.WELCOME}
+    assert sorted(welcomes) == sorted(ident(f"n{i}") for i in range(5))
+    assert {h["heartbeat_interval_s"] for h in welcomes.values()} == {2.0}
+    assert state.expiry_s == 6.0
+    # A node silent for 5 s (more than the old 3 s bound) is still alive.
+    clock.advance(5.0)
+    for i in range(4):
+        state.heard(ident(f"n{i}"), clock.now)
+    state.on_tick(clock.now)
+    assert "n4" in state.by_name
 
 
 def test_silent_worker_is_declared_dead_and_its_jobs_move(state, clock):
@@ -286,11 +305,13 @@ def test_silent_worker_is_declared_dead_and_its_jobs_move(state, clock):
     assert state.stats["jobs_requeued"] == 1
 
 
-def test_deadline_tracks_the_earliest_expiry(state, clock):
+def test_deadline_tracks_the_next_heartbeat_and_expiry(state, clock):
     join(state, clock, "n1")
     assert state.next_deadline() == pytest.approx(clock.now + 1.0)
-    state.on_tick(clock.advance(1.0))
-    assert state.next_deadline() <= clock.now + 1.0
+    join(state, clock, "n2")  # two nodes: one beat every half interval
+    assert state.next_deadline() == pytest.approx(clock.now + 0.5)
+    state.on_tick(clock.advance(0.5))
+    assert state.next_deadline() <= clock.now + 0.5
 
 
 def test_job_fails_after_max_attempts(state, clock):

@@ -456,13 +456,13 @@ class SimNodes:
             self.malformed += 1
 
     def _welcome(self, i: int, header: dict[str, Any], now: float) -> None:
-        if self._state[i] != _JOINING:
-            return  # an answer to a repeated HELLO
         interval, liveness = header.get("heartbeat_interval_s"), header.get("liveness")
         if isinstance(interval, float | int) and interval > 0:
-            self.interval_s = float(interval)
+            self.interval_s = float(interval)  # the broker widens it as the cluster grows
         if isinstance(liveness, int) and liveness > 0:
             self.liveness = liveness
+        if self._state[i] != _JOINING:
+            return  # an answer to a repeated HELLO, or the broker's new interval
         self._state[i] = _READY
         self.ready += 1
         if self._welcomed_once[i]:
