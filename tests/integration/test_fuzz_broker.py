@@ -15,6 +15,7 @@ how many are sent depends on timing). Each message is made knowing how the broke
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import socket
@@ -40,6 +41,7 @@ from tests.reference import check_output, manifest
 from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, result_head
 from zimg._errors import WireError
+from zimg.bench.decode import KINDS, collision_header, packed_map
 from zimg.broker import Broker
 from zimg.connection import Connection, query_nodes
 from zimg.testing import Processes, free_tcp_url
@@ -118,6 +120,30 @@ def closed_within(conn: socket.socket, timeout_s: float) -> bool:
     return False
 
 
+def zmtp_receive(conn: socket.socket, deadline: float) -> list[bytes]:
+    """The next message on a raw ZMTP connection (its frames), skipping commands (PING)."""
+
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
+            chunk = conn.recv(size - len(data))
+            assert chunk, "the broker closed the connection"
+            data += chunk
+        return data
+
+    frames: list[bytes] = []
+    while True:
+        flags = exactly(1)[0]
+        size = struct.unpack(">Q", exactly(8))[0] if flags & 0x02 else exactly(1)[0]
+        body = exactly(size)
+        if flags & 0x04:  # a command frame, not part of a message
+            continue
+        frames.append(body)
+        if not flags & 0x01:
+            return frames
+
+
 # ---------------------------------------------------------------------------------- messages
 
 
@@ -138,6 +164,9 @@ WIRE = Expect(("malformed",), ("malformed",))  # wire.decode refuses it, whoever
 # from a registered node the broker settles it on those (docs/protocol.md §4) and finds it is not
 # that node's job; from anyone else it decodes it, and refuses it.
 PEEKED_RESULT = Expect(("late_results",), ("malformed",))
+# A SEND to a live pid whose `to` comes first: from a registered node the broker forwards it
+# unread and the worker decodes, drops and counts it; from anyone else the broker decodes it.
+FORWARDED_MALFORMED = Expect((), ("malformed",))
 BAD_HELLO = Expect(("rejected",), ("rejected",))  # answered REJECT
 TAKEN_HELLO = Expect(("rejected",), ("rejected",))  # a live node's name: probed, then REJECT
 NOT_FOR_BROKER = Expect(("malformed",), ("unknown_peer",))  # commands the broker never takes
@@ -182,6 +211,19 @@ def tiny_png_bomb() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 0, 0, 0, 0)
     idat = zlib.compress(bytes(60_001 * 2))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@functools.cache
+def colliding_maps() -> dict[str, list[bytes]]:
+    """Packed maps whose keys share one hash (``zimg.bench.decode``), by kind, of 40 and 3,000
+    keys, made once (in about a second: ``Fuzzer.setup`` makes them before the fuzz starts)."""
+    return {kind: [packed_map(make(40)), packed_map(make(3000))] for kind, make in KINDS.items()}
+
+
+@functools.cache
+def colliding_megabyte() -> bytes:
+    """A ~1 MB header of 2-tuple keys with one hash: 37 s of broker CPU before the fix."""
+    return collision_header("tuples", where="top")
 
 
 class Generator:
@@ -379,6 +421,37 @@ class Generator:
             Command.SEND,
             {"msg": msgpack.ExtType(r.choice([1, 2, 4, 5]), self.blob(0, 3) + b"\xc1")},
         )
+
+    def collision(self) -> tuple[list[bytes], Expect]:
+        """A header holding a map whose keys share one hash (tuples, pids, ints, floats, mixed):
+        refused by whoever decodes it, at its first key, as msgpack reads it."""
+        r = self.rng
+        maps = colliding_maps()
+        colliding = r.choice(maps[r.choice(sorted(maps))])
+        place = r.randrange(5)
+        if place == 0:  # the header itself
+            if r.random() < 0.05:
+                colliding = colliding_megabyte()
+            command = r.choice([Command.NODES, Command.HELLO, Command.JOB, Command.HEARTBEAT])
+            return raw_message(command, colliding), WIRE
+        if place == 1:  # a value, after plain entries; any command the broker decodes
+            command = r.choice([Command.HELLO, Command.JOB, Command.NODES, Command.SEND])
+            header = b"\x82\xa2id" + pack(r.randrange(99)) + b"\xa3msg" + colliding
+            return raw_message(command, header), WIRE
+        if place == 2:  # deeper: in a list in a tuple in a map
+            inner = msgpack.ExtType(Ext.TUPLE, b"\x91\x91" + colliding)
+            return raw_message(Command.SEND, b"\x81\xa3msg\x81\xa1k" + pack(inner)), WIRE
+        if place == 3:  # a SEND to a live pid, `to` first: forwarded unread by the broker
+            target = r.choice(self.targets)
+            to = pack(ext(Ext.PID, [target, self.incarnations[target], 10**6 + r.randrange(99)]))
+            header = b"\x82\xa2to" + to + b"\xa3msg" + colliding
+            return raw_message(Command.SEND, header), FORWARDED_MALFORMED
+        # A RESULT whose first entries look valid: the broker may settle it on them.
+        head = pack({"id": r.randrange(10**6), "ticket": r.randrange(10**6), "attempt": 1})
+        header = b"\x84" + head[1:] + b"\xa5items" + colliding
+        frames = raw_message(Command.RESULT, header)
+        settled = result_head(frames, DEFAULT_LIMITS) is not None
+        return frames, PEEKED_RESULT if settled else WIRE
 
     def mutated(self) -> list[bytes] | None:
         """A valid message with bytes flipped, inserted or cut; None if it still decodes."""
@@ -604,15 +677,17 @@ class Generator:
             decodes = True
         except WireError:
             decodes = False
-        malformed = expect in (WIRE, PEEKED_RESULT)
+        malformed = expect in (WIRE, PEEKED_RESULT, FORWARDED_MALFORMED)
         assert decodes == (not malformed), (expect, [bytes(f)[:80] for f in frames])
         return frames, expect
 
     def _next(self) -> tuple[list[bytes], Expect]:
         r = self.rng
         roll = r.random()
-        if roll < 0.40:
+        if roll < 0.37:
             return self.wire_malformed(), WIRE
+        if roll < 0.40:
+            return self.collision()
         if roll < 0.55:
             frames = self.mutated()
             if frames is not None:
@@ -657,6 +732,8 @@ class Tally:
     sent: Counter[str] = field(default_factory=Counter)  # by peer label
     oversize: int = 0
     truncated: int = 0
+    partial: int = 0  # messages sent in pieces cut mid-frame, then whole
+    stalled: int = 0  # messages cut mid-frame and never finished
     replies: int = 0
 
 
@@ -677,6 +754,7 @@ class Fuzzer:
         self.stop = stop
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.peers: list[Peer] = []
+        self.stalled: list[socket.socket] = []  # raw connections left in the middle of a frame
         self.tally = Tally()
         self.error: BaseException | None = None
         self.count = 0
@@ -715,6 +793,8 @@ class Fuzzer:
         self.wait_for(sock, Command.WELCOME)
 
     def setup(self) -> None:
+        colliding_maps()  # made now, not while registered identities must keep heartbeating
+        colliding_megabyte()
         rng = self.rng
         for name in ("fuzz-a", "fuzz-b", "fuzz-c"):
             sock = self.dealer(f"{name}/{rng.getrandbits(32):x}".encode())
@@ -754,6 +834,8 @@ class Fuzzer:
                     self.oversize()
                 elif roll < 0.009:
                     self.truncated()
+                elif roll < 0.013:
+                    self.partial()
                 else:
                     self.send_one()
                 self.count += 1
@@ -825,6 +907,42 @@ class Fuzzer:
         conn.close()
         self.tally.truncated += 1
 
+    def partial(self) -> None:
+        """A fuzz message over raw ZMTP, its bytes cut at random points (in frame headers, in
+        frame bodies) into separate writes. Either all the pieces go, and the broker handles it
+        as from an unknown peer (a NODES asked after it on the same connection proves it has);
+        or the last piece never comes and the connection stays open until the fuzz ends: the
+        message is never delivered, and counted nowhere."""
+        r = self.rng
+        frames, expect = self.gen.next()
+        data = b"".join(
+            zmtp_frame(bytes(f), more=i < len(frames) - 1) for i, f in enumerate(frames)
+        )
+        cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(1, 6))))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        conn = zmtp_connect(self.url, f"part{self.tally.partial + self.tally.stalled}".encode())
+        if r.random() < 0.4 and len(pieces) > 1:
+            for piece in pieces[:-1]:
+                conn.sendall(piece)
+            self.stalled.append(conn)  # closed by finish(), or by the broker's ZMTP heartbeats
+            self.tally.stalled += 1
+            return
+        try:
+            for piece in pieces:
+                conn.sendall(piece)
+            conn.sendall(zmtp_frame(bytes(wire.encode(Command.NODES, {})[0]), more=False))
+            deadline = time.monotonic() + RECV_TIMEOUT_S
+            while wire.command_of(zmtp_receive(conn, deadline)) is not Command.NODES:
+                pass  # a REJECT or a DISCONNECT first; the NODES answer comes after it
+        finally:
+            conn.close()
+        for name in expect.unregistered:
+            self.tally.least[name] += 1
+            self.tally.most[name] += 1
+        for name in expect.maybe:
+            self.tally.most[name] += 1
+        self.tally.partial += 1
+
     def drain(self, peer: Peer | None = None) -> None:
         for each in [peer] if peer is not None else self.peers:
             while True:
@@ -837,6 +955,8 @@ class Fuzzer:
 
     def finish(self) -> None:
         """Each socket asks NODES last: the answer to it means the broker handled all it sent."""
+        for conn in self.stalled:  # never finished: nothing of theirs reaches the broker
+            conn.close()
         for peer in self.peers:
             self.send(peer, wire.encode(Command.NODES, {}))
             peer.nodes_asked += 1
