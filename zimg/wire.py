@@ -5,17 +5,22 @@ the raw frames.
 
 - ``MAGIC`` is ``b"ZIMG2"`` (protocol name and version);
 - ``command`` is one byte, a :class:`Command`;
-- ``header`` is a msgpack map with string keys whose values are *terms*;
+- ``header`` is a msgpack map with string keys, each given once, whose values are *terms*;
 - ``frames`` are raw buffers: array data and large byte strings, referenced from the header.
 
 Magic, command and header share one frame because every frame costs a ZeroMQ call on each side
 of each hop: a small message in two frames (routing id and lead) crosses the broker about 45 %
 faster than in four (``docs/decisions.md``).
 
-Terms are None, bool, int, float, str, bytes, list, tuple, dict, :class:`Pid`, :class:`Ref` and
-numpy arrays of a numeric dtype. Tuples, pids, refs, arrays and large byte strings are msgpack ext
-types (see ``docs/protocol.md``). Arrays are made contiguous on the way out and rebuilt zero-copy
-and read-only on the way in. Nothing is ever pickled.
+Terms are None, bool, int, float, str, bytes, list, tuple, dict (with str or bytes keys),
+:class:`Pid`, :class:`Ref` and numpy arrays of a numeric dtype. Tuples, pids, refs, arrays and
+large byte strings are msgpack ext types (see ``docs/protocol.md``). Arrays are made contiguous on
+the way out and rebuilt zero-copy and read-only on the way in. Nothing is ever pickled.
+
+Map keys are str or bytes because their hashes are randomised per process: ints, floats, tuples
+and pids hash predictably, so a peer could send thousands of keys with one hash and make building
+the dict quadratic. :func:`decode` refuses any other key as msgpack reads it, and costs time
+linear in the message's size whatever it holds (``python -m zimg.bench.decode``).
 """
 
 from __future__ import annotations
