@@ -13,6 +13,10 @@ prints, per megabyte of header (CPU time of the decoding thread, best of a few r
 - **floods**: valid headers made of what costs the decoder most per byte (empty containers, tiny
   exts): the worst case left, which is linear.
 
+It also times typical messages (a small SEND, a RESULT of 8 items, a JOB with one array), here
+and, with ``--compare-with OLD_WIRE.py`` (e.g. ``git show ed44dd1:zimg/wire.py > /tmp/w.py``),
+with another version of the codec.
+
 The collision generators are also what the tests use (``tests/unit/test_wire_collisions.py``,
 ``tests/integration/test_hostile_decode.py`` and the fuzz in
 ``tests/integration/test_fuzz_broker.py``). None of them needs to know the process's hash secret.
@@ -22,13 +26,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
+import importlib.util
 import math
+import sys
 import time
+import timeit
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from zimg import wire
 from zimg._errors import WireError
@@ -270,13 +281,13 @@ def cpu_seconds(call: Callable[[], Any], repeat: int = 3) -> float:
     return best
 
 
-def decode_seconds(header: bytes, repeat: int = 3) -> float:
-    """CPU seconds that ``wire.decode`` takes on a SEND with this header (refused or not)."""
+def decode_seconds(header: bytes, repeat: int = 3, codec: ModuleType = wire) -> float:
+    """CPU seconds that ``codec.decode`` takes on a SEND with this header (refused or not)."""
     frames = _frames(header)
 
     def run() -> None:
         with contextlib.suppress(WireError):
-            wire.decode(frames)
+            codec.decode(frames)
 
     return cpu_seconds(run, repeat)
 
@@ -296,6 +307,44 @@ def old_decode_seconds(header: bytes) -> float:
     )
 
 
+def typical_us(codec: ModuleType, rounds: int = 30, number: int = 2000) -> dict[str, float]:
+    """CPU microseconds ``codec.decode`` takes on typical messages (best of ``rounds``)."""
+    command, pid = codec.Command, codec.Pid
+    me, to = pid("main", 123456789012345, 0), pid("n1", 987654321098765, 3)
+    items = [
+        {"ok": True, "ms": 12.345, "error": None, "payload": np.zeros(1000 + i, np.uint8)}
+        for i in range(8)
+    ]
+    result = {"id": 42, "ticket": 7, "attempt": 1, "node": "n1", "ok": True, "error": None}
+    job = {
+        "id": 7,
+        "mode": "encoded",
+        "ops": [["threshold", {"thresh": 127}]],
+        "items": [{"name": "a.png", "ext": ".png", "payload": np.zeros(5000, np.uint8)}],
+    }
+    messages = {
+        "small SEND": codec.encode(command.SEND, {"to": to, "msg": ("echo", me, "hi")}),
+        "RESULT, 8 items": codec.encode(command.RESULT, {**result, "items": items}),
+        "JOB, 1 array": codec.encode(command.JOB, job),
+    }
+    best = dict.fromkeys(messages, math.inf)
+    for _ in range(rounds):
+        for name, frames in messages.items():
+            timer = timeit.Timer(functools.partial(codec.decode, frames), timer=time.thread_time)
+            best[name] = min(best[name], timer.timeit(number) / number * 1e6)
+    return best
+
+
+def _load(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("zimg_wire_compared", Path(path))
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path} as a module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zimg.bench.decode", description=__doc__)
     parser.add_argument(
@@ -305,7 +354,17 @@ def main(argv: list[str] | None = None) -> None:
         help="the larger of the two collision headers the old decoder is timed on (default 48)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (the best counts)")
+    parser.add_argument(
+        "--compare-with", metavar="WIRE_PY", help="another wire.py to time typical messages with"
+    )
     args = parser.parse_args(argv)
+    codecs = {"this": wire} | ({"other": _load(args.compare_with)} if args.compare_with else {})
+    times = {label: typical_us(codec) for label, codec in codecs.items()}
+    print("typical messages: CPU us per decode (best of 30 rounds)")
+    for name, now in times["this"].items():
+        other = times.get("other", {}).get(name)
+        versus = f"   other {other:7.2f} us (this / other {now / other:.3f})" if other else ""
+        print(f"  {name:34s} {now:7.2f} us{versus}")
     print(f"wire.decode: CPU ms per MB of header, best of {args.repeat} (gc {gc.isenabled()})")
     plain: dict[str, float] = {}
     plains = {"RESULT-like items": plain_header(), "one map of str keys": str_key_header()}
@@ -340,7 +399,11 @@ def main(argv: list[str] | None = None) -> None:
         seconds = decode_seconds(header, args.repeat) / (len(header) / MB)
         if seconds > worst_flood:
             worst_flood, worst_name = seconds, kind
-        print(f"  {kind:34s} {seconds * 1e3:9.1f} ms/MB")
+        versus = ""
+        if "other" in codecs:
+            other = decode_seconds(header, args.repeat, codecs["other"]) / (len(header) / MB)
+            versus = f"   other {other * 1e3:7.1f} ms/MB"
+        print(f"  {kind:34s} {seconds * 1e3:9.1f} ms/MB{versus}")
 
     print("summary (x: times the RESULT-like plain header)")
     print(f"  plain header:                    {typical * 1e3:11.1f} ms/MB")
