@@ -47,7 +47,7 @@ class BrokerConfig:
 
     heartbeat_interval_s: float = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
     liveness: int = protocol.DEFAULT_LIVENESS
-    heartbeats_per_s: float = 2000.0
+    heartbeats_per_s: float = 500.0
     stall_timeout_s: float = 30.0
     max_attempts: int = protocol.DEFAULT_MAX_ATTEMPTS
     limits: wire.Limits = wire.DEFAULT_LIMITS

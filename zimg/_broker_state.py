@@ -81,6 +81,7 @@ STATS = (
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
+_BEAT_SLICE_S = 0.05
 
 
 class _Refused(Exception):
@@ -290,7 +291,9 @@ class BrokerState:
 
     def next_deadline(self) -> float:
         """The latest time by which ``on_tick`` should be called again."""
-        next_beat = self._beaten_at + self.interval_s / max(1, len(self.nodes))
+        # Heartbeats go out in slices at least _BEAT_SLICE_S apart: a wake-up per beat would
+        # cost more than the beats.
+        next_beat = self._beaten_at + max(_BEAT_SLICE_S, self.interval_s / max(1, len(self.nodes)))
         deadline = min(next_beat, self.table.next_deadline())
         if self._expiry:
             deadline = min(deadline, self._expiry[0][0])

@@ -279,6 +279,16 @@ def broker(
         int,
         typer.Option("--max-jobs-mb", min=1, help="MiB of jobs the broker holds at once, in all."),
     ] = _DEFAULTS.max_job_bytes >> 20,
+    heartbeats_per_s: Annotated[
+        float,
+        typer.Option(
+            "--heartbeats-per-s",
+            min=1.0,
+            help="Heartbeats a second, each way, for all nodes together: the heartbeat "
+            "interval doubles as nodes join to stay within it (more: dead nodes are found "
+            "sooner; fewer: less idle CPU).",
+        ),
+    ] = _DEFAULTS.heartbeats_per_s,
     stall_timeout: Annotated[
         float,
         typer.Option(
@@ -333,6 +343,7 @@ def broker(
         max_job_bytes=max_jobs_mb << 20,
         max_nodes=max_nodes,
         stall_timeout_s=stall_timeout,
+        heartbeats_per_s=heartbeats_per_s,
     )
     # A 6 MB frame is a fresh block for ZeroMQ's I/O thread each time; glibc's default trims it
     # away after each message and faults it in again (docs/decisions.md).
