@@ -220,3 +220,4 @@ class JobRecord:
     workers_tried: list[str] = field(default_factory=list)
     dispatches: int = 0
     orphaned: bool = False  # its client went away; kept only while a worker runs it
+    settled: bool = False  # answered (late) while a retry ran: kept until the retry answers

@@ -464,8 +464,7 @@ class BrokerState:
 
     def _reject_name(self, identity: bytes, name: str) -> list[Instruction]:
         text = f"node name {name!r} is held by a live node; pick another --name"
-        out = self._refuse(identity, text, protocol.REJECT_NAME_TAKEN)
-        return [*out, Log(logging.WARNING, f"refused a second node named {name}")]
+        return self._refuse(identity, text, protocol.REJECT_NAME_TAKEN)
 
     # ------------------------------------------------------------------ jobs
 
@@ -506,19 +505,25 @@ class BrokerState:
         if job is not None and job.worker is worker:
             self.index.finished(worker, ticket)
             worker.done += 1
+            self.table.remove(job)
+            if not job.settled:
+                self.stats["jobs_done"] += 1
         elif job is not None and worker.name in job.workers_tried:
-            self.stats["late_results"] += 1  # from a worker we had given up on: it completes
-            if job.worker is not None:
-                self.index.finished(job.worker, ticket)  # the retry's credit comes back
+            # From a worker we had given up on (it died, timed out or rejoined): it completes
+            # the job. A retry already running elsewhere keeps the job (settled) until it
+            # answers too, so that its worker's credit is counted until then.
+            self.stats["late_results"] += 1
+            if not job.settled:
+                self.stats["jobs_done"] += 1
+                job.settled = True
+            if job.worker is None:
+                self.table.remove(job)
         else:
             # Not a job this node was given (or one this broker never saw, before a restart):
             # the client resends what it has not received, so dropping loses nothing.
             self.stats["late_results"] += 1
-            return self._log_once(
-                worker.identity, f"dropped a RESULT for job {ticket}: not its job"
-            )
-        self.table.remove(job)
-        self.stats["jobs_done"] += 1
+            text = f"dropped a RESULT for job {ticket}: not its job"
+            return self._log_once(worker.identity, text)
         out: list[Instruction] = []
         if self._client_waits(job):
             out.append(Send(job.client.identity, frames))
@@ -569,8 +574,8 @@ class BrokerState:
         """``job`` no longer runs on its worker: queue it again at the front, or fail it after
         ``max_attempts`` (``why`` says what kept happening)."""
         self.table.take_back(job)
-        if job.orphaned:
-            self.table.remove(job)  # nobody waits for it
+        if job.orphaned or job.settled:
+            self.table.remove(job)  # nobody waits for it, or it was answered already
             return []
         if spend:
             job.attempt += 1

@@ -665,8 +665,9 @@ def nodes(
         return
     table = Table(title=Text(f"nodes at {_plain(broker_url)}"))
     columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed", "dropped")
-    for col in (*columns, "last heartbeat (s)"):
-        table.add_column(col, justify="left" if col in ("name", "role") else "right")
+    for col in (*columns, "seen (s ago)"):
+        left = col in ("name", "role")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col == "name")
     for n in report["nodes"]:
         cells = (
             n["name"],
@@ -680,7 +681,8 @@ def nodes(
             f"{n['last_seen_s']:.1f}",
         )
         table.add_row(*map(_cell, cells))
-    out.print(table)
+    # Not a terminal (a pipe, a file): rich would squeeze the table into 80 columns.
+    (out if out.is_terminal else Console(width=160, emoji=False)).print(table)
     out.print(f"queued jobs: {_lit(report['queued'])}", highlight=False)
 
 

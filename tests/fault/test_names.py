@@ -72,15 +72,15 @@ def test_a_frozen_holder_keeps_its_name_until_its_heartbeats_expire(procs, tcp_u
         assert new["incarnation"] != holder["incarnation"]
     finally:
         kill(first, signal.SIGCONT)
-    # The old n1 wakes up to find its name taken by a live node: it is refused, and it ends
-    # (rather than lingering as a worker that gets no work); the new n1 keeps the name.
-    thawed_at = time.monotonic()
-    assert first.wait(EXPIRY_S + 10) == 1
-    assert time.monotonic() - thawed_at < EXPIRY_S + MARGIN_S
+    # The old n1 wakes up to find its name taken by a live node. It is refused, says why, and
+    # keeps asking (the name may come free: issue 12, item 8), without exiting; the new n1
+    # keeps the name.
+    log = procs.logdir / f"{procs.started[1][0]}.log"  # the first n1
+    wait_for(lambda: "refused to take us back" in log.read_text(), EXPIRY_S + 10, "n1 to say why")
+    wait_for(lambda: report(tcp_url)["stats"]["rejected"] >= 3, 10, "n1 to ask again")
+    assert first.poll() is None, log.read_text()
+    assert "held by a live node" in log.read_text()
     assert workers(tcp_url)["n1"]["incarnation"] == new["incarnation"]
-    text = (procs.logdir / f"{procs.started[1][0]}.log").read_text()
-    assert "held by a live node" in text, text
-    assert report(tcp_url)["stats"]["rejected"] == 2  # the early n1, then the thawed one
     assert_no_tracebacks(procs)
 
 

@@ -171,7 +171,15 @@ def test_a_job_past_its_deadline_is_retried_elsewhere_and_its_worker_is_hung(
     assert (ident("c"), Command.RESULT) in [(to, m.command) for to, m in sends(out)]
     assert jobs_to(out) == [(ident("n1"), 1)]
     assert state.stats["late_results"] == 1
-    assert not state.by_name["n2"].active  # the retry's credit came back
+    # The retry on n2 still runs: its credit stays taken until it answers, and its answer
+    # goes to the client too (which keeps the first), without counting the job done twice.
+    assert state.by_name["n2"].active
+    header["attempt"] = 2
+    out = state.on_message(ident("n2"), wire.encode(Command.RESULT, header), clock.now)
+    assert (ident("c"), Command.RESULT) in [(to, m.command) for to, m in sends(out)]
+    assert not state.by_name["n2"].active
+    assert state.stats["jobs_done"] == 1
+    assert [job.job_id for job in state.table.jobs.values()] == [1]  # job 0 is gone
 
 
 def test_a_job_that_keeps_timing_out_fails_after_max_attempts(clock: Clock) -> None:
