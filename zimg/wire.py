@@ -153,7 +153,7 @@ class Limits:
 
     max_header_bytes: int = 1 << 20
     max_frames: int = 256
-    max_frame_bytes: int = 1 << 30
+    max_frame_bytes: int = 256 << 20  # as much as a broker holds of one client's jobs
     max_depth: int = 32
     max_ndim: int = 8
     inline_bytes_max: int = 64 << 10
