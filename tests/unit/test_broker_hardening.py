@@ -388,3 +388,21 @@ def test_a_job_id_too_long_to_repeat_in_a_result_is_malformed(clock: Clock) -> N
     assert sends(out) == []
     assert state.stats["malformed"] == 1
     assert state.queue_length == 0
+
+
+def test_fields_the_broker_owns_cannot_be_set_by_a_client(clock: Clock) -> None:
+    """A client that writes ``ticket``, ``client``, ``attempt``, ``deadline_s`` or ``queued``
+    into its JOB (to answer for another job, or to look like a retry) gets the broker's own."""
+    state = make_state(clock, job_deadline_s=30.0)
+    join(state, clock, "c", role="client", capacity=0)
+    join(state, clock, "n1")
+    spoof = {"ticket": 999, "client": b"n1/1", "attempt": 7, "deadline_s": 1e9, "queued": 5}
+    [(_, dispatched)] = sends(state.on_message(ident("c"), job(0, **spoof), clock.now))
+    header = dispatched.header
+    assert header["ticket"] == ticket_of(state, 0, ident("c")) != 999
+    assert (header["attempt"], header["deadline_s"]) == (1, 30.0)
+    assert "client" not in header
+    assert "queued" not in header
+    # Without any such field the header bytes are reused and the broker's appended.
+    [(_, plain)] = sends(state.on_message(ident("c"), job(1), clock.now))
+    assert list(plain.header)[-3:] == ["ticket", "attempt", "deadline_s"]
