@@ -205,3 +205,22 @@ def _source(machine: dict[str, Any]) -> str:
     """ ", commit abc1234" when the run knew the code's commit."""
     source = machine.get("source")
     return f", commit `{source}`" if source else ""
+
+
+def keep_other_sections(generated: str, previous: str | None) -> str:
+    """``generated`` with every ``## `` section of ``previous`` that it lacks appended, in their
+    order: sections written by other benchmarks (``zimg.bench.scale``'s, for one) survive a run
+    of this one."""
+    if not previous:
+        return generated
+    titles = {line for line in generated.splitlines() if line.startswith("## ")}
+    kept: list[str] = []
+    keeping = False
+    for line in previous.splitlines():
+        if line.startswith("## "):
+            keeping = line not in titles
+        if keeping:
+            kept.append(line)
+    if not kept:
+        return generated
+    return generated.rstrip("\n") + "\n\n" + "\n".join(kept).rstrip("\n") + "\n"
