@@ -181,7 +181,11 @@ def test_frozen_node_actor_gets_noconnection_for_its_links_when_it_rejoins(procs
         message = node.receive(timeout=HEARTBEAT_S + 5)
         seen_s = time.monotonic() - resumed_at
         assert message == ("exit", "n2", ("EXIT", far, "noconnection"))
-        assert seen_s < HEARTBEAT_S + MARGIN_S, seen_s
+        # Within a heartbeat, or two: n2 replaces its DEALER (same routing id), and the broker,
+        # which never hands an id to a second connection while the first lives, may see the
+        # new connection before the old one's close; then it ignores n2's first HELLO, and n2
+        # is in with the next, one interval later.
+        assert seen_s < 2 * HEARTBEAT_S + MARGIN_S, seen_s
         assert "n2" in workers(ipc_url)
         print(f"\nMEASURED stop->nodedown {dropped_s:.3f} s; cont->EXIT on n2 {seen_s:.3f} s")
     assert_no_tracebacks(procs)
