@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"wrote {json_path}")
     if md_path is not None:
         md_path.parent.mkdir(parents=True, exist_ok=True)
-        previous = md_path.read_text() if md_path.exists() else None
-        md_path.write_text(page.keep_other_sections(page.to_markdown(results, table), previous))
+        before = md_path.read_text() if md_path.exists() else None
+        md_path.write_text(page.keep_other_sections(page.to_markdown(results, table), before))
         progress(f"wrote {md_path}")
     if page.write_chart(results, chart_path):
         progress(f"wrote {chart_path}")
