@@ -40,3 +40,7 @@ bench *ARGS:
 # One broker against 10 to 10,000 simulated nodes: CPU, memory, mass kill (python -m zimg.bench.scale; --quick for a reduced run).
 scale *ARGS:
     python -m zimg.bench.scale {{ARGS}}
+
+# One sender and one broker feeding instant simulated workers: images/s, CPU per image and per job (python -m zimg.bench.throughput; --quick for a reduced run).
+throughput *ARGS:
+    python -m zimg.bench.throughput {{ARGS}}

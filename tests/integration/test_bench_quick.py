@@ -77,3 +77,25 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
     source = results["machine"]["source"]  # None outside a git checkout
     assert source is None or f"commit `{source}`" in page
     assert not list(tmp_path.glob("bench")), "nothing may be written outside --out"
+
+
+@pytest.mark.timeout(240)
+def test_the_throughput_harness_runs_end_to_end(tmp_path: Path) -> None:
+    """``python -m zimg.bench.throughput`` with a few images: it finishes, and reports every
+    figure of its table (nothing about speed)."""
+    out = tmp_path / "throughput.json"
+    cmd = [sys.executable, "-m", "zimg.bench.throughput", "--quick", "--images", "60"]
+    result = subprocess.run(
+        [*cmd, "--light-jobs", "300", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for key in ("send_images_per_s", "broker_jobs_per_s", "proxy_round_trips_per_s"):
+        assert figures[key] > 0, figures
+    assert isinstance(figures["send_cpu_ms_per_image"], float)
+    assert figures["images"] == 60
+    assert "zimg --help" in result.stdout
