@@ -46,7 +46,9 @@ err = Console(stderr=True, soft_wrap=True, emoji=False)
 BrokerUrl = Annotated[
     str, typer.Option("--broker", "-b", help="The broker's endpoint.", envvar="ZIMG_BROKER")
 ]
-Files = Annotated[list[Path], typer.Argument(help="Image files to process.", show_default=False)]
+# Plain strings: typer turns each Path argument into a Path through a validator of its own,
+# which cost 0.25 ms a file (1 s for 4,000); run_batch takes strings as they are.
+Files = Annotated[list[str], typer.Argument(help="Image files to process.", show_default=False)]
 OutDir = Annotated[Path, typer.Option("--output", "-o", help="Directory for outputs and manifest.")]
 OpsOpt = Annotated[
     list[str] | None,
@@ -71,6 +73,18 @@ Grid = Annotated[
     Path | None, typer.Option("--grid", help="Also write a 4-column grid of the outputs here.")
 ]
 Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at once.")]
+JobItems = Annotated[
+    int | None,
+    typer.Option(
+        "--job-items",
+        min=1,
+        max=64,
+        help="At most this many images in one job (default: 8, grouped up to 256 KiB, 2 MiB "
+        "with path payloads; 1 with raw ones). 1 redelivers the finest, and a poison image "
+        "then costs no retries of its neighbours.",
+        show_default=False,
+    ),
+]
 KeepHeap = Annotated[
     bool,
     typer.Option(
@@ -465,6 +479,7 @@ def send(
     payload: Payload = "encoded",
     grid: Grid = None,
     window: Window = 16,
+    job_items: JobItems = None,
     name: Annotated[str | None, typer.Option("--name", help="This node's name.")] = None,
     imports: Imports = None,
     timeout: Annotated[
@@ -487,6 +502,7 @@ def send(
             window=window,
             max_pixels=max_pixels,
             idle_timeout_s=timeout,
+            job_items=job_items,
         )
         key_name = _key_name(key)
         default_name = f"{key_name}.send-{os.getpid()}" if key_name else f"send-{os.getpid()}"
@@ -523,6 +539,7 @@ def run(
     payload: Payload = "path",
     grid: Grid = None,
     window: Window = 16,
+    job_items: JobItems = None,
     imports: Imports = None,
     max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
     log_level: LogLevel = "warning",
@@ -537,9 +554,10 @@ def run(
             mode=payload,  # type: ignore[arg-type]  # checked by _check_payload
             window=window,
             max_pixels=max_pixels,
+            job_items=job_items,
         )
         report = _run_local(
-            files,
+            [Path(f) for f in files],
             options,
             workers=workers,
             capacity=capacity,
@@ -583,7 +601,7 @@ def _run_local(
 
 
 def _run_with_progress(
-    conn: Connection, files: Sequence[Path], options: BatchOptions
+    conn: Connection, files: Sequence[str | Path], options: BatchOptions
 ) -> BatchReport:
     progress = Progress(
         TextColumn("{task.description}", style="bold", markup=False),
@@ -737,7 +755,7 @@ def grid(
 ) -> None:
     """Lay images out in a grid (the notebook's 4-column view), as one image file."""
     try:
-        images.grid_from_files(files, output, columns=columns)
+        images.grid_from_files([Path(f) for f in files], output, columns=columns)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     out.print(f"grid: {_lit(output)}", highlight=False)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import re
 import stat
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -604,39 +605,41 @@ def output_path(path: str | os.PathLike[str], outdir: str | os.PathLike[str]) ->
     return Path(outdir) / output_name(src.stem, src.suffix)
 
 
-def _new_file_mode() -> int:
-    """0o666 less the umask, read without changing it (os.umask is process-wide)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o644
+_temporaries = itertools.count()  # names of write_atomic's temporary files, in this process
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def write_atomic(path: str | os.PathLike[str], data: Data) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and
     ``os.replace``, so readers see the old file or the whole new one, never half of it.
 
-    The new file keeps the old one's permissions, or gets the usual 0o666 less the umask.
+    The new file keeps the old one's permissions, or gets the usual 0o666 less the umask (the
+    kernel applies the umask as it creates the temporary file). Safe from several threads.
 
     Raises:
         OSError: the directory is missing or not writable; no temporary file is left behind.
     """
-    target = Path(path)
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except OSError:
-        mode = _new_file_mode()
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    target = os.fspath(path)
+    folder, name = os.path.split(target)
+    for _ in range(100):  # a leftover of another process of this pid: take the next name
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_temporaries)}.tmp")
+        try:
+            fd = os.open(tmp, _NEW_FILE, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"cannot make a temporary file next to {target}")
     try:
         with os.fdopen(fd, "wb") as f:
+            # An old file's mode stays; a new file keeps the mode it was created with.
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(target).st_mode))
             f.write(_as_bytes(data) if isinstance(data, np.ndarray) else data)
-            os.fchmod(f.fileno(), mode)
         os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
         raise
 
 

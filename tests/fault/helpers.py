@@ -62,7 +62,11 @@ def start_send(
     pipeline: tuple[str, ...] = PIPELINE,
     timeout_s: float = 30.0,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """Start ``zimg send`` on ``files``; return the process and the file its output goes to."""
+    """Start ``zimg send`` on ``files``; return the process and the file its output goes to.
+
+    One image per job (``--job-items 1``), so that what a fault test counts per job (the
+    redelivered jobs of a dead worker, its credit) is counted per image too.
+    """
     proc = procs.zimg(
         "send",
         "send",
@@ -74,6 +78,8 @@ def start_send(
         str(timeout_s),
         "--import",
         SLOW_OPS,
+        "--job-items",
+        "1",
         *pipeline,
         *extra,
         *map(str, files),

@@ -78,7 +78,9 @@ def test_frozen_worker_is_dropped_its_jobs_redelivered_and_its_late_replies_igno
     back = wait_for(lambda: workers(tcp_url).get("n1"), 10, "n1 to rejoin")
     rejoin_s = time.monotonic() - resumed_at
     assert back["incarnation"] == incarnation  # the same process, joining again
-    assert rejoin_s < HEARTBEAT_S + MARGIN_S, rejoin_s
+    # Within a heartbeat, or two if the broker saw n1's new connection before the old one's
+    # close (it never hands a live connection's id over, and ignores that first HELLO).
+    assert rejoin_s < 2 * HEARTBEAT_S + MARGIN_S, rejoin_s
 
     assert sender.wait(45) == 0, log.read_text()
     entries = check_exactly_once(out, files)

@@ -56,6 +56,8 @@ def test_poison_job_fails_after_max_attempts_and_restarted_workers_all_come_back
         poison = make_poison(tmp_path / "in" / "poison.png")
         files.insert(10, poison)
         out = tmp_path / "out"
+        # One image per job (start_send's): the poison alone in its job from the start
+        # (grouped, it would first fail its job whole, then again alone once split).
         sender, log = start_send(procs, tcp_url, out, files, pipeline=POISON_PIPELINE)
         assert sender.wait(45) == 1, log.read_text()  # 1: an input failed
 
