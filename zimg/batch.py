@@ -10,10 +10,8 @@ import contextlib
 import json
 import os
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,8 @@ import numpy as np
 from zimg import images, ops
 from zimg._errors import ImageError, ZimgError
 from zimg.connection import Connection
-from zimg.distribute import DEFAULT_WINDOW, JobClient
-from zimg.jobs import MAX_ITEMS, ItemResult, JobItem, JobRequest, JobResult, PayloadMode
+from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient
+from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, JobResult, PayloadMode
 
 MANIFEST_NAME = "manifest.jsonl"
 # A path job's input bytes stand for its work. Every job costs the sending process (which hosts
@@ -102,12 +100,9 @@ class NodeSummary:
 
 
 MAX_KEPT_FAILURES = 1000
-# Outputs are written (or, in path mode, renamed) on a few threads while the batch goes on: a
-# file's creation is a journal write on most filesystems (0.6 ms here), and the threads wait on
-# it together, without the GIL. At most WRITES_PENDING results wait for them.
-WRITER_THREADS = 4
-WRITES_PENDING = 64
-MANIFEST_FLUSH_S = 0.25  # the manifest is flushed at least this often (and at the end)
+# The manifest is flushed at least this often, and at the end (a flush per line was a system
+# call per image).
+MANIFEST_FLUSH_S = 0.25
 # A job takes at most this fraction (1/8) of the images still to come: jobs shrink to one image
 # over the last 8, so that no worker runs a large last job while the others idle. When the
 # number of workers is known, 2 x workers instead: with 2 workers, 1/4 still ends with one-image
@@ -205,23 +200,16 @@ def run_batch(
     report = BatchReport(manifest=manifest_path)
     started = time.perf_counter()
 
-    with (
-        open(manifest_path, "w", encoding="utf-8") as manifest,
-        _Writer(WRITER_THREADS, WRITES_PENDING) as writer,
-    ):
+    with open(manifest_path, "w", encoding="utf-8") as manifest:
         flushed_at = time.monotonic()
 
         def record(entry: dict[str, Any]) -> None:
-            """One manifest line and the report's counts (from any thread: under the lock)."""
+            """One manifest line, and the report's counts."""
             nonlocal flushed_at
-            with writer.lock:
-                _record(entry)
-                if time.monotonic() - flushed_at > MANIFEST_FLUSH_S:
-                    manifest.flush()
-                    flushed_at = time.monotonic()
-
-        def _record(entry: dict[str, Any]) -> None:
             manifest.write(json.dumps(entry) + "\n")
+            if time.monotonic() - flushed_at > MANIFEST_FLUSH_S:
+                manifest.flush()
+                flushed_at = time.monotonic()
             report.count += 1
             if entry["error"] is not None:
                 report.failed += 1
@@ -265,33 +253,38 @@ def run_batch(
         def job(group: list[JobItem]) -> JobRequest:
             return JobRequest(group[0].index, options.mode, wire_ops, group, options.max_pixels)
 
-        def finish(item: JobItem, outcome: ItemResult, result: JobResult, latency: float) -> None:
-            """Write (or rename) one item's output, then record it: on a writer thread."""
-            output = os.path.join(out_prefix, names[item.index])  # no Path per item
-            error = outcome.error
-            try:
-                if not outcome.ok:
-                    error = error or f"{item.name}: failed"
-                elif temporaries is not None:
-                    temporaries.keep(outcome.output, names[item.index], output)
-                elif outcome.payload is not None:
-                    _write_output(output, outcome.payload, item, options.mode)
-                else:
-                    error = f"{item.name}: the worker returned no output"
-            except (ZimgError, OSError) as exc:
-                error = f"{item.name}: cannot write {output}: {exc}"
-            record(
-                _entry(
-                    item.index,
-                    paths[item.index],
-                    None if error else output,
-                    result.node,
-                    result.attempt,
-                    outcome.ms,
-                    error,
-                    latency_ms=latency,
+        def finish(done: Completed) -> None:
+            """Write (or rename) each item's output, then record it. On this thread: handing
+            the writes to a pool of threads cost more CPU in GIL hand-overs than it saved
+            (measured: docs/decisions.md)."""
+            result, latency = done.result, round(done.latency_s * 1000, 3)
+            for position, item in enumerate(done.request.items):
+                outcome = result.item(position)
+                output = os.path.join(out_prefix, names[item.index])  # no Path per item
+                error = outcome.error
+                try:
+                    if not outcome.ok:
+                        error = error or f"{item.name}: failed"
+                    elif temporaries is not None:
+                        temporaries.keep(outcome.output, names[item.index], output)
+                    elif outcome.payload is not None:
+                        _write_output(output, outcome.payload, item, options.mode)
+                    else:
+                        error = f"{item.name}: the worker returned no output"
+                except (ZimgError, OSError) as exc:
+                    error = f"{item.name}: cannot write {output}: {exc}"
+                record(
+                    _entry(
+                        item.index,
+                        paths[item.index],
+                        None if error else output,
+                        result.node,
+                        result.attempt,
+                        outcome.ms,
+                        error,
+                        latency_ms=latency,
+                    )
                 )
-            )
 
         try:
             for done in client.run(requests(), idle_timeout_s=options.idle_timeout_s):
@@ -300,15 +293,10 @@ def run_batch(
                     for item in done.request.items:  # isolate the image that keeps failing
                         client.resubmit(job([item]))
                     continue
-                latency_ms = round(done.latency_s * 1000, 3)
-                for position, item in enumerate(done.request.items):
-                    writer.submit(finish, item, result.item(position), result, latency_ms)
+                finish(done)
         finally:
-            try:
-                writer.close()  # every output written and recorded before the sweep
-            finally:
-                if temporaries is not None:
-                    temporaries.sweep()
+            if temporaries is not None:
+                temporaries.sweep()
     report.duplicates = client.duplicates
     report.elapsed_s = time.perf_counter() - started
     return report
@@ -438,42 +426,3 @@ def _entry(
         "latency_ms": latency_ms,
         "error": error,
     }
-
-
-class _Writer:
-    """Runs each item's finishing (write or rename its output, then its manifest line) on a few
-    threads, at most ``pending`` waiting; ``lock`` guards what the finishing shares.
-
-    A failure in the finishing itself (a bug: write errors are recorded as the item's error) is
-    raised again by :meth:`close`.
-    """
-
-    def __init__(self, threads: int, pending: int) -> None:
-        self.lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="zimg-write")
-        self._slots = threading.BoundedSemaphore(pending)
-        self._errors: list[BaseException] = []
-
-    def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        self._slots.acquire()  # backpressure: results wait until a writer is free
-        self._pool.submit(self._run, fn, args)
-
-    def _run(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        try:
-            fn(*args)
-        except BaseException as exc:
-            self._errors.append(exc)
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        """Wait for every pending item; raise the first failure of the finishing, if any."""
-        self._pool.shutdown(wait=True)
-        if self._errors:
-            raise self._errors[0]
-
-    def __enter__(self) -> _Writer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

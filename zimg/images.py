@@ -559,17 +559,14 @@ def encode(image: Image, ext: str, *, name: str = "<image>") -> NDArray[np.uint8
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:
-    """Read a whole regular file.
+    """Read a whole regular file (with plain system calls: this runs for every input).
 
     Raises:
         ImageError: ``"<path>: no such file"``, ``is a directory``, ``permission denied``,
             ``not a regular file`` or another read error.
     """
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ImageError(f"{path}: not a regular file")
-            return f.read()
+        fd = os.open(path, _READ)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -578,6 +575,27 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
         raise ImageError(f"{path}: permission denied") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(f"{path}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        chunks = []
+        size = info.st_size
+        while True:  # to the end, even if the file grew since fstat
+            chunk = os.read(fd, max(size, 1 << 16) + 1)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
+
+
+_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def load(
@@ -631,11 +649,16 @@ def write_atomic(path: str | os.PathLike[str], data: Data) -> None:
     else:
         raise FileExistsError(f"cannot make a temporary file next to {target}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
             # An old file's mode stays; a new file keeps the mode it was created with.
             with contextlib.suppress(FileNotFoundError):
-                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(target).st_mode))
-            f.write(_as_bytes(data) if isinstance(data, np.ndarray) else data)
+                os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+            view = memoryview(_as_bytes(data) if isinstance(data, np.ndarray) else data)
+            view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
