@@ -6,33 +6,97 @@ is the broker's pure logic and ``broker`` its ROUTER loop; ``node`` is a node's 
 ``images`` are the image work; ``cluster`` starts embedded clusters; ``cli`` is the command line.
 """
 
-from zimg import behaviours as behaviours  # registers the shipped behaviours
-from zimg._actor import ANY, ActorLimits, ExitSignal, Process
-from zimg._broker_state import BrokerConfig
-from zimg._errors import (
-    ActorDeadError,
-    BrokenError,
-    ClosedError,
-    FetchError,
-    ImageError,
-    OpError,
-    RejectedError,
-    RemoteError,
-    SpawnError,
-    WireError,
-    ZimgError,
-    ZimgTimeout,
-)
-from zimg._registry import behaviour, registered_behaviours
-from zimg.batch import BatchOptions, BatchReport, run_batch
-from zimg.broker import Broker
-from zimg.cluster import LocalCluster, local_cluster
-from zimg.connection import Connection, query_nodes
-from zimg.distribute import JobClient, Processed, distribute
-from zimg.node import Node, connect
-from zimg.ops import DEFAULT_PIPELINE, OpSpec, op, parse_op
-from zimg.wire import Pid, Ref
-from zimg.worker import Worker
+from typing import TYPE_CHECKING, Any
+
+# Where each public name lives. They are imported when first used (PEP 562), so that
+# `zimg --help`, `zimg nodes` and a client that sends files do not load OpenCV, nor a node's
+# actors what the job path alone needs. (The shipped behaviours are registered by zimg.node,
+# which every process hosting actors imports.)
+_EXPORTS = {
+    "ANY": "zimg._actor",
+    "ActorLimits": "zimg._actor",
+    "ExitSignal": "zimg._actor",
+    "Process": "zimg._actor",
+    "BrokerConfig": "zimg._broker_state",
+    "ActorDeadError": "zimg._errors",
+    "BrokenError": "zimg._errors",
+    "ClosedError": "zimg._errors",
+    "FetchError": "zimg._errors",
+    "ImageError": "zimg._errors",
+    "OpError": "zimg._errors",
+    "RejectedError": "zimg._errors",
+    "RemoteError": "zimg._errors",
+    "SpawnError": "zimg._errors",
+    "WireError": "zimg._errors",
+    "ZimgError": "zimg._errors",
+    "ZimgTimeout": "zimg._errors",
+    "behaviour": "zimg._registry",
+    "registered_behaviours": "zimg._registry",
+    "BatchOptions": "zimg.batch",
+    "BatchReport": "zimg.batch",
+    "run_batch": "zimg.batch",
+    "Broker": "zimg.broker",
+    "LocalCluster": "zimg.cluster",
+    "local_cluster": "zimg.cluster",
+    "Connection": "zimg.connection",
+    "query_nodes": "zimg.connection",
+    "JobClient": "zimg.distribute",
+    "Processed": "zimg.distribute",
+    "distribute": "zimg.distribute",
+    "Node": "zimg.node",
+    "connect": "zimg.node",
+    "DEFAULT_PIPELINE": "zimg.ops",
+    "OpSpec": "zimg.ops",
+    "op": "zimg.ops",
+    "parse_op": "zimg.ops",
+    "Pid": "zimg.wire",
+    "Ref": "zimg.wire",
+    "Worker": "zimg.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'zimg' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from zimg._actor import ANY, ActorLimits, ExitSignal, Process
+    from zimg._broker_state import BrokerConfig
+    from zimg._errors import (
+        ActorDeadError,
+        BrokenError,
+        ClosedError,
+        FetchError,
+        ImageError,
+        OpError,
+        RejectedError,
+        RemoteError,
+        SpawnError,
+        WireError,
+        ZimgError,
+        ZimgTimeout,
+    )
+    from zimg._registry import behaviour, registered_behaviours
+    from zimg.batch import BatchOptions, BatchReport, run_batch
+    from zimg.broker import Broker
+    from zimg.cluster import LocalCluster, local_cluster
+    from zimg.connection import Connection, query_nodes
+    from zimg.distribute import JobClient, Processed, distribute
+    from zimg.node import Node, connect
+    from zimg.ops import DEFAULT_PIPELINE, OpSpec, op, parse_op
+    from zimg.wire import Pid, Ref
+    from zimg.worker import Worker
 
 __all__ = [
     "ANY",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import shutil
@@ -12,23 +13,38 @@ import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
-from rich.text import Text
 
-from zimg import images, ops, protocol
-from zimg._actor import DEFAULT_ACTOR_LIMITS
-from zimg._broker_state import BrokerConfig
+from zimg import protocol
 from zimg._errors import OpError, ZimgError
-from zimg.batch import BatchOptions, BatchReport, run_batch
-from zimg.connection import Connection
-from zimg.jobs import PAYLOAD_MODES
-from zimg.security import BrokerKeys, ClientKeys
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.text import Text
+
+    from zimg import ops
+    from zimg.batch import BatchOptions, BatchReport
+    from zimg.connection import Connection
+    from zimg.security import ClientKeys
+
+# The CLI imports what a command needs when it runs, not before: `zimg --help` and
+# `zimg nodes` load no OpenCV, NumPy or ZeroMQ. So the defaults shown in --help are written
+# here; tests/cli/test_cli_defaults.py checks them against the modules they stand for.
+PAYLOAD_MODES = ("encoded", "raw", "path")  # zimg.jobs.PAYLOAD_MODES
+DEFAULT_MAX_PIXELS = 200_000_000  # zimg.DEFAULT_MAX_PIXELS
+DEFAULT_MAX_IMAGE_MB = 512  # zimg.images.DEFAULT_MAX_IMAGE_BYTES >> 20
+DEFAULT_MAX_PROCESSES = 1000  # zimg._actor.DEFAULT_ACTOR_LIMITS.max_processes
+BROKER_DEFAULTS: dict[str, Any] = {  # zimg.BrokerConfig()'s, as the broker's options give them
+    "job_deadline_s": 300.0,
+    "max_frame_mb": 256,
+    "max_client_jobs_mb": 256,
+    "max_jobs_mb": 1024,
+    "heartbeats_per_s": 500.0,
+    "stall_timeout_s": 30.0,
+    "max_nodes": 100_000,
+}
 
 app = typer.Typer(
     help="Distributed image processing over ZeroMQ, with Erlang-style nodes.\n\n"
@@ -38,10 +54,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: rich's help formatting imports a Markdown parser, which was two thirds of
+    # `zimg --help`'s imports.
+    rich_markup_mode=None,
 )
-# No :emoji: codes: a file named ':skull:.png' is printed as it is.
-out = Console(soft_wrap=True, emoji=False)
-err = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+@functools.cache
+def _console(stderr: bool = False) -> Console:
+    """The console for stdout (or stderr), made when first used: rich is not imported for
+    ``--help``. No :emoji: codes: a file named ':skull:.png' is printed as it is."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, soft_wrap=True, emoji=False)
+
 
 BrokerUrl = Annotated[
     str, typer.Option("--broker", "-b", help="The broker's endpoint.", envvar="ZIMG_BROKER")
@@ -128,7 +154,6 @@ BrokerKeyOpt = Annotated[
         show_default=False,
     ),
 ]
-_DEFAULTS = BrokerConfig()  # the broker's defaults, shown by `zimg broker --help`
 LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse larger images.")]
 
@@ -164,17 +189,21 @@ def _lit(value: object) -> str:
     For every string that did not come from this code (file names, paths, URLs, node names,
     error texts from workers, servers or the system) before it goes into a rich markup string.
     """
+    from rich.markup import escape
+
     return escape(_plain(value))
 
 
 def _cell(value: object) -> Text:
     """A table cell shown literally (rich would read a plain str as markup)."""
+    from rich.text import Text
+
     return Text(_plain(value))
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``message`` (literally) as an error; return the Exit to raise."""
-    err.print(f"[bold red]error:[/] {_lit(message)}", highlight=False)
+    _console(stderr=True).print(f"[bold red]error:[/] {_lit(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -187,6 +216,8 @@ def _pipeline(
     have imported them; with ``strict`` True (``zimg run``, whose workers import what we import),
     an unknown op is an error.
     """
+    from zimg import ops
+
     try:
         for module in imports or ():
             ops.load_module(module)
@@ -197,7 +228,7 @@ def _pipeline(
         known = set(ops.registered_ops())
         unknown = [s.name for s in specs if s.name not in known]
         if unknown and not strict:
-            err.print(
+            _console(stderr=True).print(
                 f"[yellow]note:[/] ops {_lit(unknown)} are not known here; "
                 "the workers must know them"
             )
@@ -214,6 +245,8 @@ def _client_keys(key: Path | None, broker_key: Path | None) -> ClientKeys | None
     if key is None or broker_key is None:
         raise _fail("--key and --broker-key go together", code=2)
     try:
+        from zimg.security import ClientKeys
+
         return ClientKeys.load(key, broker_key)
     except ZimgError as exc:
         raise _fail(str(exc), code=2) from None
@@ -270,7 +303,7 @@ def broker(
             help="Seconds a worker may work on a job. Past it the job is retried elsewhere and "
             "the worker gets no new job until it answers.",
         ),
-    ] = _DEFAULTS.job_deadline_s,
+    ] = BROKER_DEFAULTS["job_deadline_s"],
     max_frame_mb: Annotated[
         int,
         typer.Option(
@@ -279,7 +312,7 @@ def broker(
             help="Largest frame (one array or blob) a peer may send, in MiB; a peer that sends "
             "more is disconnected.",
         ),
-    ] = _DEFAULTS.limits.max_frame_bytes >> 20,
+    ] = BROKER_DEFAULTS["max_frame_mb"],
     max_client_jobs_mb: Annotated[
         int,
         typer.Option(
@@ -288,11 +321,11 @@ def broker(
             help="MiB of jobs one client may have in the broker at once (beyond: it is told to "
             "wait).",
         ),
-    ] = _DEFAULTS.max_client_job_bytes >> 20,
+    ] = BROKER_DEFAULTS["max_client_jobs_mb"],
     max_jobs_mb: Annotated[
         int,
         typer.Option("--max-jobs-mb", min=1, help="MiB of jobs the broker holds at once, in all."),
-    ] = _DEFAULTS.max_job_bytes >> 20,
+    ] = BROKER_DEFAULTS["max_jobs_mb"],
     heartbeats_per_s: Annotated[
         float,
         typer.Option(
@@ -302,7 +335,7 @@ def broker(
             "interval doubles as nodes join to stay within it (more: dead nodes are found "
             "sooner; fewer: less idle CPU).",
         ),
-    ] = _DEFAULTS.heartbeats_per_s,
+    ] = BROKER_DEFAULTS["heartbeats_per_s"],
     stall_timeout: Annotated[
         float,
         typer.Option(
@@ -311,7 +344,7 @@ def broker(
             help="Close a connection that sends nothing at all for this many seconds (a peer "
             "stalled in the middle of a frame, a vanished host).",
         ),
-    ] = _DEFAULTS.stall_timeout_s,
+    ] = BROKER_DEFAULTS["stall_timeout_s"],
     max_nodes: Annotated[
         int,
         typer.Option(
@@ -319,13 +352,14 @@ def broker(
             min=1,
             help="Nodes admitted at once (also bounded by the open-file limit).",
         ),
-    ] = _DEFAULTS.max_nodes,
+    ] = BROKER_DEFAULTS["max_nodes"],
     keep_heap: KeepHeap = True,
     log_level: LogLevel = "info",
 ) -> None:
     """Run the broker: one ROUTER socket that every node connects to."""
     from zimg._heap import keep_freed_memory
     from zimg.broker import Broker
+    from zimg.security import BrokerKeys
 
     _setup_logging(log_level)
     if keys is None and not _is_local_endpoint(bind):
@@ -345,7 +379,10 @@ def broker(
         broker_keys = BrokerKeys(keys) if keys is not None else None
     except ZimgError as exc:
         raise _fail(str(exc), code=2) from None
-    limits = _DEFAULTS.limits
+    from zimg._broker_state import BrokerConfig
+    from zimg.wire import DEFAULT_LIMITS
+
+    limits = DEFAULT_LIMITS
     config = BrokerConfig(
         heartbeat_interval_s=heartbeat,
         liveness=liveness,
@@ -413,7 +450,7 @@ def worker(
             help="Run only on these CPUs, e.g. 0 or 0,2 or 0-3 (as taskset -c). Default: any.",
         ),
     ] = None,
-    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     max_image_mb: Annotated[
         int,
         typer.Option(
@@ -422,7 +459,7 @@ def worker(
             help="Refuse images whose decoded size (width x height x channels x bytes per "
             "sample, read from the file's header) is larger, in MiB.",
         ),
-    ] = images.DEFAULT_MAX_IMAGE_BYTES >> 20,
+    ] = DEFAULT_MAX_IMAGE_MB,
     max_processes: Annotated[
         int,
         typer.Option(
@@ -430,12 +467,14 @@ def worker(
             min=1,
             help="Actor processes (threads) this worker runs at once; spawns beyond are refused.",
         ),
-    ] = DEFAULT_ACTOR_LIMITS.max_processes,
+    ] = DEFAULT_MAX_PROCESSES,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
 ) -> None:
     """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
+    from zimg import ops
+    from zimg._actor import DEFAULT_ACTOR_LIMITS
     from zimg._affinity import parse_cpus
     from zimg.worker import serve
 
@@ -485,12 +524,15 @@ def send(
     timeout: Annotated[
         float, typer.Option("--timeout", help="Give up after this many seconds with no result.")
     ] = 120.0,
-    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "warning",
 ) -> None:
     """Send files to the workers of a running broker; write <name>_processed<ext> files."""
+    from zimg.batch import BatchOptions
+    from zimg.connection import Connection
+
     _setup_logging(log_level)
     _check_payload(payload)
     client_keys = _client_keys(key, broker_key)
@@ -541,10 +583,12 @@ def run(
     window: Window = 16,
     job_items: JobItems = None,
     imports: Imports = None,
-    max_pixels: MaxPixels = images.DEFAULT_MAX_PIXELS,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     log_level: LogLevel = "warning",
 ) -> None:
     """Process files on an embedded local cluster (a broker and workers started for this call)."""
+    from zimg.batch import BatchOptions
+
     _setup_logging(log_level)
     _check_payload(payload)
     try:
@@ -581,6 +625,7 @@ def _run_local(
     oversubscribe: bool = False,
 ) -> BatchReport:
     from zimg._affinity import usable_cpus
+    from zimg._broker_state import BrokerConfig
     from zimg.cluster import local_cluster
 
     # No spinner while it starts: its thread would stop the workers from being forked (they
@@ -589,7 +634,7 @@ def _run_local(
     config = BrokerConfig(cpu_slots=not oversubscribe)
     cpus = len(usable_cpus())
     if workers > cpus and not oversubscribe:
-        err.print(
+        _console(stderr=True).print(
             f"note: {workers} workers on {cpus} CPUs: at most {cpus} run jobs at once, the others "
             "stand by (--oversubscribe runs them all)",
             highlight=False,
@@ -603,13 +648,21 @@ def _run_local(
 def _run_with_progress(
     conn: Connection, files: Sequence[str | Path], options: BatchOptions
 ) -> BatchReport:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     progress = Progress(
         TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[errors]} errors"),
         TimeRemainingColumn(),
-        console=err,
+        console=_console(stderr=True),
         transient=False,
     )
     with progress:
@@ -621,10 +674,16 @@ def _run_with_progress(
             failed += entry["error"] is not None
             progress.update(task, advance=1, errors=failed)
 
+        from zimg.batch import run_batch
+
         return run_batch(conn, files, options, on_entry=on_entry)
 
 
 def _finish(report: BatchReport, grid: Path | None) -> None:
+    from rich.table import Table
+
+    from zimg import images
+
     table = Table(title="per node")
     for col in ("node", "jobs", "errors", "mean ms", "share"):
         table.add_column(col, justify="left" if col == "node" else "right")
@@ -634,23 +693,25 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
         table.add_row(
             _cell(node_name), str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}"
         )
-    out.print(table)
+    _console().print(table)
     n = report.count
     rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
-    out.print(
+    _console().print(
         f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
         f"manifest: {_lit(report.manifest)}",
         highlight=False,
     )
     for entry in report.failures:
-        err.print(f"[red]failed:[/] {_lit(entry['error'])}", highlight=False)
+        _console(stderr=True).print(f"[red]failed:[/] {_lit(entry['error'])}", highlight=False)
     if report.failed > len(report.failures):
-        err.print(f"[red]... and {report.failed - len(report.failures)} more (see the manifest)")
+        _console(stderr=True).print(
+            f"[red]... and {report.failed - len(report.failures)} more (see the manifest)"
+        )
     outputs = report.outputs() if grid is not None else []
     if grid is not None and outputs:
         try:
             images.grid_from_files(outputs, grid)
-            out.print(f"grid: {_lit(grid)}", highlight=False)
+            _console().print(f"grid: {_lit(grid)}", highlight=False)
         except ZimgError as exc:
             raise _fail(f"cannot write the grid: {exc}") from None
     if report.failed:
@@ -679,8 +740,11 @@ def nodes(
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     if as_json:
-        out.print_json(json.dumps(report))
+        _console().print_json(json.dumps(report))
         return
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=Text(f"nodes at {_plain(broker_url)}"))
     columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed", "dropped")
     for col in (*columns, "seen (s ago)"):
@@ -700,8 +764,13 @@ def nodes(
         )
         table.add_row(*map(_cell, cells))
     # Not a terminal (a pipe, a file): rich would squeeze the table into 80 columns.
-    (out if out.is_terminal else Console(width=160, emoji=False)).print(table)
-    out.print(f"queued jobs: {_lit(report['queued'])}", highlight=False)
+    console = _console()
+    if not console.is_terminal:
+        from rich.console import Console
+
+        console = Console(width=160, emoji=False)
+    console.print(table)
+    _console().print(f"queued jobs: {_lit(report['queued'])}", highlight=False)
 
 
 @app.command()
@@ -742,7 +811,7 @@ def fetch(
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"saved {_lit(path)}", highlight=False)
+    _console().print(f"saved {_lit(path)}", highlight=False)
 
 
 @app.command()
@@ -754,11 +823,13 @@ def grid(
     columns: Annotated[int, typer.Option("--columns", min=1, help="Images per row.")] = 4,
 ) -> None:
     """Lay images out in a grid (the notebook's 4-column view), as one image file."""
+    from zimg import images
+
     try:
         images.grid_from_files([Path(f) for f in files], output, columns=columns)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
-    out.print(f"grid: {_lit(output)}", highlight=False)
+    _console().print(f"grid: {_lit(output)}", highlight=False)
 
 
 @app.command()
@@ -770,6 +841,8 @@ def demo(
     copies: Annotated[int, typer.Option("--copies", min=1, help="Input images to make.")] = 32,
 ) -> None:
     """Run the notebook's demo: 32 images on a local cluster of 2 workers, then a grid."""
+    from zimg.batch import BatchOptions
+
     _setup_logging("warning")
     inputs = prepare_demo_inputs(directory / "images", copies)
     options = BatchOptions(outdir=directory / "out", mode="path")  # as `zimg run` does
@@ -779,7 +852,7 @@ def demo(
         raise _fail(str(exc)) from None
     grid_path = directory / "grid.png"
     _finish(report, grid_path)
-    out.print(
+    _console().print(
         f"inputs:  {_lit(directory / 'images')}\noutputs: {_lit(options.outdir)}", highlight=False
     )
 
@@ -820,7 +893,9 @@ def keys_new(
         public, secret = create_keys(name, directory)
     except (ValueError, ZimgError) as exc:
         raise _fail(str(exc), code=2) from None
-    out.print(f"public: {_lit(public)}\nsecret: {_lit(secret)}  (keep it private)", highlight=False)
+    _console().print(
+        f"public: {_lit(public)}\nsecret: {_lit(secret)}  (keep it private)", highlight=False
+    )
 
 
 @keys_app.command("authorize")
@@ -841,4 +916,4 @@ def keys_authorize(
         raise _fail(str(exc), code=2) from None
     except OSError as exc:
         raise _fail(f"cannot authorize {public_key}: {exc}") from None
-    out.print(f"authorized: {_lit(target)}", highlight=False)
+    _console().print(f"authorized: {_lit(target)}", highlight=False)

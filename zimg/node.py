@@ -14,6 +14,7 @@ from typing import Any
 
 import zmq
 
+from zimg import behaviours as _behaviours  # noqa: F401  (registers the shipped behaviours)
 from zimg import protocol, wire
 from zimg._actor import (
     ANY,

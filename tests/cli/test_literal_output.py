@@ -113,7 +113,7 @@ def test_nodes_shows_what_the_broker_reports_literally(monkeypatch: pytest.Monke
         "queued": "[blink]7[/blink]",
     }
     monkeypatch.setattr(connection, "query_nodes", lambda *args, **kwargs: report)
-    monkeypatch.setattr(cli.out, "_width", 200)  # room for every column, unwrapped
+    monkeypatch.setattr(cli._console(), "_width", 200)  # room for every column, unwrapped
     result = invoke("nodes", "--broker", "tcp://127.0.0.1:1")
     assert result.exit_code == 0, result.output
     for text in ("[bold]w1[/bold]", "[/]worker", "[red]2", "queued jobs: [blink]7[/blink]"):
