@@ -8,11 +8,13 @@ import string
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 
 from zimg._errors import OpError
+from zimg._lazy import LazyModule
 from zimg.ops import MAX_STR_CHARS, Image, _is_number, max_output_bytes, op, short_repr
+
+cv2: Any = LazyModule("cv2")  # imported when an image is decoded or encoded
 
 __all__ = ["blur", "grayscale", "label", "resize", "threshold"]
 
@@ -79,28 +81,31 @@ def _integer(name: str, key: str, value: object, *, minimum: int, maximum: int =
     return value
 
 
-def _choice(name: str, key: str, value: object, choices: Mapping[str, int]) -> int:
+def _choice(name: str, key: str, value: object, choices: Mapping[str, str]) -> int:
+    """The OpenCV constant that ``value`` names among ``choices`` (option -> constant name)."""
     if not isinstance(value, str) or value not in choices:
         raise OpError(f"{name}: {key} must be one of {', '.join(choices)}, got {short_repr(value)}")
-    return choices[value]
+    constant: int = getattr(cv2, choices[value])
+    return constant
 
 
 # ---- the shipped ops -------------------------------------------------------------------------
 
+# Option values and the names of their OpenCV constants (looked up when an op runs).
 _THRESHOLD_TYPES = {
-    "binary": cv2.THRESH_BINARY,
-    "binary_inv": cv2.THRESH_BINARY_INV,
-    "trunc": cv2.THRESH_TRUNC,
-    "tozero": cv2.THRESH_TOZERO,
-    "tozero_inv": cv2.THRESH_TOZERO_INV,
+    "binary": "THRESH_BINARY",
+    "binary_inv": "THRESH_BINARY_INV",
+    "trunc": "THRESH_TRUNC",
+    "tozero": "THRESH_TOZERO",
+    "tozero_inv": "THRESH_TOZERO_INV",
 }
 
 _INTERPOLATIONS = {
-    "nearest": cv2.INTER_NEAREST,
-    "linear": cv2.INTER_LINEAR,
-    "area": cv2.INTER_AREA,
-    "cubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
+    "nearest": "INTER_NEAREST",
+    "linear": "INTER_LINEAR",
+    "area": "INTER_AREA",
+    "cubic": "INTER_CUBIC",
+    "lanczos": "INTER_LANCZOS4",
 }
 
 

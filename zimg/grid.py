@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from zimg._errors import ImageError
+from zimg._lazy import LazyModule
 from zimg.images import encode, load, write_atomic
+
+cv2: Any = LazyModule("cv2")  # imported when an image is decoded or encoded
 
 __all__ = ["grid_from_files", "make_grid", "to_bgr8"]
 

@@ -11,11 +11,13 @@ import struct
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 from zimg._errors import ImageError
+from zimg._lazy import LazyModule
+
+cv2: Any = LazyModule("cv2")  # imported when an image is decoded or encoded
 
 __all__ = [
     "DEFAULT_MAX_IMAGE_BYTES",

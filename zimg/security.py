@@ -17,7 +17,6 @@ from typing import Any
 
 import zmq
 from zmq.auth.certs import load_certificate
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from zimg import protocol
@@ -177,15 +176,17 @@ class ClientKeys:
         sock.setsockopt(zmq.CURVE_SERVERKEY, self.server_public)
 
 
-class _NameBoundAuthenticator(ThreadAuthenticator):
-    """Admits the keys of ``authorized/`` and reports each one's node name as its ZAP user id."""
+def _authenticator(context: zmq.Context[Any], names: dict[bytes, str]) -> Any:
+    """A ZAP handler that admits the keys of ``authorized/`` and reports each one's node name
+    as its ZAP user id. (Made here: pyzmq's authenticator imports asyncio, which nodes, which
+    never authenticate anyone, need not load.)"""
+    from zmq.auth.thread import ThreadAuthenticator
 
-    def __init__(self, context: zmq.Context[Any], names: dict[bytes, str]) -> None:
-        super().__init__(context)
-        self._names = names
+    class NameBoundAuthenticator(ThreadAuthenticator):
+        def curve_user_id(self, client_public_key: bytes) -> str:
+            return names.get(z85.encode(client_public_key), "")
 
-    def curve_user_id(self, client_public_key: bytes) -> str:
-        return self._names.get(z85.encode(client_public_key), "")
+    return NameBoundAuthenticator(context)
 
 
 class BrokerKeys:
@@ -205,11 +206,11 @@ class BrokerKeys:
             load_public_key(f): f.name.removesuffix(".key")
             for f in sorted(self.authorized.glob("*.key"))
         }
-        self._auth: _NameBoundAuthenticator | None = None
+        self._auth: Any = None  # the ZAP handler, once started
 
     def start(self, context: zmq.Context[Any]) -> None:
         """Start the ZAP handler on ``context`` (before the broker socket binds)."""
-        auth = _NameBoundAuthenticator(context, self.names)
+        auth = _authenticator(context, self.names)
         auth.start()
         auth.configure_curve(domain=_DOMAIN, location=str(self.authorized))
         self._auth = auth
