@@ -267,18 +267,20 @@ def table(f: Figures, command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zimg.bench.throughput", description=__doc__)
-    parser.add_argument("--images", type=int, default=4000, help="images per zimg send")
+    parser.add_argument("--images", type=int, help="images per zimg send (4,000)")
     parser.add_argument("--workers", type=int, default=4, help="instant simulated workers")
-    parser.add_argument("--repeat", type=int, default=3, help="zimg send runs (median)")
-    parser.add_argument("--light-jobs", type=int, default=20_000, help="jobs of the light client")
+    parser.add_argument("--repeat", type=int, help="zimg send runs, median (3)")
+    parser.add_argument("--light-jobs", type=int, help="jobs of the light client (20,000)")
     parser.add_argument("--quick", action="store_true", help="400 images, 1 run, 2,000 jobs")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     parser.add_argument(
         "--sender-path", type=Path, help="run zimg send from this checkout (as its cwd)"
     )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.images, args.repeat, args.light_jobs = 400, 1, 2000
+    quick = (400, 1, 2000) if args.quick else (4000, 3, 20_000)
+    args.images = args.images or quick[0]
+    args.repeat = args.repeat or quick[1]
+    args.light_jobs = args.light_jobs or quick[2]
     command = "python -m zimg.bench.throughput" + (" --quick" if args.quick else "")
     if args.sender_path is not None:
         command += f" --sender-path {args.sender_path}"
