@@ -6,6 +6,8 @@ is the broker's pure logic and ``broker`` its ROUTER loop; ``node`` is a node's 
 ``images`` are the image work; ``cluster`` starts embedded clusters; ``cli`` is the command line.
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 # Where each public name lives. They are imported when first used (PEP 562), so that
@@ -42,7 +44,6 @@ _EXPORTS = {
     "query_nodes": "zimg.connection",
     "JobClient": "zimg.distribute",
     "Processed": "zimg.distribute",
-    "distribute": "zimg.distribute",
     "Node": "zimg.node",
     "connect": "zimg.node",
     "DEFAULT_PIPELINE": "zimg.ops",
@@ -69,6 +70,24 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
+
+class _Package(types.ModuleType):
+    """zimg itself. ``zimg.distribute`` is a function and a submodule's name: importing the
+    submodule makes the import system bind it on the package, which would hide the function;
+    this keeps the function there, as the eager import of old did."""
+
+    @property
+    def distribute(self) -> Any:
+        from zimg.distribute import distribute
+
+        return distribute
+
+    @distribute.setter
+    def distribute(self, value: Any) -> None:
+        pass  # the submodule, bound by the import system: zimg.distribute stays the function
+
+
+sys.modules[__name__].__class__ = _Package
 
 if TYPE_CHECKING:
     from zimg._actor import ANY, ActorLimits, ExitSignal, Process
