@@ -210,9 +210,11 @@ def _job_frames(job: JobRecord, extra: dict[str, Any], limits: wire.Limits) -> l
         lead = _append_entries(job.frames[0], len(job.header), extra)
         if lead is not None and len(lead) - _LEAD_PREFIX <= limits.max_header_bytes:
             return [lead, *job.frames[1:]]
-    header = {k: v for k, v in job.header.items() if k not in RESERVED_FIELDS}
-    header.update(extra)
     try:
+        # Decoded again with its arrays (the broker's copy of the header has None for them).
+        full = wire.decode(job.frames, limits).header
+        header = {k: v for k, v in full.items() if k not in RESERVED_FIELDS}
+        header.update(extra)
         return wire.encode(Command.JOB, header, limits)
     except WireError:
         raise
@@ -221,6 +223,7 @@ def _job_frames(job: JobRecord, extra: dict[str, Any], limits: wire.Limits) -> l
 
 
 _LEAD_PREFIX = len(wire.MAGIC) + 1
+_PACKER = msgpack.Packer(use_bin_type=True)  # one for all: msgpack.packb makes one per call
 
 
 def _append_entries(lead: Any, count: int, extra: dict[str, Any]) -> bytes | None:
@@ -243,6 +246,6 @@ def _append_entries(lead: Any, count: int, extra: dict[str, Any]) -> bytes | Non
         prefix = b"\xde" + total.to_bytes(2, "big")
     else:
         prefix = b"\xdf" + total.to_bytes(4, "big")
-    packed: bytes = msgpack.packb(extra, use_bin_type=True)
+    packed: bytes = _PACKER.pack(extra)
     entries = packed[1:]  # ``extra`` has at most 15 entries: a one-byte fixmap prefix
     return b"".join((view[:_LEAD_PREFIX], prefix, view[_LEAD_PREFIX + skip :], entries))

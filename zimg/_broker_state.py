@@ -188,16 +188,19 @@ class BrokerState:
         """:meth:`on_message` for a message that :meth:`forward_target` did not forward."""
         self.stats["messages"] += 1
         node = self.nodes.get(identity)
+        command = wire.command_of(frames)
         if (
-            node is not None
+            command is Command.RESULT
+            and node is not None
             and node.user_id == user_id
-            and (head := result_head(frames, self.config.limits)) is not None
+            and (head := result_head(frames, self.config.limits, command)) is not None
         ):
             # A RESULT settled on its first entries, and forwarded verbatim.
             node.last_seen = now
             return self._result(node, head, frames, now)
         try:
-            msg = wire.decode(frames, self.config.limits)
+            # A JOB's arrays are checked but not built: the broker forwards them unread.
+            msg = wire.decode(frames, self.config.limits, arrays=command is not Command.JOB)
             if msg.command is Command.HELLO:
                 return self._hello(identity, msg.header, now, user_id)
             if node is not None and node.user_id != user_id:
@@ -739,14 +742,19 @@ def _entry_cost(n: NodeRecord) -> int:
     return 256 + len(n.name) + (len(placed.host) + 3 * len(placed.cpus) if placed else 0)
 
 
-def result_head(frames: Sequence[Any], limits: wire.Limits) -> dict[str, Any] | None:
+def result_head(
+    frames: Sequence[Any], limits: wire.Limits, command: Command | None = None
+) -> dict[str, Any] | None:
     """The first entries of a RESULT when the broker can settle it on them alone: plain values,
     with an int or str ``id`` and an int ``ticket`` (a worker writes id, ticket and attempt
     first). The RESULT is then forwarded verbatim and its client decodes the rest. None for any
-    other message, which the broker decodes in full."""
-    if wire.command_of(frames) is not Command.RESULT:
+    other message, which the broker decodes in full. ``command``: the message's command, if
+    the caller has read it already."""
+    if command is None:
+        command = wire.command_of(frames)
+    if command is not Command.RESULT:
         return None
-    peeked = wire.peek_head(frames, 3, limits)
+    peeked = wire.peek_head(frames, 3, limits, command)
     if peeked is None:
         return None
     head = peeked[1]

@@ -93,6 +93,9 @@ class WorkerIndex:
         self.steps = 0
         self._jobs: list[_Entry] = []
         self._spawns: list[_SpawnEntry] = []
+        # Workers changed since the last SPAWN pick: their spawn entries are renewed then, not
+        # at every change (a job costs three changes; a SPAWN to "*" is rare).
+        self._spawn_dirty: set[NodeRecord] = set()
         self._n = itertools.count()
         self._orders = itertools.count(1)  # join order: ties among never-assigned workers
         self._seq = 0
@@ -122,6 +125,7 @@ class WorkerIndex:
         self.workers -= 1
         node.indexed = False
         node.version += 1  # its entries are stale from now on
+        self._spawn_dirty.discard(node)
         host = self._placed_host(node)
         if host is not None and node in host.workers:
             was_full = host.full()
@@ -217,6 +221,7 @@ class WorkerIndex:
     def pick_any(self) -> NodeRecord | None:
         """The worker for a SPAWN to ``"*"``: the lowest ``held / capacity``, then the least
         recently assigned, credit or not. Counts as an assignment."""
+        self._renew_spawns()
         heap = self._spawns
         while heap:
             self.steps += 1
@@ -241,19 +246,28 @@ class WorkerIndex:
         return host
 
     def _touch(self, node: NodeRecord) -> None:
-        """Renew ``node``'s entries after a change (the old ones go stale)."""
+        """Renew ``node``'s entries after a change (the old ones go stale); its spawn entry is
+        renewed at the next :meth:`pick_any`."""
         node.version += 1
         if not node.indexed:
             return
-        self.steps += 1
-        heapq.heappush(
-            self._spawns,
-            (len(node.active) / max(1, node.capacity), node.assigned_seq, node.order,
-             next(self._n), node.version, node),
-        )  # fmt: skip
+        self._spawn_dirty.add(node)
         if node.free() > 0 and not node.hung and not node.parked:
             ratio = len(node.active) / node.capacity
             self._push_job(node, ratio, self._shares(node))
+        self._compact()
+
+    def _renew_spawns(self) -> None:
+        """Push a fresh spawn entry for every worker changed since the last SPAWN pick."""
+        dirty, self._spawn_dirty = self._spawn_dirty, set()
+        for node in dirty:
+            if node.indexed:
+                self.steps += 1
+                heapq.heappush(
+                    self._spawns,
+                    (len(node.active) / max(1, node.capacity), node.assigned_seq, node.order,
+                     next(self._n), node.version, node),
+                )  # fmt: skip
         self._compact()
 
     def _push_job(self, node: NodeRecord, ratio: float, shares: bool) -> None:

@@ -170,6 +170,12 @@ DEFAULT_LIMITS = Limits()
 _DTYPE_RE = re.compile(r"\|(b1|i1|u1)|[<>](i2|u2|i4|u4|i8|u8|f2|f4|f8|c8|c16)")
 
 
+@functools.lru_cache(maxsize=64)  # _DTYPE_RE admits 25 strings: every one fits
+def _allowed_dtype(dtype_str: str) -> np.dtype[Any] | None:
+    """The dtype a wire dtype string names, or None if it is not one the wire allows."""
+    return np.dtype(dtype_str) if _DTYPE_RE.fullmatch(dtype_str) else None
+
+
 @dataclass(slots=True)
 class Message:
     """A decoded message: its command and its header (a dict of terms)."""
@@ -394,10 +400,14 @@ def command_of(frames: Sequence[Any]) -> Command | None:
         return None
 
 
-def _peekable(frames: Sequence[Any], limits: Limits) -> tuple[Command, Any] | None:
+def _peekable(
+    frames: Sequence[Any], limits: Limits, command: Command | None = None
+) -> tuple[Command, Any] | None:
     """The command and header bytes of a message within ``limits`` (frame count, header size),
-    as the peeks need them; None otherwise. May raise on frames that are not buffers."""
-    command = command_of(frames)
+    as the peeks need them; None otherwise. May raise on frames that are not buffers.
+    ``command``: the caller read it already with :func:`command_of`."""
+    if command is None:
+        command = command_of(frames)
     if (
         command is None
         or len(frames) > limits.max_frames + 1
@@ -463,7 +473,10 @@ def peek_to(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> tuple[Com
 
 
 def peek_head(
-    frames: Sequence[Any], entries: int, limits: Limits = DEFAULT_LIMITS
+    frames: Sequence[Any],
+    entries: int,
+    limits: Limits = DEFAULT_LIMITS,
+    command: Command | None = None,
 ) -> tuple[Command, dict[str, Any]] | None:
     """The command and the first ``entries`` entries of a message's header, read without
     decoding the rest of it.
@@ -473,9 +486,12 @@ def peek_head(
     malformation gives None, and the caller decodes fully; this never raises. As with
     :func:`peek_to`, the rest of the message is **not** validated: whoever receives it must
     :func:`decode` it.
+
+    ``command``: the message's command, when the caller has read it with :func:`command_of`
+    already (it is not read again).
     """
     try:
-        found = _peekable(frames, limits)
+        found = _peekable(frames, limits, command)
         if found is None:
             return None
         command, header = found
@@ -500,10 +516,11 @@ _PEEKABLE = frozenset({type(None), bool, int, float, str, bytes})
 
 
 class _Decoder:
-    def __init__(self, frames: list[memoryview], limits: Limits) -> None:
+    def __init__(self, frames: list[memoryview], limits: Limits, arrays: bool = True) -> None:
         self.frames = frames
         self.used = [False] * len(frames)
         self.limits = limits
+        self.arrays = arrays
         self.ext_depth = 0
 
     def unpack(self, data: bytes | memoryview) -> Any:
@@ -554,14 +571,15 @@ class _Decoder:
         self.used[index] = True
         return self.frames[index]
 
-    def _array(self, spec: Any) -> np.ndarray[Any, Any]:
-        if not isinstance(spec, list) or len(spec) != 3:
+    def _array(self, spec: Any) -> np.ndarray[Any, Any] | None:
+        if type(spec) is not list or len(spec) != 3:
             raise WireError("array ext must be [frame, dtype, shape]")
         index, dtype_str, shape = spec
-        if not isinstance(dtype_str, str) or not _DTYPE_RE.fullmatch(dtype_str):
+        dtype = _allowed_dtype(dtype_str) if type(dtype_str) is str else None
+        if dtype is None:
             raise WireError(f"array dtype {_brief(dtype_str)} is not allowed")
         if (
-            not isinstance(shape, list)
+            type(shape) is not list
             or len(shape) > self.limits.max_ndim
             or not all(type(n) is int and n >= 0 for n in shape)
         ):
@@ -570,13 +588,16 @@ class _Decoder:
                 f"{self.limits.max_ndim} non-negative ints"
             )
         buf = self._take(index)
-        dtype = np.dtype(dtype_str)
         count = math.prod(shape)
         if count * dtype.itemsize != buf.nbytes:
             raise WireError(
                 f"array frame {index} holds {buf.nbytes} bytes but dtype {dtype_str} and shape "
                 f"{tuple(shape)} need {count * dtype.itemsize}"
             )
+        if count and not self.arrays:
+            # Checked, not built (decode(arrays=False)): a non-empty array whose bytes match its
+            # shape always builds. An empty one is built, for numpy's word on its shape.
+            return None
         try:
             arr = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
         except ValueError as exc:  # e.g. a zero-size array with a dimension over 2**63
@@ -677,7 +698,9 @@ def _map_size(header: memoryview) -> int:
     return int(first & 0x0F)
 
 
-def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
+def decode(
+    frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS, *, arrays: bool = True
+) -> Message:
     """Decode the frames of one message (without any routing frame).
 
     Costs time linear in the message's size, whatever it holds: map keys are str or bytes,
@@ -687,6 +710,8 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     Args:
         frames: buffers (bytes, memoryview, zmq.Frame, ...): the lead frame, then raw frames.
         limits: the bounds to enforce.
+        arrays: False checks every array as usual but puts None in its place instead of
+            building it (a broker that forwards the message and never reads its arrays).
 
     Returns:
         The message. Arrays in its header are read-only views of the raw frames.
@@ -715,7 +740,7 @@ def decode(frames: Sequence[Any], limits: Limits = DEFAULT_LIMITS) -> Message:
     for i, v in enumerate(raw):
         if v.nbytes > limits.max_frame_bytes:
             raise WireError(f"frame {i + 1} of {v.nbytes} bytes exceeds {limits.max_frame_bytes}")
-    decoder = _Decoder(raw, limits)
+    decoder = _Decoder(raw, limits, arrays)
     paused = header_frame.nbytes > _GC_PAUSE_BYTES and gc.isenabled()
     if paused:
         gc.disable()

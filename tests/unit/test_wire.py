@@ -508,9 +508,28 @@ GARBAGE = {
 
 
 @pytest.mark.parametrize(("frames", "fragment"), GARBAGE.values(), ids=GARBAGE.keys())
-def test_garbage_raises_wire_error(frames: list[Any], fragment: str) -> None:
+@pytest.mark.parametrize("arrays", [True, False], ids=["arrays", "checked-only"])
+def test_garbage_raises_wire_error(frames: list[Any], fragment: str, arrays: bool) -> None:
+    # A broker decodes JOBs with arrays=False: it must refuse exactly what a full decode does.
     with pytest.raises(WireError, match=re.escape(fragment)):
-        decode(frames)
+        decode(frames, arrays=arrays)
+
+
+@pytest.mark.parametrize("shape", [(0,), (3,), (2, 0, 3), (2, 3, 4)])
+def test_a_decode_without_arrays_checks_them_and_builds_only_empty_ones(
+    shape: tuple[int, ...],
+) -> None:
+    arr = np.arange(math.prod(shape), dtype="<u2").reshape(shape)
+    frames = encode(Command.JOB, {"id": 1, "items": [{"payload": arr, "name": "x"}]})
+    header = decode(frames, arrays=False).header
+    assert header["id"] == 1
+    assert header["items"][0]["name"] == "x"
+    got = header["items"][0]["payload"]
+    if arr.size:
+        assert got is None  # checked, not built
+    else:
+        np.testing.assert_array_equal(got, arr)
+    np.testing.assert_array_equal(decode(frames).header["items"][0]["payload"], arr)
 
 
 def test_over_limits_raise_wire_error() -> None:

@@ -87,8 +87,11 @@ _DISCONNECT, _JOB = int(Command.DISCONNECT), int(Command.JOB)
 _WAITING, _JOINING, _READY, _REFUSED, _CLOSED = range(5)
 
 
+_PACKER = msgpack.Packer(use_bin_type=True)  # msgpack.packb would make one per call
+
+
 def _pack(obj: Any) -> bytes:
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = _PACKER.pack(obj)
     return packed
 
 

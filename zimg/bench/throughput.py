@@ -8,12 +8,15 @@ feeding simulated workers that answer at once.
   echo each payload back): images per second end to end, and the sender's CPU per image with its
   start-up subtracted (the same command on one image, measured beside it);
 - **the broker**: its CPU per job during that run, and the jobs per second it sustains for a
-  light client that keeps many small JOBs in flight (``zimg.bench.scale.LightClient``), with its
-  CPU per job;
+  light client that keeps many small JOBs in flight (``zimg.bench.scale.LightClient``, which
+  costs little per job, as the proxy benchmark's client does), with its CPU per job;
 - **zmq.proxy**: small-message round trips per second through a ``zmq.proxy`` process on the
   same machine (``zimg.bench.micro``), the ceiling of any Python forwarding loop; a job is two
   forwards (JOB and RESULT), as a round trip is;
 - **start-up**: ``zimg --help``, and ``zimg send`` of one image to the running cluster, wall.
+
+The cluster listens on ``ipc://`` by default, as the ``zmq.proxy`` path does (``--tcp`` for
+loopback TCP).
 
 The images (and the outputs) live in a temporary folder on ``/dev/shm`` (tmpfs) where there
 is one, so that the figures are zimg's costs, not the disk's: on this page's machine, ext4
@@ -136,8 +139,9 @@ def _wall(cmd: list[str], reps: int) -> float:
 
 
 @contextmanager
-def _cluster(workdir: Path, workers: int) -> Iterator[tuple[str, BrokerProcess]]:
-    url = free_tcp_url()
+def _cluster(workdir: Path, workers: int, tcp: bool) -> Iterator[tuple[str, BrokerProcess]]:
+    # ipc by default, as the zmq.proxy figure beside it is measured (micro.run_forwarding).
+    url = free_tcp_url() if tcp else f"ipc://{workdir}/broker.sock"
     broker = BrokerProcess(url, "--log-level", "warning", log=workdir / "broker.log")
     sims: list[SimProcess] = []
     try:
@@ -185,6 +189,7 @@ def measure(
     *,
     quick: bool = False,
     sender_path: Path | None = None,
+    tcp: bool = False,
 ) -> Figures:
     files = make_images(workdir / "in", images)
     env = dict(os.environ)
@@ -192,7 +197,7 @@ def measure(
         env["ZIMG_SENDER_CWD"] = str(sender_path)
     timings = Timings()
     progress(f"{images} images of {SIZE[1]}x{SIZE[0]} in {workdir / 'in'}")
-    with _cluster(workdir, workers) as (url, broker):
+    with _cluster(workdir, workers, tcp) as (url, broker):
         runs: list[SendRun] = []
         ones: list[SendRun] = []
         for i in range(repeat):  # in turns: one image (start-up), then all of them
@@ -204,9 +209,12 @@ def measure(
         client = LightClient(url, context)
         client.join()
         client.run(min(2000, light_jobs))  # warm-up
-        before = broker.cpu_s()
-        light = client.run(light_jobs, window=256)
-        light_cpu = broker.cpu_s() - before
+        lights: list[tuple[float, float]] = []  # (jobs/s, broker CPU s per job) per run
+        for _ in range(repeat):
+            before = broker.cpu_s()
+            light = client.run(light_jobs, window=256)
+            jobs = max(1, light.jobs)
+            lights.append((light.jobs / light.wall_s, (broker.cpu_s() - before) / jobs))
         client.leave()
         context.term()
     progress("zmq.proxy beside it")
@@ -235,8 +243,8 @@ def measure(
         send_one_wall_s=statistics.median(o.wall_s for o in ones),
         broker_us_per_job_send=broker_us,
         images_per_job=per_job,
-        broker_jobs_per_s=light.jobs / light.wall_s,
-        broker_us_per_job_light=light_cpu / max(1, light.jobs) * 1e6,
+        broker_jobs_per_s=statistics.median(rate for rate, _ in lights),
+        broker_us_per_job_light=statistics.median(cpu for _, cpu in lights) * 1e6,
         proxy_round_trips_per_s=proxy_rate,
         help_wall_s=help_wall,
     )
@@ -276,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sender-path", type=Path, help="run zimg send from this checkout (as its cwd)"
     )
+    parser.add_argument(
+        "--tcp", action="store_true", help="the cluster on loopback TCP (default: ipc)"
+    )
     args = parser.parse_args(argv)
     quick = (400, 1, 2000) if args.quick else (4000, 3, 20_000)
     args.images = args.images or quick[0]
@@ -284,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m zimg.bench.throughput" + (" --quick" if args.quick else "")
     if args.sender_path is not None:
         command += f" --sender-path {args.sender_path}"
+    if args.tcp:
+        command += " --tcp"
     shm = Path("/dev/shm")
     base = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
     with tempfile.TemporaryDirectory(prefix="zimg-throughput-", dir=base) as tmp:
@@ -295,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(tmp),
             quick=args.quick,
             sender_path=args.sender_path,
+            tcp=args.tcp,
         )
     print(table(figures, command))
     if args.json is not None:
