@@ -183,6 +183,10 @@ def run_batch(
     paths = [f if isinstance(f, Path) else Path(f) for f in files]  # no copies: memory
     outdir = options.outdir
     outdir.mkdir(parents=True, exist_ok=True)
+    # An empty output folder (the usual case): no output replaces a file, so none needs the
+    # old file's mode looked up (a system call per image).
+    with os.scandir(outdir) as entries:
+        fresh = next(entries, None) is None
     names = plan_outputs(paths, outdir)
     wire_ops = [spec.to_wire() for spec in options.pipeline]
     temporaries = _Temporaries(outdir) if options.mode == "path" else None
@@ -268,7 +272,7 @@ def run_batch(
                     elif temporaries is not None:
                         temporaries.keep(outcome.output, names[item.index], output)
                     elif outcome.payload is not None:
-                        _write_output(output, outcome.payload, item, options.mode)
+                        _write_output(output, outcome.payload, item, options.mode, fresh)
                     else:
                         error = f"{item.name}: the worker returned no output"
                 except (ZimgError, OSError) as exc:
@@ -391,10 +395,12 @@ def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def _write_output(output: str, payload: np.ndarray[Any, Any], item: JobItem, mode: str) -> None:
+def _write_output(
+    output: str, payload: np.ndarray[Any, Any], item: JobItem, mode: str, new: bool
+) -> None:
     if mode == "raw":
         payload = images.encode(payload, item.ext, name=item.name)
-    images.write_atomic(output, payload)
+    images.write_atomic(output, payload, new=new)
 
 
 def _size(path: Path) -> int:

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,7 @@ PAYLOAD_MODES = ("encoded", "raw", "path")  # zimg.jobs.PAYLOAD_MODES
 DEFAULT_MAX_PIXELS = 200_000_000  # zimg.DEFAULT_MAX_PIXELS
 DEFAULT_MAX_IMAGE_MB = 512  # zimg.images.DEFAULT_MAX_IMAGE_BYTES >> 20
 DEFAULT_MAX_PROCESSES = 1000  # zimg._actor.DEFAULT_ACTOR_LIMITS.max_processes
+PROGRESS_EVERY_S = 0.05  # the progress bar is told at most this often
 BROKER_DEFAULTS: dict[str, Any] = {  # zimg.BrokerConfig()'s, as the broker's options give them
     "job_deadline_s": 300.0,
     "max_frame_mb": 256,
@@ -667,16 +669,25 @@ def _run_with_progress(
     )
     with progress:
         task = progress.add_task("processing", total=len(files), errors=0)
-        failed = 0
+        failed = done = shown = 0
+        shown_at = time.monotonic()
 
         def on_entry(entry: dict[str, Any]) -> None:
-            nonlocal failed
+            # The bar is told at most every PROGRESS_EVERY_S (rich redraws 10 times a second):
+            # an update per image cost as much as writing its manifest line.
+            nonlocal failed, done, shown, shown_at
             failed += entry["error"] is not None
-            progress.update(task, advance=1, errors=failed)
+            done += 1
+            now = time.monotonic()
+            if now - shown_at >= PROGRESS_EVERY_S or done == len(files):
+                progress.update(task, advance=done - shown, errors=failed)
+                shown, shown_at = done, now
 
         from zimg.batch import run_batch
 
-        return run_batch(conn, files, options, on_entry=on_entry)
+        report = run_batch(conn, files, options, on_entry=on_entry)
+        progress.update(task, advance=done - shown, errors=failed)
+        return report
 
 
 def _finish(report: BatchReport, grid: Path | None) -> None:

@@ -584,12 +584,15 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(f"{path}: not a regular file")
         chunks = []
-        size = info.st_size
+        want = max(info.st_size, 1 << 16) + 1
         while True:  # to the end, even if the file grew since fstat
-            chunk = os.read(fd, max(size, 1 << 16) + 1)
-            if not chunk:
+            chunk = os.read(fd, want)
+            if chunk:
+                chunks.append(chunk)
+            if len(chunk) < want:  # a regular file reads short only at its end
                 break
-            chunks.append(chunk)
+        if not chunks:
+            return b""
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from exc
@@ -629,12 +632,14 @@ _temporaries = itertools.count()  # names of write_atomic's temporary files, in 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def write_atomic(path: str | os.PathLike[str], data: Data) -> None:
+def write_atomic(path: str | os.PathLike[str], data: Data, *, new: bool = False) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and
     ``os.replace``, so readers see the old file or the whole new one, never half of it.
 
     The new file keeps the old one's permissions, or gets the usual 0o666 less the umask (the
     kernel applies the umask as it creates the temporary file). Safe from several threads.
+    ``new=True``: the caller knows there was no file at ``path`` (the old mode is not looked
+    up; should one appear meanwhile, it is replaced with the usual mode).
 
     Raises:
         OSError: the directory is missing or not writable; no temporary file is left behind.
@@ -653,8 +658,9 @@ def write_atomic(path: str | os.PathLike[str], data: Data) -> None:
     try:
         try:
             # An old file's mode stays; a new file keeps the mode it was created with.
-            with contextlib.suppress(FileNotFoundError):
-                os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
+            if not new:
+                with contextlib.suppress(FileNotFoundError):
+                    os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
             view = memoryview(_as_bytes(data) if isinstance(data, np.ndarray) else data)
             view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
             while view:

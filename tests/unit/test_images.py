@@ -331,6 +331,26 @@ def test_write_atomic_writes_and_replaces(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["out.png"]
 
 
+@pytest.mark.parametrize("size", [0, 1, (1 << 16) - 1, 1 << 16, (1 << 16) + 1, 3 << 20])
+def test_read_file_reads_whole_files_of_any_size(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    (tmp_path / "f").write_bytes(data)
+    assert read_file(tmp_path / "f") == data
+
+
+def test_write_atomic_new_skips_the_old_files_mode(tmp_path: Path) -> None:
+    path = tmp_path / "out.png"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        write_atomic(path, b"x", new=True)  # the caller said there was none: usual mode
+    finally:
+        os.umask(old)
+    assert path.read_bytes() == b"x"
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_write_atomic_new_file_mode_follows_umask(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
