@@ -63,6 +63,7 @@ import msgpack
 import zmq
 
 from zimg import protocol
+from zimg._zsock import send_frames
 from zimg.wire import MAGIC, Command, lead_frame
 
 FDS_PER_NODE = 2  # a DEALER's mailbox (its ZMQ_FD) and its TCP connection
@@ -72,7 +73,6 @@ DEFAULT_JOIN_WINDOW = 256  # nodes that have sent their first HELLO and not yet 
 
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
 _PREFIX = len(MAGIC) + 1
 _HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # HEARTBEAT {}
 _EXT_ARRAY, _EXT_BLOB = 4, 5
@@ -413,10 +413,7 @@ class SimNodes:
         if sock is None:
             return False
         try:
-            last = len(frames) - 1
-            for n, frame in enumerate(frames):
-                flags = _NOBLOCK | _SNDMORE if n < last else _NOBLOCK
-                sock.send(frame, flags, copy=type(frame) is bytes)
+            send_frames(sock, frames, _NOBLOCK)
         except zmq.Again:
             self.send_dropped += 1  # the broker is far behind; a lost message is a lost beat
             return False
