@@ -34,6 +34,9 @@ Handler = Callable[[wire.Message], None]
 SessionHook = Callable[[bool], None]
 
 _STOP = b"stop"
+# How long a leaving node waits for room on its socket for what it still has to send (its
+# processes' last signals, then DISCONNECT); close() waits for the I/O thread 5 s at most.
+LEAVE_FLUSH_S = 2.0
 _inproc_ids = itertools.count()
 
 
@@ -271,6 +274,22 @@ class Connection:
             self._send_direct(frames)
             count += 1
 
+    def _drain_backlog(self, timeout_s: float) -> None:
+        """Send the whole backlog, waiting up to ``timeout_s`` for room on the DEALER (the
+        node is leaving: nothing else is left to do)."""
+        deadline = time.monotonic() + timeout_s
+        while self._backlog and self._dealer is not None:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0 or not self._dealer.poll(left_ms, zmq.POLLOUT):
+                log.warning(
+                    "node %s: left with %d messages unsent (the broker took none for %g s)",
+                    self.name,
+                    len(self._backlog),
+                    timeout_s,
+                )
+                return
+            self._flush_backlog()
+
     def _flush_backlog(self) -> None:
         while self._backlog and self._dealer is not None:
             try:
@@ -429,8 +448,13 @@ class Connection:
 
     def _leave(self, ready: bool) -> None:
         if ready and self._dealer is not None:
-            self._flush_backlog()
+            # What other threads sent before close() goes out first, the DISCONNECT last: a
+            # closing node's processes send their exit signals and DOWNs as they end, and the
+            # broker handles a node's messages in order, so every link and monitor in another
+            # node hears `shutdown` before the broker reports this node gone (`noconnection`).
+            self._forward_inbox()
             self._send_direct(wire.encode(Command.DISCONNECT, {"reason": protocol.NORMAL}))
+            self._drain_backlog(LEAVE_FLUSH_S)
             self._dealer.close(linger=500)
         elif self._dealer is not None:
             self._dealer.close(linger=0)

@@ -367,3 +367,35 @@ def test_links_into_a_node_that_died_while_the_broker_was_down_end(procs, short_
         bound = HEARTBEAT_S * LIVENESS * 2 + 2.0
         assert node.receive(timeout=bound) == ("DOWN", ref, pid, "noconnection")
         assert time.monotonic() - started < bound
+
+
+CLOSES = 25  # the race this guards against was seen in 6 to 20 closes of 25
+
+
+def test_close_tells_every_remote_link_and_monitor_shutdown_every_time(cluster):
+    """A node's close() ends its processes with ``shutdown``, and every link and monitor in
+    another node hears ``shutdown``, never ``noconnection``: the processes' exit signals and
+    DOWNs leave before the node's DISCONNECT. Repeated, to catch a race of 1 in 20."""
+    node, _, _, url = cluster
+    wrong: list[tuple[int, str, object]] = []
+    for i in range(CLOSES):
+        leaver = zimg.connect(url, name=f"leaver{i}")
+        try:
+            pids = [leaver.spawn(leaver.name, "zimg.behaviours:echo") for _ in range(8)]
+            refs = {node.monitor(pid): pid for pid in pids}
+            node.spawn("n1", "zt.trap_echo_link", node.self(), pids[0])
+            # The echo answers once the link has reached it (and every monitor is in place:
+            # each MONITOR went to the leaver before this spawn was asked for).
+            assert node.receive(lambda m: m == ("echo", "linked"), timeout=WAIT)
+        finally:
+            leaver.close()
+        for _ in range(len(refs)):
+            _, ref, pid, reason = node.receive(lambda m: m[0] == "DOWN", timeout=WAIT)
+            assert refs.pop(ref) == pid
+            if reason != "shutdown":
+                wrong.append((i, "monitor", reason))
+        _, (_, sender, reason) = node.receive(is_tag("trapped"), timeout=WAIT)
+        assert sender == pids[0]
+        if reason != "shutdown":
+            wrong.append((i, "link", reason))
+    assert wrong == []

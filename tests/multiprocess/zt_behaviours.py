@@ -43,6 +43,18 @@ def trapper(ctx, notify, target):
     ctx.send(notify, ("trapped", exit_message))
 
 
+@zimg.behaviour("zt.trap_echo_link")
+def trap_echo_link(ctx, notify, echo):
+    """Trap exits and link to the ``echo`` process; then ask it to echo "linked" to ``notify``,
+    which it does only after the link reached it (signals between two processes keep their
+    order); report the EXIT message to ``notify``."""
+    ctx.trap_exit = True
+    ctx.link(echo)
+    ctx.send(echo, ("echo", notify, "linked"))
+    exit_message = ctx.receive(lambda m: m[0] == "EXIT")
+    ctx.send(notify, ("trapped", exit_message))
+
+
 @zimg.behaviour("zt.watcher")
 def watcher(ctx, notify, target):
     """Monitor ``target`` and report the DOWN message to ``notify``."""
