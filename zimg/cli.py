@@ -162,6 +162,11 @@ MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse larger imag
 
 def main() -> None:
     """Entry point of the ``zimg`` console script."""
+    # NumPy's OpenBLAS starts a thread per CPU at import, and each spins for about 0.1 s
+    # before it sleeps: 0.12 s of CPU per command on this page's 2-CPU machine, and no zimg
+    # command does linear algebra. A worker runs one job per CPU (CPU slots), so a behaviour
+    # that does gets no more from BLAS threads either. The environment still has the last word.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
 
 
