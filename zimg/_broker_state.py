@@ -7,7 +7,9 @@ instructions it returns:
   (``forward_target`` and ``heard`` are its two fast paths: a SEND to a live pid, a HEARTBEAT);
 - ``on_tick(now, drained_at)``: time passed (heartbeats, silent nodes, job deadlines);
 - ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone;
-- ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction.
+- ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction;
+- ``on_backlog(dropped=...)``, ``on_backlog_unroutable(n)``: what the loop did with messages it
+  could not send at once (counted only: the loop owns its backlog).
 
 Instructions are :class:`Send`, :class:`SendMany`, :class:`Probe` and :class:`Log`. Every method
 takes ``now`` in seconds, so tests drive it with a fake clock.
@@ -77,6 +79,8 @@ STATS = (
     "unroutable",
     "nodes_down",
     "watch_refused",
+    "backlogged",
+    "dropped",
 )
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
@@ -254,6 +258,16 @@ class BrokerState:
         if node is None:
             return []
         return self._node_down(node, protocol.NOCONNECTION, now, "connection closed")
+
+    def on_backlog(self, *, dropped: bool) -> None:
+        """The loop could not send a message at once: it queued it behind the peer's full
+        queue (a backlog started, ``dropped=False``), or dropped it because the backlogs are
+        at their bounds (``dropped=True``). Counted as ``backlogged`` and ``dropped``."""
+        self.stats["dropped" if dropped else "backlogged"] += 1
+
+    def on_backlog_unroutable(self, messages: int) -> None:
+        """The loop dropped ``messages`` queued for a peer that is no longer a node."""
+        self.stats["unroutable"] += messages
 
     def on_probe(self, identity: bytes, reachable: bool, now: float) -> list[Instruction]:
         """The answer to a :class:`Probe` of a node whose name a newcomer asked for."""

@@ -330,7 +330,7 @@ class Broker:
                 or self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES
             ):
                 # Count what we drop rather than grow without bound (see MAX_BACKLOG).
-                self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
+                self.state.on_backlog(dropped=True)
                 return
             self._backlog_bytes += waiting.push(frames)
             return
@@ -338,11 +338,11 @@ class Broker:
             self._send_now(identity, frames)
         except zmq.Again:
             if self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES:
-                self.state.stats["dropped"] = self.state.stats.get("dropped", 0) + 1
+                self.state.on_backlog(dropped=True)
                 return
             backlog = self._backlog[identity] = _Backlog()
             self._backlog_bytes += backlog.push(frames)
-            self.state.stats["backlogged"] = self.state.stats.get("backlogged", 0) + 1
+            self.state.on_backlog(dropped=False)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -370,7 +370,7 @@ class Broker:
         for identity in list(self._backlog):
             waiting = self._backlog[identity]
             if identity not in self.state.nodes:
-                self.state.stats["unroutable"] += len(waiting.messages)
+                self.state.on_backlog_unroutable(len(waiting.messages))
                 self._backlog_bytes -= waiting.nbytes
                 del self._backlog[identity]
                 continue

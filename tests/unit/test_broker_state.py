@@ -908,3 +908,25 @@ def test_the_nodes_report_shows_where_workers_run(state, clock):
         1,
     )
     assert "cpus" not in nodes["c"]
+
+
+def test_every_counter_is_reported_from_the_start_and_only_the_state_writes_them(
+    state: BrokerState, clock: Clock
+) -> None:
+    import inspect
+
+    import zimg.broker
+    from zimg._broker_state import STATS
+
+    assert state.nodes_page(clock.now)["stats"] == dict.fromkeys(STATS, 0)
+    state.on_backlog(dropped=False)
+    state.on_backlog(dropped=True)
+    state.on_backlog(dropped=True)
+    state.on_backlog_unroutable(3)
+    stats = state.nodes_page(clock.now)["stats"]
+    assert (stats["backlogged"], stats["dropped"], stats["unroutable"]) == (1, 2, 3)
+    # The loop reports what it did through the state's methods; it keeps no counters of its own
+    # in the state's dict (a key it invented would be missing from the first reports).
+    loop = inspect.getsource(zimg.broker)
+    assert "stats[" not in loop
+    assert "stats.get(" not in loop
