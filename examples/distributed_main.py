@@ -36,6 +36,7 @@ import numpy as np
 
 import zimg
 from zimg import images, ops
+from zimg.grid import make_grid
 
 PROCESS_IMAGE = "zimg.behaviours:process_image"  # one image in, one result out, then exit
 IMAGE_SERVER = "zimg.behaviours:image_server"  # the same for every image, until "stop"
@@ -195,7 +196,7 @@ def main() -> int:
         path = images.output_path(f"{name}.jpg", out_dir)  # chelsea_01_processed.jpg ...
         images.write_atomic(path, images.encode(out, ".jpg"))
     grid_path = out_dir / "grid.jpg"
-    images.write_atomic(grid_path, images.encode(images.make_grid([o for _, o in flow]), ".jpg"))
+    images.write_atomic(grid_path, images.encode(make_grid([o for _, o in flow]), ".jpg"))
     first = images.output_path(f"{names[0]}.jpg", out_dir).name
     print(f"   {len(flow)} files like {first}, and {grid_path.name}")
 

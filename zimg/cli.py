@@ -698,7 +698,7 @@ def _run_with_progress(
 def _finish(report: BatchReport, grid: Path | None) -> None:
     from rich.table import Table
 
-    from zimg import images
+    from zimg.grid import grid_from_files
 
     table = Table(title="per node")
     for col in ("node", "jobs", "errors", "mean ms", "share"):
@@ -726,7 +726,7 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
     outputs = report.outputs() if grid is not None else []
     if grid is not None and outputs:
         try:
-            images.grid_from_files(outputs, grid)
+            grid_from_files(outputs, grid)
             _console().print(f"grid: {_lit(grid)}", highlight=False)
         except ZimgError as exc:
             raise _fail(f"cannot write the grid: {exc}") from None
@@ -839,10 +839,10 @@ def grid(
     columns: Annotated[int, typer.Option("--columns", min=1, help="Images per row.")] = 4,
 ) -> None:
     """Lay images out in a grid (the notebook's 4-column view), as one image file."""
-    from zimg import images
+    from zimg.grid import grid_from_files
 
     try:
-        images.grid_from_files([Path(f) for f in files], output, columns=columns)
+        grid_from_files([Path(f) for f in files], output, columns=columns)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     _console().print(f"grid: {_lit(output)}", highlight=False)

@@ -1,4 +1,4 @@
-"""Decode and encode images with limits, name outputs, write atomically (the grid: zimg.grid)."""
+"""Decode and encode images with limits, name outputs, write atomically."""
 
 from __future__ import annotations
 
@@ -26,15 +26,12 @@ __all__ = [
     "check_bytes",
     "decode",
     "encode",
-    "grid_from_files",
     "load",
-    "make_grid",
     "output_name",
     "output_path",
     "read_file",
     "sniff_header",
     "sniff_size",
-    "to_bgr8",
     "write_atomic",
 ]
 
@@ -672,8 +669,3 @@ def write_atomic(path: str | os.PathLike[str], data: Data, *, new: bool = False)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-# zimg.grid imports this module, so it comes last. Re-exported (and in __all__) so
-# ``images.make_grid`` and the rest keep working.
-from zimg.grid import grid_from_files, make_grid, to_bgr8  # noqa: E402 (see above)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import zimg
-from zimg import images
 from zimg._errors import ImageError
 from zimg.grid import grid_from_files, make_grid, to_bgr8
 from zimg.images import load
@@ -24,12 +23,6 @@ def noise(h: int, w: int, channels: int = 3, dtype: Any = np.uint8) -> np.ndarra
     top = np.iinfo(dtype).max
     shape = (h, w) if channels == 1 else (h, w, channels)
     return rng.integers(0, top, shape, dtype=dtype, endpoint=True)
-
-
-def test_images_reexports_the_grid() -> None:
-    assert images.to_bgr8 is to_bgr8
-    assert images.make_grid is make_grid
-    assert images.grid_from_files is grid_from_files
 
 
 def test_to_bgr8_conversions() -> None:
