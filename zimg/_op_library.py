@@ -12,7 +12,7 @@ import numpy as np
 
 from zimg._errors import OpError
 from zimg._lazy import LazyModule
-from zimg.ops import MAX_STR_CHARS, Image, _is_number, max_output_bytes, op, short_repr
+from zimg._op_registry import MAX_STR_CHARS, Image, is_number, max_output_bytes, op, short_repr
 
 cv2: Any = LazyModule("cv2")  # imported when an image is decoded or encoded
 
@@ -205,7 +205,7 @@ def label(
     ):
         raise OpError(f"label: org must be two integers x/y, got {short_repr(org)}")
     size = _number("label", "scale", scale, minimum=0, maximum=1000)
-    colour = (color,) if _is_number(color) else color
+    colour = (color,) if is_number(color) else color
     if not (isinstance(colour, tuple) and 1 <= len(colour) <= 4):
         raise OpError(
             f"label: color must be 1 to 4 numbers such as 255/0/0, got {short_repr(color)}"

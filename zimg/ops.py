@@ -1,27 +1,45 @@
-"""The registry of named image ops: pure functions ``ndarray -> ndarray`` with keyword params."""
+"""Pipelines of named image ops: pure functions ``ndarray -> ndarray`` with keyword params.
+
+The public face of the op registry (``op``, ``get_op``, ``registered_ops``: zimg._op_registry)
+and of the shipped ops (``threshold``, ``label``...: zimg._op_library, registered as this module
+is imported); here are the specs a job carries, their parsing and checks, and the runner.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import importlib
 import importlib.util
-import inspect
 import re
-import reprlib
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from zimg import images
 from zimg._errors import OpError
-from zimg._registry import same_source
+from zimg._op_library import blur, grayscale, label, resize, threshold
+from zimg._op_registry import (
+    IDENTIFIER,
+    MAX_NAME_CHARS,
+    MAX_OPS,
+    MAX_PARAMS,
+    MAX_SEQUENCE,
+    MAX_STR_CHARS,
+    RESERVED,
+    Entry,
+    Image,
+    get_op,
+    is_number,
+    lookup,
+    max_output_bytes,
+    op,
+    output_limit,
+    registered_ops,
+    short_repr,
+)
 
 __all__ = [
     "DEFAULT_PIPELINE",
@@ -49,50 +67,14 @@ __all__ = [
     "validate",
 ]
 
-Image = NDArray[Any]
-F = TypeVar("F", bound=Callable[..., Image])
 
 _SYNTAX = (
     "NAME[:KEY=VALUE[,KEY=VALUE...]], e.g. threshold:thresh=100,type=binary or label:org=10/30"
 )
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INT = re.compile(r"[+-]?\d+\Z")
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\Z")
 
-# Bounds on a pipeline as a JOB carries it. They keep what one job may ask of a worker small
-# and predictable (every op's own params bound its cost: see zimg._op_library), and every
-# message that repeats a param short. The client checks the same bounds (``parse_op`` builds an
-# OpSpec), so ``zimg send`` refuses such a pipeline up front (exit code 2).
-MAX_OPS = 32
-"""The most ops in one pipeline. The shipped ops each cost at most a few seconds on the largest
-image a worker decodes, so a job's time stays bounded; the job's ``deadline_s`` (checked
-between ops) is the bound on the whole."""
-MAX_PARAMS = 16
-"""The most params of one op."""
-MAX_STR_CHARS = 256
-"""The longest str param (label text, choices)."""
-MAX_SEQUENCE = 16
-"""The most numbers in a list/tuple param (colours, points)."""
-MAX_NAME_CHARS = 64
-"""The longest op or param name."""
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack carries
-
-_short = reprlib.Repr()
-_short.maxlevel, _short.maxstring, _short.maxother = 2, 40, 40
-_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 6
-
-
-def short_repr(value: object, limit: int = 80) -> str:
-    """``repr(value)`` shortened for a message: long strings and sequences elided, at most
-    ``limit`` characters. Never builds the full repr of a large value."""
-    text = _short.repr(value)
-    if isinstance(value, list | tuple | dict | str) and len(value) > _short.maxlist:
-        text += f" ({len(value)} {'characters' if isinstance(value, str) else 'entries'})"
-    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _in_range(value: object) -> bool:
@@ -120,7 +102,7 @@ def _check_value(name: str, key: str, value: object) -> Any:
                 f"{where} has {len(value)} entries, over the limit of {MAX_SEQUENCE}: "
                 f"{short_repr(value)}"
             )
-        if all(_is_number(v) and _in_range(v) for v in value):
+        if all(is_number(v) and _in_range(v) for v in value):
             return tuple(value)
     raise OpError(
         f"{where} must be None, an int, float, str, bool or up to {MAX_SEQUENCE} numbers, "
@@ -129,7 +111,7 @@ def _check_value(name: str, key: str, value: object) -> Any:
 
 
 def _is_name(name: object) -> bool:
-    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and bool(_NAME.match(name))
+    return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and bool(IDENTIFIER.match(name))
 
 
 @dataclass(frozen=True)
@@ -184,100 +166,6 @@ class OpSpec:
         return cls(name, params)
 
 
-@dataclass(frozen=True)
-class _Entry:
-    fn: Callable[..., Image]
-    params: frozenset[str]  # keyword params a user may set
-    takes_node: bool
-    takes_in_place: bool  # may draw on its input when run_pipeline says so
-    any_params: bool  # the op takes **kwargs
-
-
-_REGISTRY: dict[str, _Entry] = {}
-_RESERVED = frozenset({"node", "in_place"})  # keywords run_pipeline sets, never the user
-
-
-def _entry(name: str, fn: Callable[..., Image]) -> _Entry:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError) as exc:
-        raise OpError(f"op {name!r}: cannot read the signature of {fn!r}") from exc
-    params = list(sig.parameters.values())
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if not params or params[0].kind not in positional:
-        raise OpError(f"op {name!r}: the first parameter must be the image (positional)")
-    keywords = {
-        p.name
-        for p in params[1:]
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
-    return _Entry(
-        fn=fn,
-        params=frozenset(keywords - _RESERVED),
-        takes_node="node" in keywords,
-        takes_in_place="in_place" in keywords,
-        any_params=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
-    )
-
-
-@overload
-def op(name: F) -> F: ...
-@overload
-def op(name: str | None = None) -> Callable[[F], F]: ...
-def op(name: str | F | None = None) -> F | Callable[[F], F]:
-    """Register an op under ``name`` (default: the function's ``__name__``).
-
-    The op receives a read-only image first, then keyword params; it must return a new array
-    and never draw on its input (copy first). An op that declares a keyword ``node`` is given
-    the worker's node name by :func:`run_pipeline`. An op that declares ``in_place`` is told
-    ``in_place=True`` when the image it gets is a writeable intermediate the pipeline owns, so
-    it may draw on it instead of copying. Usable as ``@op`` or ``@op("name")``.
-
-    Raises:
-        OpError: the name is not an identifier, the function takes no image, or another
-            function is already registered under that name.
-    """
-    if callable(name):
-        return op(None)(name)
-
-    def register(fn: F) -> F:
-        key = fn.__name__ if name is None else name
-        if not isinstance(key, str) or not _NAME.match(key):
-            raise OpError(f"op name must be an identifier, got {key!r}")
-        old = _REGISTRY.get(key)
-        if old is not None and not same_source(old.fn, fn):
-            raise OpError(f"op {key!r} is already registered by {_qualname(old.fn)}")
-        _REGISTRY[key] = _entry(key, fn)
-        return fn
-
-    return register
-
-
-def _qualname(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _lookup(name: str) -> _Entry:
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise OpError(f"unknown op {name!r}; known: {', '.join(registered_ops())}")
-    return entry
-
-
-def get_op(name: str) -> Callable[..., Image]:
-    """Return the function registered as ``name``.
-
-    Raises:
-        OpError: no op has that name; the message lists the known ones.
-    """
-    return _lookup(name).fn
-
-
-def registered_ops() -> list[str]:
-    """Return the names of all registered ops, sorted."""
-    return sorted(_REGISTRY)
-
-
 def _parse_value(text: str) -> Any:
     bare = text.strip()
     if len(bare) > MAX_STR_CHARS:
@@ -309,14 +197,14 @@ def parse_op(text: str) -> OpSpec:
     def bad(why: str) -> OpError:
         return OpError(f"bad op {short_repr(text)}: {why}; expected {_SYNTAX}")
 
-    if not _NAME.match(name):
+    if not IDENTIFIER.match(name):
         raise bad(f"op name {short_repr(name)} is not an identifier")
     params: dict[str, Any] = {}
     if sep:
         for item in rest.split(","):
             key, eq, value = item.partition("=")
             key = key.strip()
-            if not eq or not _NAME.match(key):
+            if not eq or not IDENTIFIER.match(key):
                 raise bad(f"{short_repr(item)} is not KEY=VALUE")
             if key in params:
                 raise bad(f"param {short_repr(key)} given twice")
@@ -324,9 +212,9 @@ def parse_op(text: str) -> OpSpec:
     return OpSpec(name, params)
 
 
-def _check_params(spec: OpSpec, entry: _Entry) -> None:
+def _check_params(spec: OpSpec, entry: Entry) -> None:
     taken = {"node": entry.takes_node, "in_place": entry.takes_in_place}
-    for reserved in sorted(_RESERVED & set(spec.params)):
+    for reserved in sorted(RESERVED & set(spec.params)):
         if taken[reserved]:
             raise OpError(f"op {spec.name!r}: {reserved!r} is set by the worker, not by a param")
     unknown = sorted(set(spec.params) - entry.params)
@@ -354,36 +242,11 @@ def validate(specs: Sequence[OpSpec]) -> None:
     """
     check_op_count(specs)
     for spec in specs:
-        _check_params(spec, _lookup(spec.name))
+        _check_params(spec, lookup(spec.name))
 
 
 class DeadlinePassed(OpError):
     """:func:`run_pipeline` found its ``deadline`` passed before an op."""
-
-
-_max_output_bytes: contextvars.ContextVar[int] = contextvars.ContextVar(
-    "zimg_max_output_bytes", default=images.DEFAULT_MAX_IMAGE_BYTES
-)
-
-
-def max_output_bytes() -> int:
-    """The largest image, in bytes, an op may make: the limit of the pipeline running now
-    (``run_pipeline(max_bytes=...)``; a worker passes its ``max_image_bytes``), else
-    ``images.DEFAULT_MAX_IMAGE_BYTES``. An op whose output size follows from its params
-    (``resize``) checks it before allocating anything."""
-    return _max_output_bytes.get()
-
-
-@contextlib.contextmanager
-def _output_limit(max_bytes: int | None) -> Iterator[None]:
-    if max_bytes is None:
-        yield
-        return
-    token = _max_output_bytes.set(max_bytes)
-    try:
-        yield
-    finally:
-        _max_output_bytes.reset(token)
 
 
 def run_pipeline(
@@ -424,10 +287,10 @@ def run_pipeline(
     if not isinstance(image, np.ndarray):
         raise OpError(f"run_pipeline needs a numpy array, got {type(image).__name__}")
     check_op_count(specs)
-    entries = [_lookup(spec.name) for spec in specs]
+    entries = [lookup(spec.name) for spec in specs]
     for spec, entry in zip(specs, entries, strict=True):
         _check_params(spec, entry)
-    with _output_limit(max_bytes):
+    with output_limit(max_bytes):
         result = _run(image, specs, entries, node, consume, deadline, max_bytes)
     given = consume and image.flags.writeable
     if result is image and not given:
@@ -439,7 +302,7 @@ def run_pipeline(
 def _run(
     image: Image,
     specs: Sequence[OpSpec],
-    entries: list[_Entry],
+    entries: list[Entry],
     node: str,
     consume: bool,
     deadline: float | None,
@@ -493,7 +356,7 @@ def load_module(module_name: str) -> None:
     if module_name.endswith(".py"):
         _load_file(module_name)
         return
-    if not all(_NAME.match(part) for part in module_name.split(".")):
+    if not all(IDENTIFIER.match(part) for part in module_name.split(".")):
         raise OpError(
             f"--import wants a dotted module name like mypkg.ops or a file.py, got {module_name!r}"
         )
@@ -511,7 +374,7 @@ def _load_file(path: str) -> None:
     """Run a Python file as a module named after its stem (not ``__main__``), once."""
     file = Path(path).resolve()
     name = file.stem
-    if not _NAME.match(name):
+    if not IDENTIFIER.match(name):
         raise OpError(f"cannot import {path!r}: {name!r} is not a valid module name")
     existing = sys.modules.get(name)
     if existing is not None:
@@ -535,8 +398,3 @@ def _load_file(path: str) -> None:
 
 DEFAULT_PIPELINE: tuple[OpSpec, ...] = (OpSpec("threshold", {}), OpSpec("label", {}))
 """The notebook's job: ``threshold(127, 255, binary)`` then the node name at (10, 30)."""
-
-
-# The shipped ops register as this import runs; it comes last because _op_library imports op
-# from here. Re-exported (and in __all__) so ``zimg.ops.threshold`` and the rest keep working.
-from zimg._op_library import blur, grayscale, label, resize, threshold  # noqa: E402 (see above)

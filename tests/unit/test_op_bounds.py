@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zimg import images, ops
+from zimg import _op_registry, images, ops
 from zimg._errors import OpError
 from zimg.ops import (
     MAX_OPS,
@@ -31,7 +31,7 @@ SHORT = 300  # an error that repeats a param stays about this short, whatever th
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a test register ops without leaking them into other tests."""
-    monkeypatch.setattr(ops, "_REGISTRY", dict(ops._REGISTRY))
+    monkeypatch.setattr(_op_registry, "_REGISTRY", dict(_op_registry._REGISTRY))
 
 
 # ---- param values ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import zimg
-from zimg import ops
+from zimg import _op_registry, ops
 from zimg._errors import OpError
 from zimg.ops import (
     DEFAULT_PIPELINE,
@@ -62,7 +62,7 @@ def read_only(image: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let a test register ops without leaking them into other tests."""
-    monkeypatch.setattr(ops, "_REGISTRY", dict(ops._REGISTRY))
+    monkeypatch.setattr(_op_registry, "_REGISTRY", dict(_op_registry._REGISTRY))
 
 
 # ---- the notebook's pipeline -----------------------------------------------------------------
