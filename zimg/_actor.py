@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zimg import protocol
-from zimg._errors import SpawnError, ZimgError, ZimgTimeout
+from zimg._errors import NameTakenError, SpawnError, ZimgError, ZimgTimeout
 from zimg._mailbox import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_MESSAGES,
@@ -257,7 +257,11 @@ class Process:
         self.runtime.exit_signal(self.pid, args[0], args[1], link=False)
 
     def register(self, name: str) -> None:
-        """Register this process under ``name`` on its node until it ends."""
+        """Register this process under ``name`` on its node until it ends.
+
+        Raises:
+            NameTakenError: another live process on this node holds ``name``.
+        """
         self.runtime.register(self, name)
 
     def unregister(self, name: str) -> None:
@@ -1347,7 +1351,7 @@ class ActorRuntime:
         with self._lock:
             holder = self._names.get(name)
             if holder is not None and holder is not proc:
-                raise ZimgError(f"name {name!r} is already registered to {holder.pid!r}")
+                raise NameTakenError(f"name {name!r} is already registered to {holder.pid!r}")
             self._names[name] = proc
             proc.names.add(name)
 

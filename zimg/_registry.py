@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from zimg._errors import ZimgError
+from zimg._errors import NameTakenError
 
 Behaviour = Callable[..., Any]
 B = TypeVar("B", bound=Behaviour)
@@ -33,7 +33,7 @@ def behaviour(name: str | B | None = None) -> B | Callable[[B], B]:
     Use as ``@behaviour`` (registered as ``module:qualname``) or ``@behaviour("name")``.
 
     Raises:
-        ZimgError: another function is already registered under that name.
+        NameTakenError: another function is already registered under that name.
     """
 
     def register(fn: B, as_name: str | None = None) -> B:
@@ -41,7 +41,7 @@ def behaviour(name: str | B | None = None) -> B | Callable[[B], B]:
         with _lock:
             existing = _behaviours.get(key)
             if existing is not None and not same_source(existing, fn):
-                raise ZimgError(f"behaviour {key!r} is already registered to {existing!r}")
+                raise NameTakenError(f"behaviour {key!r} is already registered to {existing!r}")
             _behaviours[key] = fn
             if as_name is None:
                 return fn

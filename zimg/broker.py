@@ -25,6 +25,7 @@ from zimg._broker_state import (
     Send,
     SendMany,
 )
+from zimg._errors import ZimgTimeout
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
 from zimg.wire import Command, lead_frame
@@ -101,11 +102,16 @@ class Broker:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, timeout_s: float = 5.0) -> Broker:
-        """Bind and run the broker on a daemon thread; return once it is bound."""
+        """Bind and run the broker on a daemon thread; return once it is bound.
+
+        Raises:
+            ZimgTimeout: it did not bind within ``timeout_s`` (also a ``TimeoutError``).
+            OSError: the address cannot be bound (in use, or a bad path).
+        """
         self._thread = threading.Thread(target=self._run_catching, name="zimg-broker", daemon=True)
         self._thread.start()
         if not self._bound.wait(timeout_s):
-            raise TimeoutError(f"broker did not bind {self.url} within {timeout_s} s")
+            raise ZimgTimeout(f"broker did not bind {self.url} within {timeout_s} s")
         if self._error is not None:
             raise self._error
         return self

@@ -21,7 +21,7 @@ from zimg import ops, protocol
 from zimg._affinity import embedded_plan, format_cpus
 from zimg._broker_state import BrokerConfig
 from zimg._children import ChildProcess, can_fork, fork_call
-from zimg._errors import ZimgError, ZimgTimeout
+from zimg._errors import ClusterStartError, ZimgTimeout
 from zimg.broker import Broker
 from zimg.connection import query_nodes
 from zimg.node import Node
@@ -200,8 +200,8 @@ def wait_for_workers(
     """Block until every worker in ``names`` has joined the broker at ``url``.
 
     Raises:
-        ZimgError: a worker process exited before joining (without ``keeper``), or ``keeper``
-            gave up restarting it.
+        ClusterStartError: a worker process exited before joining (without ``keeper``), or
+            ``keeper`` gave up restarting it.
         ZimgTimeout: they did not all join within ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
@@ -213,9 +213,11 @@ def wait_for_workers(
             return
         for name, proc in (processes or {}).items():
             if proc.poll() is not None:
-                raise ZimgError(f"worker {name} exited with code {proc.returncode} before joining")
+                raise ClusterStartError(
+                    f"worker {name} exited with code {proc.returncode} before joining"
+                )
         if keeper is not None and keeper.gave_up:
-            raise ZimgError(f"workers {sorted(keeper.gave_up)} keep dying before they join")
+            raise ClusterStartError(f"workers {sorted(keeper.gave_up)} keep dying before they join")
         if time.monotonic() > deadline:
             missing = ", ".join(sorted(want - joined))
             raise ZimgTimeout(f"workers {missing} did not join {url} within {timeout_s} s")

@@ -207,7 +207,11 @@ class Node:
         self.main.exit(pid, reason)
 
     def register(self, name: str) -> None:
-        """Register the main process under ``name``."""
+        """Register the main process under ``name``.
+
+        Raises:
+            NameTakenError: another live process on this node holds ``name``.
+        """
         self.main.register(name)
 
     def whereis(self, name: str) -> Pid | None:

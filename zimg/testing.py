@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from zimg._errors import ZimgError, ZimgTimeout
+from zimg._errors import ClusterStartError, ZimgTimeout
 from zimg.cluster import stop_process, wait_for_workers
 from zimg.connection import query_nodes
 from zimg.security import ClientKeys
@@ -95,7 +95,7 @@ def wait_for_broker(
     """Block until a broker at ``url`` answers NODES.
 
     Raises:
-        ZimgError: ``process`` exited first.
+        ClusterStartError: ``process`` exited first.
         ZimgTimeout: no answer within ``timeout_s``.
     """
     deadline = time.monotonic() + timeout_s
@@ -105,6 +105,8 @@ def wait_for_broker(
             return
         except ZimgTimeout:
             if process is not None and process.poll() is not None:
-                raise ZimgError(f"the broker exited with code {process.returncode}") from None
+                raise ClusterStartError(
+                    f"the broker exited with code {process.returncode}"
+                ) from None
             if time.monotonic() > deadline:
                 raise

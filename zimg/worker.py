@@ -20,7 +20,7 @@ import cv2
 from zimg import images, ops, protocol, wire
 from zimg._actor import DEFAULT_ACTOR_LIMITS, ActorLimits
 from zimg._affinity import format_cpus, pin_process
-from zimg._errors import ImageError, OpError, WireError, ZimgError
+from zimg._errors import AffinityError, ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
 from zimg._placement import Placement
 from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text
@@ -383,15 +383,17 @@ def serve(
     ``zimg._affinity``).
 
     Raises:
-        ZimgError: the broker refused the worker (its name is taken, for example), or the
-            system refused ``cpus``.
+        RejectedError: the broker refused the worker (its name is taken, for example).
+        AffinityError: the system refused ``cpus`` (also an ``OSError``).
+        ZimgTimeout: no broker answered in time.
     """
     if cpus:
         try:
             if not pin_process(cpus):
                 log.warning("this system cannot pin processes to CPUs; --cpus is ignored")
         except OSError as exc:
-            raise ZimgError(f"cannot run worker {name} on CPUs {format_cpus(cpus)}: {exc}") from exc
+            text = f"cannot run worker {name} on CPUs {format_cpus(cpus)}: {exc}"
+            raise AffinityError(text) from exc
     configure_opencv(cv_threads)
     if keep_heap and not keep_freed_memory():
         log.debug("no glibc mallopt here: the C library's own heap behaviour stays")
