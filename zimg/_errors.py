@@ -110,4 +110,6 @@ class AffinityError(InputError, OSError):
 
 
 class FetchError(ZimgError):
-    """A download failed: bad status, wrong content type, too large, or timed out."""
+    """``zimg fetch`` (``zimg.fetch.fetch``) could not download an image: a refused URL or
+    address, an unreachable server, a bad status, the deadline passed, a body that is not an
+    image or is too large, or a file already there. Nothing partial is left behind."""

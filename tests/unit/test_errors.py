@@ -232,3 +232,9 @@ def test_a_broker_that_does_not_bind_in_time_raises_zimg_timeout(
     finally:
         released.set()
         broker.stop()
+
+
+def test_the_errors_page_lists_every_class_in_its_table():
+    page = (PACKAGE.parent / "docs" / "errors.md").read_text()
+    for cls in tree():
+        assert f"| `{cls.__name__}` |" in page, cls
