@@ -28,6 +28,7 @@ import logging
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,39 +129,30 @@ def error_reason(exc: BaseException) -> tuple[str, str, str, str]:
     return ("error", type(exc).__name__, str(exc), text)
 
 
-class Process:
-    """An actor: a pid, a mailbox, links and monitors. Behaviours get one as ``ctx``."""
+class ProcessCalls(ABC):
+    """The calls of a process, made by the process this object speaks for.
 
-    def __init__(self, runtime: ActorRuntime, pid: Pid) -> None:
-        self.runtime = runtime
-        self.pid = pid
-        limits = runtime.limits
-        self.mailbox = Mailbox(limits.mailbox_messages, limits.mailbox_bytes, runtime.budget)
-        self.links: set[Pid] = set()
-        self.monitors: dict[Ref, Pid] = {}  # monitors this process holds, by ref
-        self.monitored_by: dict[Ref, Pid] = {}  # monitors held on this process, by ref
-        self.names: set[str] = set()
-        self.node_watches: dict[str, int] = {}  # monitor_node names, and how many times each
-        self.spawned = False  # counts against max_processes (the main process does not)
-        self.trap_exit = False
-        self.alive = True
-        self.exit_reason: Any = None
-        self._signal: Any = None  # the reason of an exit signal not yet acted on
-        self._signalled = False
+    One definition serves both: a :class:`Process` speaks for itself (a behaviour's ``ctx``), a
+    :class:`~zimg.node.Node` for its main process (the calling script). So their signatures and
+    docstrings cannot drift apart (``tests/unit/test_actor_api.py``).
+    """
+
+    __slots__ = ()
 
     @property
-    def node_name(self) -> str:
-        """The name of the node this process runs on."""
-        return self.runtime.name
+    @abstractmethod
+    def _proc(self) -> Process:
+        """The process that makes the calls."""
 
     def self(self) -> Pid:
         """This process's pid."""
-        return self.pid
+        return self._proc.pid
 
     def send(self, to: Address, message: Any) -> None:
         """Send ``message`` to a pid or a ``(registered name, node)`` pair; never blocks on it."""
-        self.check()
-        self.runtime.send(to, message)
+        proc = self._proc
+        proc.check()
+        proc.runtime.send(to, message)
 
     def receive(self, match: Match | None = None, timeout: float | None = None) -> Any:
         """The first message in arrival order that ``match`` accepts; others stay in place.
@@ -173,10 +165,11 @@ class Process:
             ZimgTimeout: nothing matched in time (also a ``TimeoutError``).
             ExitSignal: an exit signal arrived (the process must end).
         """
+        proc = self._proc
         try:
-            return self.mailbox.receive(match, timeout, check=self._check_flag)
+            return proc.mailbox.receive(match, timeout, check=proc._check_flag)
         except _Signalled:
-            self._die()
+            proc._die()
             raise  # unreachable: _die raises
 
     def spawn(
@@ -216,32 +209,37 @@ class Process:
         kwargs: dict[str, Any] | None = None,
     ) -> tuple[Pid, Ref]:
         """Like :meth:`spawn`, monitoring by default; returns ``(pid, ref)``."""
-        self.check()
-        return self.runtime.spawn(
-            self, node, behaviour, list(args), dict(kwargs or {}), link, monitor, timeout
+        proc = self._proc
+        proc.check()
+        return proc.runtime.spawn(
+            proc, node, behaviour, list(args), dict(kwargs or {}), link, monitor, timeout
         )
 
     def link(self, pid: Pid) -> None:
         """Link this process and ``pid`` (both ways). A dead pid sends back ``noproc``."""
-        self.check()
-        self.runtime.link(self, pid)
+        proc = self._proc
+        proc.check()
+        proc.runtime.link(proc, pid)
 
     def unlink(self, pid: Pid) -> None:
         """Remove the link with ``pid``, both ways."""
-        self.runtime.unlink(self, pid)
+        proc = self._proc
+        proc.runtime.unlink(proc, pid)
 
     def monitor(self, pid: Pid) -> Ref:
         """Monitor ``pid``: one ``("DOWN", ref, pid, reason)`` message when it ends."""
-        self.check()
-        return self.runtime.monitor(self, pid)
+        proc = self._proc
+        proc.check()
+        return proc.runtime.monitor(proc, pid)
 
     def demonitor(self, ref: Ref, *, flush: bool = False) -> None:
         """Drop a monitor; with ``flush``, also remove its ``DOWN`` if already delivered."""
-        self.runtime.demonitor(self, ref)
+        proc = self._proc
+        proc.runtime.demonitor(proc, ref)
         if flush:
             while True:
                 try:
-                    self.mailbox.receive(lambda m: m[0] == "DOWN" and m[1] == ref, 0)
+                    proc.mailbox.receive(lambda m: m[0] == "DOWN" and m[1] == ref, 0)
                 except ZimgTimeout:
                     break
 
@@ -249,12 +247,17 @@ class Process:
         """``exit(reason)`` ends this process; ``exit(pid, reason)`` sends ``pid`` an exit signal.
 
         ``exit(pid, "kill")`` cannot be trapped; the target ends with reason ``killed``.
+        ``exit(reason)`` raises :class:`ExitSignal`; in a node's main process, its links and
+        monitors are told ``reason`` and the node gets a new main process (as on any signal).
         """
+        proc = self._proc
         if len(args) == 1:
+            if proc is proc.runtime.main:
+                proc.runtime.replace_main(args[0])
             raise ExitSignal(args[0])
         if len(args) != 2 or not isinstance(args[0], Pid):
             raise TypeError("use exit(reason) or exit(pid, reason)")
-        self.runtime.exit_signal(self.pid, args[0], args[1], link=False)
+        proc.runtime.exit_signal(proc.pid, args[0], args[1], link=False)
 
     def register(self, name: str) -> None:
         """Register this process under ``name`` on its node until it ends.
@@ -262,27 +265,71 @@ class Process:
         Raises:
             NameTakenError: another live process on this node holds ``name``.
         """
-        self.runtime.register(self, name)
+        proc = self._proc
+        proc.runtime.register(proc, name)
 
     def unregister(self, name: str) -> None:
         """Release a name this process registered."""
-        self.runtime.unregister(self, name)
+        proc = self._proc
+        proc.runtime.unregister(proc, name)
 
     def whereis(self, name: str) -> Pid | None:
         """The pid registered under ``name`` on this node, or None."""
-        return self.runtime.whereis(name)
+        return self._proc.runtime.whereis(name)
 
     def nodes(self) -> list[str]:
-        """The other nodes connected to the broker (Erlang's ``Node.list``)."""
-        return self.runtime.list_nodes()
+        """The names of the other nodes connected to the broker, sorted (Erlang's ``nodes()``).
+
+        A round trip to the broker (its node table, every page of it).
+        """
+        return self._proc.runtime.list_nodes()
 
     def make_ref(self) -> Ref:
         """A reference unique across the cluster."""
-        return self.runtime.make_ref()
+        return self._proc.runtime.make_ref()
 
     def monitor_node(self, name: str) -> None:
         """Get ``("nodedown", name)`` once when that node goes down (at once if it is not up)."""
-        self.runtime.monitor_node(self, name)
+        proc = self._proc
+        proc.runtime.monitor_node(proc, name)
+
+
+class Process(ProcessCalls):
+    """An actor: a pid, a mailbox, links and monitors. Behaviours get one as ``ctx``.
+
+    Attributes:
+        pid: this process's :class:`~zimg.wire.Pid`.
+        trap_exit: when True, exit signals from links arrive as ``("EXIT", pid, reason)``
+            messages instead of ending the process (``kill`` still ends it).
+        alive: False once the process has ended.
+        exit_reason: the reason it ended with (None while it runs).
+    """
+
+    def __init__(self, runtime: ActorRuntime, pid: Pid) -> None:
+        self.runtime = runtime
+        self.pid = pid
+        limits = runtime.limits
+        self.mailbox = Mailbox(limits.mailbox_messages, limits.mailbox_bytes, runtime.budget)
+        self.links: set[Pid] = set()
+        self.monitors: dict[Ref, Pid] = {}  # monitors this process holds, by ref
+        self.monitored_by: dict[Ref, Pid] = {}  # monitors held on this process, by ref
+        self.names: set[str] = set()
+        self.node_watches: dict[str, int] = {}  # monitor_node names, and how many times each
+        self.spawned = False  # counts against max_processes (the main process does not)
+        self.trap_exit = False
+        self.alive = True
+        self.exit_reason: Any = None
+        self._signal: Any = None  # the reason of an exit signal not yet acted on
+        self._signalled = False
+
+    @property
+    def _proc(self) -> Process:
+        return self
+
+    @property
+    def node_name(self) -> str:
+        """The name of the node this process runs on."""
+        return self.runtime.name
 
     def check(self) -> None:
         """Raise :class:`ExitSignal` if an exit signal has arrived for this process."""

@@ -19,26 +19,28 @@ from zimg import protocol, wire
 from zimg._actor import (
     ANY,
     DEFAULT_ACTOR_LIMITS,
-    DEFAULT_SPAWN_TIMEOUT_S,
     SHUTDOWN,
     ActorLimits,
     ActorRuntime,
-    Address,
     ExitSignal,
     Process,
+    ProcessCalls,
 )
 from zimg._errors import ZimgTimeout
-from zimg._mailbox import Match
 from zimg._placement import Placement
 from zimg.connection import Connection, collect_pages
 from zimg.security import ClientKeys
-from zimg.wire import Command, Pid, Ref
+from zimg.wire import Command
 
 __all__ = ["ANY", "ActorLimits", "ExitSignal", "Node", "connect"]
 
 
-class Node:
+class Node(ProcessCalls):
     """A node: a connection to the broker, the processes it hosts, and its main process.
+
+    The calling thread acts as the main process: ``node.send``, ``node.receive``, ``node.spawn``
+    and every other call of :class:`Process` are made as it (they are the same methods, from
+    :class:`ProcessCalls`).
 
     Args:
         url: the broker's endpoint.
@@ -129,19 +131,11 @@ class Node:
         with self._query_lock:
             return collect_pages(ask)
 
-    def nodes(self) -> list[str]:
-        """The names of the other connected nodes, sorted (Erlang's ``Node.list``)."""
-        return self.runtime.list_nodes()
-
-    def monitor_node(self, name: str) -> None:
-        """Get ``("nodedown", name)`` once when that node goes down (at once if it is not up)."""
-        self.main.monitor_node(name)
-
     # ------------------------------------------------------------------ the main process
 
-    def self(self) -> Pid:
-        """The main process's pid."""
-        return self.main.pid
+    @property
+    def _proc(self) -> Process:
+        return self.runtime.main
 
     @property
     def trap_exit(self) -> bool:
@@ -151,76 +145,6 @@ class Node:
     @trap_exit.setter
     def trap_exit(self, value: bool) -> None:
         self.main.trap_exit = value
-
-    def spawn(
-        self,
-        node: str,
-        behaviour: str,
-        *args: Any,
-        link: bool = False,
-        monitor: bool = False,
-        timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
-        kwargs: dict[str, Any] | None = None,
-    ) -> Pid:
-        """Run a registered behaviour on ``node`` (or ``ANY`` worker); see :meth:`Process.spawn`."""
-        return self.main.spawn(
-            node, behaviour, *args, link=link, monitor=monitor, timeout=timeout, kwargs=kwargs
-        )
-
-    def spawn_monitor(
-        self,
-        node: str,
-        behaviour: str,
-        *args: Any,
-        timeout: float = DEFAULT_SPAWN_TIMEOUT_S,
-        kwargs: dict[str, Any] | None = None,
-    ) -> tuple[Pid, Ref]:
-        """Spawn and monitor; returns ``(pid, ref)``."""
-        return self.main.spawn_monitor(node, behaviour, *args, timeout=timeout, kwargs=kwargs)
-
-    def send(self, to: Address, message: Any) -> None:
-        """Send ``message`` to a pid or a ``(name, node)`` pair (asynchronous)."""
-        self.main.send(to, message)
-
-    def receive(self, match: Match | None = None, timeout: float | None = None) -> Any:
-        """Selective receive on the main mailbox; see :meth:`Process.receive`."""
-        return self.main.receive(match, timeout)
-
-    def link(self, pid: Pid) -> None:
-        """Link the main process with ``pid``."""
-        self.main.link(pid)
-
-    def unlink(self, pid: Pid) -> None:
-        """Remove a link of the main process."""
-        self.main.unlink(pid)
-
-    def monitor(self, pid: Pid) -> Ref:
-        """Monitor ``pid`` from the main process."""
-        return self.main.monitor(pid)
-
-    def demonitor(self, ref: Ref, *, flush: bool = False) -> None:
-        """Drop a monitor of the main process."""
-        self.main.demonitor(ref, flush=flush)
-
-    def exit(self, pid: Pid, reason: Any) -> None:
-        """Send ``pid`` an exit signal (``"kill"`` cannot be trapped)."""
-        self.main.exit(pid, reason)
-
-    def register(self, name: str) -> None:
-        """Register the main process under ``name``.
-
-        Raises:
-            NameTakenError: another live process on this node holds ``name``.
-        """
-        self.main.register(name)
-
-    def whereis(self, name: str) -> Pid | None:
-        """The pid registered under ``name`` on this node, or None."""
-        return self.main.whereis(name)
-
-    def make_ref(self) -> Ref:
-        """A reference unique across the cluster."""
-        return self.main.make_ref()
 
 
 def connect(
