@@ -408,8 +408,19 @@ def test_a_paused_worker_that_lost_its_name_keeps_asking_and_comes_back(
     finally:
         os.kill(worker.pid, signal.SIGCONT)
     log = procs.logdir / "worker-n1-2.log"
-    wait_until(lambda: "refused to take us back" in log.read_text(), "n1 to say why it waits")
-    wait_until(lambda: stats(tcp_url)["rejected"] >= 3, "n1 to ask again after refusals")
+
+    def impostor_beats(condition: Callable[[], Any]) -> Callable[[], Any]:
+        # The impostor must stay alive (it beats at every check: the broker drops a silent node
+        # after 0.9 s) until n1 has been refused, or n1 may simply get its name back.
+        return lambda: impostor.send(Command.HEARTBEAT, {}) or condition()
+
+    wait_until(
+        impostor_beats(lambda: "refused to take us back" in log.read_text()),
+        "n1 to say why it waits",
+    )
+    wait_until(
+        impostor_beats(lambda: stats(tcp_url)["rejected"] >= 3), "n1 to ask again after refusals"
+    )
     assert worker.poll() is None, log.read_text()
     impostor.send(Command.DISCONNECT, {"reason": "normal"})
     back = wait_until(
