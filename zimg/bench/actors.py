@@ -21,9 +21,14 @@ What is measured, on this machine, in one process tree:
    server in another process, over ``ipc://`` in a temporary directory, for RTT and one-way
    rate; (b) the same through a ``zmq.proxy`` ROUTER-DEALER device in a third process (the
    server connects a DEALER to the proxy's back end), which has the shape of the zimg broker.
+5. **Erlang/OTP distribution**, where ``erl`` and ``erlc`` are installed (Debian and Ubuntu:
+   ``apt-get install erlang-base``): the same round trips and one-way rate, with the same counts
+   and the same small terms, between a driver and an echo process on two BEAM nodes over
+   loopback (:mod:`zimg.bench.erlang`). Without ``erl`` the column is left out with a note, and
+   a peer that fails is reported as failed; neither fails the run.
 
-The table gives each zimg figure next to its raw pyzmq counterpart and the ratio zimg / pyzmq:
-above 1 means slower for a latency, below 1 means slower for a rate.
+The table gives each zimg figure next to its raw pyzmq counterpart (and the Erlang one) and the
+ratio zimg / baseline: above 1 means slower for a latency, below 1 means slower for a rate.
 
 Run it from the repository (or anywhere zimg is installed)::
 
@@ -66,6 +71,7 @@ import zmq
 import zimg
 from zimg import wire
 from zimg._heap import keep_freed_memory
+from zimg.bench import erlang
 from zimg.bench._common import BenchError, Timings, children, interrupt, machine_info, progress
 from zimg.wire import Command, Pid
 
@@ -229,6 +235,17 @@ class ZimgResults:
 class RawResults:
     """One raw pyzmq path: its round trips and its one-way rate."""
 
+    rtt: Rtt
+    one_way: Rate
+
+
+@dataclass(frozen=True)
+class ErlangResults:
+    """Erlang/OTP distribution between two BEAM nodes: round trips and one-way rate."""
+
+    otp: str
+    rtt_bytes: int  # term_to_binary size of the request term, for reference
+    one_way_bytes: int
     rtt: Rtt
     one_way: Rate
 
@@ -408,6 +425,42 @@ def run_pyzmq(cfg: Config, tmp: str, timings: Timings) -> dict[str, RawResults]:
     return results
 
 
+# ---------------------------------------------------------------------- Erlang/OTP
+
+
+def run_erlang(cfg: Config, tmp: str, timings: Timings) -> ErlangResults | str:
+    """The Erlang/OTP figures, or why there are none (not installed, or the peer failed)."""
+    why = erlang.missing()
+    if why is not None:
+        progress(f"Erlang/OTP peer: {why}")
+        return why
+    with timings.phase("erlang distribution"):
+        try:
+            out = erlang.run_peer(
+                cfg.rounds,
+                cfg.warmup_rounds,
+                cfg.messages,
+                cfg.warmup_messages,
+                Path(tmp),
+                RESULT_TIMEOUT_S,
+            )
+        except BenchError as exc:
+            progress(f"Erlang/OTP peer failed: {exc}")
+            return f"failed: {exc}"
+    return ErlangResults(
+        otp=out.otp,
+        rtt_bytes=out.rtt_bytes,
+        one_way_bytes=out.one_way_bytes,
+        rtt=Rtt.of(out.samples_us, out.rtt_total_s),
+        one_way=Rate.of(out.messages, out.one_way_s),
+    )
+
+
+def erlang_json(erl: ErlangResults | str) -> dict[str, Any]:
+    """The Erlang figures as a JSON-ready dict, or ``{"skipped": why}``."""
+    return asdict(erl) if isinstance(erl, ErlangResults) else {"skipped": erl}
+
+
 # ---------------------------------------------------------------------- zimg
 
 
@@ -503,40 +556,49 @@ def run_zimg(cfg: Config, timings: Timings) -> ZimgResults:
 # ---------------------------------------------------------------------- report
 
 
-Row = tuple[str, float, float | None, float | None, str]
+Row = tuple[str, float, tuple[float | None, ...], str]  # label, zimg, one base per column, format
 
 
-def _rows(z: ZimgResults, raw: dict[str, RawResults]) -> list[Row | str]:
-    d, p = raw["direct"], raw["proxy"]
+def _rows(z: ZimgResults, raw: dict[str, RawResults], erl: ErlangResults | None) -> list[Row | str]:
+    """The table's rows; the bases are pyzmq direct, pyzmq proxy and (if given) Erlang."""
+    paths = [raw["direct"], raw["proxy"]]
     rows: list[Row | str] = []
-    for label, rtt, compare in (
-        ("RTT n1 <-> n2 (actors, 2 workers)", z.rtt_n1_n2, True),
-        ("RTT main <-> n1 (main node, echo)", z.rtt_main_n1, True),
-        ("RTT n1 <-> n1 (same node: no socket)", z.rtt_same_node, False),
+    for label, rtt, compare, with_erl in (
+        ("RTT n1 <-> n2 (actors, 2 workers)", z.rtt_n1_n2, True, True),
+        ("RTT main <-> n1 (main node, echo)", z.rtt_main_n1, True, False),
+        ("RTT n1 <-> n1 (same node: no socket)", z.rtt_same_node, False, False),
     ):
+        rtts: list[Rtt | None] = [b.rtt for b in paths] if compare else [None, None]
+        if erl is not None:
+            rtts.append(erl.rtt if with_erl else None)
         rows.append(label)
         for stat, fmt in (("p50_us", ".1f"), ("p99_us", ".1f"), ("mean_us", ".1f")):
             name = f"  {stat.removesuffix('_us')} (us)"
-            base = (getattr(d.rtt, stat), getattr(p.rtt, stat)) if compare else (None, None)
-            rows.append((name, getattr(rtt, stat), *base, fmt))
-        base = (d.rtt.per_s, p.rtt.per_s) if compare else (None, None)
-        rows.append(("  round trips/s", rtt.per_s, *base, ",.0f"))
+            bases = tuple(None if b is None else getattr(b, stat) for b in rtts)
+            rows.append((name, getattr(rtt, stat), bases, fmt))
+        per_s = tuple(None if b is None else b.per_s for b in rtts)
+        rows.append(("  round trips/s", rtt.per_s, per_s, ",.0f"))
     rows.append("One-way n1 -> n2 (counting sink)")
-    per_s = z.one_way_n1_n2.per_s
-    rows.append(("  messages/s", per_s, d.one_way.per_s, p.one_way.per_s, ",.0f"))
+    rates = [b.one_way.per_s for b in paths] + ([erl.one_way.per_s] if erl is not None else [])
+    rows.append(("  messages/s", z.one_way_n1_n2.per_s, tuple(rates), ",.0f"))
     rows.append("Spawn on n1 (zimg.behaviours:echo)")
     s = z.spawn
-    rows.append(("  spawn -> first reply, median (ms)", s.first_reply_median_ms, None, None, ".2f"))
-    rows.append(("  spawn -> first reply, min (ms)", s.first_reply_min_ms, None, None, ".2f"))
-    rows.append(("  spawn -> first reply, max (ms)", s.first_reply_max_ms, None, None, ".2f"))
-    rows.append(("  spawn() call alone, median (ms)", s.spawn_call_median_ms, None, None, ".2f"))
+    none = (None,) * len(rates)
+    rows.append(("  spawn -> first reply, median (ms)", s.first_reply_median_ms, none, ".2f"))
+    rows.append(("  spawn -> first reply, min (ms)", s.first_reply_min_ms, none, ".2f"))
+    rows.append(("  spawn -> first reply, max (ms)", s.first_reply_max_ms, none, ".2f"))
+    rows.append(("  spawn() call alone, median (ms)", s.spawn_call_median_ms, none, ".2f"))
     return rows
 
 
 def format_table(
-    cfg: Config, machine: dict[str, Any], z: ZimgResults, raw: dict[str, RawResults]
+    cfg: Config,
+    machine: dict[str, Any],
+    z: ZimgResults,
+    raw: dict[str, RawResults],
+    erl: ErlangResults | str,
 ) -> str:
-    """The printed report."""
+    """The printed report; ``erl`` is the Erlang figures or why there are none."""
     m = machine
     lines = [
         f"zimg actor benchmark, {m['date']}",
@@ -544,7 +606,8 @@ def format_table(
         f"load {m['load_avg_1m']} before the run",
         f"         {m['platform']}",
         f"         {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, "
-        f"msgpack {m['msgpack']}, numpy {m['numpy']}, zimg {m['zimg']}",
+        f"msgpack {m['msgpack']}, numpy {m['numpy']}, zimg {m['zimg']}"
+        + (f", Erlang/OTP {erl.otp}" if isinstance(erl, ErlangResults) else ""),
         f"sizes:   {cfg.rounds} round trips (+{cfg.warmup_rounds} warm-up), "
         f"{cfg.messages} one-way messages (+{cfg.warmup_messages}), "
         f"{cfg.spawns} spawns (+{cfg.warmup_spawns})",
@@ -552,30 +615,41 @@ def format_table(
         f"one-way {cfg.one_way_bytes} B (zimg: 1 lead frame, raw: 1 frame); transport ipc://",
         "",
     ]
-    head = f"{'':38}{'zimg':>12}{'pyzmq direct':>14}{'zimg/dir':>10}{'pyzmq proxy':>13}"
-    head += f"{'zimg/prx':>10}"
+    # (heading, width) of each base's column, then its ratio column
+    columns = [("pyzmq direct", 14, "zimg/dir"), ("pyzmq proxy", 13, "zimg/prx")]
+    if isinstance(erl, ErlangResults):
+        columns.append(("erlang", 12, "zimg/erl"))
+    head = f"{'':38}{'zimg':>12}" + "".join(f"{c:>{w}}{r:>10}" for c, w, r in columns)
     lines += [head, "-" * len(head)]
-    for row in _rows(z, raw):
+    for row in _rows(z, raw, erl if isinstance(erl, ErlangResults) else None):
         if isinstance(row, str):
             lines.append(row)
             continue
-        label, value, direct, proxy, fmt = row
+        label, value, bases, fmt = row
         text = f"{label:38}{value:>12{fmt}}"
-        for base in (direct, proxy):
+        for base, (_, width, _) in zip(bases, columns, strict=True):
             if base is None:
-                text += f"{'-':>14}{'-':>10}" if base is direct else f"{'-':>13}{'-':>10}"
+                text += f"{'-':>{width}}{'-':>10}"
             else:
-                width = 14 if base is direct else 13
                 text += f"{base:>{width}{fmt}}{value / base:>9.2f}x"
         lines.append(text)
     lines += [
         "-" * len(head),
-        "ratio = zimg / pyzmq: above 1 is slower for latencies, below 1 is slower for rates.",
+        "ratio = zimg / baseline: above 1 is slower for latencies, below 1 is slower for rates.",
         "pyzmq direct: DEALER (this process) <-> ROUTER echo (child process).",
         "pyzmq proxy:  DEALER <-> zmq.proxy ROUTER|DEALER (child) <-> DEALER echo (child).",
         "zimg n1<->n2: actor thread -> I/O thread -> broker thread (main process) -> I/O thread"
         " -> actor, each way.",
     ]
+    if isinstance(erl, ErlangResults):
+        lines += [
+            "erlang:       driver process on one BEAM node <-> echo process on another,"
+            " distribution over TCP loopback;",
+            f"              terms of {erl.rtt_bytes} B (RTT) and {erl.one_way_bytes} B (one-way)"
+            " in the external format.",
+        ]
+    else:
+        lines.append(f"erlang:       {erl}")
     return "\n".join(lines)
 
 
@@ -585,8 +659,9 @@ def to_json(
     z: ZimgResults,
     raw: dict[str, RawResults],
     timings: Timings,
+    erl: ErlangResults | str,
 ) -> dict[str, Any]:
-    """Every figure, as a JSON-ready dict."""
+    """Every figure, as a JSON-ready dict (``"erlang": {"skipped": why}`` without Erlang)."""
     ratios: dict[str, float] = {}
     for base_name, base in raw.items():
         for name, rtt in (("rtt_n1_n2", z.rtt_n1_n2), ("rtt_main_n1", z.rtt_main_n1)):
@@ -595,11 +670,17 @@ def to_json(
                 ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
         ratio = z.one_way_n1_n2.per_s / base.one_way.per_s
         ratios[f"one_way.per_s/{base_name}"] = round(ratio, 4)
+    if isinstance(erl, ErlangResults):
+        for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
+            ratio = getattr(z.rtt_n1_n2, stat) / getattr(erl.rtt, stat)
+            ratios[f"rtt_n1_n2.{stat}/erlang"] = round(ratio, 4)
+        ratios["one_way.per_s/erlang"] = round(z.one_way_n1_n2.per_s / erl.one_way.per_s, 4)
     return {
         "machine": machine,
         "config": asdict(cfg),
         "zimg": asdict(z),
         "pyzmq": {name: asdict(r) for name, r in raw.items()},
+        "erlang": erlang_json(erl),
         "ratios": ratios,
         "phases_s": timings.phases,
     }
@@ -644,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="zimg-bench-")
     try:
         raw = run_pyzmq(cfg, tmp, timings)
+        erl = run_erlang(cfg, tmp, timings)
         z = run_zimg(cfg, timings)
     except KeyboardInterrupt:
         progress("interrupted; everything was stopped")
@@ -655,14 +737,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     timings.phases["total"] = round(time.perf_counter() - started, 3)
-    print(format_table(cfg, machine, z, raw))
+    print(format_table(cfg, machine, z, raw, erl))
     print(
         f"\nwall time: {timings.phases['total']:.1f} s  ("
         + ", ".join(f"{name} {s:.1f}" for name, s in timings.phases.items() if name != "total")
         + ")"
     )
     if args.json is not None:
-        report = to_json(cfg, machine, z, raw, timings)
+        report = to_json(cfg, machine, z, raw, timings, erl)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         progress(f"wrote {args.json}")
     return 0

@@ -2,7 +2,8 @@
 
 1. **Actors** (reused from :mod:`zimg.bench.actors`): small-message round trip between actors on
    two worker nodes (p50/p99) and the one-way message rate, against a direct DEALER-ROUTER echo
-   and against an echo behind ``zmq.proxy``.
+   and against an echo behind ``zmq.proxy``; and against Erlang/OTP distribution between two
+   BEAM nodes where ``erl`` is installed (:mod:`zimg.bench.erlang`).
 2. **The broker loop alone**: raw pyzmq DEALERs that speak the zimg wire format (HELLO, then
    pre-encoded SEND messages to a pid on the other DEALER) exchange messages through a
    ``python -m zimg broker`` process, and the very same frames go through a ``zmq.proxy``
@@ -305,14 +306,17 @@ def _median_figures(runs: list[PathFigures]) -> PathFigures:
 
 
 def run_actors(mode: str, tmp: Path, timings: Timings) -> dict[str, Any]:
-    """The actor figures of :mod:`zimg.bench.actors`, zimg and raw pyzmq, in this run."""
+    """The actor figures of :mod:`zimg.bench.actors`, zimg, raw pyzmq and (where ``erl`` is
+    installed) Erlang/OTP, in this run."""
     cfg = actor_config(mode)
     raw = actors.run_pyzmq(cfg, str(tmp), timings)
+    erl = actors.run_erlang(cfg, str(tmp), timings)
     z = actors.run_zimg(cfg, timings)
     return {
         "config": asdict(cfg),
         "zimg": asdict(z),
         "pyzmq": {name: asdict(r) for name, r in raw.items()},
+        "erlang": actors.erlang_json(erl),
     }
 
 

@@ -122,10 +122,12 @@ def to_markdown(results: dict[str, Any], table: str) -> str:
             "",
             "## Micro-figures",
             "",
-            "Each zimg figure beside its raw pyzmq counterpart, measured in the same run. Latency",
-            "ratios above 1 and rate ratios below 1 mean zimg is slower.",
+            "Each zimg figure beside its baseline, measured in the same run: raw pyzmq and, where",
+            "`erl` is installed, Erlang/OTP distribution between two BEAM nodes over loopback",
+            "(Debian/Ubuntu: `apt-get install erlang-base`; without it the Erlang row says",
+            "`not installed`). Latency ratios above 1 and rate ratios below 1 mean zimg is slower.",
             "",
-            "| figure | zimg | raw pyzmq | ratio |",
+            "| figure | zimg | baseline | ratio |",
             "|---|---|---|---|",
         ]
         out += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]

@@ -201,8 +201,30 @@ def _set_lines(name: str, data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _erlang_rows(z: dict[str, Any], erl: dict[str, Any] | None) -> list[tuple[str, str, str, str]]:
+    """The actor figures against Erlang/OTP distribution; one "not installed" row without it."""
+    label = "Erlang/OTP distribution"
+    if erl is None:  # results from before the Erlang peer
+        return []
+    if "skipped" in erl:
+        why = "not installed" if erl["skipped"].startswith("not installed") else "failed"
+        return [(f"actor figures vs {label}", "-", why, "-")]
+    rows = []
+    for stat in ("p50_us", "p99_us"):
+        zv, ev = z["rtt_n1_n2"][stat], erl["rtt"][stat]
+        name = f"actor RTT {stat[:3]} n1<->n2 (us) vs {label}"
+        rows.append((name, f"{zv:.0f}", f"{ev:.0f}", f"{zv / ev:.2f}x"))
+    zv, ev = z["one_way_n1_n2"]["per_s"], erl["one_way"]["per_s"]
+    rows.append((f"actor one-way msgs/s vs {label}", f"{zv:,.0f}", f"{ev:,.0f}", f"{zv / ev:.2f}x"))
+    return rows
+
+
 def micro_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(figure, zimg, raw pyzmq, ratio) rows for the micro-figures."""
+    """(figure, zimg, baseline, ratio) rows for the micro-figures.
+
+    The baselines are raw pyzmq, Erlang/OTP distribution (where ``erl`` was installed) and, for
+    memory, the shorter run.
+    """
     rows: list[tuple[str, str, str, str]] = []
     act = lookup(results, "micro", "actors")
     if act is not None:
@@ -228,6 +250,7 @@ def micro_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"{zv / rv:.2f}x",
                 )
             )
+        rows += _erlang_rows(z, act.get("erlang"))
     fwd = lookup(results, "micro", "forwarding")
     if fwd is not None:
         zb, zp = fwd["zimg_broker"], fwd["zmq_proxy"]
@@ -307,9 +330,9 @@ def format_table(results: dict[str, Any]) -> str:
         lines.append(f"skipped: {note}")
     rows = micro_rows(results)
     if rows:
-        head = f"{'micro-figure':68}{'zimg':>14}{'raw pyzmq':>12}{'ratio':>20}"
+        head = f"{'micro-figure':68}{'zimg':>14}{'baseline':>14}{'ratio':>20}"
         lines += ["", head, "-" * len(head)]
-        lines += [f"{a:68}{b:>14}{c:>12}{d:>20}" for a, b, c, d in rows]
+        lines += [f"{a:68}{b:>14}{c:>14}{d:>20}" for a, b, c, d in rows]
     for key, why in (lookup(results, "micro", "errors") or {}).items():
         lines.append(f"micro-figure {key}: FAILED: {why}")
     lines += ["", "Targets (issue 5), medians of this run:"]
