@@ -1,4 +1,4 @@
-"""Helpers for tests that run real zimg processes: start them, wait for them, always reap them."""
+"""Test helpers: a fake clock for the pure state machines; real zimg processes, always reaped."""
 
 from __future__ import annotations
 
@@ -13,6 +13,27 @@ from zimg._errors import ClusterStartError, ZimgTimeout
 from zimg.cluster import stop_process, wait_for_workers
 from zimg.connection import query_nodes
 from zimg.security import ClientKeys
+
+
+class FakeClock:
+    """A clock that moves only when told, for the pure state machines (``NodeSession``,
+    ``BrokerState``), whose every event takes ``now``.
+
+    Args:
+        start: the first reading, in seconds (any origin).
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        """The current reading (so the clock can stand in for ``time.monotonic``)."""
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        """Move the clock on by ``seconds``; returns the new reading."""
+        self.now += seconds
+        return self.now
 
 
 def free_tcp_url(host: str = "127.0.0.1") -> str:
