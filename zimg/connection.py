@@ -1,5 +1,9 @@
 """A node's link to the broker: one DEALER on an I/O thread, with HELLO, heartbeats and reconnect.
 
+The session (HELLO, WELCOME, REJECT, heartbeats, liveness, rejoin) is decided by a pure state
+machine, ``zimg._node_session.NodeSession``; the I/O thread here only hosts it: it polls,
+receives, decodes, feeds the session, and carries out its instructions.
+
 Other threads never touch the DEALER. They hand frames to the I/O thread through an inproc PUSH
 socket guarded by a lock (zero-copy, and it blocks the sender only when the I/O thread is far
 behind, or the broker cannot take more). The I/O thread decodes what arrives and calls the
@@ -14,13 +18,14 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
 
+from zimg import _node_session as ns
 from zimg import protocol, wire
-from zimg._errors import BrokenError, ClosedError, RejectedError, WireError, ZimgTimeout
+from zimg._errors import BrokenError, ClosedError, WireError, ZimgTimeout
 from zimg._placement import Placement
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import ClientKeys
@@ -78,18 +83,18 @@ class Connection:
         self.keys = keys
         self.incarnation = secrets.randbits(62)
         self.identity = protocol.node_identity(name, self.incarnation, secrets.randbits(64))
-        self.heartbeat_interval_s = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
-        self.liveness = protocol.DEFAULT_LIVENESS
-        self.epoch: int | None = None
-        self.sessions = 0
-        # Malformed messages this node dropped; the broker forwards actor messages to a live
-        # pid without decoding their bodies, so these are counted here and reported to it
-        # with every heartbeat (``zimg nodes`` shows them).
-        self.malformed = 0
         # Counts reported to the broker with every heartbeat, when not zero (``zimg nodes``
         # shows them): ``malformed`` here, ``dropped`` from the actor runtime's mailboxes.
         self.counters: dict[str, Callable[[], int]] = {"malformed": lambda: self.malformed}
-        self._session_id = 0  # sent in HELLO; a new value tells the broker we lost our session
+        self._session = ns.NodeSession(
+            self.name,
+            url=url,
+            role=role,
+            capacity=capacity,
+            incarnation=self.incarnation,
+            placement=placement.to_hello() if placement else None,
+            counters=self.counters,
+        )
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
         self._session_hooks: list[SessionHook] = []
@@ -109,7 +114,6 @@ class Connection:
         self._control_peer = self._ctx.socket(zmq.PAIR)
         self._control_peer.connect(f"inproc://zimg-control-{n}")
         self._welcomed = threading.Event()
-        self._retrying = False  # a re-join was refused for now, and is being asked again
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -211,6 +215,33 @@ class Connection:
         """True once the broker has welcomed this node."""
         return self._welcomed.is_set() and self._error is None
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """The heartbeat interval (the broker's, once welcomed)."""
+        return self._session.heartbeat_interval_s
+
+    @property
+    def liveness(self) -> int:
+        """How many silent intervals make a peer lost (the broker's, once welcomed)."""
+        return self._session.liveness
+
+    @property
+    def epoch(self) -> int | None:
+        """The broker's epoch from its last WELCOME (None before the first)."""
+        return self._session.epoch
+
+    @property
+    def sessions(self) -> int:
+        """How many sessions this node began with the broker (1 after the first WELCOME)."""
+        return self._session.sessions
+
+    @property
+    def malformed(self) -> int:
+        """Malformed messages this node dropped. The broker forwards actor messages to a live
+        pid without decoding their bodies, so these are counted here and reported to it with
+        every heartbeat (``zimg nodes`` shows them)."""
+        return self._session.malformed
+
     def _check_usable(self) -> None:
         if self._closed:
             raise ClosedError(f"node {self.name} is closed")
@@ -234,22 +265,6 @@ class Connection:
         sock.connect(self.url)
         self._backlog.clear()  # stale: whatever matters is resent on the new session
         return sock
-
-    def _hello(self) -> None:
-        self._send_direct(
-            wire.encode(
-                Command.HELLO,
-                {
-                    "name": self.name,
-                    "role": self.role,
-                    "capacity": self.capacity,
-                    "incarnation": self.incarnation,
-                    "session": self._session_id,
-                    "version": protocol.PROTOCOL_VERSION,
-                    **(self.placement.to_hello() if self.placement else {}),
-                },
-            )
-        )
 
     def _send_direct(self, frames: list[Any]) -> None:
         """Send on the DEALER, or queue behind earlier messages if its queue is full."""
@@ -307,25 +322,23 @@ class Connection:
             self._welcomed.set()
 
     def _loop(self) -> None:
-        dealer = self._dealer = self._new_dealer()
-        self._hello()
-        now = time.monotonic()
-        last_heard = now
-        next_beat = now + self.heartbeat_interval_s
-        ready = False
+        session = self._session
+        if not self._carry_out(session.start(time.monotonic())):
+            return
         poller = zmq.Poller()
         poller.register(self._control, zmq.POLLIN)
         while True:
+            dealer = self._dealer
+            if dealer is None:
+                return
             # While the DEALER's queue is full, stop taking work from other threads: they block
             # on the inproc socket, which is the backpressure.
             poller.register(dealer, _POLLIN | _POLLOUT if self._backlog else _POLLIN)
             poller.register(self._inbox, 0 if self._backlog else _POLLIN)
-            expiry = self.heartbeat_interval_s * self.liveness
-            now = time.monotonic()
-            wait_s = max(0.0, min(next_beat, last_heard + expiry) - now)
+            wait_s = max(0.0, session.wake_at - time.monotonic())
             events = dict(poller.poll(int(wait_s * 1000)))
             if self._control in events:
-                self._leave(ready)
+                self._carry_out(session.leave())
                 return
             if events.get(dealer, 0) & _POLLIN:
                 for _ in range(256):
@@ -333,108 +346,57 @@ class Connection:
                         frames = recv_frames(dealer, NOBLOCK)
                     except zmq.Again:
                         break
-                    last_heard = time.monotonic()
+                    now = time.monotonic()
                     try:
                         msg = wire.decode(frames, self.limits)
                     except WireError as exc:
-                        self.malformed += 1
-                        # The first is a warning; the rest would let a peer flood the log.
-                        level = logging.WARNING if self.malformed == 1 else logging.DEBUG
-                        log.log(level, "node %s: dropped a malformed message: %s", self.name, exc)
+                        self._carry_out(session.on_malformed(exc, now))
                         continue
-                    if msg.command is Command.WELCOME:
-                        self._welcome(msg, rejoined=not ready and self.sessions > 0)
-                        ready = True
-                        # The broker's interval may be shorter than the one we started with.
-                        next_beat = min(next_beat, time.monotonic() + self.heartbeat_interval_s)
-                    elif msg.command is Command.REJECT:
-                        if self._refused(msg, ready):
-                            return
-                        ready = False
-                    elif msg.command is Command.DISCONNECT:
-                        # The broker restarted or dropped us: join again. While not ready, a
-                        # HELLO is already on its way (and is retried every interval): a second
-                        # one would only draw a second answer.
-                        if ready:
-                            log.info("node %s: the broker does not know us; rejoining", self.name)
-                            self._session_id += 1
-                            ready = False
-                            self._hello()
-                    elif msg.command is not Command.HEARTBEAT:
-                        self._handle(msg)
-            now = time.monotonic()
-            # Before sending anything: a DEALER about to be replaced would drop what it holds.
-            # (Reading first: a broker that spoke while we were frozen is not lost.)
-            if now - last_heard > expiry:
-                # The broker went silent: start over with a fresh socket, dropping stale messages.
-                log.warning("node %s: lost the broker at %s; reconnecting", self.name, self.url)
-                if ready:
-                    self._session_id += 1
-                ready = False
+                    if not self._carry_out(session.on_message(msg, now)):
+                        return
+            # After reading (a broker that spoke while we were frozen is not lost), before
+            # sending anything (a DEALER about to be replaced would drop what it holds).
+            if not self._carry_out(session.on_tick(time.monotonic())):
+                return
+            if self._dealer is not dealer:  # replaced: what was polled is stale
                 poller.unregister(dealer)
-                dealer.close(linger=0)
-                dealer = self._dealer = self._new_dealer()
-                self._hello()
-                last_heard = now
-                next_beat = now + self.heartbeat_interval_s
-                events = {}
+                continue
             if events.get(dealer, 0) & _POLLOUT:
                 self._flush_backlog()
             if events.get(self._inbox, 0) & _POLLIN:
                 self._forward_inbox(256)
-            if now >= next_beat:
-                if ready:
-                    beat = {k: n for k, count in self.counters.items() if (n := count())}
-                    self._send_direct(wire.encode(Command.HEARTBEAT, beat))
-                    for hook in self._tick_hooks:
-                        try:
-                            hook()
-                        except Exception:
-                            log.exception("node %s: a tick hook failed", self.name)
-                else:
-                    self._hello()
-                next_beat = now + self.heartbeat_interval_s
 
-    def _refused(self, msg: wire.Message, ready: bool) -> bool:
-        """A REJECT arrived: True if it ends this node. A node that was welcomed before keeps
-        asking after a refusal that time can lift (its name is held by a node that is about
-        to be declared dead; the broker is full), saying why; any other refusal, and every
-        refusal of a first join, is final."""
-        reason = msg.header.get("reason", "no reason given")
-        code = msg.header.get("code")
-        if self.sessions > 0 and code in protocol.RETRYABLE_REJECTS:
-            if ready or not self._retrying:
-                log.warning(
-                    "node %s: the broker refused to take us back (%s); asking again every %g s",
-                    self.name,
-                    reason,
-                    self.heartbeat_interval_s,
-                )
-            self._retrying = True
-            if ready:
-                self._session_id += 1
-            return False
-        self._error = RejectedError(f"the broker refused node {self.name}: {reason}")
-        log.error("%s", self._error)
-        self._welcomed.set()
+    def _carry_out(self, instructions: Sequence[ns.Instruction]) -> bool:
+        """Do what the session decided; False once it says stop."""
+        for ins in instructions:
+            if isinstance(ins, ns.Deliver):
+                self._handle(ins.message)
+            elif isinstance(ins, ns.Send):
+                self._send_direct(ins.frames)
+            elif isinstance(ins, ns.Log):
+                log.log(ins.level, "%s", ins.text)
+            elif isinstance(ins, ns.Welcomed):
+                self._welcomed.set()
+            elif isinstance(ins, ns.RunSessionHooks):
+                for hook in self._session_hooks:
+                    hook(ins.broker_restarted)
+            elif isinstance(ins, ns.RunTickHooks):
+                for tick in self._tick_hooks:
+                    try:
+                        tick()
+                    except Exception:
+                        log.exception("node %s: a tick hook failed", self.name)
+            elif isinstance(ins, ns.NewDealer):
+                if self._dealer is not None:
+                    self._dealer.close(linger=0)
+                self._dealer = self._new_dealer()
+            elif isinstance(ins, ns.Leave):
+                self._leave(ins.farewell)
+            elif isinstance(ins, ns.Stop):
+                self._error = ins.error
+                self._welcomed.set()
+                return False
         return True
-
-    def _welcome(self, msg: wire.Message, *, rejoined: bool) -> None:
-        interval = msg.header.get("heartbeat_interval_s")
-        liveness = msg.header.get("liveness")
-        if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
-            self.heartbeat_interval_s = float(interval)
-        if isinstance(liveness, int) and not isinstance(liveness, bool) and liveness > 0:
-            self.liveness = liveness
-        self._retrying = False
-        previous, self.epoch = self.epoch, msg.header.get("epoch")
-        if self.sessions == 0 or rejoined:
-            self.sessions += 1
-        if rejoined:
-            log.info("node %s: rejoined the broker (session %d)", self.name, self.sessions)
-            for hook in self._session_hooks:
-                hook(previous != self.epoch)
-        self._welcomed.set()
 
     def _handle(self, msg: wire.Message) -> None:
         handler = self._handlers.get(msg.command)
@@ -446,14 +408,14 @@ class Connection:
         except Exception:
             log.exception("node %s: handler for %s failed", self.name, msg.command.name)
 
-    def _leave(self, ready: bool) -> None:
-        if ready and self._dealer is not None:
+    def _leave(self, farewell: list[Any] | None) -> None:
+        if farewell is not None and self._dealer is not None:
             # What other threads sent before close() goes out first, the DISCONNECT last: a
             # closing node's processes send their exit signals and DOWNs as they end, and the
             # broker handles a node's messages in order, so every link and monitor in another
             # node hears `shutdown` before the broker reports this node gone (`noconnection`).
             self._forward_inbox()
-            self._send_direct(wire.encode(Command.DISCONNECT, {"reason": protocol.NORMAL}))
+            self._send_direct(farewell)
             self._drain_backlog(LEAVE_FLUSH_S)
             self._dealer.close(linger=500)
         elif self._dealer is not None:
