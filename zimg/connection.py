@@ -123,7 +123,23 @@ class Connection:
     # ------------------------------------------------------------------ public
 
     def on(self, command: Command, handler: Handler) -> None:
-        """Call ``handler(message)`` on the I/O thread whenever ``command`` arrives."""
+        """Call ``handler(message)`` on the I/O thread whenever ``command`` arrives.
+
+        A command has one handler, registered once (here or with ``handlers=``), so what a message
+        does is decided in one place and a dispatch is one lookup. A part that serves several
+        listeners owns the handler and fans out itself: RESULTs go to the connection's one
+        :class:`~zimg.distribute.JobRouter`, which its ``JobClient`` s share.
+
+        Raises:
+            ValueError: ``command`` has a handler already. Replacing it would silently cut off its
+                owner, so a second registration is refused as the bug it is.
+        """
+        existing = self._handlers.get(command)
+        if existing is not None:
+            raise ValueError(
+                f"node {self.name}: {command.name} already has a handler, {existing!r}; "
+                f"refusing a second one, {handler!r}"
+            )
         self._handlers[command] = handler
 
     def on_session(self, hook: SessionHook) -> None:

@@ -12,6 +12,7 @@ issue 12 and checks that the answer is a bounded, counted refusal.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import threading
 import time
@@ -168,8 +169,10 @@ def test_a_second_connection_never_takes_over_a_live_nodes_id(
         attacker = Raw(tcp_url, identity=conn.identity, keys=evil_keys)
         raws.append(attacker)
         attacker.send(Command.NODES, {})  # it tries to speak under the client's id
+        replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
+        conn.on(Command.NODES, replies.put)  # once: a command has one handler
         for _ in range(20):
-            report = _report(conn)
+            report = _report(conn, replies)
             assert report["count"] == 1
         got = attacker.everything(2.0)
         assert got == [], [m.command.name for m in got]
@@ -177,12 +180,8 @@ def test_a_second_connection_never_takes_over_a_live_nodes_id(
         assert stats(tcp_url, keys=main_keys)["nodes_down"] == 0
 
 
-def _report(conn: Connection) -> dict[str, Any]:
+def _report(conn: Connection, replies: queue.SimpleQueue[wire.Message]) -> dict[str, Any]:
     """NODES through the connection's own DEALER (what a node's report() does)."""
-    import queue
-
-    replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
-    conn.on(Command.NODES, replies.put)
     conn.send(Command.NODES, {})
     return replies.get(timeout=WAIT_S).header
 
