@@ -47,6 +47,7 @@ _EXPORTS = {
     "Connection": "zimg.connection",
     "query_nodes": "zimg.connection",
     "JobClient": "zimg.distribute",
+    "JobRouter": "zimg.distribute",
     "Processed": "zimg.distribute",
     "Node": "zimg.node",
     "connect": "zimg.node",
@@ -119,7 +120,7 @@ if TYPE_CHECKING:
     from zimg.broker import Broker
     from zimg.cluster import LocalCluster, local_cluster
     from zimg.connection import Connection, query_nodes
-    from zimg.distribute import JobClient, Processed, distribute
+    from zimg.distribute import JobClient, JobRouter, Processed, distribute
     from zimg.node import Node, connect
     from zimg.ops import DEFAULT_PIPELINE, OpSpec, op, parse_op
     from zimg.wire import Pid, Ref
@@ -144,6 +145,7 @@ __all__ = [
     "ImageError",
     "InputError",
     "JobClient",
+    "JobRouter",
     "KeyFileError",
     "LocalCluster",
     "NameTakenError",

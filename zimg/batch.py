@@ -20,8 +20,7 @@ import numpy as np
 
 from zimg import images, ops
 from zimg._errors import ImageError, ZimgError
-from zimg.connection import Connection
-from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient
+from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient, JobTarget
 from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, JobResult, PayloadMode
 
 MANIFEST_NAME = "manifest.jsonl"
@@ -163,7 +162,7 @@ def plan_outputs(files: Sequence[Path], outdir: Path) -> list[str]:
 
 
 def run_batch(
-    connection: Connection,
+    connection: JobTarget,
     files: Sequence[str | os.PathLike[str]],
     options: BatchOptions,
     *,
@@ -172,7 +171,9 @@ def run_batch(
     """Process ``files`` through the broker that ``connection`` is joined to.
 
     Args:
-        connection: a started node connection.
+        connection: a started node (:class:`~zimg.node.Node`, a local cluster) or its
+            :class:`~zimg.distribute.JobRouter`; a bare :class:`~zimg.connection.Connection`
+            gets a new router, so it can be given to one batch only.
         files: image paths.
         options: see :class:`BatchOptions`.
         on_entry: called with each manifest entry as it is written (for progress display).

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from zimg import ops
     from zimg.batch import BatchOptions, BatchReport
     from zimg.connection import Connection
+    from zimg.distribute import JobRouter
     from zimg.security import ClientKeys
 
 # The CLI imports what a command needs when it runs, not before: `zimg --help` and
@@ -649,11 +650,11 @@ def _run_local(
     with local_cluster(
         workers, capacity=capacity, imports=imports or (), config=config, pin=pin
     ) as running:
-        return _run_with_progress(running.connection, files, options)
+        return _run_with_progress(running.jobs, files, options)
 
 
 def _run_with_progress(
-    conn: Connection, files: Sequence[str | Path], options: BatchOptions
+    conn: Connection | JobRouter, files: Sequence[str | Path], options: BatchOptions
 ) -> BatchReport:
     from rich.progress import (
         BarColumn,

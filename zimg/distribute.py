@@ -1,11 +1,12 @@
 """The client side of the job path: a bounded window of jobs in flight, dedup, and resend.
 
 :class:`JobClient` sends :class:`~zimg.jobs.JobRequest` s through a node's connection and yields
-each answer once, in completion order. It keeps at most ``window`` jobs unanswered, so memory stays
-flat however long the input is. When the node starts a new session with the broker (the broker
-restarted, or dropped us), every unanswered job is sent again; answers to jobs already answered, or
-never asked, are counted and ignored. That makes delivery at-least-once on the wire and
-exactly-once for the caller.
+each answer once, in completion order; the connection's :class:`JobRouter`, made once by its
+owner, hands each RESULT to the client that sent the job. It keeps at most ``window`` jobs
+unanswered, so memory stays flat however long the input is. When the node starts a new session
+with the broker (the broker restarted, or dropped us), every unanswered job is sent again; answers
+to jobs already answered, or never asked, are counted and ignored. That makes delivery
+at-least-once on the wire and exactly-once for the caller.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,19 +47,39 @@ class Completed:
     latency_s: float
 
 
-class _ResultRouter:
-    """Routes RESULTs arriving on one connection to the JobClient that sent the job.
+class JobRouter:
+    """Routes the RESULTs arriving on one connection to the :class:`JobClient` that sent each job.
 
-    One per connection, so several JobClients (even on several threads) can share a node.
+    A connection has one: RESULT has one handler (:meth:`Connection.on` refuses a second). Whoever
+    owns the connection for job traffic makes it once and hands it to every :class:`JobClient`,
+    :func:`distribute` and :func:`~zimg.batch.run_batch` call, so that several (on several threads)
+    share the connection and each gets its own RESULTs. A :class:`~zimg.node.Node` makes its own,
+    ``node.jobs``; for a bare :class:`Connection`, make ``JobRouter(connection)`` once.
+
+    Args:
+        connection: the connection whose RESULTs and new sessions it takes.
+
+    Raises:
+        ValueError: the connection has a RESULT handler already (a JobRouter, or its owner's).
     """
 
     def __init__(self, connection: Connection) -> None:
+        self.connection = connection
         self._lock = threading.Lock()
         self._routes: dict[int, queue.SimpleQueue[object]] = {}
         self._inboxes: set[queue.SimpleQueue[object]] = set()
-        self.unrouted = 0
-        connection.on(Command.RESULT, self._on_result)
+        self.unrouted = 0  # RESULTs nobody waited for (late answers to jobs already answered)
+        try:
+            connection.on(Command.RESULT, self._on_result)
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc}. A connection has one JobRouter: pass it (or the Node that owns it) to "
+                "every JobClient, distribute and run_batch, rather than the bare connection"
+            ) from None
         connection.on_session(self._on_session)
+
+    def __repr__(self) -> str:
+        return f"<JobRouter of node {self.connection.name!r}>"
 
     def expect(self, job_id: int, inbox: queue.SimpleQueue[object]) -> None:
         with self._lock:
@@ -92,44 +112,59 @@ class _ResultRouter:
             inbox.put(_RESEND)
 
 
-_routers: weakref.WeakKeyDictionary[Connection, _ResultRouter] = weakref.WeakKeyDictionary()
-_routers_lock = threading.Lock()
+class _HasJobs(Protocol):
+    jobs: JobRouter
 
 
-def _router(connection: Connection) -> _ResultRouter:
-    with _routers_lock:
-        router = _routers.get(connection)
-        if router is None:
-            router = _routers[connection] = _ResultRouter(connection)
-        return router
+JobTarget = Connection | JobRouter | _HasJobs
+"""Where jobs go: a :class:`JobRouter`, a node that owns one (``node.jobs``), or a bare
+:class:`Connection`, for which a new :class:`JobRouter` is made (once per connection)."""
+
+
+def job_router(target: JobTarget) -> JobRouter:
+    """The :class:`JobRouter` of ``target``; for a bare :class:`Connection`, a new one.
+
+    Raises:
+        ValueError: ``target`` is a connection that has a RESULT handler already.
+    """
+    if isinstance(target, JobRouter):
+        return target
+    if isinstance(target, Connection):
+        return JobRouter(target)
+    return target.jobs
 
 
 class JobClient:
-    """Sends jobs through ``connection`` and collects their results.
+    """Sends jobs through a connection and collects their results.
 
     Job ids on the wire come from the connection's counter, so they are unique for the life of
     the node, however many JobClients use it.
 
     Args:
-        connection: a started (welcomed) connection.
+        connection: the started (welcomed) connection's :class:`JobRouter`, or a node that owns
+            one; a bare :class:`Connection` gets a new router, so only one JobClient may be
+            given it (see :func:`job_router`).
         window: the most jobs in flight at once.
+
+    Raises:
+        ValueError: ``connection`` is a bare connection that routes its RESULTs already.
     """
 
     def __init__(
         self,
-        connection: Connection,
+        connection: JobTarget,
         *,
         window: int = DEFAULT_WINDOW,
         on_duplicate: Callable[[JobRequest, JobResult], None] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
-        self.connection = connection
+        self._router = job_router(connection)
+        self.connection = self._router.connection
         self.window = window
         self._duplicates = 0
         self.resends = 0
         self.on_duplicate = on_duplicate
-        self._router = _router(connection)
         self._unrouted_at_start = self._router.unrouted
         self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._outstanding: dict[int, tuple[JobRequest, float]] = {}
@@ -268,13 +303,9 @@ class Processed:
     error: str | None
 
 
-class _HasConnection(Protocol):
-    connection: Connection
-
-
 def distribute(
     images: Iterable[np.ndarray[Any, Any]],
-    node: Connection | _HasConnection,
+    node: JobTarget,
     *,
     pipeline: Sequence[ops.OpSpec] = ops.DEFAULT_PIPELINE,
     window: int = DEFAULT_WINDOW,
@@ -287,7 +318,9 @@ def distribute(
 
     Args:
         images: arrays to process, consumed lazily.
-        node: a started :class:`~zimg.connection.Connection`, or a local cluster.
+        node: a started node (:class:`~zimg.node.Node`, a local cluster) or its
+            :class:`JobRouter`; a bare :class:`~zimg.connection.Connection` is claimed for good
+            (see :func:`job_router`).
         pipeline: the ops to apply (default: threshold, then label).
         window: the most images in flight at once.
         idle_timeout_s: give up if nothing comes back for this long.
@@ -295,13 +328,12 @@ def distribute(
     Yields:
         :class:`Processed` records; ``index`` is the position in ``images``.
     """
-    conn = node if isinstance(node, Connection) else node.connection
     wire_ops = [spec.to_wire() for spec in pipeline]
     requests = (
         JobRequest(i, "raw", wire_ops, [JobItem(i, f"array {i}", ".png", payload=image)])
         for i, image in enumerate(images)
     )
-    client = JobClient(conn, window=window)
+    client = JobClient(node, window=window)
     for done in client.run(requests, idle_timeout_s=idle_timeout_s):
         r, item = done.result, done.result.item(0)
         yield Processed(done.request.id, item.payload, r.node, item.ms, item.error)

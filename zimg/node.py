@@ -29,6 +29,7 @@ from zimg._actor import (
 from zimg._errors import ZimgTimeout
 from zimg._placement import Placement
 from zimg.connection import Connection, collect_pages
+from zimg.distribute import JobRouter
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
@@ -78,6 +79,7 @@ class Node(ProcessCalls):
             context=context,
         )
         self.runtime = ActorRuntime(self.connection, self.report, actor_limits)
+        self.jobs = JobRouter(self.connection)  # the RESULT routing of every job sent from here
         # A node that gets no actor messages still drops the watches nothing refers to.
         self.connection.on_tick(self.runtime.sweep_watches)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()

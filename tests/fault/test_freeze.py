@@ -32,7 +32,7 @@ from tests.fault.invariants import check_exactly_once
 from zimg import ops
 from zimg.batch import BatchOptions, run_batch
 from zimg.cluster import wait_for_workers
-from zimg.distribute import _router  # the client's result router: what it dropped, and why
+from zimg.distribute import JobRouter  # the client's result router: what it dropped, and why
 
 
 def manifest_so_far(outdir: Path) -> list[dict]:
@@ -119,8 +119,8 @@ def test_late_reply_that_reaches_the_sink_is_discarded_there(procs, tcp_url, tmp
     outcome: list[zimg.BatchReport] = []
 
     with zimg.Connection(tcp_url, "sink").start() as conn:
-        router = _router(conn)
-        batch = threading.Thread(target=lambda: outcome.append(run_batch(conn, files, options)))
+        router = JobRouter(conn)
+        batch = threading.Thread(target=lambda: outcome.append(run_batch(router, files, options)))
         batch.start()
         try:
             wait_for(

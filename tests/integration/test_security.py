@@ -110,7 +110,7 @@ def test_an_authorised_cluster_runs_correctly(procs, keyring, tmp_path, samples)
     )
     files = [samples / "chelsea.jpg", samples / "coins.png"]
     with zimg.Node(url, "main", keys=keys) as node:
-        report = zimg.run_batch(node.connection, files, zimg.BatchOptions(outdir=tmp_path / "out"))
+        report = zimg.run_batch(node, files, zimg.BatchOptions(outdir=tmp_path / "out"))
     assert report.failed == 0
     for entry in manifest(tmp_path / "out"):
         assert entry["node"] == "n1"

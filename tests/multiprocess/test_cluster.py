@@ -252,7 +252,7 @@ def test_pinned_local_cluster_runs_each_worker_on_its_cpu_even_after_a_restart(t
         assert restarted.pid != first.pid
         assert thread_cpus(restarted.pid) == {expected["n2"]}
         files = copies(samples / "coins.png", tmp_path / "in", 6)
-        report = run_batch(cluster.connection, files, BatchOptions(outdir=tmp_path / "out"))
+        report = run_batch(cluster, files, BatchOptions(outdir=tmp_path / "out"))
         assert report.failed == 0
     with zimg.local_cluster(workers=1) as cluster:  # not oversubscribed: left to the system
         (proc,) = cluster.processes.values()

@@ -148,7 +148,7 @@ def run_halves(files: Sequence[Path], outdir: Path) -> RunTiming:
 
 
 def _batch(
-    connection: zimg.Connection,
+    connection: zimg.Connection | zimg.JobRouter,
     files: Sequence[Path],
     outdir: Path,
     mode: PayloadMode,
@@ -181,7 +181,7 @@ def run_zimg_local(
     node = cluster.__enter__()
     try:
         ready = time.perf_counter()
-        run_s, first = _batch(node.connection, files, outdir, mode, t0, workers)  # as `zimg run`
+        run_s, first = _batch(node.jobs, files, outdir, mode, t0, workers)  # as `zimg run`
         done = time.perf_counter()
     finally:
         cluster.__exit__(None, None, None)
