@@ -239,6 +239,11 @@ class _Encoder:
                 else self.walk(v, depth + 1)
                 for k, v in obj.items()
             }
+        if kind is tuple:  # actor messages are mostly small tuples of plain values and pids
+            if depth > self.limits.max_depth:
+                raise WireError(f"term nested deeper than {self.limits.max_depth} levels")
+            items = [x if type(x) in _PLAIN else self.walk(x, depth + 1) for x in obj]
+            return msgpack.ExtType(Ext.TUPLE, _pack(items))
         if (
             kind is Pid
             and type(obj.node) is str
