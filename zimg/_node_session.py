@@ -27,6 +27,7 @@ from zimg._errors import RejectedError, WireError
 from zimg.wire import Command
 
 __all__ = [
+    "SESSION_COMMANDS",
     "Deliver",
     "Instruction",
     "Leave",
@@ -109,6 +110,13 @@ Instruction = (
 )
 
 _NOTHING: tuple[Instruction, ...] = ()
+
+SESSION_COMMANDS = frozenset(
+    {Command.HEARTBEAT, Command.WELCOME, Command.REJECT, Command.DISCONNECT}
+)
+"""The commands the session acts on. Any other only refreshes liveness and is delivered:
+:meth:`NodeSession.on_message` answers it with :class:`Deliver`, and a host may instead call
+:meth:`NodeSession.heard` and deliver it itself, with no instruction built per message."""
 
 
 # ---------------------------------------------------------------------------- the session
@@ -196,6 +204,11 @@ class NodeSession:
             text = f"node {self.name}: the broker does not know us; rejoining"
             return [Log(logging.INFO, text), self._hello()]
         return (Deliver(msg),)
+
+    def heard(self, now: float) -> None:
+        """A message whose command is not in :data:`SESSION_COMMANDS` arrived at ``now``: all
+        :meth:`on_message` would do, but for the :class:`Deliver` it returns."""
+        self.last_heard = now
 
     def on_malformed(self, error: WireError, now: float) -> list[Instruction]:
         """Frames that do not decode arrived at ``now``: the broker is alive, the message is
