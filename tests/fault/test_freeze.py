@@ -88,15 +88,20 @@ def test_frozen_worker_is_dropped_its_jobs_redelivered_and_its_late_replies_igno
     redelivered = [e for e in entries.values() if e["attempts"] == 2]
     assert len(redelivered) == stats["jobs_requeued"] == requeued, (redelivered, stats)
     assert {e["node"] for e in redelivered} == {"n2"}
-    # Each late RESULT of n1 reached the broker, which counted it: as a message from a node it
-    # had dropped (before n1 rejoined) or as a late result (after); none became a second line.
+    # n1's late RESULTs change nothing: none became a second line (above). Each one that reached
+    # the broker was counted, as a message from a node it had dropped (before n1 rejoined) or as
+    # a late result (after). Not all need arrive: what n1 sends on its new connection before the
+    # broker has seen its old one close is dropped by libzmq (docs/reliability.md), and under
+    # load that window can hold all of them (seen in 1 run of 5 on a busy machine), so the
+    # count is reported, not asserted; test_late_reply_that_reaches_the_sink_is_discarded_there
+    # makes a late reply reach the client.
     late = stats["late_results"] + stats["unknown_peer"]
     print(
         f"\nMEASURED stop->dropped {dropped_s:.3f} s (requeued {requeued}); cont->rejoined "
         f"{rejoin_s:.3f} s; late_results {stats['late_results']}, "
         f"unknown_peer {stats['unknown_peer']}"
     )
-    assert late >= requeued, stats
+    assert late <= stats["jobs_dispatched"], stats
     assert_no_tracebacks(procs)
 
 
