@@ -45,7 +45,7 @@ from zimg._mailbox import (
     term_size,
 )
 from zimg._registry import Behaviour, get_behaviour, registered_behaviours
-from zimg.connection import Connection
+from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
 
 log = logging.getLogger("zimg.actor")
@@ -387,7 +387,8 @@ class ActorRuntime:
     """All the processes of one node, and the actor commands that reach it.
 
     Args:
-        connection: the node's connection to the broker.
+        connection: the node's link to the broker (a ``Connection``, or any
+            :class:`~zimg._transport.Transport`, such as ``zimg.testing.MemoryTransport``).
         report: asks the broker for its node table.
         limits: the bounds on processes, links, monitors and mailboxes.
 
@@ -401,7 +402,7 @@ class ActorRuntime:
 
     def __init__(
         self,
-        connection: Connection,
+        connection: Transport,
         report: Callable[[], dict[str, Any]],
         limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     ) -> None:
@@ -450,6 +451,8 @@ class ActorRuntime:
         for command, handler in handlers.items():
             connection.on(command, handler)
         connection.on_session(self._on_session)
+        # A node that gets no actor messages still drops the watches nothing refers to.
+        connection.on_tick(self.sweep_watches)
         connection.counters["dropped"] = lambda: self.dropped_messages  # in every heartbeat
         self.main = self._new_process()
 
@@ -715,7 +718,7 @@ class ActorRuntime:
         leaves under the lock, so a WATCH that another thread decides on afterwards reaches
         the broker after it. It runs at most once per heartbeat interval, so a name that comes
         and goes costs at most a WATCH and an UNWATCH per interval. The actor handlers call it,
-        and so does the connection once per heartbeat (``Connection.on_tick``), for a node that
+        and so does the connection once per heartbeat (``on_tick``), for a node that
         gets no actor messages.
         """
         if not self._unwatch_due:

@@ -80,8 +80,6 @@ class Node(ProcessCalls):
         )
         self.runtime = ActorRuntime(self.connection, self.report, actor_limits)
         self.jobs = JobRouter(self.connection)  # the RESULT routing of every job sent from here
-        # A node that gets no actor messages still drops the watches nothing refers to.
-        self.connection.on_tick(self.runtime.sweep_watches)
         self._replies: queue.SimpleQueue[wire.Message] = queue.SimpleQueue()
         self._query_lock = threading.Lock()
         self.connection.on(Command.NODES, self._replies.put)

@@ -17,7 +17,7 @@ from zimg import protocol
 from zimg._actor import SYSTEM_LIMIT, ActorLimits, ActorRuntime, Process
 from zimg._errors import SpawnError, ZimgTimeout
 from zimg._registry import behaviour
-from zimg.connection import Connection
+from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
 
 pytestmark = pytest.mark.timeout(20)
@@ -26,7 +26,7 @@ N2 = 222  # incarnation of the remote node n2
 
 
 class FakeConnection:
-    """What ActorRuntime uses of a Connection; records what is sent."""
+    """A ``Transport`` (what ActorRuntime uses of a Connection); records what is sent."""
 
     def __init__(self, name: str = "n1") -> None:
         self.name = name
@@ -35,6 +35,7 @@ class FakeConnection:
         self.liveness = 3
         self.handlers: dict[Command, Any] = {}
         self.hooks: list[Any] = []
+        self.ticks: list[Any] = []
         self.counters: dict[str, Any] = {}
         self.sent: list[tuple[Command, dict[str, Any]]] = []
         self.changed = threading.Condition()
@@ -44,6 +45,9 @@ class FakeConnection:
 
     def on_session(self, hook: Any) -> None:
         self.hooks.append(hook)
+
+    def on_tick(self, hook: Any) -> None:
+        self.ticks.append(hook)
 
     def send(self, command: Command, header: dict[str, Any]) -> None:
         with self.changed:
@@ -78,7 +82,7 @@ def make() -> Iterator[Callable[..., tuple[ActorRuntime, FakeConnection]]]:
         fake = FakeConnection()
         nodes = [{"name": "n2", "incarnation": N2}]
         runtime = ActorRuntime(
-            cast(Connection, fake), lambda: {"nodes": nodes}, ActorLimits(**limits)
+            cast(Transport, fake), lambda: {"nodes": nodes}, ActorLimits(**limits)
         )
         made.append(runtime)
         return runtime, fake

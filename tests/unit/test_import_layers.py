@@ -107,3 +107,40 @@ def test_no_import_cycles() -> None:
     graph = {name: imported_modules(name, path) for name, path in MODULES.items()}
     found = circles(graph)
     assert not found, f"modules that import each other at import time: {found}"
+
+
+def every_import(path: Path) -> set[str]:
+    """The absolute names of every module ``path`` imports anywhere in it (in a function,
+    under ``TYPE_CHECKING``...), and each ``from x import y`` also as ``x.y``."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def reachable(start: str) -> set[str]:
+    """The zimg modules that importing ``start`` imports, directly or not (``start`` too)."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(imported_modules(name, MODULES[name]))
+    return seen
+
+
+def test_the_actor_runtime_needs_no_socket() -> None:
+    """The runtime speaks to a ``Transport``: neither it nor anything it imports imports zmq or
+    the concrete ``Connection``, so it runs over ``zimg.testing.MemoryTransport`` as well."""
+    assert "zmq" in every_import(MODULES["zimg.connection"])  # the check sees such imports
+    assert "zimg._actor" in reachable("zimg.node")
+    # The package itself is left out: it names every public module, lazily (``zimg._lazy``).
+    for module in reachable("zimg._actor") - {"zimg"}:
+        imports = every_import(MODULES[module])
+        assert "zimg.connection" not in imports, f"{module} imports zimg.connection"
+        assert not {m for m in imports if m.split(".")[0] == "zmq"}, f"{module} imports zmq"
