@@ -1,4 +1,5 @@
-"""Test helpers: a fake clock for the pure state machines; real zimg processes, always reaped."""
+"""Test helpers: a fake clock for the pure state machines; an in-memory transport and router
+for the actor runtime; real zimg processes, always reaped."""
 
 from __future__ import annotations
 
@@ -10,9 +11,19 @@ import time
 from pathlib import Path
 
 from zimg._errors import ClusterStartError, ZimgTimeout
+from zimg._memory import MemoryRouter, MemoryTransport
 from zimg.cluster import stop_process, wait_for_workers
 from zimg.connection import query_nodes
 from zimg.security import ClientKeys
+
+__all__ = [
+    "FakeClock",
+    "MemoryRouter",
+    "MemoryTransport",
+    "Processes",
+    "free_tcp_url",
+    "wait_for_broker",
+]
 
 
 class FakeClock:
