@@ -147,7 +147,8 @@ def test_a_behaviour_name_taken_by_another_function_raises_name_taken():
 
 
 class FakeConnection:
-    """What ActorRuntime needs of a Connection to host processes locally."""
+    """What ActorRuntime needs of its transport (``zimg._transport.Transport``) to host processes
+    locally."""
 
     name = "n1"
     incarnation = 111
@@ -161,6 +162,9 @@ class FakeConnection:
         pass
 
     def on_session(self, hook: Any) -> None:
+        pass
+
+    def on_tick(self, hook: Any) -> None:
         pass
 
     def send(self, command: Command, header: dict[str, Any]) -> None:
