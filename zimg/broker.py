@@ -178,6 +178,8 @@ class Broker:
         sock.setsockopt(zmq.HEARTBEAT_IVL, stall_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, stall_ms)
         sock.setsockopt(zmq.HANDSHAKE_IVL, 10_000)
+        if any(map(protocol.is_ipv6_endpoint, [self.url, *self.also_bind])):
+            sock.setsockopt(zmq.IPV6, 1)  # libzmq cannot bind tcp://[::1]:P without it
         if self.keys is not None:
             self.keys.start(self._ctx)
             self.keys.apply(sock)

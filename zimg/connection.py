@@ -280,6 +280,8 @@ class Connection:
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.largest_frame)
         if self.keys is not None:
             self.keys.apply(sock)
+        if protocol.is_ipv6_endpoint(self.url):
+            sock.setsockopt(zmq.IPV6, 1)  # libzmq cannot reach tcp://[::1]:P without it
         sock.connect(self.url)
         self._backlog.clear()  # stale: whatever matters is resent on the new session
         return sock
@@ -483,6 +485,8 @@ def query_nodes(
         sock.setsockopt(zmq.LINGER, 0)
         if keys is not None:
             keys.apply(sock)
+        if protocol.is_ipv6_endpoint(url):
+            sock.setsockopt(zmq.IPV6, 1)
         sock.connect(url)
         deadline = time.monotonic() + timeout_s
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -49,6 +50,54 @@ def check_name(name: object) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+ENDPOINT_FORMS = "tcp://HOST:PORT (tcp://[::1]:PORT for IPv6), ipc://PATH or inproc://NAME"
+
+
+def check_endpoint(url: str, *, bind: bool = False) -> str:
+    """Return ``url`` if it is a ZeroMQ endpoint zimg can use, else raise ``ValueError``.
+
+    Accepted: ``tcp://HOST:PORT`` (HOST a name, an IPv4 address or an IPv6 address in brackets,
+    ``tcp://[::1]:5555``), ``ipc://PATH`` and ``inproc://NAME``. With ``bind``, HOST and PORT may
+    also be ``*`` (every interface; a free port).
+
+    Raises:
+        ValueError: naming ``url`` and, where a likely fix exists, the fix.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        hint = f"did you mean tcp://{url}?" if ":" in url else f"use {ENDPOINT_FORMS}"
+        raise ValueError(f"{url!r} is not an endpoint: {hint}")
+    if scheme in ("ipc", "inproc"):
+        if not rest:
+            raise ValueError(f"{url!r} is not an endpoint: {scheme}:// needs a name after it")
+        return url
+    if scheme != "tcp":
+        raise ValueError(f"{url!r} is not an endpoint zimg uses: use {ENDPOINT_FORMS}")
+    host, colon, port = rest.rpartition(":")
+    wild = bind and port == "*"
+    if not colon or not host or not (wild or (port.isdigit() and int(port) <= 65535)):
+        raise ValueError(f"{url!r} is not an endpoint: give a port, as in tcp://{rest}:5555")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            raise ValueError(f"{url!r} is not an endpoint: {host} is not an IPv6 address") from None
+        if not host.endswith("]"):
+            raise ValueError(f"{url!r} is not an endpoint: close the bracket after {host}")
+    elif ":" in host:
+        raise ValueError(f"{url!r} is not an endpoint: did you mean tcp://[{host}]:{port}?")
+    elif host == "*" and not bind:
+        raise ValueError(f"{url!r} is not an endpoint: '*' is for binding; name the broker's host")
+    elif "/" in host or " " in host or not host.isprintable():
+        raise ValueError(f"{url!r} is not an endpoint: {host!r} is not a host")
+    return url
+
+
+def is_ipv6_endpoint(url: str) -> bool:
+    """Does ``url`` name an IPv6 address (``tcp://[::1]:5555``)? Its socket needs ``zmq.IPV6``."""
+    return url.startswith("tcp://[")
 
 
 def node_identity(name: str, incarnation: int, secret: int) -> bytes:

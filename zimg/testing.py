@@ -48,11 +48,12 @@ class FakeClock:
 
 
 def free_tcp_url(host: str = "127.0.0.1") -> str:
-    """A ``tcp://`` endpoint on a port that was free a moment ago."""
-    with socket.socket() as s:
+    """A ``tcp://`` endpoint on a port free a moment ago (``::1``: ``tcp://[::1]:P``)."""
+    v6 = ":" in host
+    with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET) as s:
         s.bind((host, 0))
         port = s.getsockname()[1]
-    return f"tcp://{host}:{port}"
+    return f"tcp://[{host}]:{port}" if v6 else f"tcp://{host}:{port}"
 
 
 class Processes:
