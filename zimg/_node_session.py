@@ -39,6 +39,7 @@ __all__ = [
     "Send",
     "Stop",
     "Welcomed",
+    "silence_hint",
 ]
 
 
@@ -119,6 +120,13 @@ SESSION_COMMANDS = frozenset(
 :meth:`NodeSession.heard` and deliver it itself, with no instruction built per message."""
 
 
+def silence_hint(secure: bool) -> str:
+    """The likely causes of a broker that never answers (``secure``: the node uses keys, and a
+    refused key is silence too)."""
+    hint = "is `zimg broker` running there?"
+    return hint + " with keys: check --key and --broker-key" if secure else hint
+
+
 # ---------------------------------------------------------------------------- the session
 
 
@@ -133,6 +141,7 @@ class NodeSession:
         incarnation: the node's random incarnation (in every HELLO).
         placement: a worker's placement fields for its HELLO (``Placement.to_hello()``).
         counters: counts reported in every heartbeat when not zero (read at each beat).
+        secure: the node uses keys (a refused key is silence too: the hint says so).
     """
 
     def __init__(
@@ -145,6 +154,7 @@ class NodeSession:
         incarnation: int,
         placement: Mapping[str, Any] | None = None,
         counters: Mapping[str, Callable[[], int]] | None = None,
+        secure: bool = False,
     ) -> None:
         self.name = name
         self.url = url
@@ -153,6 +163,7 @@ class NodeSession:
         self.incarnation = incarnation
         self.placement = dict(placement or {})
         self.counters = counters if counters is not None else {}
+        self.secure = secure
         self.heartbeat_interval_s = protocol.DEFAULT_HEARTBEAT_INTERVAL_S
         self.liveness = protocol.DEFAULT_LIVENESS
         self.epoch: int | None = None
@@ -161,6 +172,7 @@ class NodeSession:
         self.ready = False
         self.retrying = False  # a re-join was refused for now, and is being asked again
         self.stopped = False
+        self.waiting_told = False  # said (once) that the first WELCOME is long in coming
         self.malformed = 0
         self.last_heard = 0.0
         self.next_beat = 0.0
@@ -232,8 +244,14 @@ class NodeSession:
             self.ready = False
             self.last_heard = now
             self.next_beat = now + self.heartbeat_interval_s
+            retry: list[Instruction] = [NewDealer(), self._hello()]
+            if self.sessions == 0:  # never welcomed: nothing was lost
+                if self.waiting_told:
+                    return retry
+                self.waiting_told = True
+                return [Log(logging.WARNING, self.waiting_text()), *retry]
             text = f"node {self.name}: lost the broker at {self.url}; reconnecting"
-            return [Log(logging.WARNING, text), NewDealer(), self._hello()]
+            return [Log(logging.WARNING, text), *retry]
         if now < self.next_beat:
             return []
         self.next_beat = now + self.heartbeat_interval_s
@@ -252,6 +270,12 @@ class NodeSession:
         return [Leave(farewell)]
 
     # ------------------------------------------------------------------ helpers
+
+    def waiting_text(self) -> str:
+        """What a node that was never welcomed is waiting for, and the likely causes."""
+        return (
+            f"node {self.name}: waiting for the broker at {self.url} ({silence_hint(self.secure)})"
+        )
 
     def _hello(self) -> Send:
         header = {

@@ -96,6 +96,7 @@ class Connection:
             incarnation=self.incarnation,
             placement=placement.to_hello() if placement else None,
             counters=self.counters,
+            secure=keys is not None,
         )
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
@@ -172,8 +173,10 @@ class Connection:
         self._thread.start()
         if not self._welcomed.wait(timeout_s):
             self.close()
-            hint = " (with keys: check --key and --broker-key)" if self.keys else ""
-            raise ZimgTimeout(f"no answer from the broker at {self.url} within {timeout_s} s{hint}")
+            hint = ns.silence_hint(self.keys is not None)
+            raise ZimgTimeout(
+                f"no answer from the broker at {self.url} within {timeout_s:g} s ({hint})"
+            )
         if self._error is not None:
             error = self._error
             self.close()
@@ -498,7 +501,8 @@ def query_nodes(
                 msg = wire.decode(sock.recv_multipart(copy=False))
                 if msg.command is Command.NODES:
                     return msg.header
-            raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s} s")
+            hint = ns.silence_hint(keys is not None)
+            raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s:g} s ({hint})")
 
         return collect_pages(ask)
     finally:

@@ -208,6 +208,42 @@ def test_a_node_lost_before_its_first_welcome_keeps_its_session_id(
     assert [m.header["session"] for m in sent(out)] == [0]
 
 
+def test_a_node_never_welcomed_says_once_what_it_waits_for_and_never_lost(
+    session: NodeSession, clock: FakeClock
+) -> None:
+    out = session.on_tick(clock.advance(3.01))  # the first expiry (3 x 1.0 s) without WELCOME
+    assert logs(out) == [
+        (
+            logging.WARNING,
+            "node n1: waiting for the broker at tcp://broker:5555 "
+            "(is `zimg broker` running there?)",
+        )
+    ]
+    assert out[1:2] == [NewDealer()]  # it still retries with a fresh socket
+    for _ in range(10):  # silent on: it keeps retrying, and says nothing more
+        out = session.on_tick(clock.advance(1.0))
+        assert logs(out) == []
+    assert not any("lost" in text for _, text in logs(out))
+
+
+def test_the_waiting_hint_names_the_keys_when_the_node_uses_them(clock: FakeClock) -> None:
+    s = NodeSession("n1", url="u", role="client", capacity=0, incarnation=9, secure=True)
+    s.start(clock.now)
+    [(_, text)] = logs(s.on_tick(clock.advance(3.01)))
+    assert text.endswith(
+        "(is `zimg broker` running there? with keys: check --key and --broker-key)"
+    )
+
+
+def test_a_node_welcomed_once_says_lost_not_waiting(session: NodeSession, clock: FakeClock) -> None:
+    session.on_tick(clock.advance(3.01))  # waited before the first WELCOME
+    joined(session, clock)
+    [(_, text)] = logs(lose_broker(session, clock))
+    assert text == "node n1: lost the broker at tcp://broker:5555; reconnecting"
+    [(_, text)] = logs(session.on_tick(clock.advance(INTERVAL * LIVENESS + 0.01)))
+    assert "lost the broker" in text  # while it stays away, as before
+
+
 def test_a_malformed_message_counts_as_hearing_from_the_broker(
     session: NodeSession, clock: FakeClock
 ) -> None:
