@@ -11,7 +11,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -39,6 +39,7 @@ DEFAULT_MAX_PIXELS = 200_000_000  # zimg.DEFAULT_MAX_PIXELS
 DEFAULT_MAX_IMAGE_MB = 512  # zimg.images.DEFAULT_MAX_IMAGE_BYTES >> 20
 DEFAULT_MAX_PROCESSES = 1000  # zimg._actor.DEFAULT_ACTOR_LIMITS.max_processes
 PROGRESS_EVERY_S = 0.05  # the progress bar is told at most this often
+NO_WORKER_WARNING_S = 3.0  # `zimg send` warns if the broker lists no worker this long after start
 BROKER_DEFAULTS: dict[str, Any] = {  # zimg.BrokerConfig()'s, as the broker's options give them
     "job_deadline_s": 300.0,
     "max_frame_mb": 256,
@@ -576,6 +577,9 @@ def send(
     _setup_logging(log_level)
     _check_payload(payload)
     client_keys = _client_keys(key, broker_key)
+    if not any(os.path.exists(f) for f in files):  # one stat when the first exists
+        shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
+        raise _fail(f"none of the {len(files)} inputs exist ({shown}); nothing to send")
     try:
         options = BatchOptions(
             outdir=output,
@@ -589,11 +593,43 @@ def send(
         key_name = _key_name(key)
         default_name = f"{key_name}.send-{os.getpid()}" if key_name else f"send-{os.getpid()}"
         conn = Connection(broker_url, name or default_name, keys=client_keys)
-        with conn.start(timeout_s=min(timeout, 10.0)):
+        with conn.start(timeout_s=min(timeout, 10.0)), _warn_without_workers(conn, client_keys):
             report = _run_with_progress(conn, files, options)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     _finish(report, grid)
+
+
+@contextlib.contextmanager
+def _warn_without_workers(conn: Connection, keys: ClientKeys | None) -> Iterator[None]:
+    """Warn once if, ``NO_WORKER_WARNING_S`` into the batch, the broker lists no worker (the
+    bar would sit at 0 until --timeout). A timer thread asks NODES on a socket of its own:
+    the job flow never waits for it."""
+    import threading
+
+    from zimg.connection import query_nodes
+
+    def check() -> None:
+        try:
+            report = query_nodes(conn.url, timeout_s=2.0, keys=keys)
+        except ZimgError:
+            return  # the broker is busy or gone: the batch will say so
+        if not any(n.get("role") == protocol.ROLE_WORKER for n in report["nodes"]):
+            logging.getLogger("zimg.cli").warning(
+                "no worker is connected to the broker at %s; waiting (start one with "
+                "`zimg worker --name n1 --connect %s`)",
+                conn.url,
+                conn.url,
+            )
+
+    timer = threading.Timer(NO_WORKER_WARNING_S, check)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join(3.0)  # a check under way ends within its 2 s timeout
 
 
 @app.command()
