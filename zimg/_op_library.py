@@ -81,12 +81,75 @@ def _integer(name: str, key: str, value: object, *, minimum: int, maximum: int =
     return value
 
 
-def _choice(name: str, key: str, value: object, choices: Mapping[str, str]) -> int:
-    """The OpenCV constant that ``value`` names among ``choices`` (option -> constant name)."""
+def _option(name: str, key: str, value: object, choices: Mapping[str, str]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise OpError(f"{name}: {key} must be one of {', '.join(choices)}, got {short_repr(value)}")
-    constant: int = getattr(cv2, choices[value])
+    return value
+
+
+def _choice(name: str, key: str, value: object, choices: Mapping[str, str]) -> int:
+    """The OpenCV constant that ``value`` names among ``choices`` (option -> constant name)."""
+    constant: int = getattr(cv2, choices[_option(name, key, value, choices)])
     return constant
+
+
+# ---- checks without an image (``@op(check=...)``: zimg.ops.validate runs them up front) -----
+
+
+def _check_threshold(params: Mapping[str, Any]) -> None:
+    _number("threshold", "thresh", params["thresh"])
+    _number("threshold", "maxval", params["maxval"])
+    _option("threshold", "type", params["type"], _THRESHOLD_TYPES)
+
+
+def _label_params(
+    org: object, scale: object, color: object, thickness: object
+) -> tuple[tuple[int, int], float, tuple[float, ...], int]:
+    """``label``'s org, scale, colour and thickness, checked: what putText takes."""
+    if not (isinstance(org, tuple) and len(org) == 2) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _INT32 for v in org
+    ):
+        raise OpError(f"label: org must be two integers x/y, got {short_repr(org)}")
+    size = _number("label", "scale", scale, minimum=0, maximum=1000)
+    colour = (color,) if is_number(color) else color
+    if not (isinstance(colour, tuple) and 1 <= len(colour) <= 4):
+        raise OpError(
+            f"label: color must be 1 to 4 numbers such as 255/0/0, got {short_repr(color)}"
+        )
+    scalar = tuple(_number("label", "color", v) for v in colour)
+    width = _integer("label", "thickness", thickness, minimum=1, maximum=_MAX_THICKNESS)
+    return (org[0], org[1]), size, scalar, width
+
+
+def _check_label(params: Mapping[str, Any]) -> None:
+    _text(params["text"], "node")
+    _label_params(params["org"], params["scale"], params["color"], params["thickness"])
+
+
+def _check_resize(params: Mapping[str, Any]) -> None:
+    _option("resize", "interpolation", params["interpolation"], _INTERPOLATIONS)
+    width, height, scale = params["width"], params["height"], params["scale"]
+    if scale is not None:
+        if width is not None or height is not None:
+            raise OpError("resize: give either scale or width/height, not both")
+        _number("resize", "scale", scale, minimum=0, maximum=100_000)
+    elif width is None and height is None:
+        raise OpError("resize: give width, height or scale (e.g. resize:width=320)")
+    for key, value in (("width", width), ("height", height)):
+        if value is not None:
+            _integer("resize", key, value, minimum=1)
+
+
+def _blur_ksize(ksize: object) -> int:
+    k = _integer("blur", "ksize", ksize, minimum=1, maximum=_MAX_KSIZE)
+    if k % 2 == 0:
+        raise OpError(f"blur: ksize must be odd, an integer in [1, {_MAX_KSIZE}], got {k}")
+    return k
+
+
+def _check_blur(params: Mapping[str, Any]) -> None:
+    _blur_ksize(params["ksize"])
+    _number("blur", "sigma", params["sigma"], minimum=0)
 
 
 # ---- the shipped ops -------------------------------------------------------------------------
@@ -109,7 +172,7 @@ _INTERPOLATIONS = {
 }
 
 
-@op()
+@op(check=_check_threshold)
 def threshold(
     image: Image,
     *,
@@ -164,7 +227,7 @@ def _text(template: object, node: str) -> str:
     return template.format(node=node)
 
 
-@op()
+@op(check=_check_label)
 def label(
     image: Image,
     *,
@@ -200,23 +263,12 @@ def label(
     """
     _check_image("label", image)
     words = _text(text, node)
-    if not (isinstance(org, tuple) and len(org) == 2) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and abs(v) <= _INT32 for v in org
-    ):
-        raise OpError(f"label: org must be two integers x/y, got {short_repr(org)}")
-    size = _number("label", "scale", scale, minimum=0, maximum=1000)
-    colour = (color,) if is_number(color) else color
-    if not (isinstance(colour, tuple) and 1 <= len(colour) <= 4):
-        raise OpError(
-            f"label: color must be 1 to 4 numbers such as 255/0/0, got {short_repr(color)}"
-        )
-    scalar = tuple(_number("label", "color", v) for v in colour)
-    width = _integer("label", "thickness", thickness, minimum=1, maximum=_MAX_THICKNESS)
+    xy, size, scalar, width = _label_params(org, scale, color, thickness)
     out = image if in_place else image.copy()
     _cv2_call(
         "label",
         image,
-        lambda: cv2.putText(out, words, org, cv2.FONT_HERSHEY_SIMPLEX, size, scalar, width),
+        lambda: cv2.putText(out, words, xy, cv2.FONT_HERSHEY_SIMPLEX, size, scalar, width),
     )
     return out
 
@@ -239,7 +291,7 @@ def grayscale(image: Image) -> Image:
     return out
 
 
-@op()
+@op(check=_check_resize)
 def resize(
     image: Image,
     *,
@@ -302,7 +354,7 @@ def resize(
     return out
 
 
-@op()
+@op(check=_check_blur)
 def blur(image: Image, *, ksize: int = 5, sigma: float = 0.0) -> Image:
     """Gaussian blur with ``cv2.GaussianBlur(image, (ksize, ksize), sigma)``.
 
@@ -323,9 +375,7 @@ def blur(image: Image, *, ksize: int = 5, sigma: float = 0.0) -> Image:
             unsupported image.
     """
     _check_image("blur", image)
-    k = _integer("blur", "ksize", ksize, minimum=1, maximum=_MAX_KSIZE)
-    if k % 2 == 0:
-        raise OpError(f"blur: ksize must be odd, got {k}")
+    k = _blur_ksize(ksize)
     if k * image.size > _BLUR_BUDGET:
         raise OpError(
             f"blur: ksize {k} on a {image.dtype} image of shape {image.shape} is "

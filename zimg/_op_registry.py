@@ -8,8 +8,8 @@ import contextvars
 import inspect
 import re
 import reprlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from numpy.typing import NDArray
@@ -26,6 +26,7 @@ __all__ = [
     "MAX_SEQUENCE",
     "MAX_STR_CHARS",
     "RESERVED",
+    "Check",
     "Entry",
     "Image",
     "get_op",
@@ -40,6 +41,9 @@ __all__ = [
 
 Image = NDArray[Any]
 F = TypeVar("F", bound=Callable[..., Image])
+Check = Callable[[Mapping[str, Any]], None]
+"""An op's check of its params without an image (``@op(check=...)``): it gets every keyword
+param, the defaults filled in, and raises OpError on a value the op would refuse."""
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -89,13 +93,30 @@ class Entry:
     takes_node: bool
     takes_in_place: bool  # may draw on its input when run_pipeline says so
     any_params: bool  # the op takes **kwargs
+    check: Check | None = None  # checks params without an image (the CLI, before sending)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # the keyword params' defaults
+
+    def check_params(self, name: str, params: Mapping[str, Any]) -> None:
+        """Run the op's check, if it has one, on ``params`` over the defaults.
+
+        Raises:
+            OpError: the check refused a value (or failed: its error becomes an OpError).
+        """
+        if self.check is None:
+            return
+        try:
+            self.check({**self.defaults, **params})
+        except OpError:
+            raise
+        except Exception as exc:  # a user's check must not take a worker down with it
+            raise OpError(f"op {name!r}: its check failed: {type(exc).__name__}: {exc}") from exc
 
 
 _REGISTRY: dict[str, Entry] = {}
 RESERVED = frozenset({"node", "in_place"})  # keywords run_pipeline sets, never the user
 
 
-def _entry(name: str, fn: Callable[..., Image]) -> Entry:
+def _entry(name: str, fn: Callable[..., Image], check: Check | None) -> Entry:
     try:
         sig = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
@@ -104,25 +125,32 @@ def _entry(name: str, fn: Callable[..., Image]) -> Entry:
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     if not params or params[0].kind not in positional:
         raise OpError(f"op {name!r}: the first parameter must be the image (positional)")
-    keywords = {
-        p.name
+    named = [
+        p
         for p in params[1:]
         if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    }
+    ]
+    keywords = {p.name for p in named}
     return Entry(
         fn=fn,
         params=frozenset(keywords - RESERVED),
         takes_node="node" in keywords,
         takes_in_place="in_place" in keywords,
         any_params=any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params),
+        check=check,
+        defaults={
+            p.name: p.default
+            for p in named
+            if p.name not in RESERVED and p.default is not inspect.Parameter.empty
+        },
     )
 
 
 @overload
 def op(name: F) -> F: ...
 @overload
-def op(name: str | None = None) -> Callable[[F], F]: ...
-def op(name: str | F | None = None) -> F | Callable[[F], F]:
+def op(name: str | None = None, *, check: Check | None = None) -> Callable[[F], F]: ...
+def op(name: str | F | None = None, *, check: Check | None = None) -> F | Callable[[F], F]:
     """Register an op under ``name`` (default: the function's ``__name__``).
 
     The op receives a read-only image first, then keyword params; it must return a new array
@@ -130,6 +158,11 @@ def op(name: str | F | None = None) -> F | Callable[[F], F]:
     the worker's node name by :func:`run_pipeline`. An op that declares ``in_place`` is told
     ``in_place=True`` when the image it gets is a writeable intermediate the pipeline owns, so
     it may draw on it instead of copying. Usable as ``@op`` or ``@op("name")``.
+
+    ``check`` (optional) checks the params without an image: it gets every keyword param, the
+    defaults filled in, and raises OpError on a value the op would refuse. :func:`zimg.ops.validate`
+    runs it, so ``zimg send`` and ``zimg run`` refuse such a value before they connect (exit
+    code 2). The op keeps its own checks: a worker may get params no check has seen.
 
     Raises:
         OpError: the name is not an identifier, the function takes no image, or another
@@ -145,7 +178,7 @@ def op(name: str | F | None = None) -> F | Callable[[F], F]:
         old = _REGISTRY.get(key)
         if old is not None and not same_source(old.fn, fn):
             raise OpError(f"op {key!r} is already registered by {_qualname(old.fn)}")
-        _REGISTRY[key] = _entry(key, fn)
+        _REGISTRY[key] = _entry(key, fn, check)
         return fn
 
     return register

@@ -234,15 +234,19 @@ def check_op_count(specs: Sized) -> None:
 
 
 def validate(specs: Sequence[OpSpec]) -> None:
-    """Check the op count, that every op exists and takes every param given.
+    """Check the op count, that every op exists and takes every param given, and the values
+    with each op's own check (``@op(check=...)``), without an image.
 
     Raises:
-        OpError: more than ``MAX_OPS`` ops, an unknown op, or a param the op does not accept
-            (the message names it and lists the accepted params).
+        OpError: more than ``MAX_OPS`` ops, an unknown op, a param the op does not accept (the
+            message names it and lists the accepted params), or a value its check refuses
+            (the message names the op, the param, the value and what is allowed).
     """
     check_op_count(specs)
     for spec in specs:
-        _check_params(spec, lookup(spec.name))
+        entry = lookup(spec.name)
+        _check_params(spec, entry)
+        entry.check_params(spec.name, spec.params)
 
 
 class DeadlinePassed(OpError):
