@@ -46,6 +46,22 @@ def parse_cpus(text: str) -> set[int]:
     return cpus
 
 
+def check_usable(cpus: Collection[int]) -> None:
+    """Refuse CPUs this process may not run on (``os.sched_getaffinity``), naming those it may.
+
+    Raises:
+        ValueError: a CPU outside :func:`usable_cpus`; one line, such as "CPU 7 is not usable
+            here; this process may use CPUs 0-1".
+    """
+    usable = usable_cpus()
+    refused = set(cpus) - set(usable)
+    if refused:
+        which = f"CPUs {format_cpus(refused)} are" if len(refused) > 1 else f"CPU {min(refused)} is"
+        raise ValueError(
+            f"{which} not usable here; this process may use CPUs {format_cpus(usable)}"
+        )
+
+
 def format_cpus(cpus: Collection[int]) -> str:
     """The ``--cpus`` text for ``cpus``, runs written as ranges: ``0-3,6``."""
     runs: list[list[int]] = []  # [first, last] of each run of consecutive CPUs

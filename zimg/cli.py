@@ -516,12 +516,14 @@ def worker(
     """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
     from zimg import ops
     from zimg._actor import DEFAULT_ACTOR_LIMITS
-    from zimg._affinity import parse_cpus
+    from zimg._affinity import check_usable, parse_cpus
     from zimg.worker import serve
 
     _setup_logging(log_level)
     try:
         cpu_set = parse_cpus(cpus) if cpus is not None else None
+        if cpu_set is not None:
+            check_usable(cpu_set)  # before pinning: never a bare "[Errno 22] Invalid argument"
         protocol.check_name(name)
         for module in imports or ():
             ops.load_module(module)

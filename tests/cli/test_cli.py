@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import pytest
 from typer.testing import CliRunner
 
 from tests.reference import check_output, manifest
+from zimg import _affinity
+from zimg._affinity import format_cpus, usable_cpus
 from zimg.cli import app
 from zimg.testing import free_tcp_url
 
@@ -68,12 +71,47 @@ def test_worker_rejects_a_bad_cpu_list():
     assert "ascending range" in result.output
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
 @pytest.mark.timeout(20)
-def test_worker_says_when_the_system_refuses_its_cpus():
+def test_worker_refuses_cpus_this_process_may_not_use(monkeypatch):
+    monkeypatch.setattr("zimg.worker.serve", _never_serve)
     result = invoke("worker", "--name", "n1", "--cpus", "100000", "--connect", free_tcp_url())
-    assert result.exit_code == 1
-    assert "cannot run worker n1 on CPUs 100000" in result.output
+    assert result.exit_code == 2
+    usable = format_cpus(usable_cpus())
+    assert f"CPU 100000 is not usable here; this process may use CPUs {usable}" in result.output
+
+
+def _never_serve(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a usage error must come before the worker starts")
+
+
+@pytest.mark.parametrize(
+    ("cpus", "words"),
+    [
+        ("7", "CPU 7 is not usable here; this process may use CPUs 0-1"),
+        ("0-3", "CPUs 2-3 are not usable here; this process may use CPUs 0-1"),
+    ],
+)
+def test_worker_names_the_usable_cpus(monkeypatch, cpus, words):
+    monkeypatch.setattr(_affinity, "usable_cpus", lambda: [0, 1])
+    monkeypatch.setattr("zimg.worker.serve", _never_serve)
+    result = invoke("worker", "--name", "n1", "--cpus", cpus)
+    assert result.exit_code == 2
+    assert words in " ".join(result.output.split())
+    assert "Errno" not in result.output
+
+
+@pytest.mark.timeout(30)
+def test_worker_beyond_the_machine_exits_2_without_a_traceback():
+    beyond = str(max(usable_cpus()) + 1)
+    args = ["worker", "--name", "n1", "--cpus", beyond, "--connect", free_tcp_url()]
+    done = subprocess.run(
+        [sys.executable, "-m", "zimg", *args], capture_output=True, text=True, timeout=25
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"CPU {beyond} is not usable here" in done.stderr
+    assert f"may use CPUs {format_cpus(usable_cpus())}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "Errno" not in done.stderr
 
 
 @pytest.mark.timeout(20)
@@ -205,7 +243,7 @@ def test_run_starts_one_job_per_cpu_unless_told_to_oversubscribe(
 ):
     from contextlib import contextmanager
 
-    from zimg import _affinity, cluster
+    from zimg import cluster
     from zimg._errors import ZimgError
 
     seen = []

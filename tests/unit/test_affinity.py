@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from zimg import _affinity
-from zimg._affinity import embedded_plan, format_cpus, parse_cpus
+from zimg._affinity import check_usable, embedded_plan, format_cpus, parse_cpus
 
 CAN_PIN = hasattr(os, "sched_setaffinity")
 
@@ -27,6 +27,15 @@ def test_parse_cpus(text, cpus):
 def test_parse_cpus_refuses_what_is_not_a_cpu_list(text):
     with pytest.raises(ValueError, match="CPU"):
         parse_cpus(text)
+
+
+def test_check_usable_names_the_cpus_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(_affinity, "usable_cpus", lambda: [0, 1, 4])
+    check_usable({0, 4})
+    with pytest.raises(ValueError, match=r"^CPU 7 is not usable here; .* may use CPUs 0-1,4$"):
+        check_usable({7})
+    with pytest.raises(ValueError, match=r"^CPUs 2-3 are not usable here; .* CPUs 0-1,4$"):
+        check_usable(parse_cpus("0-3"))
 
 
 def test_embedded_plan_pins_only_when_oversubscribed(monkeypatch):
