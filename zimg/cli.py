@@ -235,6 +235,21 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _check_places(folder: Path, option: str, grid: Path | None = None) -> None:
+    """Refuse, before any work, a folder to write into that is a file (or lies under one), and a
+    grid whose folder does not exist: found after the batch, either cost the user the batch."""
+    for place in (folder, *folder.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == folder else f"is under {place}, a file"
+                raise _fail(f"{option} {folder} {where}: give a folder", code=2)
+            break
+    if grid is not None and not grid.parent.is_dir():
+        raise _fail(
+            f"--grid {grid}: the folder {grid.parent} does not exist (create it first)", code=2
+        )
+
+
 def _pipeline(
     op_texts: Sequence[str] | None, imports: Sequence[str] | None, *, strict: bool
 ) -> list[ops.OpSpec]:
@@ -578,6 +593,7 @@ def send(
 
     _setup_logging(log_level)
     _check_payload(payload)
+    _check_places(output, "--output", grid)
     client_keys = _client_keys(key, broker_key)
     if not any(os.path.exists(f) for f in files):  # one stat when the first exists
         shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
@@ -669,6 +685,7 @@ def run(
 
     _setup_logging(log_level)
     _check_payload(payload)
+    _check_places(output, "--output", grid)
     try:
         options = BatchOptions(
             outdir=output,
@@ -931,6 +948,7 @@ def demo(
     from zimg.batch import BatchOptions
 
     _setup_logging("warning")
+    _check_places(directory, "--dir")
     inputs = prepare_demo_inputs(directory / "images", copies)
     options = BatchOptions(outdir=directory / "out", mode="path")  # as `zimg run` does
     try:

@@ -317,3 +317,33 @@ def test_insecure_on_a_reachable_address_logs_a_warning(monkeypatch, caplog, bin
     assert bind in message
     assert "reachable by anyone" in message
     assert "without keys" in message
+
+
+@pytest.mark.parametrize("command", ["send", "run"])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["-o", "afile"], "--output afile is a file: give a folder"),
+        (["-o", "afile/out"], "--output afile/out is under afile, a file: give a folder"),
+        (["--grid", "nodir/grid.png"], "the folder nodir does not exist"),
+    ],
+)
+def test_output_places_are_refused_before_any_work(
+    tmp_path, samples, monkeypatch, command, args, words
+):
+    # No broker runs and no cluster may start: the refusal comes first, in one line.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("not a folder")
+    image = str(next(iter(samples.glob("*.jpg"))))
+    result = invoke(command, *args, image)
+    assert result.exit_code == 2, result.output
+    assert words in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.glob("out*"))
+
+
+def test_demo_refuses_a_dir_that_is_a_file(tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    result = invoke("demo", "--dir", str(tmp_path / "afile"))
+    assert result.exit_code == 2
+    assert "is a file: give a folder" in " ".join(result.output.split())
