@@ -524,11 +524,25 @@ def worker(
             help="Actor processes (threads) this worker runs at once; spawns beyond are refused.",
         ),
     ] = DEFAULT_MAX_PROCESSES,
+    death_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--death-timeout",
+            min=0.0,
+            metavar="SECONDS",
+            help="Exit (code 1) if no broker has welcomed this worker within SECONDS of its "
+            "start. Default: wait for the broker as long as it takes.",
+        ),
+    ] = None,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run a worker node that processes jobs; it reconnects by itself if the broker restarts."""
+    """Run a worker node that processes jobs.
+
+    It may start before the broker: it waits for it (saying so once), and reconnects by itself
+    if the broker restarts.
+    """
     from zimg import ops
     from zimg._actor import DEFAULT_ACTOR_LIMITS
     from zimg._affinity import check_usable, parse_cpus
@@ -559,6 +573,7 @@ def worker(
             keep_heap=keep_heap,
             cpus=cpu_set,
             actor_limits=dataclasses.replace(DEFAULT_ACTOR_LIMITS, max_processes=max_processes),
+            death_timeout_s=death_timeout,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None

@@ -117,7 +117,11 @@ class WorkerKeeper:
 
 
 def _fork_worker(
-    url: str, capacity: int, imports: Sequence[str], cpus: Mapping[str, set[int] | None]
+    url: str,
+    capacity: int,
+    imports: Sequence[str],
+    cpus: Mapping[str, set[int] | None],
+    death_timeout_s: float,
 ) -> Callable[[str], ChildProcess]:
     def start(name: str) -> ChildProcess:
         def main() -> None:
@@ -130,6 +134,7 @@ def _fork_worker(
                 threads=EMBEDDED_THREADS,
                 allow_paths=True,
                 cpus=cpus.get(name),
+                death_timeout_s=death_timeout_s,
             )
 
         # OpenCV's thread pool does not survive a fork: a child that touches it can hang on a
@@ -175,14 +180,18 @@ def worker_command(
     imports: Sequence[str] = (),
     log_level: str = "warning",
     cpus: set[int] | None = None,
+    death_timeout_s: float | None = None,
 ) -> list[str]:
     """The command line that starts an embedded cluster's worker process (which may read and
-    write the client's files: its broker is private)."""
+    write the client's files: its broker is private). ``death_timeout_s``: see
+    :func:`zimg.worker.serve`."""
     cmd = [sys.executable, "-m", "zimg", "worker", "--name", name, "--connect", url]
     cmd += ["--capacity", str(capacity), "--threads", str(threads), "--allow-paths"]
     cmd += ["--log-level", log_level]
     if cpus:
         cmd += ["--cpus", format_cpus(cpus)]
+    if death_timeout_s is not None:
+        cmd += ["--death-timeout", f"{death_timeout_s:g}"]
     for module in imports:
         cmd += ["--import", module]
     return cmd
@@ -289,11 +298,20 @@ def local_cluster(
         if pin is None and (config or BrokerConfig()).cpu_slots:
             pin = False
         cpus = dict(zip(names, embedded_plan(workers, pin), strict=True))
+        # A worker waits for its broker no longer than this process waits for the workers:
+        # one whose parent died before the broker bound must not wait for ever.
         commands = {
-            n: worker_command(endpoint, n, capacity=capacity, imports=imports, cpus=cpus[n])
+            n: worker_command(
+                endpoint,
+                n,
+                capacity=capacity,
+                imports=imports,
+                cpus=cpus[n],
+                death_timeout_s=timeout_s,
+            )
             for n in names
         }
-        fork = _fork_worker(endpoint, capacity, imports, cpus) if can_fork() else None
+        fork = _fork_worker(endpoint, capacity, imports, cpus, timeout_s) if can_fork() else None
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         keeper = WorkerKeeper(commands, env=env, first_start=fork).start()
         broker = Broker(endpoint, config, also_bind=[f"inproc://zimg-local-{os.getpid()}-{tmp}"])

@@ -44,6 +44,8 @@ _STOP = b"stop"
 # How long a leaving node waits for room on its socket for what it still has to send (its
 # processes' last signals, then DISCONNECT); close() waits for the I/O thread 5 s at most.
 LEAVE_FLUSH_S = 2.0
+# How often a start that can be cancelled looks at its cancel event while it waits.
+_CANCEL_CHECK_S = 0.1
 _inproc_ids = itertools.count()
 
 
@@ -159,20 +161,33 @@ class Connection:
         ready (for housekeeping that must not race the node's own sends)."""
         self._tick_hooks.append(hook)
 
-    def start(self, timeout_s: float = 10.0) -> Connection:
+    def start(
+        self, timeout_s: float | None = 10.0, *, cancel: threading.Event | None = None
+    ) -> Connection:
         """Connect and wait for the broker's WELCOME.
+
+        While it waits, the node says HELLO once per heartbeat interval, and logs once (after a
+        few silent intervals) that the broker is not there yet.
+
+        Args:
+            timeout_s: how long to wait for the WELCOME; None waits as long as it takes.
+            cancel: stop waiting once this is set (from a signal handler, say).
 
         Raises:
             RejectedError: the broker refused this node (its name is taken, for example).
             ZimgTimeout: no WELCOME within ``timeout_s``.
-            ClosedError: the connection was started (and closed) before.
+            ClosedError: the connection was started (and closed) before, or ``cancel`` was set
+                before the WELCOME.
         """
         if self._thread is not None:
             raise ClosedError(f"node {self.name} was already started")
         self._thread = threading.Thread(target=self._run, name=f"zimg-io-{self.name}", daemon=True)
         self._thread.start()
-        if not self._welcomed.wait(timeout_s):
+        if not self._wait_welcomed(timeout_s, cancel):
             self.close()
+            if cancel is not None and cancel.is_set():
+                raise ClosedError(f"node {self.name} stopped before the broker welcomed it")
+            assert timeout_s is not None  # only a deadline or ``cancel`` ends the wait
             hint = ns.silence_hint(self.keys is not None)
             raise ZimgTimeout(
                 f"no answer from the broker at {self.url} within {timeout_s:g} s ({hint})"
@@ -182,6 +197,20 @@ class Connection:
             self.close()
             raise error
         return self
+
+    def _wait_welcomed(self, timeout_s: float | None, cancel: threading.Event | None) -> bool:
+        """Wait for the WELCOME (or a failure); False after ``timeout_s`` or once ``cancel`` is
+        set. With ``cancel``, wait in short slices: a signal handler cannot set ``_welcomed``."""
+        if cancel is None:
+            return self._welcomed.wait(timeout_s)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not cancel.is_set():
+            left = _CANCEL_CHECK_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._welcomed.wait(min(left, _CANCEL_CHECK_S)):
+                return True
+        return False
 
     def send(self, command: Command, header: Mapping[str, Any]) -> None:
         """Encode and send a message to the broker; safe from any thread.

@@ -86,9 +86,15 @@ class Node(ProcessCalls):
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, timeout_s: float = 10.0) -> Node:
-        """Join the broker. Raises RejectedError if the name is taken, ZimgTimeout if no answer."""
-        self.connection.start(timeout_s)
+    def start(
+        self, timeout_s: float | None = 10.0, *, cancel: threading.Event | None = None
+    ) -> Node:
+        """Join the broker. Raises RejectedError if the name is taken, ZimgTimeout if no answer.
+
+        ``timeout_s=None`` waits for the broker as long as it takes; ``cancel`` ends the wait
+        (ClosedError). See :meth:`Connection.start`.
+        """
+        self.connection.start(timeout_s, cancel=cancel)
         return self
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import cv2
 from zimg import images, ops, protocol, wire
 from zimg._actor import DEFAULT_ACTOR_LIMITS, ActorLimits
 from zimg._affinity import format_cpus, pin_process
-from zimg._errors import AffinityError, ImageError, OpError, WireError, ZimgError
+from zimg._errors import AffinityError, ClosedError, ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
 from zimg._placement import Placement
 from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text
@@ -178,9 +178,19 @@ class Worker:
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
 
-    def start(self, timeout_s: float = 10.0) -> Worker:
-        """Join the broker; raises RejectedError if the name is taken."""
-        self.node.start(timeout_s)
+    def start(self, timeout_s: float | None = 10.0) -> Worker:
+        """Join the broker.
+
+        Args:
+            timeout_s: how long to wait for the broker; None waits as long as it takes (or
+                until :meth:`request_stop`).
+
+        Raises:
+            RejectedError: the broker refused the worker (its name is taken, for example).
+            ZimgTimeout: no broker answered within ``timeout_s``.
+            ClosedError: :meth:`request_stop` was called before the broker answered.
+        """
+        self.node.start(timeout_s, cancel=self._stopped)
         log.info("worker %s ready, capacity %d", self.name, self.capacity)
         return self
 
@@ -200,6 +210,11 @@ class Worker:
     def request_stop(self) -> None:
         """Ask :meth:`run_forever` to return (safe from a signal handler)."""
         self._stopped.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`request_stop` or :meth:`stop` was called."""
+        return self._stopped.is_set()
 
     def stop(self) -> None:
         """Leave the broker and stop the pool (running jobs finish first)."""
@@ -374,8 +389,13 @@ def serve(
     keep_heap: bool = True,
     cpus: Collection[int] | None = None,
     actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
+    death_timeout_s: float | None = None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
+
+    The worker waits for its broker as long as it takes (saying once that it waits), so
+    workers and broker may start in any order; ``death_timeout_s`` gives up instead if no
+    broker welcomed the worker within that many seconds of its start.
 
     ``keep_heap`` keeps up to 128 MiB of freed memory in the process for the next images
     instead of returning it to the kernel after each (glibc only; see ``zimg._heap``).
@@ -385,7 +405,7 @@ def serve(
     Raises:
         RejectedError: the broker refused the worker (its name is taken, for example).
         AffinityError: the system refused ``cpus`` (also an ``OSError``).
-        ZimgTimeout: no broker answered in time.
+        ZimgTimeout: no broker answered within ``death_timeout_s``.
     """
     if cpus:
         try:
@@ -410,7 +430,15 @@ def serve(
     )
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:
-        node.start()
+        node.start(death_timeout_s)
+    except KeyboardInterrupt:
+        node.stop()
+        return
+    except ClosedError:
+        node.stop()
+        if node.stopping:
+            return  # SIGTERM while waiting for the broker: a clean exit
+        raise
     except ZimgError:
         node.stop()
         raise

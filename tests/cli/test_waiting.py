@@ -3,6 +3,7 @@ inputs that are not there, for workers that are not there (issue 15 §2 item 4).
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zimg.cli import app
+from zimg.cluster import wait_for_workers
 from zimg.testing import Processes, free_tcp_url
 
 runner = CliRunner()
@@ -95,3 +97,43 @@ def test_send_to_a_broker_without_workers_warns_within_seconds(
     assert time.monotonic() - started < 10
     assert output.count("no worker is connected") == 1
     assert proc.poll() is None  # it keeps waiting, as before (the fixture stops it)
+
+
+# ---------------------------------------------------------------------- a worker before its broker
+# (issue 15 §2 item 5): it waits as long as it takes, unless --death-timeout says otherwise.
+
+
+@pytest.mark.timeout(40)
+def test_worker_started_before_the_broker_waits_then_joins(procs: Processes) -> None:
+    url = free_tcp_url()
+    worker = procs.worker(url, "n1", "--log-level", "info", wait=False)
+    hint = f"waiting for the broker at {url} (is `zimg broker` running there?)"
+    wait_for_text(procs.logdir, "worker-n1", hint, timeout_s=15)
+    assert worker.poll() is None
+    procs.broker(url)
+    wait_for_workers(url, ["n1"], timeout_s=20, processes={"n1": worker})
+    output = wait_for_text(procs.logdir, "worker-n1", "worker n1 ready", timeout_s=5)
+    assert output.count("waiting for the broker") == 1
+    assert "Traceback" not in output
+
+
+@pytest.mark.timeout(30)
+def test_worker_death_timeout_exits_1_naming_the_broker(procs: Processes) -> None:
+    url = free_tcp_url()
+    worker = procs.worker(url, "n1", "--death-timeout", "1", wait=False)
+    assert worker.wait(timeout=20) == 1
+    output = wait_for_text(procs.logdir, "worker-n1", "no answer", timeout_s=1)
+    assert f"no answer from the broker at {url} within 1 s (is `zimg broker` running" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.timeout(30)
+def test_worker_waiting_for_the_broker_stops_cleanly_on_sigterm(procs: Processes) -> None:
+    url = free_tcp_url()
+    worker = procs.worker(url, "n1", wait=False)
+    wait_for_text(procs.logdir, "worker-n1", "waiting for the broker", timeout_s=15)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    output = "".join(p.read_text() for p in procs.logdir.glob("worker-n1-*.log"))
+    assert "Traceback" not in output
+    assert "error" not in output
