@@ -97,8 +97,9 @@ def _choice(name: str, key: str, value: object, choices: Mapping[str, str]) -> i
 
 
 def _check_threshold(params: Mapping[str, Any]) -> None:
-    _number("threshold", "thresh", params["thresh"])
-    _number("threshold", "maxval", params["maxval"])
+    for key in ("thresh", "maxval"):
+        if params[key] is not None:  # None: scaled to the image's depth when it runs
+            _number("threshold", key, params[key])
     _option("threshold", "type", params["type"], _THRESHOLD_TYPES)
 
 
@@ -172,21 +173,36 @@ _INTERPOLATIONS = {
 }
 
 
+def _threshold_defaults(dtype: np.dtype[Any]) -> tuple[float, float]:
+    """``threshold``'s default thresh and maxval for images of ``dtype``: the notebook's 127 and
+    255 for 8 bits, scaled to the full range of other integers (127/255 and 255/255 of its
+    maximum: 32639 and 65535 for uint16, so a 16-bit copy of an 8-bit image, x * 257, gives the
+    same pixels), and 0.5 and 1.0 for floats, taken to be in [0, 1]."""
+    if dtype.kind == "f":
+        return 0.5, 1.0
+    top = float(np.iinfo(dtype).max)
+    return 127 * top / 255, top
+
+
 @op(check=_check_threshold)
 def threshold(
     image: Image,
     *,
-    thresh: float = 127,
-    maxval: float = 255,
+    thresh: float | None = None,
+    maxval: float | None = None,
     type: str = "binary",
     in_place: bool = False,
 ) -> Image:
     """Apply ``cv2.threshold`` to every channel (8/16-bit unsigned, int16, float images).
 
+    Left out, ``thresh`` and ``maxval`` follow the image's depth: 127 and 255 for uint8, 32639
+    and 65535 for uint16 (x 257), 16319.25 and 32767 for int16, 0.5 and 1.0 for float images
+    (taken to be in [0, 1]). Given values are used as they are.
+
     Args:
         image: the input.
-        thresh: the threshold value.
-        maxval: the value given to pixels that pass (binary types).
+        thresh: the threshold value (default: 127/255 of the depth's full scale).
+        maxval: the value given to pixels that pass, binary types (default: the full scale).
         type: binary, binary_inv, trunc, tozero or tozero_inv.
         in_place: write on ``image`` itself (set by run_pipeline for arrays it may write on).
 
@@ -197,8 +213,9 @@ def threshold(
         OpError: a bad param, or an image OpenCV cannot threshold.
     """
     _check_image("threshold", image)
-    t = _number("threshold", "thresh", thresh)
-    m = _number("threshold", "maxval", maxval)
+    default_t, default_m = _threshold_defaults(image.dtype)
+    t = default_t if thresh is None else _number("threshold", "thresh", thresh)
+    m = default_m if maxval is None else _number("threshold", "maxval", maxval)
     kind = _choice("threshold", "type", type, _THRESHOLD_TYPES)
     # In place, OpenCV writes into ``image`` and returns it; it would return a new array if it
     # could not use it, so its answer is what we return. A strided view always gets a new one.

@@ -401,4 +401,5 @@ def _load_file(path: str) -> None:
 
 
 DEFAULT_PIPELINE: tuple[OpSpec, ...] = (OpSpec("threshold", {}), OpSpec("label", {}))
-"""The notebook's job: ``threshold(127, 255, binary)`` then the node name at (10, 30)."""
+"""The notebook's job: ``threshold(127, 255, binary)`` (scaled to the image's depth: 32639 and
+65535 for uint16) then the node name at (10, 30)."""
