@@ -1,5 +1,6 @@
 # zimg recipes. `just` alone runs the tests and the linters, as CI does.
 
+# The tests and the linters, as CI runs them (`just` alone).
 default: test lint
 
 # Run the whole test suite (unit, integration, multiprocess, CLI).

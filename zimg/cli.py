@@ -61,7 +61,40 @@ app = typer.Typer(
     # Plain help: rich's help formatting imports a Markdown parser, which was two thirds of
     # `zimg --help`'s imports.
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version() -> str:
+    """The installed package's version, or the source tree's if zimg is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("zimg")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"zimg {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print zimg's version and exit.",
+            callback=_show_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Distributed image processing over ZeroMQ, with Erlang-style nodes."""
 
 
 @functools.cache
@@ -90,6 +123,7 @@ BrokerUrl = Annotated[
     typer.Option(
         "--broker",
         "-b",
+        metavar="URL",
         help=f"The broker's endpoint: {_ENDPOINT_HELP}.",
         envvar="ZIMG_BROKER",
         callback=_endpoint,
@@ -98,11 +132,14 @@ BrokerUrl = Annotated[
 # Plain strings: typer turns each Path argument into a Path through a validator of its own,
 # which cost 0.25 ms a file (1 s for 4,000); run_batch takes strings as they are.
 Files = Annotated[list[str], typer.Argument(help="Image files to process.", show_default=False)]
-OutDir = Annotated[Path, typer.Option("--output", "-o", help="Directory for outputs and manifest.")]
+OutDir = Annotated[
+    Path, typer.Option("--output", "-o", metavar="DIR", help="Directory for outputs and manifest.")
+]
 OpsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--op",
+        metavar="OP",
         help="An op, as NAME[:KEY=VALUE,...]; repeat for a pipeline. "
         "Default: --op threshold --op label (the notebook's).",
         show_default=False,
@@ -112,6 +149,7 @@ Payload = Annotated[
     str,
     typer.Option(
         "--payload",
+        metavar="MODE",
         help="encoded: ship file bytes, workers decode and encode. "
         "raw: ship decoded arrays, as the notebook does. "
         "path: workers read and write the files themselves (same filesystem, workers started "
@@ -119,13 +157,17 @@ Payload = Annotated[
     ),
 ]
 Grid = Annotated[
-    Path | None, typer.Option("--grid", help="Also write a 4-column grid of the outputs here.")
+    Path | None,
+    typer.Option("--grid", metavar="FILE", help="Also write a 4-column grid of the outputs here."),
 ]
-Window = Annotated[int, typer.Option("--window", min=1, help="Jobs in flight at once.")]
+Window = Annotated[
+    int, typer.Option("--window", metavar="N", min=1, help="Jobs in flight at once.")
+]
 JobItems = Annotated[
     int | None,
     typer.Option(
         "--job-items",
+        metavar="N",
         min=1,
         max=64,
         help="At most this many images in one job (default: 8, grouped up to 256 KiB, 2 MiB "
@@ -155,6 +197,7 @@ Imports = Annotated[
     list[str] | None,
     typer.Option(
         "--import",
+        metavar="MODULE",
         help="Import this module or file.py first (registers user ops and behaviours).",
         show_default=False,
     ),
@@ -163,6 +206,7 @@ KeyOpt = Annotated[
     Path | None,
     typer.Option(
         "--key",
+        metavar="FILE",
         help="This node's secret certificate (NAME.key_secret), for a broker that uses keys.",
         envvar="ZIMG_KEY",
         show_default=False,
@@ -172,13 +216,16 @@ BrokerKeyOpt = Annotated[
     Path | None,
     typer.Option(
         "--broker-key",
+        metavar="FILE",
         help="The broker's public certificate (broker.key); goes with --key.",
         envvar="ZIMG_BROKER_KEY",
         show_default=False,
     ),
 ]
-LogLevel = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
-MaxPixels = Annotated[int, typer.Option("--max-pixels", help="Refuse larger images.")]
+LogLevel = Annotated[
+    str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+]
+MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="N", help="Refuse larger images.")]
 
 
 def main() -> None:
@@ -316,24 +363,32 @@ def broker(
         str,
         typer.Option(
             "--bind",
+            metavar="URL",
             help=f"Endpoint to bind: {_ENDPOINT_HELP} (HOST or PORT * for any).",
             envvar="ZIMG_BIND",
             callback=_endpoint,
         ),
     ] = protocol.DEFAULT_BROKER_URL,
     heartbeat: Annotated[
-        float, typer.Option("--heartbeat", help="Heartbeat interval in seconds.")
+        float, typer.Option("--heartbeat", metavar="SECONDS", help="Heartbeat interval in seconds.")
     ] = protocol.DEFAULT_HEARTBEAT_INTERVAL_S,
     liveness: Annotated[
-        int, typer.Option("--liveness", min=1, help="Missed heartbeats before a node is dead.")
+        int,
+        typer.Option(
+            "--liveness", metavar="N", min=1, help="Missed heartbeats before a node is dead."
+        ),
     ] = protocol.DEFAULT_LIVENESS,
     max_attempts: Annotated[
-        int, typer.Option("--max-attempts", min=1, help="Deliveries of a job before it fails.")
+        int,
+        typer.Option(
+            "--max-attempts", metavar="N", min=1, help="Deliveries of a job before it fails."
+        ),
     ] = protocol.DEFAULT_MAX_ATTEMPTS,
     keys: Annotated[
         Path | None,
         typer.Option(
             "--keys",
+            metavar="DIR",
             help="Enable CURVE: DIR holds broker.key_secret and authorized/NAME.key per node "
             "(see 'zimg keys new').",
             envvar="ZIMG_BROKER_KEYS",
@@ -348,6 +403,7 @@ def broker(
         float,
         typer.Option(
             "--job-deadline",
+            metavar="SECONDS",
             min=0.1,
             help="Seconds a worker may work on a job. Past it the job is retried elsewhere and "
             "the worker gets no new job until it answers.",
@@ -357,6 +413,7 @@ def broker(
         int,
         typer.Option(
             "--max-frame-mb",
+            metavar="MIB",
             min=1,
             help="Largest frame (one array or blob) a peer may send, in MiB; a peer that sends "
             "more is disconnected.",
@@ -366,6 +423,7 @@ def broker(
         int,
         typer.Option(
             "--max-client-jobs-mb",
+            metavar="MIB",
             min=1,
             help="MiB of jobs one client may have in the broker at once (beyond: it is told to "
             "wait).",
@@ -373,12 +431,18 @@ def broker(
     ] = BROKER_DEFAULTS["max_client_jobs_mb"],
     max_jobs_mb: Annotated[
         int,
-        typer.Option("--max-jobs-mb", min=1, help="MiB of jobs the broker holds at once, in all."),
+        typer.Option(
+            "--max-jobs-mb",
+            metavar="MIB",
+            min=1,
+            help="MiB of jobs the broker holds at once, in all.",
+        ),
     ] = BROKER_DEFAULTS["max_jobs_mb"],
     heartbeats_per_s: Annotated[
         float,
         typer.Option(
             "--heartbeats-per-s",
+            metavar="RATE",
             min=1.0,
             help="Heartbeats a second, each way, for all nodes together: the heartbeat "
             "interval doubles as nodes join to stay within it (more: dead nodes are found "
@@ -389,6 +453,7 @@ def broker(
         float,
         typer.Option(
             "--stall-timeout",
+            metavar="SECONDS",
             min=0.1,
             help="Close a connection that sends nothing at all for this many seconds (a peer "
             "stalled in the middle of a frame, a vanished host).",
@@ -398,6 +463,7 @@ def broker(
         int,
         typer.Option(
             "--max-nodes",
+            metavar="N",
             min=1,
             help="Nodes admitted at once (also bounded by the open-file limit).",
         ),
@@ -467,23 +533,31 @@ def _is_local_endpoint(url: str) -> bool:
 
 @app.command()
 def worker(
-    name: Annotated[str, typer.Option("--name", "-n", help="This node's unique name.")],
+    name: Annotated[
+        str, typer.Option("--name", "-n", metavar="NAME", help="This node's unique name.")
+    ],
     connect: Annotated[
         str,
         typer.Option(
             "--connect",
             "-c",
+            metavar="URL",
             help=f"The broker's endpoint: {_ENDPOINT_HELP}.",
             envvar="ZIMG_BROKER",
             callback=_endpoint,
         ),
     ] = protocol.DEFAULT_BROKER_URL,
     capacity: Annotated[
-        int, typer.Option("--capacity", min=1, help="Jobs held at once (the broker's credit).")
+        int,
+        typer.Option(
+            "--capacity", metavar="N", min=1, help="Jobs held at once (the broker's credit)."
+        ),
     ] = 2,
     threads: Annotated[
         int | None,
-        typer.Option("--threads", min=1, help="Jobs run at once (default: --capacity)."),
+        typer.Option(
+            "--threads", metavar="N", min=1, help="Jobs run at once (default: --capacity)."
+        ),
     ] = None,
     allow_paths: Annotated[
         bool,
@@ -495,7 +569,10 @@ def worker(
     ] = False,
     imports: Imports = None,
     cv_threads: Annotated[
-        int, typer.Option("--cv-threads", min=0, help="OpenCV's own threads (0: its default).")
+        int,
+        typer.Option(
+            "--cv-threads", metavar="N", min=0, help="OpenCV's own threads (0: its default)."
+        ),
     ] = 1,
     keep_heap: KeepHeap = True,
     cpus: Annotated[
@@ -511,6 +588,7 @@ def worker(
         int,
         typer.Option(
             "--max-image-mb",
+            metavar="MIB",
             min=1,
             help="Refuse images whose decoded size (width x height x channels x bytes per "
             "sample, read from the file's header) is larger, in MiB.",
@@ -520,6 +598,7 @@ def worker(
         int,
         typer.Option(
             "--max-processes",
+            metavar="N",
             min=1,
             help="Actor processes (threads) this worker runs at once; spawns beyond are refused.",
         ),
@@ -592,10 +671,15 @@ def send(
     grid: Grid = None,
     window: Window = 16,
     job_items: JobItems = None,
-    name: Annotated[str | None, typer.Option("--name", help="This node's name.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="NAME", help="This node's name.")
+    ] = None,
     imports: Imports = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Give up after this many seconds with no result.")
+        float,
+        typer.Option(
+            "--timeout", metavar="SECONDS", help="Give up after this many seconds with no result."
+        ),
     ] = 120.0,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     key: KeyOpt = None,
@@ -668,11 +752,16 @@ def _warn_without_workers(conn: Connection, keys: ClientKeys | None) -> Iterator
 @app.command()
 def run(
     files: Files,
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 2,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", metavar="N", min=1, help="Worker processes.")
+    ] = 2,
     capacity: Annotated[
         int,
         typer.Option(
-            "--capacity", min=1, help="Jobs each worker holds (its credit; it runs one at a time)."
+            "--capacity",
+            metavar="N",
+            min=1,
+            help="Jobs each worker holds (its credit; it runs one at a time).",
         ),
     ] = 2,
     pin: Annotated[
@@ -844,7 +933,9 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
 def nodes(
     broker_url: BrokerUrl = protocol.DEFAULT_BROKER_URL,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw report as JSON.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 5.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", metavar="SECONDS", help="Seconds to wait.")
+    ] = 5.0,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
 ) -> None:
@@ -896,12 +987,20 @@ def nodes(
 def fetch(
     url: Annotated[str, typer.Argument(help="http(s) URL of an image.")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="File or directory to write.")
+        Path | None,
+        typer.Option("--output", "-o", metavar="PATH", help="File or directory to write."),
     ] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", help="Seconds for the whole download, redirects included.")
+        float,
+        typer.Option(
+            "--timeout",
+            metavar="SECONDS",
+            help="Seconds for the whole download, redirects included.",
+        ),
     ] = 10.0,
-    max_bytes: Annotated[int, typer.Option("--max-bytes", min=0, help="Largest body.")] = 50 << 20,
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", metavar="BYTES", min=0, help="Largest body.")
+    ] = 50 << 20,
     force: Annotated[
         bool, typer.Option("--force", "-f", help="Replace the file if it exists.")
     ] = False,
@@ -936,10 +1035,12 @@ def fetch(
 @app.command()
 def grid(
     files: Files,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the grid.")] = Path(
-        "grid.png"
-    ),
-    columns: Annotated[int, typer.Option("--columns", min=1, help="Images per row.")] = 4,
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="FILE", help="Where to write the grid.")
+    ] = Path("grid.png"),
+    columns: Annotated[
+        int, typer.Option("--columns", metavar="N", min=1, help="Images per row.")
+    ] = 4,
 ) -> None:
     """Lay images out in a grid (the notebook's 4-column view), as one image file."""
     from zimg.grid import grid_from_files
@@ -954,10 +1055,17 @@ def grid(
 @app.command()
 def demo(
     directory: Annotated[
-        Path, typer.Option("--dir", "-d", help="Where to put the demo's inputs and outputs.")
+        Path,
+        typer.Option(
+            "--dir", "-d", metavar="DIR", help="Where to put the demo's inputs and outputs."
+        ),
     ] = Path("zimg-demo"),
-    workers: Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")] = 2,
-    copies: Annotated[int, typer.Option("--copies", min=1, help="Input images to make.")] = 32,
+    workers: Annotated[
+        int, typer.Option("--workers", "-w", metavar="N", min=1, help="Worker processes.")
+    ] = 2,
+    copies: Annotated[
+        int, typer.Option("--copies", metavar="N", min=1, help="Input images to make.")
+    ] = 32,
 ) -> None:
     """Run the notebook's demo: 32 images on a local cluster of 2 workers, then a grid."""
     from zimg.batch import BatchOptions
@@ -1004,7 +1112,9 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("new")
 def keys_new(
     name: Annotated[str, typer.Argument(help="The node name the key is for ('broker' for it).")],
-    directory: Annotated[Path, typer.Option("--dir", "-d", help="Where to write.")] = Path("."),
+    directory: Annotated[
+        Path, typer.Option("--dir", "-d", metavar="DIR", help="Where to write.")
+    ] = Path("."),
 ) -> None:
     """Write NAME.key (public) and NAME.key_secret (secret, mode 0600)."""
     from zimg.security import create_keys
@@ -1022,7 +1132,7 @@ def keys_new(
 def keys_authorize(
     public_key: Annotated[Path, typer.Argument(help="A node's NAME.key (public) file.")],
     directory: Annotated[
-        Path, typer.Option("--dir", "-d", help="The broker's keys directory.")
+        Path, typer.Option("--dir", "-d", metavar="DIR", help="The broker's keys directory.")
     ] = Path("."),
 ) -> None:
     """Let the node of PUBLIC_KEY join the broker whose keys are in DIR (restart the broker)."""
