@@ -1,11 +1,13 @@
 """A batch of image files through the job path: outputs, ``manifest.jsonl`` and a per-node summary.
 
 This is what ``zimg send``, ``zimg run`` and ``zimg demo`` share. Files that cannot be read are
-recorded as errors without being sent; every input gets exactly one manifest line.
+recorded as errors without being sent; every input gets exactly one manifest line. A resumed batch
+(``BatchOptions.resume``) skips the inputs the manifest records as done.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import os
@@ -58,6 +60,9 @@ class BatchOptions:
         workers: how many workers will run the batch, when the caller knows (an embedded
             cluster does). Guided jobs then take at most 1/(2 x workers) of the images still
             to come (the classic "factoring" rule); None: 1/8.
+        resume: skip the inputs that ``outdir``'s manifest records as done (no error, and the
+            output it names is there), keep their lines, and append the others' (see
+            :func:`run_batch`). False: every input is done again and the manifest rewritten.
     """
 
     outdir: Path
@@ -69,6 +74,7 @@ class BatchOptions:
     job_bytes: int | None = None
     job_items: int | None = None
     workers: int | None = None
+    resume: bool = False
 
     def bytes_per_job(self) -> int:
         """Input bytes after which a job is closed, for this mode."""
@@ -122,6 +128,8 @@ class BatchReport:
         per_node: what each node did.
         elapsed_s: wall time of the batch.
         duplicates: answers that came twice (ignored).
+        skipped: inputs not done again because the manifest recorded them as done (resume);
+            their lines are kept in the manifest and not counted in ``count``.
     """
 
     manifest: Path
@@ -131,6 +139,7 @@ class BatchReport:
     per_node: dict[str, NodeSummary] = field(default_factory=dict)
     elapsed_s: float = 0.0
     duplicates: int = 0
+    skipped: int = 0
 
     def entries(self) -> list[dict[str, Any]]:
         """Every manifest entry, read back from the manifest file."""
@@ -143,11 +152,12 @@ class BatchReport:
         return [Path(output) for _, output in done]
 
 
-def plan_outputs(files: Sequence[Path], outdir: Path) -> list[str]:
-    """The output file name (in ``outdir``) of each input; inputs whose names collide get
-    ``-2``, ``-3``... suffixes. Names, not paths: one short string per input keeps a long
-    batch's memory small (a hashed Path costs several times more)."""
-    seen: set[str] = set()
+def plan_outputs(files: Sequence[Path], outdir: Path, *, taken: Iterable[str] = ()) -> list[str]:
+    """The output file name (in ``outdir``) of each input; inputs whose names collide (with
+    each other or with a name in ``taken``) get ``-2``, ``-3``... suffixes. Names, not paths:
+    one short string per input keeps a long batch's memory small (a hashed Path costs several
+    times more)."""
+    seen: set[str] = set(taken)
     planned: list[str] = []
     for f in files:
         stem, suffix = f.stem, f.suffix  # no new Path per input: this runs for every one
@@ -167,6 +177,7 @@ def run_batch(
     options: BatchOptions,
     *,
     on_entry: Callable[[dict[str, Any]], None] | None = None,
+    on_skipped: Callable[[int], None] | None = None,
 ) -> BatchReport:
     """Process ``files`` through the broker that ``connection`` is joined to.
 
@@ -177,6 +188,13 @@ def run_batch(
         files: image paths.
         options: see :class:`BatchOptions`.
         on_entry: called with each manifest entry as it is written (for progress display).
+        on_skipped: with ``options.resume``, called once before any job with the number of
+            inputs skipped as done.
+
+    With ``options.resume``, an input is skipped when a line of ``outdir``'s manifest has its
+    path (as given, ``str(path)``), no error, and an output file that is still there. Those
+    lines are kept (a last line cut short by a kill is dropped); the lines of every other input
+    are dropped and written anew, so the manifest still has exactly one line per input.
 
     Returns:
         The report; ``report.failed`` counts inputs that ended with an error.
@@ -188,7 +206,19 @@ def run_batch(
     # old file's mode looked up (a system call per image).
     with os.scandir(outdir) as entries:
         fresh = next(entries, None) is None
-    names = plan_outputs(paths, outdir)
+    manifest_path = outdir / MANIFEST_NAME
+    todo: list[int] | None = None  # None: every input, in order
+    if options.resume:
+        kept = _keep_done(manifest_path, paths)
+        todo = [i for i, path in enumerate(paths) if str(path) not in kept]
+        names = [""] * len(paths)  # skipped inputs write nothing
+        planned = plan_outputs([paths[i] for i in todo], outdir, taken=kept.values())
+        for i, name in zip(todo, planned, strict=True):
+            names[i] = name
+        if on_skipped is not None:
+            on_skipped(len(paths) - len(todo))
+    else:
+        names = plan_outputs(paths, outdir)
     wire_ops = [spec.to_wire() for spec in options.pipeline]
     temporaries = _Temporaries(outdir) if options.mode == "path" else None
     out_prefix = "" if str(outdir) == "." else str(outdir)  # as `outdir / name` would write
@@ -201,11 +231,11 @@ def run_batch(
             else None
         ),
     )
-    manifest_path = outdir / MANIFEST_NAME
     report = BatchReport(manifest=manifest_path)
+    report.skipped = 0 if todo is None else len(paths) - len(todo)
     started = time.perf_counter()
 
-    with open(manifest_path, "w", encoding="utf-8") as manifest:
+    with open(manifest_path, "a" if options.resume else "w", encoding="utf-8") as manifest:
         flushed_at = time.monotonic()
 
         def record(entry: dict[str, Any]) -> None:
@@ -230,7 +260,8 @@ def run_batch(
 
         def items() -> Iterator[tuple[JobItem, int]]:
             """Each readable input as a job item, with its size in bytes."""
-            for index, path in enumerate(paths):
+            for index in range(len(paths)) if todo is None else todo:
+                path = paths[index]
                 if temporaries is not None:  # the worker reads and writes: nothing to load
                     output = temporaries.prefix(names[index])
                     item = JobItem(index, os.path.abspath(path), path.suffix, output=output)
@@ -252,6 +283,7 @@ def run_batch(
                 per_job=per_job,
                 job_bytes=options.bytes_per_job(),
                 spread=options.guided_spread(),
+                order=todo,
             )
             return (job(group) for group in groups)
 
@@ -361,13 +393,16 @@ def group_items(
     per_job: int,
     job_bytes: int,
     spread: int | None,
+    order: Sequence[int] | None = None,
 ) -> Iterator[list[JobItem]]:
     """Group consecutive ``(item, input bytes)`` into jobs of at most ``per_job`` items or about
     ``job_bytes`` bytes, whichever comes first.
 
     With ``spread``, sizes are *guided*: a job takes at most ``1/spread`` of the items still to
     come, so jobs shrink to one item towards the end of the batch, and no worker is left running
-    a large last job while the others idle. ``item.index`` counts from 0 to ``total - 1``.
+    a large last job while the others idle. ``item.index`` counts from 0 to ``total - 1``;
+    with ``order`` (the indices that will come, ascending: a resumed batch skips some), the
+    items still to come are counted in it.
     """
     group: list[JobItem] = []
     size = 0
@@ -376,12 +411,55 @@ def group_items(
         size += nbytes
         target = per_job
         if spread is not None:
-            target = min(per_job, max(1, (total - item.index - 1) // spread))
+            if order is None:
+                remaining = total - item.index - 1
+            else:
+                remaining = len(order) - bisect.bisect_right(order, item.index)
+            target = min(per_job, max(1, remaining // spread))
         if size >= job_bytes or len(group) >= target:
             yield group
             group, size = [], 0
     if group:
         yield group
+
+
+def _keep_done(manifest_path: Path, paths: Sequence[Path]) -> dict[str, str]:
+    """Rewrite the manifest with only the lines of inputs in ``paths`` that are done (no
+    error, output present), one per input; return ``{input: output file name}`` for them.
+
+    A line that is not JSON (the last one, cut short by a kill) is dropped. The rewrite is
+    atomic, so an interrupted resume leaves the old manifest or the new one.
+    """
+    wanted = {str(path) for path in paths}
+    kept: dict[str, str] = {}
+    lines: list[str] = []
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                source, output = entry.get("input"), entry.get("output")
+                if (
+                    entry.get("error") is None
+                    and isinstance(source, str)
+                    and isinstance(output, str)
+                    and source in wanted
+                    and source not in kept
+                    and os.path.isfile(manifest_path.parent / os.path.basename(output))
+                ):
+                    kept[source] = os.path.basename(output)
+                    lines.append(line if line.endswith("\n") else line + "\n")
+    except FileNotFoundError:
+        return kept
+    temporary = manifest_path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(6)}.tmp")
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(temporary, manifest_path)
+    return kept
 
 
 def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:

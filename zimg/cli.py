@@ -226,6 +226,15 @@ LogLevel = Annotated[
     str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
 ]
 MaxPixels = Annotated[int, typer.Option("--max-pixels", metavar="N", help="Refuse larger images.")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Skip the inputs that the manifest in -o records as done (no error, output still "
+        "there) and add lines for the others. Without it a re-run does every input again and "
+        "rewrites the manifest.",
+    ),
+]
 
 
 def main() -> None:
@@ -684,6 +693,7 @@ def send(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
+    resume: Resume = False,
     log_level: LogLevel = "warning",
 ) -> None:
     """Send files to the workers of a running broker; write <name>_processed<ext> files."""
@@ -706,6 +716,7 @@ def send(
             max_pixels=max_pixels,
             idle_timeout_s=timeout,
             job_items=job_items,
+            resume=resume,
         )
         key_name = _key_name(key)
         default_name = f"{key_name}.send-{os.getpid()}" if key_name else f"send-{os.getpid()}"
@@ -782,6 +793,7 @@ def run(
     job_items: JobItems = None,
     imports: Imports = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    resume: Resume = False,
     log_level: LogLevel = "warning",
 ) -> None:
     """Process files on an embedded local cluster (a broker and workers started for this call)."""
@@ -798,6 +810,7 @@ def run(
             window=window,
             max_pixels=max_pixels,
             job_items=job_items,
+            resume=resume,
         )
         report = _run_local(
             [Path(f) for f in files],
@@ -880,9 +893,15 @@ def _run_with_progress(
                 progress.update(task, advance=done - shown, errors=failed)
                 shown, shown_at = done, now
 
+        def on_skipped(count: int) -> None:
+            nonlocal done, shown
+            progress.update(task, advance=count)
+            done += count
+            shown += count
+
         from zimg.batch import run_batch
 
-        report = run_batch(conn, files, options, on_entry=on_entry)
+        report = run_batch(conn, files, options, on_entry=on_entry, on_skipped=on_skipped)
         progress.update(task, advance=done - shown, errors=failed)
         return report
 
@@ -904,9 +923,10 @@ def _finish(report: BatchReport, grid: Path | None) -> None:
     _console().print(table)
     n = report.count
     rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
+    skipped = f"skipped {report.skipped} done inputs; " if report.skipped else ""
     _console().print(
         f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
-        f"manifest: {_lit(report.manifest)}",
+        f"{skipped}manifest: {_lit(report.manifest)}",
         highlight=False,
     )
     for entry in report.failures:

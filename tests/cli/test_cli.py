@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import pytest
@@ -347,3 +348,50 @@ def test_demo_refuses_a_dir_that_is_a_file(tmp_path):
     result = invoke("demo", "--dir", str(tmp_path / "afile"))
     assert result.exit_code == 2
     assert "is a file: give a folder" in " ".join(result.output.split())
+
+
+def test_run_resume_skips_the_inputs_the_manifest_records_as_done(tmp_path, samples):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("chelsea.jpg", "brick.jpg", "coins.png", "grass.png"):
+        shutil.copyfile(samples / name, inputs / name)
+    files = [str(p) for p in sorted(inputs.iterdir())]
+    out = tmp_path / "out"
+    first = invoke("run", *files[:2], "-o", str(out), "--workers", "1")
+    assert first.exit_code == 0, first.output
+    old_lines = (out / "manifest.jsonl").read_text().splitlines()
+    old_outputs = {e["input"]: Path(e["output"]).stat().st_mtime_ns for e in manifest(out)}
+    with open(out / "manifest.jsonl", "a") as f:  # a line cut short by a kill
+        f.write('{"index": 2, "input": "' + files[2].replace("\\", "\\\\") + '", "outp')
+
+    result = invoke("run", *files, "-o", str(out), "--workers", "1", "--resume")
+
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 done inputs" in result.output
+    assert "2 inputs in" in result.output
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    assert lines[:2] == old_lines  # kept as they were; new lines appended
+    entries = manifest(out)
+    assert sorted(e["input"] for e in entries) == files  # exactly one line per input
+    for entry in entries:
+        check_output(entry)
+    for source, mtime in old_outputs.items():
+        done = next(e for e in entries if e["input"] == source)
+        assert Path(done["output"]).stat().st_mtime_ns == mtime  # not written again
+    assert len(list(out.glob("*_processed*"))) == 4
+
+
+def test_a_rerun_without_resume_does_every_input_again(tmp_path, samples):
+    source = str(samples / "coins.png")
+    out = tmp_path / "out"
+    for _ in range(2):
+        result = invoke("run", source, "-o", str(out), "--workers", "1")
+        assert result.exit_code == 0, result.output
+        assert "skipped" not in result.output
+    assert [e["input"] for e in manifest(out)] == [source]
+
+
+def test_resume_is_explained_in_help():
+    for command in ("send", "run"):
+        text = " ".join(invoke(command, "--help").output.split())
+        assert "--resume" in text
