@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import queue
 import threading
 import time
@@ -326,14 +327,46 @@ def distribute(
         idle_timeout_s: give up if nothing comes back for this long.
 
     Yields:
-        :class:`Processed` records; ``index`` is the position in ``images``.
+        :class:`Processed` records; ``index`` is the position in ``images``. Every input gets
+        exactly one, so check ``error`` before using ``image``: it is set (and ``image`` is
+        None) when a worker failed on the image, or when the input is not an image array
+        (``None`` from a ``cv2.imread`` that failed, a file path, any other object). Such an
+        input is never sent, and the rest of ``images`` is still processed.
+
+    Raises:
+        ZimgTimeout: ``idle_timeout_s`` passed with images unanswered.
     """
     wire_ops = [spec.to_wire() for spec in pipeline]
-    requests = (
-        JobRequest(i, "raw", wire_ops, [JobItem(i, f"array {i}", ".png", payload=image)])
-        for i, image in enumerate(images)
-    )
+    refused: deque[Processed] = deque()  # inputs that are not arrays, reported between results
+
+    def requests() -> Iterator[JobRequest]:
+        for i, image in enumerate(images):
+            problem = _not_an_image(i, image)
+            if problem is not None:
+                refused.append(Processed(i, None, None, 0.0, problem))
+                continue
+            yield JobRequest(i, "raw", wire_ops, [JobItem(i, f"array {i}", ".png", payload=image)])
+
     client = JobClient(node, window=window)
-    for done in client.run(requests, idle_timeout_s=idle_timeout_s):
+    for done in client.run(requests(), idle_timeout_s=idle_timeout_s):
+        while refused:
+            yield refused.popleft()
         r, item = done.result, done.result.item(0)
         yield Processed(done.request.id, item.payload, r.node, item.ms, item.error)
+    while refused:
+        yield refused.popleft()
+
+
+def _not_an_image(index: int, image: object) -> str | None:
+    """Why input ``index`` of :func:`distribute` cannot be sent, in the caller's terms; None
+    if it is an array."""
+    if isinstance(image, np.ndarray):
+        return None
+    if image is None:
+        return f"image {index} is None (did cv2.imread fail to read a file?)"
+    if isinstance(image, str | bytes | os.PathLike):
+        return (
+            f"image {index} is a path ({os.fsdecode(image)!r}): give an image array (numpy), "
+            "not a path: read it with cv2.imread or use zimg send/run_batch for files"
+        )
+    return f"image {index} is a {type(image).__name__}, not an image array (numpy.ndarray)"
