@@ -13,8 +13,10 @@ import numpy as np
 
 
 def reference(image: np.ndarray, node: str) -> np.ndarray:
-    """threshold(127, 255, binary), then the node name in Hershey simplex at (10, 30)."""
-    out = cv2.threshold(image, 127, 255, cv2.THRESH_BINARY)[1]
+    """threshold(127, 255, binary) on the image's full scale (127/255 and 255/255 of it: 127 and
+    255 for 8 bits, 32639 and 65535 for 16), then the node name in Hershey simplex at (10, 30)."""
+    top = float(np.iinfo(image.dtype).max)
+    out = cv2.threshold(image, 127 * top / 255, top, cv2.THRESH_BINARY)[1]
     cv2.putText(out, node, (10, 30), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (0, 0, 0), 2)
     return out
 
