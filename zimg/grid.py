@@ -17,7 +17,7 @@ from zimg.images import encode, load, write_atomic
 
 cv2: Any = LazyModule("cv2")  # imported when an image is decoded or encoded
 
-__all__ = ["grid_from_files", "make_grid", "to_bgr8"]
+__all__ = ["Picture", "grid_from_files", "make_grid", "to_bgr8"]
 
 Image = NDArray[Any]
 
@@ -53,6 +53,30 @@ def to_bgr8(image: Image) -> Image:
     alpha = image[:, :, 3:].astype(np.float32) / 255
     over = image[:, :, :3].astype(np.float32) * alpha + 255 * (1 - alpha)
     return np.rint(over).astype(np.uint8)
+
+
+class Picture:
+    """An image that Jupyter shows inline: ``Picture(make_grid(results))`` as a cell's value.
+
+    It holds the array as given (``image``); the notebook asks for ``_repr_png_``, which
+    encodes it for display with :func:`to_bgr8`, so 16-bit, float, gray and BGRA images show too.
+    """
+
+    __slots__ = ("image",)
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+
+    def __repr__(self) -> str:
+        return f"Picture({self.image.shape[1]}x{self.image.shape[0]} {self.image.dtype})"
+
+    def _repr_png_(self) -> bytes:
+        """The image as PNG bytes, for Jupyter (colours as cv2.imwrite would save them).
+
+        Raises:
+            ImageError: an image that cannot be displayed (see :func:`to_bgr8`).
+        """
+        return encode(to_bgr8(self.image), ".png").tobytes()
 
 
 def _fit(image: Image, cell_w: int, cell_h: int) -> Image:

@@ -12,7 +12,7 @@ import pytest
 
 import zimg
 from zimg._errors import ImageError
-from zimg.grid import grid_from_files, make_grid, to_bgr8
+from zimg.grid import Picture, grid_from_files, make_grid, to_bgr8
 from zimg.images import load
 
 SAMPLES = Path(zimg.__file__).parent / "samples"
@@ -118,3 +118,16 @@ def test_grid_from_files_errors(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="needs an image extension"):
         grid_from_files([SAMPLES / "coins.png"], tmp_path / "grid")
     assert not (tmp_path / "grid.png").exists()
+
+
+def test_picture_repr_png_is_a_png_of_the_image_as_displayed():
+    image = np.zeros((3, 5), np.uint16)
+    image[1, 2] = 65535
+    picture = Picture(image)
+
+    png = picture._repr_png_()
+
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded, to_bgr8(image))
+    assert repr(picture) == "Picture(5x3 uint16)"
