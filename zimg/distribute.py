@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from zimg import ops, wire
 from zimg._errors import WireError, ZimgTimeout
+from zimg._progress import with_progress
 from zimg.connection import Connection
 from zimg.jobs import JobItem, JobRequest, JobResult
 from zimg.wire import Command
@@ -311,6 +312,7 @@ def distribute(
     pipeline: Sequence[ops.OpSpec] = ops.DEFAULT_PIPELINE,
     window: int = DEFAULT_WINDOW,
     idle_timeout_s: float | None = None,
+    progress: bool = False,
 ) -> Iterator[Processed]:
     """Process arrays on the cluster; yield each result once, in completion order.
 
@@ -325,6 +327,9 @@ def distribute(
         pipeline: the ops to apply (default: threshold, then label).
         window: the most images in flight at once.
         idle_timeout_s: give up if nothing comes back for this long.
+        progress: show a rich progress bar as results come back: in place in a terminal, and
+            as a widget in Jupyter (``ipywidgets``, from the ``notebook`` extra). Its total is
+            ``len(images)`` when ``images`` has one.
 
     Yields:
         :class:`Processed` records; ``index`` is the position in ``images``. Every input gets
@@ -336,6 +341,21 @@ def distribute(
     Raises:
         ZimgTimeout: ``idle_timeout_s`` passed with images unanswered.
     """
+    records = _distribute(images, node, pipeline, window, idle_timeout_s)
+    if not progress:
+        return records
+    total = len(images) if isinstance(images, Sized) else None
+    return with_progress(records, total, "distribute")
+
+
+def _distribute(
+    images: Iterable[np.ndarray[Any, Any]],
+    node: JobTarget,
+    pipeline: Sequence[ops.OpSpec],
+    window: int,
+    idle_timeout_s: float | None,
+) -> Iterator[Processed]:
+    """:func:`distribute`'s records, without the progress bar."""
     wire_ops = [spec.to_wire() for spec in pipeline]
     refused: deque[Processed] = deque()  # inputs that are not arrays, reported between results
 

@@ -42,5 +42,7 @@ def test_the_notebook_runs_every_cell_and_shows_its_pictures_inline(tmp_path, mo
     assert any(o.get("data", {}).get("text/plain") == "['n1', 'n2']" for o in outputs)
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "32 results in" in text
+    # distribute(progress=True): rich's bar, drawn in an ipywidgets Output widget
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)
     for workers in (1, 2, 4):
         assert f"{workers} workers:" in text
