@@ -178,6 +178,7 @@ def run_batch(
     *,
     on_entry: Callable[[dict[str, Any]], None] | None = None,
     on_skipped: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> BatchReport:
     """Process ``files`` through the broker that ``connection`` is joined to.
 
@@ -190,6 +191,8 @@ def run_batch(
         on_entry: called with each manifest entry as it is written (for progress display).
         on_skipped: with ``options.resume``, called once before any job with the number of
             inputs skipped as done.
+        progress: show a rich progress bar as inputs finish: in place in a terminal, and in
+            Jupyter as a widget (with ``ipywidgets``, from the ``notebook`` extra).
 
     With ``options.resume``, an input is skipped when a line of ``outdir``'s manifest has its
     path (as given, ``str(path)``), no error, and an output file that is still there. Those
@@ -199,6 +202,8 @@ def run_batch(
     Returns:
         The report; ``report.failed`` counts inputs that ended with an error.
     """
+    if progress:
+        return _run_batch_with_bar(connection, files, options, on_entry, on_skipped)
     paths = [f if isinstance(f, Path) else Path(f) for f in files]  # no copies: memory
     outdir = options.outdir
     outdir.mkdir(parents=True, exist_ok=True)
@@ -337,6 +342,33 @@ def run_batch(
     report.duplicates = client.duplicates
     report.elapsed_s = time.perf_counter() - started
     return report
+
+
+def _run_batch_with_bar(
+    connection: JobTarget,
+    files: Sequence[str | os.PathLike[str]],
+    options: BatchOptions,
+    on_entry: Callable[[dict[str, Any]], None] | None,
+    on_skipped: Callable[[int], None] | None,
+) -> BatchReport:
+    """:func:`run_batch` with a rich progress bar, advanced by each input that ends (or is
+    skipped as done)."""
+    from rich.progress import Progress  # imported only when a bar is asked for
+
+    with Progress() as bar:
+        task = bar.add_task("run_batch", total=len(files))
+
+        def entry(done: dict[str, Any]) -> None:
+            bar.advance(task)
+            if on_entry is not None:
+                on_entry(done)
+
+        def skipped(count: int) -> None:
+            bar.advance(task, count)
+            if on_skipped is not None:
+                on_skipped(count)
+
+        return run_batch(connection, files, options, on_entry=entry, on_skipped=skipped)
 
 
 class _Temporaries:

@@ -59,3 +59,15 @@ def test_other_objects_are_named_by_type_and_the_good_images_still_go(node):
 def test_only_bad_inputs_still_end(node):
     results = run(node, iter([None, "b.png"]))
     assert [d.error is not None for d in results] == [True, True]
+
+
+def test_run_batch_draws_a_bar_that_ends_full(node, samples, tmp_path, capsys):
+    from zimg.batch import BatchOptions, run_batch
+
+    files = sorted(samples.glob("*.jpg"))
+    options = BatchOptions(outdir=tmp_path / "out", idle_timeout_s=10)
+    report = run_batch(node, files, options, progress=True)
+    assert (report.count, report.failed) == (len(files), 0)
+    out = capsys.readouterr().out
+    assert "run_batch" in out
+    assert "100%" in out
