@@ -22,6 +22,7 @@ import numpy as np
 
 from zimg import images, ops
 from zimg._errors import ImageError, ZimgError
+from zimg._progress import progress_bar
 from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient, JobTarget
 from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, JobResult, PayloadMode
 
@@ -353,18 +354,15 @@ def _run_batch_with_bar(
 ) -> BatchReport:
     """:func:`run_batch` with a rich progress bar, advanced by each input that ends (or is
     skipped as done)."""
-    from rich.progress import Progress  # imported only when a bar is asked for
-
-    with Progress() as bar:
-        task = bar.add_task("run_batch", total=len(files))
+    with progress_bar(len(files), "run_batch") as advance:
 
         def entry(done: dict[str, Any]) -> None:
-            bar.advance(task)
+            advance(1)
             if on_entry is not None:
                 on_entry(done)
 
         def skipped(count: int) -> None:
-            bar.advance(task, count)
+            advance(count)
             if on_skipped is not None:
                 on_skipped(count)
 
