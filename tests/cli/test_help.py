@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.cli.heavy import heavy_modules_after
 from zimg.cli import app
 
 COMMANDS = [
@@ -80,16 +79,7 @@ def test_version_without_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_version_imports_nothing_heavy() -> None:
-    code = (
-        "import sys; from zimg.cli import main; sys.argv = ['zimg', '--version']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('numpy', 'cv2', 'zmq', 'rich') if m in sys.modules]\n"
-        "print('heavy', heavy)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
-    )
-    assert "heavy []" in out.stdout
+    assert heavy_modules_after("--version") == []
 
 
 def test_every_just_recipe_has_a_doc_comment() -> None:
