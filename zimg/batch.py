@@ -485,10 +485,7 @@ def _keep_done(manifest_path: Path, paths: Sequence[Path]) -> dict[str, str]:
                     lines.append(line if line.endswith("\n") else line + "\n")
     except FileNotFoundError:
         return kept
-    temporary = manifest_path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(6)}.tmp")
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(temporary, manifest_path)
+    images.write_atomic(manifest_path, "".join(lines).encode("utf-8"))
     return kept
 
 
