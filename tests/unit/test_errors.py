@@ -10,18 +10,16 @@ import ast
 import re
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import zimg
 from zimg import _errors, worker
-from zimg._actor import ActorLimits, ActorRuntime, Process
+from zimg._actor import Process
 from zimg._registry import behaviour
 from zimg.broker import Broker
 from zimg.cluster import WorkerKeeper, wait_for_workers
-from zimg.testing import wait_for_broker
-from zimg.wire import Command
+from zimg.testing import MemoryRouter, wait_for_broker
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -146,33 +144,9 @@ def test_a_behaviour_name_taken_by_another_function_raises_name_taken():
     assert isinstance(info.value, ValueError)
 
 
-class FakeConnection:
-    """What ActorRuntime needs of its transport (``zimg._transport.Transport``) to host processes
-    locally."""
-
-    name = "n1"
-    incarnation = 111
-    heartbeat_interval_s = 0.0
-    liveness = 3
-
-    def __init__(self) -> None:
-        self.counters: dict[str, Any] = {}
-
-    def on(self, command: Command, handler: Any) -> None:
-        pass
-
-    def on_session(self, hook: Any) -> None:
-        pass
-
-    def on_tick(self, hook: Any) -> None:
-        pass
-
-    def send(self, command: Command, header: dict[str, Any]) -> None:
-        pass
-
-
 def test_a_process_name_held_by_another_process_raises_name_taken():
-    runtime = ActorRuntime(FakeConnection(), lambda: {"nodes": []}, ActorLimits())  # type: ignore[arg-type]
+    router = MemoryRouter()
+    runtime = router.runtime("n1")
     try:
         runtime.main.register("keeper")
         other = runtime._new_process()
@@ -182,7 +156,7 @@ def test_a_process_name_held_by_another_process_raises_name_taken():
         runtime.main.register("keeper")  # the holder again: not an error
         assert runtime.whereis("keeper") == runtime.main.pid
     finally:
-        runtime.shutdown(2.0)
+        router.close()
 
 
 class Exited:
