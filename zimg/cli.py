@@ -1,7 +1,5 @@
 """The ``zimg`` command line: thin typer commands over the library."""
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import functools
@@ -98,7 +96,7 @@ def _main(
 
 
 @functools.cache
-def _console(stderr: bool = False) -> Console:
+def _console(stderr: bool = False) -> "Console":
     """The console for stdout (or stderr), made when first used: rich is not imported for
     ``--help``. No :emoji: codes: a file named ':skull:.png' is printed as it is."""
     from rich.console import Console
@@ -278,7 +276,7 @@ def _lit(value: object) -> str:
     return escape(_plain(value))
 
 
-def _cell(value: object) -> Text:
+def _cell(value: object) -> "Text":
     """A table cell shown literally (rich would read a plain str as markup)."""
     from rich.text import Text
 
@@ -308,7 +306,7 @@ def _check_places(folder: Path, option: str, grid: Path | None = None) -> None:
 
 def _pipeline(
     op_texts: Sequence[str] | None, imports: Sequence[str] | None, *, strict: bool
-) -> list[ops.OpSpec]:
+) -> "list[ops.OpSpec]":
     """Parse ``--op`` options; a bad one is a usage error (exit code 2).
 
     With ``strict`` False (``zimg send``), ops unknown here are left for the workers, which may
@@ -337,7 +335,7 @@ def _pipeline(
     return specs
 
 
-def _client_keys(key: Path | None, broker_key: Path | None) -> ClientKeys | None:
+def _client_keys(key: Path | None, broker_key: Path | None) -> "ClientKeys | None":
     """Load ``--key`` and ``--broker-key`` (both or neither); a problem is a usage error."""
     if key is None and broker_key is None:
         return None
@@ -729,7 +727,7 @@ def send(
 
 
 @contextlib.contextmanager
-def _warn_without_workers(conn: Connection, keys: ClientKeys | None) -> Iterator[None]:
+def _warn_without_workers(conn: "Connection", keys: "ClientKeys | None") -> Iterator[None]:
     """Warn once if, ``NO_WORKER_WARNING_S`` into the batch, the broker lists no worker (the
     bar would sit at 0 until --timeout). A timer thread asks NODES on a socket of its own:
     the job flow never waits for it."""
@@ -828,14 +826,14 @@ def run(
 
 def _run_local(
     files: Sequence[Path],
-    options: BatchOptions,
+    options: "BatchOptions",
     *,
     workers: int,
     capacity: int,
     imports: Sequence[str] | None = None,
     pin: bool | None = None,
     oversubscribe: bool = False,
-) -> BatchReport:
+) -> "BatchReport":
     from zimg._affinity import usable_cpus
     from zimg._broker_state import BrokerConfig
     from zimg.cluster import local_cluster
@@ -858,8 +856,8 @@ def _run_local(
 
 
 def _run_with_progress(
-    conn: Connection | JobRouter, files: Sequence[str | Path], options: BatchOptions
-) -> BatchReport:
+    conn: "Connection | JobRouter", files: Sequence[str | Path], options: "BatchOptions"
+) -> "BatchReport":
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -906,7 +904,7 @@ def _run_with_progress(
         return report
 
 
-def _finish(report: BatchReport, grid: Path | None) -> None:
+def _finish(report: "BatchReport", grid: Path | None) -> None:
     from rich.table import Table
 
     from zimg.grid import grid_from_files
