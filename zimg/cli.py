@@ -546,10 +546,12 @@ def worker(
     connect: Annotated[
         str,
         typer.Option(
+            "--broker",
+            "-b",
             "--connect",
             "-c",
             metavar="URL",
-            help=f"The broker's endpoint: {_ENDPOINT_HELP}.",
+            help=f"The broker's endpoint: {_ENDPOINT_HELP}. --connect is the same option.",
             envvar="ZIMG_BROKER",
             callback=_endpoint,
         ),

@@ -18,7 +18,7 @@ runner = CliRunner()
 
 COMMANDS = {
     "broker": ["broker", "--bind"],
-    "worker": ["worker", "--name", "w1", "--connect"],
+    "worker": ["worker", "--name", "w1", "--broker"],
     "send": ["send", "x.png", "--broker"],
     "nodes": ["nodes", "--broker"],
 }
@@ -60,7 +60,7 @@ def test_a_worker_with_a_bad_endpoint_prints_one_line_and_no_traceback():
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
-        "error: --connect: 'localhost:5555' is not an endpoint: did you mean tcp://localhost:5555?"
+        "error: --broker: 'localhost:5555' is not an endpoint: did you mean tcp://localhost:5555?"
     ]
 
 
