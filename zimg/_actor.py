@@ -391,6 +391,9 @@ class ActorRuntime:
             :class:`~zimg._transport.Transport`, such as ``zimg.testing.MemoryTransport``).
         report: asks the broker for its node table.
         limits: the bounds on processes, links, monitors and mailboxes.
+        clock: seconds, for the runtime's own timers (the resync after a broker restart, the
+            rate of watch sweeps); ``zimg.testing.FakeClock`` in tests. The timers are checked
+            on the transport's ticks, so they run at most a heartbeat interval late.
 
     Attributes:
         dropped_messages: messages dropped because a mailbox bound was reached (and system
@@ -405,8 +408,11 @@ class ActorRuntime:
         connection: Transport,
         report: Callable[[], dict[str, Any]],
         limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connection = connection
+        self._clock = clock
         self.name = connection.name
         self.incarnation = connection.incarnation
         self.report = report
@@ -436,6 +442,7 @@ class ActorRuntime:
         self._watch_sending: dict[str, int] = {}  # names whose WATCH a thread is sending now
         self._unwatch_due: set[str] = set()  # names whose last reference went
         self._next_sweep = 0.0
+        self._resync_at: float | None = None  # when to look for nodes lost in a broker restart
         handlers: dict[Command, Callable[[Message], None]] = {
             Command.SPAWN: self._on_spawn,
             Command.SPAWNED: self._on_spawned,
@@ -451,8 +458,7 @@ class ActorRuntime:
         for command, handler in handlers.items():
             connection.on(command, handler)
         connection.on_session(self._on_session)
-        # A node that gets no actor messages still drops the watches nothing refers to.
-        connection.on_tick(self.sweep_watches)
+        connection.on_tick(self._on_tick)
         connection.counters["dropped"] = lambda: self.dropped_messages  # in every heartbeat
         self.main = self._new_process()
 
@@ -723,7 +729,7 @@ class ActorRuntime:
         """
         if not self._unwatch_due:
             return
-        now = time.monotonic()
+        now = self._clock()
         if now < self._next_sweep:
             return
         with self._lock:
@@ -1361,7 +1367,23 @@ class ActorRuntime:
                 self._node_down(name, None)
             self._rewatch()
             return
-        threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
+        # The other nodes rejoin the new broker within a heartbeat or two: look after that.
+        wait = self.connection.heartbeat_interval_s * self.connection.liveness
+        with self._lock:
+            self._resync_at = self._clock() + wait
+        if wait <= 0:
+            self._on_tick()
+
+    def _on_tick(self) -> None:
+        """Once per heartbeat interval, on the I/O thread: start the resync when it is due, and
+        drop the watches nothing refers to (for a node that gets no actor messages)."""
+        with self._lock:
+            due = self._resync_at is not None and self._clock() >= self._resync_at
+            if due:
+                self._resync_at = None
+        if due:  # on its own thread: it asks the broker, whose answer comes on the I/O thread
+            threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
+        self.sweep_watches()
 
     def _remote_nodes(self) -> set[_NodeKey]:
         """The (node, incarnation) of every remote pid a local link or monitor points at (either
@@ -1372,12 +1394,11 @@ class ActorRuntime:
     def _resync(self) -> None:
         """After a broker restart, nodes that died while it was down get no NODEDOWN: find them.
 
-        Runs on its own thread: it waits for the other nodes to rejoin the new broker (they do
-        within a heartbeat or two), then ends links and monitors into any that did not, and
-        WATCHes again the nodes still referred to (the broker answers at once for any that went
-        down since).
+        Runs on its own thread, ``liveness`` heartbeat intervals after the rejoin (by then the
+        other nodes have rejoined the new broker): ends links and monitors into any node that
+        did not, and WATCHes again the nodes still referred to (the broker answers at once for
+        any that went down since).
         """
-        time.sleep(self.connection.heartbeat_interval_s * self.connection.liveness)
         try:
             nodes = self.report()["nodes"]
         except ZimgError as exc:

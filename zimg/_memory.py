@@ -10,6 +10,7 @@ import functools
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -111,6 +112,9 @@ class MemoryRouter:
         auto: deliver as soon as something is queued (else only in :meth:`pump`).
         limits: wire limits, for every message.
         max_watches: node names one node may WATCH (beyond: NODEDOWN ``system_limit``).
+        clock: the runtimes' clock (``zimg.testing.FakeClock`` to say when time passes).
+        heartbeat_interval_s: every node's heartbeat interval; 0 (the default) lets nothing
+            wait for time to pass.
     """
 
     def __init__(
@@ -119,8 +123,12 @@ class MemoryRouter:
         auto: bool = True,
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         max_watches: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+        heartbeat_interval_s: float = 0.0,
     ) -> None:
         self.auto = auto
+        self.clock = clock
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.limits = limits
         self.config = BrokerConfig(limits=limits, max_watches=max_watches, cpu_slots=False)
         self.stats: dict[str, int] = {"unroutable": 0, "forged": 0, "watch_refused": 0}
@@ -156,7 +164,9 @@ class MemoryRouter:
         with self._lock:
             if name in self._by_name:
                 raise ValueError(f"node {name!r} is connected already")
-            transport = MemoryTransport(self, name, next(self._incarnations))
+            transport = MemoryTransport(
+                self, name, next(self._incarnations), heartbeat_interval_s=self.heartbeat_interval_s
+            )
             record = NodeRecord(name, transport.identity, role, 1, transport.incarnation, 0.0, 0.0)
             self._by_name[name] = record
             self._transports[name] = transport
@@ -172,7 +182,7 @@ class MemoryRouter:
         limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     ) -> ActorRuntime:
         """An actor runtime on a new node ``name`` (see :meth:`join`); :meth:`close` ends it."""
-        runtime = ActorRuntime(self.join(name, role=role), self.report, limits)
+        runtime = ActorRuntime(self.join(name, role=role), self.report, limits, clock=self.clock)
         self.runtimes.append(runtime)
         return runtime
 

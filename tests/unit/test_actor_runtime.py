@@ -15,7 +15,7 @@ from zimg import protocol
 from zimg._actor import ANY, ActorRuntime, Process
 from zimg._errors import SpawnError, ZimgTimeout
 from zimg._registry import behaviour
-from zimg.testing import MemoryRouter
+from zimg.testing import FakeClock, MemoryRouter
 from zimg.wire import Command, Pid
 
 pytestmark = pytest.mark.timeout(20)
@@ -296,6 +296,35 @@ def test_resync_after_a_broker_restart(router: MemoryRouter) -> None:
     nothing_more(a.main)
     router.kill("c")
     assert receive(a.main) == ("DOWN", ref, on_c, protocol.NOCONNECTION)
+
+
+def test_the_resync_waits_liveness_heartbeats_on_the_runtime_clock() -> None:
+    """The nodes lost in a broker restart are looked for ``liveness`` heartbeat intervals after
+    the rejoin (time the others need to rejoin), at the first tick from then on: by the clock
+    the runtime is given, so no test waits for it."""
+    clock = FakeClock()
+    router = MemoryRouter(clock=clock, heartbeat_interval_s=60.0)  # a real sleep would fail
+    asked: list[float] = []
+    table = router.report
+    router.report = lambda: asked.append(clock.now) or table()  # type: ignore[method-assign]
+    try:
+        a, _ = nodes(router, "a", "b")
+        a.main.trap_exit = True
+        on_b = a.main.spawn("b", "zt.rt.waiter", link=True)
+        router.restart(lost=["b"])
+        rejoined = clock.now
+        for _ in range(3):
+            clock.advance(50.0)
+            router.tick()
+        assert asked == []  # 150 s: not yet (3 x 60 s)
+        clock.advance(50.0)
+        router.tick()
+        assert receive(a.main) == ("EXIT", on_b, protocol.NOCONNECTION)
+        assert asked == [rejoined + 200.0]
+        router.tick()
+        assert asked == [rejoined + 200.0]  # once
+    finally:
+        router.close()
 
 
 def test_a_node_the_broker_gave_up_ends_its_links_on_both_sides(router: MemoryRouter) -> None:
