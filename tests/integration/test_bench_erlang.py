@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from zimg.bench import actors, erlang
+from zimg.bench import actor_figures, actors, erlang
 from zimg.bench._common import Timings
 
 pytestmark = [
@@ -35,9 +35,9 @@ def _beams_under(where: Path) -> list[str]:
 
 def test_the_peer_measures_both_figures_and_stops_both_nodes(tmp_path: Path) -> None:
     assert shutil.which("erl") is not None
-    cfg = actors.make_config(quick=True, rounds=50, messages=500, spawns=1)
+    cfg = actor_figures.make_config(quick=True, rounds=50, messages=500, spawns=1)
     erl = actors.run_erlang(cfg, str(tmp_path), Timings())
-    assert isinstance(erl, actors.ErlangResults), erl
+    assert isinstance(erl, actor_figures.ErlangResults), erl
     assert erl.rtt.rounds == 50
     assert erl.rtt.p50_us > 0
     assert erl.one_way.messages == 500

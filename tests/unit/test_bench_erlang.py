@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zimg.bench import actors, erlang
+from zimg.bench import actor_figures, actor_report, actors, erlang
 from zimg.bench._common import BenchError, Timings
 from zimg.bench.report import micro_rows
 
@@ -28,9 +28,9 @@ def test_parse_line_reads_every_field() -> None:
     np.testing.assert_allclose(out.samples_us, [90.0, 110.0, 100.0, 100.0])
     assert out.rtt_total_s == pytest.approx(4e-4)
     assert out.one_way_s == pytest.approx(2e-3)
-    rtt = actors.Rtt.of(out.samples_us, out.rtt_total_s)
+    rtt = actor_figures.Rtt.of(out.samples_us, out.rtt_total_s)
     assert (rtt.p50_us, rtt.rounds, rtt.per_s) == (100.0, 4, 10_000.0)
-    assert actors.Rate.of(out.messages, out.one_way_s).per_s == 500_000.0
+    assert actor_figures.Rate.of(out.messages, out.one_way_s).per_s == 500_000.0
 
 
 @pytest.mark.parametrize(
@@ -57,29 +57,31 @@ def test_without_erl_nothing_runs_and_the_table_says_so(
     assert erlang.missing() == erlang.NOT_INSTALLED
     with pytest.raises(BenchError, match="not installed"):
         erlang.run_peer(10, 1, 10, 1, tmp_path, 5.0)
-    cfg = actors.make_config(quick=True, rounds=10, messages=10, spawns=1)
+    cfg = actor_figures.make_config(quick=True, rounds=10, messages=10, spawns=1)
     erl = actors.run_erlang(cfg, str(tmp_path), Timings())
     assert erl == erlang.NOT_INSTALLED
     assert list(tmp_path.iterdir()) == []  # nothing compiled, nothing started
 
     z, raw = _zimg(), _raw()
-    table = actors.format_table(cfg, _machine(), z, raw, erl)
+    table = actor_report.format_table(cfg, _machine(), z, raw, erl)
     assert "zimg/erl" not in table
     assert "erlang:       not installed" in table
-    report = actors.to_json(cfg, _machine(), z, raw, Timings(), erl)
+    report = actor_report.to_json(cfg, _machine(), z, raw, Timings(), erl)
     assert report["erlang"] == {"skipped": erlang.NOT_INSTALLED}
     assert not any(key.endswith("/erlang") for key in report["ratios"])
 
 
 def test_erlang_figures_sit_beside_zimgs() -> None:
-    cfg = actors.make_config(quick=True, rounds=10, messages=10, spawns=1)
-    erl = actors.ErlangResults("25", 64, 12, _rtt(50.0), actors.Rate(10, 0.001, 10_000.0))
+    cfg = actor_figures.make_config(quick=True, rounds=10, messages=10, spawns=1)
+    erl = actor_figures.ErlangResults(
+        "25", 64, 12, _rtt(50.0), actor_figures.Rate(10, 0.001, 10_000.0)
+    )
     z, raw = _zimg(), _raw()
-    table = actors.format_table(cfg, _machine(), z, raw, erl)
+    table = actor_report.format_table(cfg, _machine(), z, raw, erl)
     p50 = next(line for line in table.splitlines() if line.strip().startswith("p50"))
     assert p50.split()[-2:] == ["50.0", "10.00x"]  # zimg 500 us against Erlang 50 us
     assert "Erlang/OTP 25" in table
-    report = actors.to_json(cfg, _machine(), z, raw, Timings(), erl)
+    report = actor_report.to_json(cfg, _machine(), z, raw, Timings(), erl)
     assert report["ratios"]["rtt_n1_n2.p50_us/erlang"] == 10.0
     assert report["ratios"]["one_way.per_s/erlang"] == 0.1
     assert report["ratios"]["rtt_n1_n2.p50_us/direct"] == 5.0  # the pyzmq ratios as before
@@ -107,21 +109,21 @@ def test_micro_rows_have_erlang_rows_or_a_not_installed_one() -> None:
     ]
 
 
-def _rtt(p50: float) -> actors.Rtt:
-    return actors.Rtt(1000, p50, 2 * p50, p50, 1e6 / p50)
+def _rtt(p50: float) -> actor_figures.Rtt:
+    return actor_figures.Rtt(1000, p50, 2 * p50, p50, 1e6 / p50)
 
 
-def _zimg() -> actors.ZimgResults:
-    spawn = actors.Spawns(1, 2.0, 1.0, 3.0, 1.0)
-    rate = actors.Rate(10, 0.01, 1000.0)
-    return actors.ZimgResults(_rtt(500.0), _rtt(400.0), _rtt(50.0), rate, spawn)
+def _zimg() -> actor_figures.ZimgResults:
+    spawn = actor_figures.Spawns(1, 2.0, 1.0, 3.0, 1.0)
+    rate = actor_figures.Rate(10, 0.01, 1000.0)
+    return actor_figures.ZimgResults(_rtt(500.0), _rtt(400.0), _rtt(50.0), rate, spawn)
 
 
-def _raw() -> dict[str, actors.RawResults]:
-    rate = actors.Rate(10, 0.001, 10_000.0)
+def _raw() -> dict[str, actor_figures.RawResults]:
+    rate = actor_figures.Rate(10, 0.001, 10_000.0)
     return {
-        "direct": actors.RawResults(_rtt(100.0), rate),
-        "proxy": actors.RawResults(_rtt(200.0), rate),
+        "direct": actor_figures.RawResults(_rtt(100.0), rate),
+        "proxy": actor_figures.RawResults(_rtt(200.0), rate),
     }
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import zmq
 
 from zimg import protocol, wire
-from zimg.bench import actors
+from zimg.bench import actor_figures, actor_report, actors, raw_zmq
 from zimg.bench._common import BenchError, Timings, children
 from zimg.testing import Processes
 from zimg.wire import Command, Pid
@@ -70,11 +70,11 @@ def forward_config(mode: str) -> ForwardConfig:
     }[mode]
 
 
-def actor_config(mode: str) -> actors.Config:
+def actor_config(mode: str) -> actor_figures.Config:
     """The actor benchmark's sizes for ``full``, ``quick`` or ``smoke``."""
     if mode == "smoke":
-        return actors.make_config(quick=True, rounds=200, messages=2000, spawns=5)
-    return actors.make_config(quick=mode == "quick", rounds=None, messages=None, spawns=None)
+        return actor_figures.make_config(quick=True, rounds=200, messages=2000, spawns=5)
+    return actor_figures.make_config(quick=mode == "quick", rounds=None, messages=None, spawns=None)
 
 
 # ---------------------------------------------------------------------- raw peers (children)
@@ -272,7 +272,7 @@ def run_forwarding(cfg: ForwardConfig, tmp: Path, timings: Timings) -> dict[str,
     with children() as procs, _zimg_broker(tmp) as url:
         front, back = f"ipc://{tmp}/pf", f"ipc://{tmp}/pb"
         mp = multiprocessing.get_context("spawn")
-        procs.append(mp.Process(target=actors._raw_proxy, args=(front, back), daemon=True))
+        procs.append(mp.Process(target=raw_zmq.raw_proxy, args=(front, back), daemon=True))
         procs[-1].start()
         # The client talks to the proxy's front end; the peer to its back end.
         with (
@@ -309,14 +309,14 @@ def run_actors(mode: str, tmp: Path, timings: Timings) -> dict[str, Any]:
     """The actor figures of :mod:`zimg.bench.actors`, zimg, raw pyzmq and (where ``erl`` is
     installed) Erlang/OTP, in this run."""
     cfg = actor_config(mode)
-    raw = actors.run_pyzmq(cfg, str(tmp), timings)
+    raw = raw_zmq.run_pyzmq(cfg, str(tmp), timings)
     erl = actors.run_erlang(cfg, str(tmp), timings)
     z = actors.run_zimg(cfg, timings)
     return {
         "config": asdict(cfg),
         "zimg": asdict(z),
         "pyzmq": {name: asdict(r) for name, r in raw.items()},
-        "erlang": actors.erlang_json(erl),
+        "erlang": actor_report.erlang_json(erl),
     }
 
 
