@@ -728,6 +728,10 @@ def send(
     _finish(report, grid)
 
 
+def _lists_a_worker(nodes: list[dict[str, Any]]) -> bool:
+    return any(n.get("role") == protocol.ROLE_WORKER for n in nodes)
+
+
 @contextlib.contextmanager
 def _warn_without_workers(conn: "Connection", keys: "ClientKeys | None") -> Iterator[None]:
     """Warn once if, ``NO_WORKER_WARNING_S`` into the batch, the broker lists no worker (the
@@ -739,13 +743,14 @@ def _warn_without_workers(conn: "Connection", keys: "ClientKeys | None") -> Iter
 
     def check() -> None:
         try:
-            report = query_nodes(conn.url, timeout_s=2.0, keys=keys)
+            # Pages only until one lists a worker: at 10,000 nodes that is 1 page of ~50.
+            report = query_nodes(conn.url, timeout_s=2.0, keys=keys, until=_lists_a_worker)
         except ZimgError:
             return  # the broker is busy or gone: the batch will say so
-        if not any(n.get("role") == protocol.ROLE_WORKER for n in report["nodes"]):
+        if not _lists_a_worker(report["nodes"]):
             logging.getLogger("zimg.cli").warning(
                 "no worker is connected to the broker at %s; waiting (start one with "
-                "`zimg worker --name n1 --connect %s`)",
+                "`zimg worker --name n1 --broker %s`)",
                 conn.url,
                 conn.url,
             )

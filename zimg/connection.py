@@ -501,9 +501,16 @@ def _readable(sock: zmq.Socket[bytes]) -> bool:
 
 
 def query_nodes(
-    url: str, timeout_s: float = 5.0, *, keys: ClientKeys | None = None
+    url: str,
+    timeout_s: float = 5.0,
+    *,
+    keys: ClientKeys | None = None,
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
 ) -> dict[str, Any]:
     """Ask the broker at ``url`` for its node table, without joining as a node.
+
+    ``until(nodes)``, if given, is asked after each page with the nodes read so far: once it is
+    true no more pages are asked for (the broker answers a page of about 64 KiB at a time).
 
     Returns:
         The broker's report: ``nodes`` (a list of dicts), ``queued``, ``stats`` and more.
@@ -533,20 +540,24 @@ def query_nodes(
             hint = ns.silence_hint(keys is not None)
             raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s:g} s ({hint})")
 
-        return collect_pages(ask)
+        return collect_pages(ask, until)
     finally:
         ctx.destroy(linger=0)
 
 
-def collect_pages(ask: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+def collect_pages(
+    ask: Callable[[dict[str, Any]], dict[str, Any]],
+    until: Callable[[list[dict[str, Any]]], bool] | None = None,
+) -> dict[str, Any]:
     """The whole NODES report, from the pages ``ask(request)`` returns (the broker answers
-    NODES a page at a time, each request naming the last node of the page before).
+    NODES a page at a time, each request naming the last node of the page before); with
+    ``until``, only the pages up to the first after which ``until(nodes so far)`` is true.
 
-    The counters and the queue length are those of the last page.
+    The counters and the queue length are those of the last page read.
     """
     report = ask({})
     nodes: list[dict[str, Any]] = list(report.get("nodes", []))
-    while report.get("more") is True and nodes:
+    while report.get("more") is True and nodes and not (until is not None and until(nodes)):
         report = ask({"after": nodes[-1]["name"]})
         page = report.get("nodes", [])
         if not page:

@@ -134,7 +134,7 @@ def wait_for_broker(
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            query_nodes(url, timeout_s=0.2, keys=keys)
+            query_nodes(url, timeout_s=0.2, keys=keys, until=lambda _: True)  # one page
             return
         except ZimgTimeout:
             if process is not None and process.poll() is not None:

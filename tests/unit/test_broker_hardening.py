@@ -11,6 +11,7 @@ import pytest
 
 from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, BrokerState, Send
+from zimg.connection import collect_pages
 from zimg.wire import Command, Pid, Ref
 
 from .test_broker_state import Clock, hello, ident, job, sends, ticket_of
@@ -304,6 +305,39 @@ def test_the_nodes_report_comes_in_pages_that_stay_small(clock: Clock) -> None:
             break
         after = page[-1]["name"]
     assert seen == sorted(state.by_name)
+
+
+def test_collect_pages_reads_every_page_or_stops_when_told(clock: Clock) -> None:
+    """``collect_pages`` gathers every page; with ``until`` it asks no page beyond the first
+    after which the condition holds (the send warning stops at the first worker it sees)."""
+    state = make_state(clock, nodes_page_bytes=2000, nodes_bytes_per_s=1e9)
+    for i in range(100):
+        join(state, clock, f"c{i:03d}", role=protocol.ROLE_CLIENT)
+    join(state, clock, "w000")
+    asked: list[dict[str, Any]] = []
+
+    def ask(request: dict[str, Any]) -> dict[str, Any]:
+        asked.append(request)
+        [(_, reply)] = sends(
+            state.on_message(b"asker", wire.encode(Command.NODES, request), clock.now)
+        )
+        return reply.header
+
+    everything = collect_pages(ask)
+    assert [n["name"] for n in everything["nodes"]] == sorted(state.by_name)
+    pages = len(asked)
+    assert pages > 3
+    assert not everything["more"]
+
+    asked.clear()
+    first = collect_pages(ask, until=lambda nodes: True)
+    assert len(asked) == 1
+    assert first["nodes"] == everything["nodes"][: len(first["nodes"])]
+
+    asked.clear()
+    worker = collect_pages(ask, until=lambda nodes: any(n["role"] == "worker" for n in nodes))
+    assert len(asked) == pages  # the worker sorts last: every page was needed
+    assert worker["nodes"][-1]["name"] == "w000"
 
 
 def test_nodes_requests_beyond_the_rate_are_dropped_and_counted(clock: Clock) -> None:
