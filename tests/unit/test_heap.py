@@ -75,10 +75,10 @@ def test_every_benchmark_contender_runs_the_job_with_the_workers_heap(samples, t
 
 
 def test_the_benchmarks_raw_proxy_keeps_freed_memory_as_the_broker_does(monkeypatch):
-    from zimg.bench import actors
+    from zimg.bench import raw_zmq
 
     calls: list[str] = []
-    monkeypatch.setattr(actors, "keep_freed_memory", lambda: calls.append("heap") or True)
-    monkeypatch.setattr(actors.zmq, "proxy", lambda front, back: calls.append("proxy"))
-    actors._raw_proxy("inproc://zimg-test-front", "inproc://zimg-test-back")
+    monkeypatch.setattr(raw_zmq, "keep_freed_memory", lambda: calls.append("heap") or True)
+    monkeypatch.setattr(raw_zmq.zmq, "proxy", lambda front, back: calls.append("proxy"))
+    raw_zmq.raw_proxy("inproc://zimg-test-front", "inproc://zimg-test-back")
     assert calls == ["heap", "proxy"]
