@@ -28,8 +28,17 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) ->
     """
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        # Small byte strings are cheapest copied; frames and buffers go as they are.
-        copy = type(frame) is bytes and len(frame) < _COPY_BELOW
+        # Small buffers are cheapest copied: a zero-copy send of an array or a memoryview has
+        # pyzmq's garbage-collector thread release it later, a thread wake-up per frame (an
+        # inproc send of 12 KB: 17 us of CPU zero-copy, 7 us copied). A received zmq.Frame goes
+        # as it is (libzmq shares its buffer, with no such thread).
+        kind = type(frame)
+        if kind is bytes:
+            copy = len(frame) < _COPY_BELOW
+        elif kind is zmq.Frame:
+            copy = False
+        else:
+            copy = memoryview(frame).nbytes < _COPY_BELOW
         _send(sock, frame, flags | _MORE if i < last else flags, copy=copy)
 
 
