@@ -86,6 +86,7 @@ _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
 _BEAT_SLICE_S = 0.05
+RECENT_DOWNS = 32  # nodes gone, with why, that NODES reports (for dashboards)
 
 
 class _Refused(Exception):
@@ -139,6 +140,7 @@ class BrokerState:
         self._warned = 0  # how many of _WARN_AT the node count has passed
         self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
         self._logged_peers: set[bytes] = set()
+        self.downs: deque[dict[str, Any]] = deque(maxlen=RECENT_DOWNS)
 
     @property
     def queue_length(self) -> int:
@@ -648,6 +650,16 @@ class BrokerState:
             del self.by_name[node.name]
         self._names = None
         self.stats["nodes_down"] += 1
+        self.downs.append(
+            {
+                "name": node.name,
+                "role": node.role,
+                "incarnation": node.incarnation,
+                "reason": reason,
+                "why": why,
+                "at": now,
+            }
+        )
         self.index.remove(node)
         out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
         out.extend(self.actors.node_gone(node, reason))
@@ -694,6 +706,10 @@ class BrokerState:
                 break
             page.append(_node_entry(node, now))
             size += cost
+        downs = []
+        if after is None:  # the first page: the nodes that went down lately, newest last
+            downs = [_down_entry(d, now) for d in self.downs]
+            size += 160 * len(downs)
         return {
             "_cost": size + 512,  # what the page costs the asker's budget, in bytes
             "nodes": page,
@@ -703,6 +719,7 @@ class BrokerState:
             "stats": dict(self.stats),
             "epoch": self.epoch,
             "uptime_s": round(now - self.started_at, 3),
+            "downs": downs,
         }
 
     def nodes_report(self, now: float) -> dict[str, Any]:
@@ -747,6 +764,12 @@ def _node_entry(n: NodeRecord, now: float) -> dict[str, Any]:
     }
     if n.hung:
         entry["hung"] = True
+    return entry
+
+
+def _down_entry(down: dict[str, Any], now: float) -> dict[str, Any]:
+    entry = {k: v for k, v in down.items() if k != "at"}
+    entry["ago_s"] = round(now - down["at"], 3)
     return entry
 
 

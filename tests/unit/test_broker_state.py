@@ -389,6 +389,39 @@ def test_nodes_report(state, clock):
     assert msg.header["stats"]["jobs_received"] == 1
 
 
+def test_nodes_reports_the_nodes_gone_lately_with_why_on_its_first_page(state, clock):
+    join(state, clock, "n1")
+    join(state, clock, "n2")
+    state.on_message(ident("n2"), wire.encode(Command.DISCONNECT, {"reason": "normal"}), clock.now)
+    for _ in range(40):  # n1 falls silent; the ring keeps the last RECENT_DOWNS only
+        clock.advance(5.0)
+        state.on_tick(clock.now)
+    clock.advance(1.0)
+    [(_, msg)] = sends(state.on_message(b"anyone", wire.encode(Command.NODES, {}), clock.now))
+    downs = msg.header["downs"]
+    assert [(d["name"], d["reason"], d["why"]) for d in downs] == [
+        ("n2", "normal", "left"),
+        ("n1", "noconnection", "missed heartbeats"),
+    ]
+    assert downs[1]["role"] == "worker"
+    assert downs[1]["ago_s"] > 1.0
+    later = wire.encode(Command.NODES, {"after": "n0"})
+    [(_, page)] = sends(state.on_message(b"anyone", later, clock.now))
+    assert page.header["downs"] == []
+
+
+def test_the_recent_downs_are_bounded(state, clock):
+    from zimg._broker_state import RECENT_DOWNS
+
+    for i in range(RECENT_DOWNS + 5):
+        join(state, clock, f"w{i}")
+        bye = wire.encode(Command.DISCONNECT, {"reason": "normal"})
+        state.on_message(ident(f"w{i}"), bye, clock.now)
+    downs = state.nodes_report(clock.now)["downs"]
+    assert len(downs) == RECENT_DOWNS
+    assert downs[-1]["name"] == f"w{RECENT_DOWNS + 4}"
+
+
 def test_actor_messages_route_by_pid_node(state, clock):
     join(state, clock, "n1")
     join(state, clock, "n2")
