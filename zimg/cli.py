@@ -9,7 +9,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -233,6 +233,39 @@ Resume = Annotated[
         "rewrites the manifest.",
     ),
 ]
+
+HttpAddr = Annotated[
+    str,
+    typer.Option(
+        "--http",
+        metavar="HOST:PORT",
+        help="Where to serve the dashboard; another address than loopback needs --token or "
+        "--insecure.",
+    ),
+]
+HttpToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        metavar="TOKEN",
+        help="Require this token on every dashboard request (?token= or Authorization: Bearer).",
+        envvar="ZIMG_DASHBOARD_TOKEN",
+        show_default=False,
+    ),
+]
+HttpInsecure = Annotated[
+    bool,
+    typer.Option("--insecure", help="Allow a non-loopback --http without --token."),
+]
+DashboardFlag = Annotated[
+    bool,
+    typer.Option(
+        "--dashboard",
+        help="Serve a live page of the cluster and of this batch's results at --http "
+        "(needs the 'dashboard' extra).",
+    ),
+]
+DEFAULT_HTTP = "127.0.0.1:8080"
 
 
 def main() -> None:
@@ -694,6 +727,10 @@ def send(
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     resume: Resume = False,
+    dashboard: DashboardFlag = False,
+    http: HttpAddr = DEFAULT_HTTP,
+    token: HttpToken = None,
+    insecure: HttpInsecure = False,
     log_level: LogLevel = "warning",
 ) -> None:
     """Send files to the workers of a running broker; write <name>_processed<ext> files."""
@@ -703,6 +740,8 @@ def send(
     _setup_logging(log_level)
     _check_payload(payload)
     _check_places(output, "--output", grid)
+    if dashboard:
+        _check_http(http, token, insecure)
     client_keys = _client_keys(key, broker_key)
     if not any(os.path.exists(f) for f in files):  # one stat when the first exists
         shown = ", ".join(files[:3]) + (", ..." if len(files) > 3 else "")
@@ -721,8 +760,12 @@ def send(
         key_name = _key_name(key)
         default_name = f"{key_name}.send-{os.getpid()}" if key_name else f"send-{os.getpid()}"
         conn = Connection(broker_url, name or default_name, keys=client_keys)
-        with conn.start(timeout_s=min(timeout, 10.0)), _warn_without_workers(conn, client_keys):
-            report = _run_with_progress(conn, files, options)
+        with (
+            conn.start(timeout_s=min(timeout, 10.0)),
+            _warn_without_workers(conn, client_keys),
+            _maybe_dashboard(dashboard, broker_url, http, token, client_keys) as on_entry,
+        ):
+            report = _run_with_progress(conn, files, options, also=on_entry)
     except ZimgError as exc:
         raise _fail(str(exc)) from None
     _finish(report, grid)
@@ -799,6 +842,10 @@ def run(
     imports: Imports = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     resume: Resume = False,
+    dashboard: DashboardFlag = False,
+    http: HttpAddr = DEFAULT_HTTP,
+    token: HttpToken = None,
+    insecure: HttpInsecure = False,
     log_level: LogLevel = "warning",
 ) -> None:
     """Process files on an embedded local cluster (a broker and workers started for this call)."""
@@ -807,6 +854,8 @@ def run(
     _setup_logging(log_level)
     _check_payload(payload)
     _check_places(output, "--output", grid)
+    if dashboard:
+        _check_http(http, token, insecure)
     try:
         options = BatchOptions(
             outdir=output,
@@ -825,6 +874,7 @@ def run(
             imports=imports,
             pin=pin,
             oversubscribe=oversubscribe,
+            dashboard=(http, token) if dashboard else None,
         )
     except ZimgError as exc:
         raise _fail(str(exc)) from None
@@ -840,6 +890,7 @@ def _run_local(
     imports: Sequence[str] | None = None,
     pin: bool | None = None,
     oversubscribe: bool = False,
+    dashboard: tuple[str, str | None] | None = None,
 ) -> "BatchReport":
     from zimg._affinity import usable_cpus
     from zimg._broker_state import BrokerConfig
@@ -859,11 +910,45 @@ def _run_local(
     with local_cluster(
         workers, capacity=capacity, imports=imports or (), config=config, pin=pin
     ) as running:
-        return _run_with_progress(running.jobs, files, options)
+        http, token = dashboard or (DEFAULT_HTTP, None)
+        with _maybe_dashboard(dashboard is not None, running.url, http, token, None) as on_entry:
+            return _run_with_progress(running.jobs, files, options, also=on_entry)
+
+
+def _check_http(http: str, token: str | None, insecure: bool) -> None:
+    """A usage error (code 2) for a --http that may not be served: see dashboard._cli."""
+    try:
+        from zimg.dashboard._cli import check_http
+    except ImportError as exc:
+        raise _fail(_NO_DASHBOARD.format(exc=exc), code=2) from None
+    problem = check_http(http, token, insecure)
+    if problem is not None:
+        raise _fail(problem, code=2)
+
+
+_NO_DASHBOARD = "the dashboard needs the 'dashboard' extra ({exc}): pip install 'zimg[dashboard]'"
+
+
+@contextlib.contextmanager
+def _maybe_dashboard(
+    wanted: bool, url: str, http: str, token: str | None, keys: "ClientKeys | None"
+) -> Iterator[Callable[[dict[str, Any]], None] | None]:
+    """With ``wanted``, serve the sending side's dashboard while the block runs and yield what
+    to call with each manifest entry; else yield None."""
+    if not wanted:
+        yield None
+        return
+    from zimg.dashboard._cli import sending_dashboard
+
+    with sending_dashboard(url, http, token=token, keys=keys) as dash:
+        yield dash.add_entry
 
 
 def _run_with_progress(
-    conn: "Connection | JobRouter", files: Sequence[str | Path], options: "BatchOptions"
+    conn: "Connection | JobRouter",
+    files: Sequence[str | Path],
+    options: "BatchOptions",
+    also: Callable[[dict[str, Any]], None] | None = None,
 ) -> "BatchReport":
     from rich.progress import (
         BarColumn,
@@ -893,6 +978,8 @@ def _run_with_progress(
             nonlocal failed, done, shown, shown_at
             failed += entry["error"] is not None
             done += 1
+            if also is not None:
+                also(entry)
             now = time.monotonic()
             if now - shown_at >= PROGRESS_EVERY_S or done == len(files):
                 progress.update(task, advance=done - shown, errors=failed)
@@ -1006,6 +1093,70 @@ def nodes(
         console = Console(width=160, emoji=False)
     console.print(table)
     _console().print(f"queued jobs: {_lit(report['queued'])}", highlight=False)
+
+
+@app.command("dashboard")
+def dashboard_command(
+    broker_url: BrokerUrl = protocol.DEFAULT_BROKER_URL,
+    http: HttpAddr = DEFAULT_HTTP,
+    token: HttpToken = None,
+    insecure: HttpInsecure = False,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", metavar="SECONDS", min=0.1, help="Seconds between polls."),
+    ] = 1.0,
+    front_door: Annotated[
+        bool,
+        typer.Option(
+            "--front-door/--no-front-door",
+            help="Serve POST /v1/process (joins the broker as a client to send the jobs).",
+        ),
+    ] = True,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", metavar="NAME", help="The front door's node name."),
+    ] = None,
+    max_body_mb: Annotated[
+        int, typer.Option("--max-body-mb", metavar="MB", min=1, help="Largest image accepted.")
+    ] = 32,
+    max_pending: Annotated[
+        int,
+        typer.Option(
+            "--max-pending", metavar="N", min=1, help="Front-door requests waiting at once."
+        ),
+    ] = 32,
+    deadline: Annotated[
+        float,
+        typer.Option(
+            "--deadline", metavar="SECONDS", help="How long a worker may take on a request."
+        ),
+    ] = 60.0,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    key: KeyOpt = None,
+    broker_key: BrokerKeyOpt = None,
+    log_level: LogLevel = "warning",
+) -> None:
+    """Serve a live page of the cluster in the browser, and an HTTP front door to it."""
+    _setup_logging(log_level)
+    _check_http(http, token, insecure)
+    from zimg.dashboard._cli import run_dashboard
+
+    try:
+        run_dashboard(
+            broker_url,
+            http,
+            token=token,
+            interval_s=interval,
+            keys=_client_keys(key, broker_key),
+            front_door=front_door,
+            name=name,
+            max_body_bytes=max_body_mb << 20,
+            max_pending=max_pending,
+            deadline_s=deadline,
+            max_pixels=max_pixels,
+        )
+    except ZimgError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

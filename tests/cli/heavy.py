@@ -6,7 +6,7 @@ import ast
 import subprocess
 import sys
 
-HEAVY = ("cv2", "numpy", "zmq", "rich")
+HEAVY = ("cv2", "numpy", "zmq", "rich", "starlette", "uvicorn")
 
 
 def heavy_modules_after(*args: str) -> list[str]:

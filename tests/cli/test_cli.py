@@ -226,9 +226,9 @@ def test_run_tells_the_batch_how_many_workers_share_it(tmp_path, samples, monkey
     seen = []
     real = cli._run_with_progress
 
-    def spy(conn, files, options):  # type: ignore[no-untyped-def]
+    def spy(conn, files, options, **kw):  # type: ignore[no-untyped-def]
         seen.append(options.workers)  # guided job sizes depend on it
-        return real(conn, files, options)
+        return real(conn, files, options, **kw)
 
     monkeypatch.setattr(cli, "_run_with_progress", spy)
     result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), "--workers", "3")

@@ -28,3 +28,8 @@ def test_the_defaults_shown_in_help_are_the_real_ones() -> None:
 
 def test_help_loads_no_opencv_numpy_or_zeromq() -> None:
     assert heavy_modules_after("--help") == []
+
+
+def test_dashboard_help_loads_no_web_stack() -> None:
+    assert heavy_modules_after("dashboard", "--help") == []
+    assert heavy_modules_after("send", "--help") == []

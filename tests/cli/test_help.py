@@ -17,6 +17,7 @@ COMMANDS = [
     ["send"],
     ["run"],
     ["nodes"],
+    ["dashboard"],
     ["fetch"],
     ["grid"],
     ["demo"],
