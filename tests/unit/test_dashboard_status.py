@@ -116,3 +116,9 @@ def test_node_list_is_capped_and_counted():
     snap = model.snapshot()
     assert [n["name"] for n in snap["nodes"]] == ["a", "b"]
     assert snap["nodes_total"] == 3
+
+
+def test_front_door_failures_are_events():
+    model = StatusModel()
+    model.request_failed(415, "not an image", 1.0)
+    assert kinds(model) == [("failed", "front door 415: not an image")]

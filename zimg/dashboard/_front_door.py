@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +62,8 @@ class FrontDoor:
         deadline_s: how long a worker may take on it (the job's ``deadline_s``).
         timeout_s: how long a request waits for its result before a 504.
         max_pending: requests waiting at once; more get 503 with Retry-After.
+        on_failure: called with each failed request's status and error text (the dashboard
+            shows them as events).
     """
 
     def __init__(
@@ -73,8 +75,10 @@ class FrontDoor:
         deadline_s: float = 60.0,
         timeout_s: float = 120.0,
         max_pending: int = 32,
+        on_failure: Callable[[int, str], None] | None = None,
     ) -> None:
         self.router = router
+        self.on_failure = on_failure
         self.max_body_bytes = max_body_bytes
         self.max_pixels = max_pixels
         self.deadline_s = deadline_s
@@ -89,6 +93,8 @@ class FrontDoor:
         reply = self._process(body, op_texts)
         key = "ok" if reply.status == 200 else "refused_busy" if reply.status == 503 else "failed"
         self.stats[key] += 1
+        if reply.status != 200 and self.on_failure is not None:
+            self.on_failure(reply.status, json.loads(reply.body).get("error", ""))
         return reply
 
     def _process(self, body: bytes, op_texts: Sequence[str]) -> Reply:

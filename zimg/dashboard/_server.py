@@ -77,6 +77,8 @@ class Dashboard:
         self.model = StatusModel(broker_url)
         self.hub = Hub(self.model, max_clients=max_clients)
         self.hub.front_door = front_door
+        if front_door is not None:
+            front_door.on_failure = self._on_request_failed
         self.poller = Poller(
             broker_url, self._on_report, self._on_error, interval_s=interval_s, keys=keys
         )
@@ -106,6 +108,10 @@ class Dashboard:
     def _on_error(self, text: str, now: float) -> None:
         with self.hub.lock:
             self.model.poll_failed(text, now)
+
+    def _on_request_failed(self, status: int, error: str) -> None:
+        with self.hub.lock:
+            self.model.request_failed(status, error, time.monotonic())
 
     def serve(self) -> None:
         """Poll and serve until interrupted (SIGINT, SIGTERM), in this thread."""

@@ -164,6 +164,11 @@ class StatusModel:
         self.version += 1
         return rid
 
+    def request_failed(self, status: int, error: str, now: float) -> None:
+        """A front-door request that failed: an event with its status and error text."""
+        self._event(now, "failed", f"front door {status}: {error}")
+        self.version += 1
+
     # ------------------------------------------------------------------ output
 
     def snapshot(self) -> dict[str, Any]:
