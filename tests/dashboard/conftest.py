@@ -12,7 +12,7 @@ pytest.importorskip("uvicorn", reason="the dashboard extra is not installed")
 
 import requests  # after the skip: nothing here works without the extra
 
-from tests.fault.helpers import BROKER_ARGS, wait_for
+from tests.fault.helpers import BROKER_ARGS, SLOW_OPS, wait_for
 from zimg.testing import Processes, free_tcp_url
 
 
@@ -60,8 +60,8 @@ def wait_web(proc: subprocess.Popen[bytes], base: str, timeout_s: float = 30.0) 
 
 @pytest.fixture
 def cluster(procs: Processes, tcp_url: str) -> str:
-    """A broker (fast heartbeats) with workers n1 and n2; yields its URL."""
+    """A broker (fast heartbeats) with workers n1 and n2 (which know the ``sleepy`` op)."""
     procs.broker(tcp_url, *BROKER_ARGS)
-    procs.worker(tcp_url, "n1")
-    procs.worker(tcp_url, "n2")
+    procs.worker(tcp_url, "n1", "--import", SLOW_OPS)
+    procs.worker(tcp_url, "n2", "--import", SLOW_OPS)
     return tcp_url
