@@ -30,6 +30,10 @@ broker:
 worker NAME:
     zimg worker --name {{NAME}}
 
+# The live page of the default broker, and its HTTP front door, at http://127.0.0.1:8080/.
+dashboard:
+    zimg dashboard
+
 # Send files to the default broker's workers; outputs go to ./out.
 send +FILES:
     zimg send {{FILES}}

@@ -125,3 +125,15 @@ def test_live_views_are_bounded_and_refusals_counted(procs, tcp_url):
                 "clients": 1,
                 "refused": 1,
             }
+
+
+@pytest.mark.parametrize("command", ["send", "run"])
+def test_send_and_run_refuse_a_non_loopback_dashboard_without_a_token(command, samples):
+    from typer.testing import CliRunner
+
+    from zimg.cli import app
+
+    args = [command, str(samples / "coins.png"), "--dashboard", "--http", "192.0.2.1:8080"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "--token" in result.output
