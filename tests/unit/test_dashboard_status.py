@@ -122,3 +122,12 @@ def test_front_door_failures_are_events():
     model = StatusModel()
     model.request_failed(415, "not an image", 1.0)
     assert kinds(model) == [("failed", "front door 415: not an image")]
+
+
+def test_a_report_cut_short_does_not_make_the_unlisted_nodes_gone():
+    model = StatusModel()
+    model.update(report(node("a"), node("b"), node("c")), 1.0)
+    model.update({**report(node("a"), node("b")), "more": True, "count": 3}, 2.0)
+    assert [k for k, _ in kinds(model)] == ["up", "up", "up"]
+    model.update(report(node("a"), node("b")), 3.0)
+    assert kinds(model)[-1] == ("down", "c left the node list (reason unknown)")

@@ -16,7 +16,6 @@ import zmq
 
 from zimg import protocol, wire
 from zimg._errors import WireError, ZimgTimeout
-from zimg.connection import collect_pages
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
@@ -33,6 +32,8 @@ class Poller:
         url: the broker's endpoint.
         interval_s: seconds between polls.
         keys: CURVE keys, for a broker that has them.
+        max_pages: the most NODES pages asked per poll (about 250 nodes each); the report
+            then says ``more``. Keeps a poll's cost bounded however large the cluster.
     """
 
     def __init__(
@@ -43,8 +44,10 @@ class Poller:
         *,
         interval_s: float = 1.0,
         keys: ClientKeys | None = None,
+        max_pages: int = 4,
     ) -> None:
         self.url = url
+        self.max_pages = max_pages
         self.interval_s = interval_s
         self.keys = keys
         self._on_report = on_report
@@ -67,7 +70,7 @@ class Poller:
         self._ctx.destroy(linger=0)
 
     def poll_once(self) -> dict[str, Any]:
-        """One whole NODES report.
+        """One NODES report: up to ``max_pages`` pages, merged.
 
         Raises:
             ZimgTimeout: the broker did not answer within the interval (at least 1 s).
@@ -86,7 +89,16 @@ class Poller:
             self._drop_socket()
             raise ZimgTimeout(f"no NODES answer from {self.url}")
 
-        return collect_pages(ask)
+        first = report = ask({})
+        nodes: list[dict[str, Any]] = list(report.get("nodes", []))
+        for _ in range(self.max_pages - 1):
+            if report.get("more") is not True or not nodes:
+                break
+            report = ask({"after": nodes[-1]["name"]})
+            nodes.extend(report.get("nodes", []))
+        # The counters are the last page's; the nodes gone lately come on the first page only.
+        more = report.get("more") is True
+        return {**report, "nodes": nodes, "more": more, "downs": first.get("downs", [])}
 
     def _connect(self) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(zmq.DEALER)

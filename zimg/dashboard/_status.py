@@ -110,7 +110,7 @@ class StatusModel:
         nodes = [n for n in report.get("nodes", []) if isinstance(n, dict) and "name" in n]
         current = {str(n["name"]): n for n in nodes}
         self._diff_downs(report.get("downs", []), current, now)
-        self._diff_nodes(current, now)
+        self._diff_nodes(current, now, report.get("more") is True)
         self._diff_stats(report.get("stats", {}), now)
         self._broker = {
             "queued": report.get("queued", 0),
@@ -221,8 +221,14 @@ class StatusModel:
         # Forget what the broker forgot: the set stays within its ring's size.
         self._downs_told = told | {k for k in self._downs_told if k in told}
 
-    def _diff_nodes(self, current: dict[str, dict[str, Any]], now: float) -> None:
+    def _diff_nodes(
+        self, current: dict[str, dict[str, Any]], now: float, report_more: bool = False
+    ) -> None:
+        # A report cut short (``more``) lists the names up to its last one only.
+        horizon = max(current) if current and report_more else None
         for name in list(self._seen):
+            if horizon is not None and name > horizon:
+                continue  # not asked this time: neither seen nor gone
             if name not in current:
                 del self._seen[name]
                 if name not in self._gone:

@@ -1,0 +1,35 @@
+"""The dashboard's NODES poller against an in-process broker with tiny pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fault.helpers import wait_for
+from zimg._broker_state import BrokerConfig
+from zimg.broker import Broker
+from zimg.connection import Connection
+from zimg.dashboard._poller import Poller
+from zimg.testing import free_tcp_url
+
+
+@pytest.mark.timeout(60)
+def test_a_poll_is_capped_in_pages_and_keeps_the_first_page_downs():
+    url = free_tcp_url()
+    # Each entry costs about 260 bytes: a page of 600 bytes holds two nodes.
+    with Broker(url, BrokerConfig(nodes_page_bytes=600)):
+        conns = [Connection(url, f"c{i}").start(5.0) for i in range(7)]
+        conns.pop().close()  # c6 leaves: the broker reports it on the first page
+        try:
+            poller = Poller(url, lambda *_: None, lambda *_: None, max_pages=2)
+            # The DISCONNECT and the NODES come on two sockets: ask until the broker saw both.
+            report = wait_for(
+                lambda: (r := poller.poll_once())["downs"] and r, 10, "c6 reported down"
+            )
+        finally:
+            for conn in conns:
+                conn.close()
+            poller.stop()
+    assert [n["name"] for n in report["nodes"]] == ["c0", "c1", "c2", "c3"]
+    assert report["more"] is True
+    assert report["count"] == 6
+    assert [(d["name"], d["why"]) for d in report["downs"]] == [("c6", "left")]
