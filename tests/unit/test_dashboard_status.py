@@ -131,3 +131,10 @@ def test_a_report_cut_short_does_not_make_the_unlisted_nodes_gone():
     assert [k for k, _ in kinds(model)] == ["up", "up", "up"]
     model.update(report(node("a"), node("b")), 3.0)
     assert kinds(model)[-1] == ("down", "c left the node list (reason unknown)")
+
+
+def test_the_chart_keeps_the_busiest_workers():
+    model = StatusModel(limits=Limits(series=2))
+    model.update(report(node("a"), node("b"), node("c")), 1.0)
+    model.update(report(node("a", 1), node("b", 9), node("c", 5)), 2.0)
+    assert sorted(model.snapshot()["history"]["series"]) == ["b", "c"]

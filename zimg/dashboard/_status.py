@@ -37,6 +37,7 @@ class Limits:
     Attributes:
         events: the newest events kept.
         history: throughput samples kept (one per poll).
+        series: workers drawn in the throughput chart (the busiest over the history).
         results: recent results (thumbnails) kept.
         nodes: the most nodes listed (sorted by name; the rest are counted).
         gone: nodes kept on the page as down after they left.
@@ -45,6 +46,7 @@ class Limits:
 
     events: int = 200
     history: int = 120
+    series: int = 16
     results: int = 48
     nodes: int = 500
     gone: int = 64
@@ -175,7 +177,12 @@ class StatusModel:
         """The status as plain JSON-able data (what ``/api/status`` and the page get)."""
         nodes = [{**n, "failed": self._failed.get(n["name"], 0)} for n in self._nodes]
         gone = [{**g, "failed": self._failed.get(g["name"], 0)} for g in self._gone.values()]
-        names = sorted({name for _, rates in self.history for name in rates})
+        totals: dict[str, float] = {}
+        for _, rates in self.history:
+            for name, rate in rates.items():
+                totals[name] = totals.get(name, 0.0) + rate
+        busiest = sorted(totals, key=lambda n: (-totals[n], n))[: self.limits.series]
+        names = sorted(busiest)
         return {
             "broker": {"url": self.broker, "reachable": self._reachable, **self._broker},
             "nodes": nodes + gone,
