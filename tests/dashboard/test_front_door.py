@@ -137,3 +137,33 @@ def test_send_and_run_refuse_a_non_loopback_dashboard_without_a_token(command, s
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "--token" in result.output
+
+
+@pytest.mark.timeout(120)
+def test_a_broker_too_full_to_take_the_job_is_503(procs, tcp_url):
+    procs.broker(tcp_url, "--max-client-jobs-mb", "1")  # no worker: jobs stay in the broker
+    web = start_dashboard(procs, tcp_url)
+    noise = np.random.default_rng(2).integers(0, 256, (400, 500, 3), np.uint8)
+    body = png(noise)  # about 600 KB: one fits under the broker's 1 MiB per client, two do not
+    assert 500_000 < len(body) < 1 << 20
+    waiting: list[int] = []
+
+    def first() -> None:
+        try:
+            waiting.append(
+                requests.post(web.base + "/v1/process", data=body, timeout=60).status_code
+            )
+        except requests.RequestException:
+            waiting.append(-1)
+
+    threading.Thread(target=first, daemon=True).start()
+    wait_for(lambda: report(tcp_url)["queued"] == 1, 20, "the first request to be queued")
+    second = requests.post(web.base + "/v1/process", data=body, timeout=30)
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "1"
+    assert "queue is full" in second.json()["error"]
+    huge = png(np.random.default_rng(3).integers(0, 256, (800, 700, 3), np.uint8))
+    assert len(huge) > 1 << 20  # over the broker's cap for one client: never taken
+    refused = requests.post(web.base + "/v1/process", data=huge, timeout=30)
+    assert refused.status_code == 413
+    assert "bytes of jobs per client" in refused.json()["error"]

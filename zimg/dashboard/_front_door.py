@@ -162,6 +162,8 @@ def _answer(result: JobResult, ext: str) -> Reply:
     node = {"X-Zimg-Node": result.node} if result.node else {}
     if result.busy:
         return error(503, "the broker's job queue is full", **_RETRY)
+    if not result.ok and result.attempt == 0:  # the broker refused it: too large for it ever
+        return error(413, result.error or "the broker refused the job")
     if not result.ok:
         return error(502, result.error or "the job failed", **node)
     item = result.item(0)
