@@ -33,3 +33,14 @@ def test_a_poll_is_capped_in_pages_and_keeps_the_first_page_downs():
     assert report["more"] is True
     assert report["count"] == 6
     assert [(d["name"], d["why"]) for d in report["downs"]] == [("c6", "left")]
+
+
+def test_values_json_lacks_are_sent_as_text():
+    from zimg.dashboard._app import Hub
+    from zimg.dashboard._status import StatusModel
+
+    node = {"name": "n1", "role": "worker", "done": 0, "incarnation": 1, "host": b"\x00<b>"}
+    model = StatusModel()
+    model.update({"nodes": [node], "stats": {}}, 1.0)
+    _, text = Hub(model).status_json()
+    assert "<b>" in text  # as JSON text; the page puts it in with textContent

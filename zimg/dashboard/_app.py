@@ -75,7 +75,9 @@ class Hub:
                 self.model.extra["live"] = {"clients": self.clients, "refused": self.refused}
                 if self.front_door is not None:
                     self.model.extra["front_door"] = dict(self.front_door.stats)
-                self._cached = (version, json.dumps(self.model.snapshot()))
+                # default=str: a value of a type JSON lacks (bytes from a peer) is shown as text
+                text = json.dumps(self.model.snapshot(), default=str)
+                self._cached = (version, text)
             return self._cached
 
     def thumb(self, rid: int) -> tuple[bytes, str] | None:
