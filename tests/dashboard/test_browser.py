@@ -71,8 +71,8 @@ def test_the_page_follows_the_cluster_and_shows_hostile_text_as_text(
     wait_for(lambda: cells(browser, "n1") and cells(browser, "n2"), 30, "both workers listed")
     assert cells(browser, "n1")["state"] == "up"
 
-    # A send with its own page: 60 slow images and a non-image with a hostile name.
-    inputs = make_images(tmp_path / "in", 60)
+    # A send with its own page: 100 slow images and a non-image with a hostile name.
+    inputs = make_images(tmp_path / "in", 100)
     hostile = tmp_path / "in" / f"{HOSTILE}.png"
     hostile.write_bytes(b"this is not an image")
     http = free_http()
