@@ -1155,8 +1155,8 @@ def dashboard_command(
             deadline_s=deadline,
             max_pixels=max_pixels,
         )
-    except ZimgError as exc:
-        raise _fail(str(exc)) from None
+    except ValueError as exc:  # a bad --name
+        raise _fail(str(exc), code=2) from None
 
 
 @app.command()

@@ -167,3 +167,23 @@ def test_a_broker_too_full_to_take_the_job_is_503(procs, tcp_url):
     refused = requests.post(web.base + "/v1/process", data=huge, timeout=30)
     assert refused.status_code == 413
     assert "bytes of jobs per client" in refused.json()["error"]
+
+
+@pytest.mark.timeout(120)
+def test_the_dashboard_starts_before_its_broker(procs, tcp_url):
+    web = start_dashboard(procs, tcp_url, "--interval", "0.25")
+    wait_for(lambda: web.status()["broker"]["reachable"] is False, 20, "the broker missing")
+    body = png(np.zeros((8, 8, 3), np.uint8))
+    early = requests.post(web.base + "/v1/process", data=body, timeout=30)
+    assert early.status_code == 503
+    assert "has not joined" in early.json()["error"]
+    procs.broker(tcp_url)
+    procs.worker(tcp_url, "n1")
+    wait_for(
+        lambda: requests.post(web.base + "/v1/process", data=body, timeout=30).status_code == 200,
+        30,
+        "the front door to join",
+        every_s=0.2,
+    )
+    events = [e["text"] for e in web.status()["events"]]
+    assert "the broker answers again" in events

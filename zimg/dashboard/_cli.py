@@ -6,8 +6,11 @@ import contextlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
+from zimg._errors import ZimgError
+from zimg.connection import Connection
 from zimg.dashboard._front_door import FrontDoor
 from zimg.dashboard._server import Dashboard, is_loopback, parse_http
 from zimg.security import ClientKeys
@@ -53,18 +56,23 @@ def run_dashboard(
 ) -> None:
     """Serve the dashboard (and front door) until interrupted.
 
-    Raises:
-        ZimgError: the front door could not join the broker.
+    The front door joins the broker as a client in the background, and answers 503 until it
+    is welcomed.
     """
-    from zimg.connection import Connection
     from zimg.distribute import JobRouter
 
     conn = None
     door = None
+    stopping = threading.Event()
     if front_door:
         conn = Connection(broker_url, name or f"dashboard-{os.getpid()}", keys=keys)
         router = JobRouter(conn)
-        conn.start(timeout_s=10.0)
+        # Joined in the background: the page is served (and shows the broker missing) while
+        # the broker is not there yet; the front door answers 503 until it is welcomed.
+        joining = threading.Thread(
+            target=_join, args=(conn, stopping), name="zimg-dashboard-join", daemon=True
+        )
+        joining.start()
         door = FrontDoor(
             router,
             max_body_bytes=max_body_bytes,
@@ -79,8 +87,18 @@ def run_dashboard(
     try:
         dash.serve()
     finally:
+        stopping.set()
         if conn is not None:
             conn.close()
+
+
+def _join(conn: Connection, stopping: threading.Event) -> None:
+    """Start ``conn``, however long the broker takes; log why if it is refused."""
+    try:
+        conn.start(timeout_s=None, cancel=stopping)
+    except ZimgError as exc:
+        if not stopping.is_set():
+            log.error("the front door could not join the broker: %s", exc)
 
 
 @contextlib.contextmanager

@@ -116,6 +116,8 @@ class FrontDoor:
             return error(415, f"{what}: send PNG, JPEG, BMP, WebP or TIFF bytes")
         if header.pixels > self.max_pixels:
             return error(413, f"{header.describe()} has more than {self.max_pixels} pixels")
+        if not self.router.connection.welcomed:
+            return error(503, "the front door has not joined the broker (yet)", **_RETRY)
         if not self._slots.acquire(blocking=False):
             return error(503, f"{self.max_pending} requests are waiting already", **_RETRY)
         try:
