@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -91,7 +92,7 @@ class Dashboard:
             timeout_graceful_shutdown=2,
             limit_concurrency=max_clients + 64,
         )
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config, self.hub)
         self._thumbs: queue.Queue[tuple[dict[str, Any], float] | None] = queue.Queue(_THUMB_QUEUE)
         self._threads: list[threading.Thread] = []
 
@@ -173,6 +174,19 @@ class Dashboard:
             output = entry.get("output")
             thumb = _thumbnail(output) if output and entry.get("error") is None else None
             self._add(entry, at, thumb)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which also ends the live feeds as soon as it is told to stop (they
+    would otherwise hold the graceful shutdown until its timeout)."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.hub.stopping = True
+        super().handle_exit(sig, frame)
 
 
 def _thumbnail(path: str) -> tuple[bytes, str] | None:
