@@ -54,6 +54,8 @@ def test_bad_requests_get_json_errors(procs, cluster):
     assert "bad op" in bad_op.json()["error"]
     events = [e["text"] for e in web.status()["events"]]
     assert any(t.startswith("front door 415") for t in events)
+    assert any(t.startswith("front door 413") for t in events)
+    assert web.status()["front_door"] == {"requests": 3, "ok": 0, "refused_busy": 0, "failed": 3}
 
 
 @pytest.mark.timeout(120)

@@ -136,11 +136,11 @@ def create_app(hub: Hub, *, token: str | None = None) -> ASGIApp:
     async def process(request: Request) -> Response:
         door = hub.front_door
         if door is None:
-            reply = error(404, "this dashboard has no front door (start it with --broker)")
+            reply = error(404, "this dashboard has no front door (it runs with --no-front-door)")
         else:
             body = await _read_body(request, door.max_body_bytes)
             if body is None:
-                reply = too_large(door.max_body_bytes)
+                reply = door.counted(too_large(door.max_body_bytes))
             else:
                 ops = request.query_params.getlist("op")
                 reply = await run_in_threadpool(door.process, body, ops)

@@ -89,8 +89,12 @@ class FrontDoor:
 
     def process(self, body: bytes, op_texts: Sequence[str]) -> Reply:
         """Process one image; blocking. Returns the reply to send (never raises ZimgError)."""
+        return self.counted(self._process(body, op_texts))
+
+    def counted(self, reply: Reply) -> Reply:
+        """``reply``, counted in :attr:`stats` and, if it is an error, told to ``on_failure``
+        (for replies made before :meth:`process`, such as a body too large to read)."""
         self.stats["requests"] += 1
-        reply = self._process(body, op_texts)
         key = "ok" if reply.status == 200 else "refused_busy" if reply.status == 503 else "failed"
         self.stats[key] += 1
         if reply.status != 200 and self.on_failure is not None:
