@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import queue
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from zimg._errors import ZimgError
 from zimg.dashboard._app import Hub, create_app
 from zimg.dashboard._front_door import FrontDoor
 from zimg.dashboard._poller import Poller
@@ -25,6 +27,15 @@ __all__ = ["Dashboard", "is_loopback", "parse_http"]
 
 log = logging.getLogger("zimg.dashboard")
 THUMB_PX = 160  # a thumbnail's longest side
+THUMB_MAX_FILE = 64 << 20  # outputs larger than this, or than THUMB_MAX_PIXELS, get none
+THUMB_MAX_PIXELS = 50_000_000
+THUMB_EVERY_S = 0.05  # at most 20 thumbnails a second; results beyond are listed without one
+# Above this many pixels, decode at 1/8, 1/4 or 1/2 of the size.
+_REDUCED = (
+    (8_000_000, "IMREAD_REDUCED_COLOR_8"),
+    (2_000_000, "IMREAD_REDUCED_COLOR_4"),
+    (500_000, "IMREAD_REDUCED_COLOR_2"),
+)
 _THUMB_QUEUE = 64  # results waiting for a thumbnail; beyond, they are listed without one
 
 
@@ -169,10 +180,15 @@ class Dashboard:
             )
 
     def _thumbnailer(self) -> None:
+        made_at = 0.0
         while (got := self._thumbs.get()) is not None:
             entry, at = got
             output = entry.get("output")
-            thumb = _thumbnail(output) if output and entry.get("error") is None else None
+            thumb = None
+            now = time.monotonic()
+            if output and entry.get("error") is None and now - made_at >= THUMB_EVERY_S:
+                thumb = _thumbnail(output)
+                made_at = now
             self._add(entry, at, thumb)
 
 
@@ -190,10 +206,25 @@ class _Server(uvicorn.Server):
 
 
 def _thumbnail(path: str) -> tuple[bytes, str] | None:
-    """A small JPEG of the image at ``path``, or None if it cannot be read."""
+    """A small JPEG of the image at ``path``, or None if it cannot be read or is too large to
+    be worth it. Large images are decoded at 1/2, 1/4 or 1/8 of their size (JPEG decodes
+    that way at a fraction of the cost)."""
     import cv2
+    import numpy as np
 
-    image = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_2)
+    from zimg import images
+
+    try:
+        if os.path.getsize(path) > THUMB_MAX_FILE:
+            return None
+        data = np.fromfile(path, np.uint8)
+        header = images.sniff_header(data)
+    except (OSError, ZimgError):
+        return None
+    if header is None or header.pixels > THUMB_MAX_PIXELS:
+        return None
+    flag = next((getattr(cv2, f) for px, f in _REDUCED if header.pixels > px), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(data, flag)
     if image is None:
         return None
     h, w = image.shape[:2]
