@@ -1,4 +1,5 @@
-"""The dashboard's NODES poller against an in-process broker with tiny pages."""
+"""The dashboard's parts in one process: the NODES poller (an in-process broker with tiny
+pages), the status JSON, the --http rules."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ def test_values_json_lacks_are_sent_as_text():
     model.update({"nodes": [node], "stats": {}}, 1.0)
     _, text = Hub(model).status_json()
     assert "<b>" in text  # as JSON text; the page puts it in with textContent
+
+
+@pytest.mark.parametrize(
+    ("http", "token", "insecure", "refused"),
+    [
+        ("127.0.0.1:8080", None, False, False),
+        ("[::1]:8080", None, False, False),
+        ("localhost:8080", None, False, False),
+        ("0.0.0.0:8080", None, False, True),
+        ("192.0.2.7:8080", None, False, True),
+        ("0.0.0.0:8080", "t", False, False),
+        ("0.0.0.0:8080", None, True, False),
+        ("8080", None, False, True),
+        ("host:port", None, False, True),
+    ],
+)
+def test_http_binds_follow_the_broker_rules(http, token, insecure, refused):
+    from zimg.dashboard._cli import check_http
+
+    assert (check_http(http, token, insecure) is not None) is refused
