@@ -101,6 +101,13 @@ def test_the_page_follows_the_cluster_and_shows_hostile_text_as_text(
     first = wait_for(lambda: done_of(browser, "n1", "n2"), 60, "a first job done")
     wait_for(lambda: done_of(browser, "n1", "n2") > first, 60, "the done count to rise")
     assert send.poll() is None, "the send ended before the page showed it running"
+    wait_for(
+        lambda: browser.execute_script(
+            "return document.querySelectorAll('#chart polyline').length"
+        ),
+        30,
+        "a throughput line in the chart",
+    )
 
     # The sending side's page: thumbnails, and the hostile file name and error as text.
     sending = wait_web(send, f"http://{http}")
