@@ -56,7 +56,9 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class NewDealer:
     """Close the DEALER (discarding what it and the backlog hold, stale now) and open a new one
-    with the same routing id. Also the first instruction of ``start``."""
+    with the same routing id, connected to ``url``. Also the first instruction of ``start``."""
+
+    url: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +137,9 @@ class NodeSession:
 
     Args:
         name: the node's name.
-        url: the broker's endpoint (only for log texts).
+        url: the broker's endpoint, or several separated by commas (a failover pair): the
+            node starts with the first, and moves to the next whenever the one it uses goes
+            silent for the liveness bound or says it is passive (``docs/reliability.md``).
         role: ``"worker"`` or ``"client"``.
         capacity: the job credit the HELLO asks for.
         incarnation: the node's random incarnation (in every HELLO).
@@ -157,7 +161,9 @@ class NodeSession:
         secure: bool = False,
     ) -> None:
         self.name = name
-        self.url = url
+        self.urls = protocol.split_endpoints(url)
+        self.endpoint = 0  # the index in ``urls`` of the broker this node talks to
+        self.passive_at: float | None = None  # when a passive broker last refused us
         self.role = role
         self.capacity = capacity
         self.incarnation = incarnation
@@ -178,6 +184,11 @@ class NodeSession:
         self.next_beat = 0.0
 
     @property
+    def url(self) -> str:
+        """The endpoint of the broker this node talks to now."""
+        return self.urls[self.endpoint]
+
+    @property
     def expiry_s(self) -> float:
         """How long the broker may stay silent before the node counts it lost."""
         return self.heartbeat_interval_s * self.liveness
@@ -193,7 +204,7 @@ class NodeSession:
         """The I/O thread started: open a DEALER and say HELLO."""
         self.last_heard = now
         self.next_beat = now + self.heartbeat_interval_s
-        return [NewDealer(), self._hello()]
+        return [NewDealer(self.url), self._hello()]
 
     def on_message(self, msg: wire.Message, now: float) -> Sequence[Instruction]:
         """A message from the broker arrived at ``now``."""
@@ -204,7 +215,7 @@ class NodeSession:
         if command is Command.WELCOME:
             return self._welcome(msg, now)
         if command is Command.REJECT:
-            return self._refused(msg)
+            return self._refused(msg, now)
         if command is Command.DISCONNECT:
             # The broker restarted or dropped us: join again. While not ready, a HELLO is
             # already on its way (and is retried every interval): a second one would only draw
@@ -244,13 +255,16 @@ class NodeSession:
             self.ready = False
             self.last_heard = now
             self.next_beat = now + self.heartbeat_interval_s
-            retry: list[Instruction] = [NewDealer(), self._hello()]
+            lost = self.url
+            self._next_endpoint()
+            retry: list[Instruction] = [NewDealer(self.url), self._hello()]
             if self.sessions == 0:  # never welcomed: nothing was lost
                 if self.waiting_told:
                     return retry
                 self.waiting_told = True
                 return [Log(logging.WARNING, self.waiting_text()), *retry]
-            text = f"node {self.name}: lost the broker at {self.url}; reconnecting"
+            where = "reconnecting" if self.url == lost else f"trying {self.url}"
+            text = f"node {self.name}: lost the broker at {lost}; {where}"
             return [Log(logging.WARNING, text), *retry]
         if now < self.next_beat:
             return []
@@ -273,9 +287,11 @@ class NodeSession:
 
     def waiting_text(self) -> str:
         """What a node that was never welcomed is waiting for, and the likely causes."""
-        return (
-            f"node {self.name}: waiting for the broker at {self.url} ({silence_hint(self.secure)})"
-        )
+        where = " or ".join(self.urls)
+        return f"node {self.name}: waiting for the broker at {where} ({silence_hint(self.secure)})"
+
+    def _next_endpoint(self) -> None:
+        self.endpoint = (self.endpoint + 1) % len(self.urls)
 
     def _hello(self) -> Send:
         header = {
@@ -306,18 +322,41 @@ class NodeSession:
         self.next_beat = min(self.next_beat, now + self.heartbeat_interval_s)
         out: list[Instruction] = []
         if rejoined:
-            text = f"node {self.name}: rejoined the broker (session {self.sessions})"
+            at = f" at {self.url}" if len(self.urls) > 1 else ""
+            text = f"node {self.name}: rejoined the broker{at} (session {self.sessions})"
             out += [Log(logging.INFO, text), RunSessionHooks(previous != self.epoch)]
         out.append(Welcomed())
         return out
 
-    def _refused(self, msg: wire.Message) -> list[Instruction]:
+    def _passive(self, reason: object, now: float) -> list[Instruction]:
+        """A passive broker of a failover pair refused us: its peer serves. Move to the next
+        endpoint at once, but say HELLO there at most once per heartbeat interval (two
+        passive brokers must not make the node bounce between them as fast as they answer)."""
+        if self.ready:
+            self.session_id += 1
+        self.ready = False
+        refused_at = self.url
+        self._next_endpoint()
+        self.last_heard = now
+        again = self.passive_at is None or now - self.passive_at >= self.heartbeat_interval_s
+        self.passive_at = now
+        text = f"node {self.name}: the broker at {refused_at} is passive ({reason}); "
+        text += f"trying {self.url}"
+        out: list[Instruction] = [Log(logging.INFO, text), NewDealer(self.url)]
+        if again:
+            out.append(self._hello())
+        self.next_beat = now + self.heartbeat_interval_s
+        return out
+
+    def _refused(self, msg: wire.Message, now: float) -> list[Instruction]:
         """A REJECT arrived. A node that was welcomed before keeps asking after a refusal that
         time can lift (its name is held by a node that is about to be declared dead; the
         broker is full), saying why once; any other refusal, and every refusal of a first
         join, is final."""
         reason = msg.header.get("reason", "no reason given")
         code = msg.header.get("code")
+        if code == protocol.REJECT_PASSIVE:
+            return self._passive(reason, now)
         if self.sessions > 0 and code in protocol.RETRYABLE_REJECTS:
             out: list[Instruction] = []
             if self.ready or not self.retrying:

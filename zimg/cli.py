@@ -105,24 +105,29 @@ def _console(stderr: bool = False) -> "Console":
 
 
 def _endpoint(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
-    """Check an endpoint option (``--bind``, ``--connect``, ``--broker``): a bad one is a usage
-    error, one line and exit code 2, before anything connects."""
+    """Check an endpoint option (``--bind``, ``--connect``, ``--broker``, the failover pair's
+    ``--peer`` and ``--peer-bind``): a bad one is a usage error, one line and exit code 2,
+    before anything connects. A node's option may list a failover pair's two endpoints,
+    separated by a comma."""
     if ctx.resilient_parsing:
         return value
     try:
-        return protocol.check_endpoint(value, bind=param.name == "bind")
+        if param.name in ("bind", "peer_bind", "peer"):
+            return protocol.check_endpoint(value, bind=param.name != "peer")
+        return protocol.check_endpoints(value)
     except ValueError as exc:
         raise _fail(f"{param.opts[0]}: {exc}", code=2) from None
 
 
 _ENDPOINT_HELP = "tcp://HOST:PORT, tcp://[IPv6]:PORT or ipc://PATH"
+_PAIR_HELP = "; a failover pair's two, separated by a comma (tcp://A:5555,tcp://B:5555)"
 BrokerUrl = Annotated[
     str,
     typer.Option(
         "--broker",
         "-b",
         metavar="URL",
-        help=f"The broker's endpoint: {_ENDPOINT_HELP}.",
+        help=f"The broker's endpoint: {_ENDPOINT_HELP}{_PAIR_HELP}.",
         envvar="ZIMG_BROKER",
         callback=_endpoint,
     ),
@@ -584,7 +589,8 @@ def worker(
             "--connect",
             "-c",
             metavar="URL",
-            help=f"The broker's endpoint: {_ENDPOINT_HELP}. --connect is the same option.",
+            help=f"The broker's endpoint: {_ENDPOINT_HELP}{_PAIR_HELP}. --connect is the same "
+            "option.",
             envvar="ZIMG_BROKER",
             callback=_endpoint,
         ),
@@ -787,14 +793,14 @@ def _warn_without_workers(conn: "Connection", keys: "ClientKeys | None") -> Iter
     def check() -> None:
         try:
             # Pages only until one lists a worker: at 10,000 nodes that is 1 page of ~50.
-            report = query_nodes(conn.url, timeout_s=2.0, keys=keys, until=_lists_a_worker)
+            report = query_nodes(conn.broker_url, timeout_s=2.0, keys=keys, until=_lists_a_worker)
         except ZimgError:
             return  # the broker is busy or gone: the batch will say so
         if not _lists_a_worker(report["nodes"]):
             logging.getLogger("zimg.cli").warning(
                 "no worker is connected to the broker at %s; waiting (start one with "
                 "`zimg worker --name n1 --broker %s`)",
-                conn.url,
+                conn.broker_url,
                 conn.url,
             )
 
@@ -1051,23 +1057,42 @@ def nodes(
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
 ) -> None:
-    """List the nodes connected to a broker."""
+    """List the nodes connected to a broker (of a failover pair: each broker's role and state,
+    and the nodes of the active one)."""
     import json
 
     from zimg._affinity import format_cpus
-    from zimg.connection import query_nodes
 
-    try:
-        report = query_nodes(broker_url, timeout_s=timeout, keys=_client_keys(key, broker_key))
-    except ZimgError as exc:
-        raise _fail(str(exc)) from None
-    if as_json:
-        _console().print_json(json.dumps(report))
-        return
+    keys = _client_keys(key, broker_key)
+    endpoints = protocol.split_endpoints(broker_url)
+    if len(endpoints) > 1:
+        answers = _ask_pair(endpoints, timeout, keys)
+        if as_json:
+            _console().print_json(json.dumps({"brokers": answers}))
+            return
+        for answer in answers:
+            _console().print(_pair_line(answer), highlight=False)
+        shown = [a for a in answers if a["report"] is not None]
+        if not shown:
+            raise _fail(f"no broker of {broker_url} answered")
+        active = [a for a in shown if a["report"].get("failover", {}).get("state") == "active"]
+        broker_url, report = (active or shown)[0]["url"], (active or shown)[0]["report"]
+    else:
+        from zimg.connection import query_nodes
+
+        try:
+            report = query_nodes(broker_url, timeout_s=timeout, keys=keys)
+        except ZimgError as exc:
+            raise _fail(str(exc)) from None
+        if as_json:
+            _console().print_json(json.dumps(report))
+            return
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(f"nodes at {_plain(broker_url)}"))
+    pair = report.get("failover")
+    where = f" ({pair['role']}, {pair['state']})" if isinstance(pair, dict) else ""
+    table = Table(title=Text(f"nodes at {_plain(broker_url)}{_plain(where)}"))
     columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed", "dropped")
     for col in (*columns, "seen (s ago)"):
         left = col in ("name", "role")
@@ -1157,6 +1182,39 @@ def dashboard_command(
         )
     except ValueError as exc:  # a bad --name
         raise _fail(str(exc), code=2) from None
+
+
+def _ask_pair(
+    endpoints: list[str], timeout: float, keys: "ClientKeys | None"
+) -> list[dict[str, Any]]:
+    """Ask every broker of a failover pair for its report: ``url``, ``report`` (None when it did
+    not answer) and ``error``."""
+    from zimg.connection import query_nodes
+
+    answers: list[dict[str, Any]] = []
+    for url in endpoints:
+        try:
+            answers.append({"url": url, "report": query_nodes(url, timeout, keys=keys)})
+        except ZimgError as exc:
+            answers.append({"url": url, "report": None, "error": str(exc)})
+    return answers
+
+
+def _pair_line(answer: dict[str, Any]) -> str:
+    """One broker of a pair, for ``zimg nodes``: its role and state, or why it did not answer."""
+    url = _plain(answer["url"])
+    report = answer["report"]
+    if report is None:
+        return f"broker {url}: no answer"
+    pair = report.get("failover")
+    if not isinstance(pair, dict):
+        return f"broker {url}: a single broker (not in a failover pair), {report['count']} nodes"
+    silent = pair.get("peer_silent_s")
+    peer = "never heard"
+    if isinstance(silent, int | float):
+        peer = f"{_plain(pair.get('peer_state'))}, heard {silent:.1f} s ago"
+    role, state = _plain(pair.get("role")), _plain(pair.get("state"))
+    return f"broker {url}: {role}, {state} (peer: {peer})"
 
 
 @app.command()

@@ -53,7 +53,9 @@ class Connection:
     """One node's connection to a broker.
 
     Args:
-        url: the broker's endpoint, e.g. ``tcp://127.0.0.1:5555``.
+        url: the broker's endpoint, e.g. ``tcp://127.0.0.1:5555``, or the endpoints of a
+            failover pair separated by a comma (``tcp://A:5555,tcp://B:5555``): the node moves
+            to the next when the one it uses goes silent or is passive.
         name: this node's name, unique among live nodes.
         role: ``"worker"`` (runs jobs) or ``"client"``.
         capacity: how many jobs the broker may hand this node at once (workers).
@@ -190,7 +192,8 @@ class Connection:
             assert timeout_s is not None  # only a deadline or ``cancel`` ends the wait
             hint = ns.silence_hint(self.keys is not None)
             raise ZimgTimeout(
-                f"no answer from the broker at {self.url} within {timeout_s:g} s ({hint})"
+                f"no answer from the broker at {' or '.join(self._session.urls)} within "
+                f"{timeout_s:g} s ({hint})"
             )
         if self._error is not None:
             error = self._error
@@ -276,6 +279,11 @@ class Connection:
         return self._session.liveness
 
     @property
+    def broker_url(self) -> str:
+        """The endpoint of the broker the node talks to now (one of ``url``'s, for a pair)."""
+        return self._session.url
+
+    @property
     def epoch(self) -> int | None:
         """The broker's epoch from its last WELCOME (None before the first)."""
         return self._session.epoch
@@ -301,7 +309,7 @@ class Connection:
 
     # ------------------------------------------------------------------ I/O thread
 
-    def _new_dealer(self) -> zmq.Socket[bytes]:
+    def _new_dealer(self, url: str) -> zmq.Socket[bytes]:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.LINGER, 0)
@@ -312,9 +320,9 @@ class Connection:
         sock.setsockopt(zmq.MAXMSGSIZE, self.limits.largest_frame)
         if self.keys is not None:
             self.keys.apply(sock)
-        if protocol.is_ipv6_endpoint(self.url):
+        if protocol.is_ipv6_endpoint(url):
             sock.setsockopt(zmq.IPV6, 1)  # libzmq cannot reach tcp://[::1]:P without it
-        sock.connect(self.url)
+        sock.connect(url)
         self._backlog.clear()  # stale: whatever matters is resent on the new session
         return sock
 
@@ -461,7 +469,7 @@ class Connection:
             elif isinstance(ins, ns.NewDealer):
                 if self._dealer is not None:
                     self._dealer.close(linger=0)
-                self._dealer = self._new_dealer()
+                self._dealer = self._new_dealer(ins.url)
             elif isinstance(ins, ns.Leave):
                 self._leave(ins.farewell)
             elif isinstance(ins, ns.Stop):

@@ -23,6 +23,8 @@ REJECT_VERSION = "version"
 REJECT_KEY = "key"
 REJECT_NAME_TAKEN = "name_taken"
 REJECT_LIMIT = "limit"
+# A broker of a failover pair that is passive: the node tries its next endpoint (§6.7).
+REJECT_PASSIVE = "passive"
 RETRYABLE_REJECTS = frozenset({REJECT_NAME_TAKEN, REJECT_LIMIT})
 
 ROLE_WORKER = "worker"
@@ -93,6 +95,27 @@ def check_endpoint(url: str, *, bind: bool = False) -> str:
     elif "/" in host or " " in host or not host.isprintable():
         raise ValueError(f"{url!r} is not an endpoint: {host!r} is not a host")
     return url
+
+
+def split_endpoints(urls: str) -> list[str]:
+    """The endpoints of a comma-separated list (a failover pair: ``tcp://A:5555,tcp://B:5555``),
+    in order, blanks dropped; a single endpoint is a list of one.
+
+    Raises:
+        ValueError: the list names no endpoint.
+    """
+    found = [u.strip() for u in urls.split(",") if u.strip()]
+    if not found:
+        raise ValueError(f"{urls!r} names no endpoint: use {ENDPOINT_FORMS}")
+    return found
+
+
+def check_endpoints(urls: str) -> str:
+    """Return ``urls`` (one endpoint, or several separated by commas) if each is an endpoint
+    a node can connect to, else raise ``ValueError`` naming the bad one."""
+    for url in split_endpoints(urls):
+        check_endpoint(url)
+    return urls
 
 
 def is_ipv6_endpoint(url: str) -> bool:

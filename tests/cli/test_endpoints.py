@@ -114,3 +114,13 @@ def test_a_broker_bound_to_ipv6_takes_a_worker_over_ipv6(procs):
     result = runner.invoke(app, ["nodes", "--broker", url, "--json"], catch_exceptions=False)
     assert result.exit_code == 0
     assert '"w1"' in result.output
+
+
+def test_a_failover_pair_is_two_endpoints_separated_by_a_comma() -> None:
+    from zimg import protocol
+
+    pair = "tcp://10.0.0.1:5555,tcp://10.0.0.2:5555"
+    assert protocol.check_endpoints(pair) == pair
+    assert protocol.split_endpoints(pair + ",") == ["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"]
+    with pytest.raises(ValueError, match=r"10\.0\.0\.2"):
+        protocol.check_endpoints("tcp://10.0.0.1:5555,10.0.0.2:5555")

@@ -186,11 +186,12 @@ def test_the_broker_is_lost_after_interval_times_liveness_of_silence(
     joined(session, clock)
     expiry = INTERVAL * LIVENESS
     session.on_message(msg(Command.HEARTBEAT), clock.now)
-    assert NewDealer() not in session.on_tick(clock.advance(expiry))  # not more than: alive
+    # Not more than the expiry: still alive.
+    assert NewDealer("tcp://broker:5555") not in session.on_tick(clock.advance(expiry))
     out = session.on_tick(clock.advance(0.01))
     assert out[:2] == [
         Log(logging.WARNING, "node n1: lost the broker at tcp://broker:5555; reconnecting"),
-        NewDealer(),
+        NewDealer("tcp://broker:5555"),
     ]
     [hello] = sent(out)
     assert hello.command is Command.HELLO
@@ -204,7 +205,7 @@ def test_a_node_lost_before_its_first_welcome_keeps_its_session_id(
     session: NodeSession, clock: FakeClock
 ) -> None:
     out = session.on_tick(clock.advance(3.01))
-    assert NewDealer() in out
+    assert NewDealer("tcp://broker:5555") in out
     assert [m.header["session"] for m in sent(out)] == [0]
 
 
@@ -219,7 +220,7 @@ def test_a_node_never_welcomed_says_once_what_it_waits_for_and_never_lost(
             "(is `zimg broker` running there?)",
         )
     ]
-    assert out[1:2] == [NewDealer()]  # it still retries with a fresh socket
+    assert out[1:2] == [NewDealer("tcp://broker:5555")]  # it still retries with a fresh socket
     for _ in range(10):  # silent on: it keeps retrying, and says nothing more
         out = session.on_tick(clock.advance(1.0))
         assert logs(out) == []
@@ -254,7 +255,7 @@ def test_a_malformed_message_counts_as_hearing_from_the_broker(
     assert logs(first) == [(logging.WARNING, "node n1: dropped a malformed message: bad magic")]
     assert [level for level, _ in logs(second)] == [logging.DEBUG]  # no flood in the log
     assert session.malformed == 2
-    assert NewDealer() not in session.on_tick(clock.advance(INTERVAL))
+    assert NewDealer("tcp://broker:5555") not in session.on_tick(clock.advance(INTERVAL))
 
 
 def test_a_rejoin_after_a_lost_broker_fires_the_hooks_with_the_epoch_change(
@@ -297,7 +298,7 @@ def test_disconnect_while_ready_rejoins_with_a_new_session_id(
     assert logs(out) == [(logging.INFO, "node n1: the broker does not know us; rejoining")]
     [hello] = sent(out)
     assert (hello.command, hello.header["session"]) == (Command.HELLO, 1)
-    assert NewDealer() not in out  # same DEALER, same routing id
+    assert NewDealer("tcp://broker:5555") not in out  # same DEALER, same routing id
     assert not session.ready
     out = joined(session, clock)
     assert RunSessionHooks(broker_restarted=False) in out
@@ -391,3 +392,63 @@ def test_leaving_after_losing_the_broker_says_nothing(
     joined(session, clock)
     lose_broker(session, clock)
     assert session.leave() == [Leave(None)]
+
+
+# ------------------------------------------------------------------ a failover pair (issue 17)
+
+PAIR = "tcp://a:5555,tcp://b:5555"
+
+
+def pair_session(clock: FakeClock) -> NodeSession:
+    s = NodeSession("n1", url=PAIR, role=protocol.ROLE_CLIENT, capacity=0, incarnation=9)
+    assert s.start(clock.now)[0] == NewDealer("tcp://a:5555")
+    return s
+
+
+def test_a_node_of_a_pair_moves_to_the_next_broker_when_its_broker_goes_silent(
+    clock: FakeClock,
+) -> None:
+    s = pair_session(clock)
+    joined(s, clock, epoch=1)
+    out = lose_broker(s, clock)
+    assert NewDealer("tcp://b:5555") in out
+    assert (logging.WARNING, "node n1: lost the broker at tcp://a:5555; trying tcp://b:5555") in (
+        logs(out)
+    )
+    assert commands(out)[-1] is Command.HELLO
+    # The backup welcomes it: a new session, with a new epoch (the client resends, actors resync).
+    out = joined(s, clock, epoch=2)
+    assert RunSessionHooks(broker_restarted=True) in out
+    assert s.url == "tcp://b:5555"
+    # And back to the first when that one goes silent too.
+    assert NewDealer("tcp://a:5555") in lose_broker(s, clock)
+
+
+def test_a_passive_broker_sends_the_node_to_the_next_at_once_even_on_its_first_join(
+    clock: FakeClock,
+) -> None:
+    s = pair_session(clock)
+    out = s.on_message(reject(protocol.REJECT_PASSIVE), clock.now)
+    assert not any(isinstance(i, Stop) for i in out)  # not final, unlike other first refusals
+    assert NewDealer("tcp://b:5555") in out
+    assert commands(out) == [Command.HELLO]
+    # A second passive answer within the interval: move on, but say HELLO at the next beat,
+    # so two passive brokers cannot make the node bounce as fast as they answer.
+    out = s.on_message(reject(protocol.REJECT_PASSIVE), clock.advance(0.01))
+    assert NewDealer("tcp://a:5555") in out
+    assert commands(out) == []
+    assert commands(s.on_tick(clock.advance(1.0))) == [Command.HELLO]
+    assert not s.stopped
+
+
+def test_a_single_endpoint_is_a_list_of_one(clock: FakeClock) -> None:
+    s = NodeSession("n1", url="tcp://a:5555", role="client", capacity=0, incarnation=9)
+    s.start(clock.now)
+    joined(s, clock)
+    assert NewDealer("tcp://a:5555") in lose_broker(s, clock)
+
+
+@pytest.mark.parametrize("urls", ["", ",", " , "])
+def test_an_empty_endpoint_list_is_refused(urls: str) -> None:
+    with pytest.raises(ValueError, match="names no endpoint"):
+        NodeSession("n1", url=urls, role="client", capacity=0, incarnation=9)
