@@ -27,7 +27,7 @@ import heapq
 import itertools
 import logging
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from zimg import protocol, wire
@@ -141,6 +141,8 @@ class BrokerState:
         self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
         self._logged_peers: set[bytes] = set()
         self.downs: deque[dict[str, Any]] = deque(maxlen=RECENT_DOWNS)
+        # A broker of a failover pair: its role and state, in every NODES page (``failover``).
+        self.failover_report: Callable[[float], dict[str, Any]] | None = None
 
     @property
     def queue_length(self) -> int:
@@ -720,6 +722,7 @@ class BrokerState:
             "epoch": self.epoch,
             "uptime_s": round(now - self.started_at, 3),
             "downs": downs,
+            **({} if self.failover_report is None else {"failover": self.failover_report(now)}),
         }
 
     def nodes_report(self, now: float) -> dict[str, Any]:

@@ -140,6 +140,7 @@ class Failover:
         self.malformed = 0
         self.refused = 0
         self.ignored = 0
+        self.dropped = 0  # other node messages that reached this broker while not active
         self.became_active_at: float | None = None
 
     @property
@@ -160,14 +161,10 @@ class Failover:
         """A state message from the peer arrived at ``now``."""
         role, state = header.get("role"), header.get("state")
         if role != self.role.other or not isinstance(state, str) or state not in _STATES:
-            self.malformed += 1
-            level = logging.WARNING if self.malformed == 1 else logging.DEBUG
-            text = (
-                f"failover: dropped a peer state message {dict(header)!r} (expected role "
-                f"{self.role.other.value!r} and a state in {[s.value for s in State]}); "
-                f"{self.malformed} dropped so far"
+            return self.on_peer_malformed(
+                f"{dict(header)!r}: expected role {self.role.other.value!r} and a state in "
+                f"{sorted(_STATES)}"
             )
-            return [Log(level, text)]
         peer = State(state)
         out: list[Instruction] = []
         if self.peer_heard_at is None or self.peer_lost_told:
@@ -177,6 +174,13 @@ class Failover:
         self.peer_lost_told = False
         self.peer_state = peer
         return [*out, *self._peer_event(peer, now)]
+
+    def on_peer_malformed(self, text: str) -> list[Instruction]:
+        """Something that is not a valid state message came on the peer link: count it, log
+        the first at WARNING (the rest at DEBUG: a peer must not flood the log), ignore it."""
+        self.malformed += 1
+        level = logging.WARNING if self.malformed == 1 else logging.DEBUG
+        return [Log(level, f"failover: dropped a peer message ({self.malformed} so far): {text}")]
 
     def on_node_request(self, now: float) -> tuple[Vote, list[Instruction]]:
         """A node said HELLO at ``now``: accept it, refuse it, or ignore it (module docstring)."""
@@ -226,6 +230,7 @@ class Failover:
             "peer_malformed": self.malformed,
             "refused": self.refused,
             "ignored": self.ignored,
+            "dropped": self.dropped,
         }
 
     # ------------------------------------------------------------------ helpers

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from zimg import protocol
+from zimg import _failover, protocol, wire
 from zimg._broker_state import (
     BrokerConfig,
     BrokerState,
@@ -26,6 +26,7 @@ from zimg._broker_state import (
     SendMany,
 )
 from zimg._errors import ZimgTimeout
+from zimg._peer_link import FailoverConfig, PeerLink
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
 from zimg.wire import Command, lead_frame
@@ -54,6 +55,10 @@ class Broker:
 
     Use :meth:`run` in the foreground (``zimg broker``), or :meth:`start` to run it on a
     background thread (embedded clusters and tests) and :meth:`stop` to end it.
+
+    With ``failover`` it is one broker of a primary/backup pair (``docs/reliability.md``): it
+    serves nodes only while active, and :attr:`yielded` says why it stopped if it had to give
+    way to its peer.
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class Broker:
         also_bind: Sequence[str] = (),
         max_backlog: int = MAX_BACKLOG,
         max_backlog_bytes: int = MAX_BACKLOG_BYTES,
+        failover: FailoverConfig | None = None,
     ) -> None:
         self.url = url
         self.max_backlog = max_backlog
@@ -98,6 +104,20 @@ class Broker:
         # Peers found gone while sending: handled one by one after the current instructions,
         # never from inside a send (a mass disconnection must not recurse).
         self._unreachable: deque[bytes] = deque()
+        self.failover_config = failover
+        self.failover: _failover.Failover | None = None
+        self.peer_link: PeerLink | None = None
+        self.yielded: str | None = None  # why a broker of a pair gave way to its peer
+        if failover is not None:
+            cfg = self.config
+            timeout_s = failover.failover_timeout_s or cfg.heartbeat_interval_s * cfg.liveness
+            self.failover = _failover.Failover(
+                _failover.Role(failover.role),
+                now=time.monotonic(),
+                heartbeat_interval_s=cfg.heartbeat_interval_s,
+                failover_timeout_s=timeout_s,
+            )
+            self.state.failover_report = self.failover.report
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -193,20 +213,42 @@ class Broker:
                 self.keys.stop()
             raise OSError(f"cannot bind the broker to {self.url}: {exc}") from exc
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        failover, peer = self.failover, None
+        if self.failover_config is not None:
+            try:
+                peer = self.peer_link = PeerLink(self._ctx, self.failover_config, self.keys)
+            except OSError:
+                sock.close()
+                if self.keys is not None:
+                    self.keys.stop()
+                raise
         self._sock = sock
         self._bound.set()
         log.info("broker listening on %s (pid %d)", self.endpoint, os.getpid())
+        if peer is not None and failover is not None:
+            log.info(
+                "failover: %s broker; state published on %s, peer at %s; failover timeout %g s",
+                failover.role.value,
+                peer.endpoint,
+                peer.config.peer,
+                failover.failover_timeout_s,
+            )
         wake = self._ctx.socket(zmq.PULL)
         wake.bind(self._wake_url)
         self._waking = True
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)  # only stop() writes to it, after setting _stop
+        if peer is not None:
+            poller.register(peer.sub, zmq.POLLIN)
         state = self.state
         # Bound once: this loop runs per message.
         poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
         recv = sock.recv
-        forward_target, on_unforwarded = state.forward_target, state.on_unforwarded
+        forward_target = state.forward_target
+        # A broker of a pair lets nodes in only while it is active (the gate); a passive one
+        # has no nodes, so the two shortcuts before it (heard, forward_target) never match.
+        on_unforwarded = state.on_unforwarded if failover is None else self._gate
         heard = state.heard
         keys = self.keys
         user_id = None
@@ -222,6 +264,9 @@ class Broker:
                 if now >= tick_at:
                     execute(state.on_tick(now, drained_at))
                     tick_at = min(state.next_deadline(), now + _MAX_SLEEP_S)
+                    if failover is not None:
+                        self._pair_tick(now)
+                        tick_at = min(tick_at, failover.next_deadline)
                 wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
                     if (
@@ -263,15 +308,74 @@ class Broker:
                                 execute(())
                 else:
                     drained_at = monotonic()
+                if peer is not None:
+                    self._hear_peer(peer)
                 if self._backlog:
                     self._flush_backlog()
         finally:
             self._waking = False
             self._sock = None
+            if peer is not None:
+                peer.close()
             wake.close(linger=0)
             sock.close(linger=0)
             if self.keys is not None:
                 self.keys.stop()
+
+    # ------------------------------------------------------------------ failover pair
+
+    def _gate(
+        self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None
+    ) -> Sequence[Instruction]:
+        """A broker of a pair: what a node sent, let through only while active. A passive
+        broker answers NODES (with its state), puts a HELLO to the vote, drops the rest."""
+        failover = self.failover
+        if failover is None or failover.active:
+            return self.state.on_unforwarded(identity, frames, now, user_id)
+        command = wire.command_of(frames)
+        if command is Command.NODES:
+            return self.state.on_unforwarded(identity, frames, now, user_id)
+        if command is not Command.HELLO:
+            failover.dropped += 1
+            return ()
+        vote, said = failover.on_node_request(now)
+        self._pair_do(said)
+        if vote is _failover.ACCEPT:
+            return self.state.on_unforwarded(identity, frames, now, user_id)
+        if vote is _failover.REFUSE:
+            peer = failover.role.other.value
+            role = failover.role.value
+            reason = f"this is the {role} broker of a pair, passive: the {peer} serves"
+            header = {"reason": reason, "code": protocol.REJECT_PASSIVE}
+            return (Send(identity, wire.encode(Command.REJECT, header)),)
+        return ()  # IGNORE: the node asks again next interval, when its vote may count
+
+    def _pair_tick(self, now: float) -> None:
+        if self.failover is not None:
+            self._pair_do(self.failover.on_tick(now))
+
+    def _hear_peer(self, peer: PeerLink) -> None:
+        """Feed what the peer published to the failover state machine."""
+        failover = self.failover
+        if failover is None or not _readable(peer.sub):
+            return
+        for item in peer.receive():
+            now = time.monotonic()
+            if isinstance(item, str):
+                self._pair_do(failover.on_peer_malformed(item))
+            else:
+                self._pair_do(failover.on_peer(item, now))
+
+    def _pair_do(self, instructions: Sequence[_failover.Instruction]) -> None:
+        for ins in instructions:
+            if isinstance(ins, _failover.Publish):
+                if self.peer_link is not None:
+                    self.peer_link.publish(ins.header)
+            elif isinstance(ins, _failover.Log):
+                log.log(ins.level, "%s", ins.text)
+            elif isinstance(ins, _failover.Yield):
+                self.yielded = ins.reason
+                self._stop.set()
 
     @staticmethod
     def _user_id(frame: zmq.Frame) -> str:
@@ -398,6 +502,10 @@ class Broker:
             del self._backlog[identity]
         if self._unreachable:
             self._execute(())
+
+
+def _readable(sock: zmq.Socket[bytes]) -> bool:
+    return bool(int(sock.get(zmq.EVENTS)) & int(zmq.POLLIN))
 
 
 class _Backlog:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rich.text import Text
 
     from zimg import ops
+    from zimg._peer_link import FailoverConfig
     from zimg.batch import BatchOptions, BatchReport
     from zimg.connection import Connection
     from zimg.distribute import JobRouter
@@ -104,12 +105,12 @@ def _console(stderr: bool = False) -> "Console":
     return Console(stderr=stderr, soft_wrap=True, emoji=False)
 
 
-def _endpoint(ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
+def _endpoint(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
     """Check an endpoint option (``--bind``, ``--connect``, ``--broker``, the failover pair's
     ``--peer`` and ``--peer-bind``): a bad one is a usage error, one line and exit code 2,
     before anything connects. A node's option may list a failover pair's two endpoints,
     separated by a comma."""
-    if ctx.resilient_parsing:
+    if ctx.resilient_parsing or value is None:  # an optional one left out (--peer)
         return value
     try:
         if param.name in ("bind", "peer_bind", "peer"):
@@ -513,27 +514,78 @@ def broker(
             help="Nodes admitted at once (also bounded by the open-file limit).",
         ),
     ] = BROKER_DEFAULTS["max_nodes"],
+    primary: Annotated[
+        bool,
+        typer.Option(
+            "--primary",
+            help="Run as the primary of a failover pair (with --peer and --peer-bind): it serves "
+            "when both start; the backup takes over if it dies.",
+        ),
+    ] = False,
+    backup: Annotated[
+        bool,
+        typer.Option(
+            "--backup",
+            help="Run as the backup of a failover pair (with --peer and --peer-bind): passive "
+            "until the primary has been silent for --failover-timeout and a node comes to it.",
+        ),
+    ] = False,
+    peer: Annotated[
+        str | None,
+        typer.Option(
+            "--peer",
+            metavar="URL",
+            help="The other broker's --peer-bind endpoint (a failover pair's state link).",
+            callback=_endpoint,
+            show_default=False,
+        ),
+    ] = None,
+    peer_bind: Annotated[
+        str | None,
+        typer.Option(
+            "--peer-bind",
+            metavar="URL",
+            help="Where this broker publishes its state to its peer (a failover pair), e.g. "
+            "tcp://A:5556.",
+            callback=_endpoint,
+            show_default=False,
+        ),
+    ] = None,
+    failover_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--failover-timeout",
+            metavar="SECONDS",
+            min=0.1,
+            help="Seconds of peer silence before a node's HELLO makes the passive broker active "
+            "(default: --liveness x --heartbeat, the nodes' own bound).",
+            show_default=False,
+        ),
+    ] = None,
     keep_heap: KeepHeap = True,
     log_level: LogLevel = "info",
 ) -> None:
-    """Run the broker: one ROUTER socket that every node connects to."""
+    """Run the broker: one ROUTER socket that every node connects to (or one of a failover
+    pair: --primary or --backup, with --peer and --peer-bind)."""
     from zimg._heap import keep_freed_memory
     from zimg.broker import Broker
     from zimg.security import BrokerKeys
 
     _setup_logging(log_level)
-    if keys is None and not _is_local_endpoint(bind):
+    failover = _failover_config(primary, backup, peer, peer_bind, failover_timeout)
+    binds = [bind] if failover is None else [bind, failover.peer_bind]
+    for exposed in [url for url in binds if not _is_local_endpoint(url)] if keys is None else []:
         if not insecure:
             raise _fail(
-                f"{bind} is reachable from other machines, and without --keys this broker would "
-                "admit anyone. Use --keys DIR (see 'zimg keys new'), bind a loopback address, or "
-                "pass --insecure on a network you trust.",
+                f"{exposed} is reachable from other machines, and without --keys this broker "
+                "would admit anyone. Use --keys DIR (see 'zimg keys new'), bind a loopback "
+                "address, or pass --insecure on a network you trust.",
                 code=2,
             )
         logging.getLogger("zimg.broker").warning(
             "--insecure: %s is reachable by anyone on the network, without keys: any of them can "
             "join under a free node name, run jobs, and read the images that pass through",
-            bind,
+            exposed,
         )
     try:
         broker_keys = BrokerKeys(keys) if keys is not None else None
@@ -560,13 +612,38 @@ def broker(
     # away after each message and faults it in again (docs/decisions.md).
     if keep_heap and not keep_freed_memory():
         logging.getLogger("zimg.broker").debug("no glibc mallopt: the heap keeps its own habits")
-    server = Broker(bind, config, keys=broker_keys)
+    server = Broker(bind, config, keys=broker_keys, failover=failover)
     signal.signal(signal.SIGTERM, lambda *_: server.stop_soon())
     try:
         with contextlib.suppress(KeyboardInterrupt):
             server.run()
     except OSError as exc:
         raise _fail(str(exc)) from None
+    if server.yielded is not None:
+        raise _fail(f"gave way to the peer: {server.yielded}; restart it to rejoin as passive", 3)
+
+
+def _failover_config(
+    primary: bool,
+    backup: bool,
+    peer: str | None,
+    peer_bind: str | None,
+    failover_timeout: float | None,
+) -> "FailoverConfig | None":
+    """The broker's place in a failover pair from its options, or None for a lone broker;
+    inconsistent options are a usage error (exit code 2)."""
+    if not (primary or backup):
+        if peer or peer_bind or failover_timeout is not None:
+            raise _fail("--peer, --peer-bind and --failover-timeout need --primary or --backup", 2)
+        return None
+    if primary and backup:
+        raise _fail("a broker is either --primary or --backup, not both", code=2)
+    if not (peer and peer_bind):
+        raise _fail("a failover pair needs --peer (the other's) and --peer-bind (its own)", 2)
+    from zimg._peer_link import FailoverConfig
+
+    role = "primary" if primary else "backup"
+    return FailoverConfig(role, peer, peer_bind, failover_timeout)
 
 
 def _is_local_endpoint(url: str) -> bool:

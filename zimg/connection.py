@@ -441,6 +441,8 @@ class Connection:
             if msg.command in _SESSION_COMMANDS:
                 if not self._carry_out(session.on_message(msg, now)):
                     return False
+                if self._dealer is not dealer:
+                    break  # replaced (a passive broker sent us to the next): the rest is stale
             else:  # what on_message would answer with Deliver(msg), without building it
                 session.heard(now)
                 handle(msg)

@@ -28,6 +28,8 @@ PUBLIC_FILE_MODE = 0o644
 SECRET_FILE_MODE = 0o600
 DIR_MODE = 0o755  # the umask may narrow it, never widen it
 _DOMAIN = "*"
+# The ZAP domain of a failover pair's peer link: it admits the pair's broker key alone.
+PEER_DOMAIN = "zimg-peer"
 
 
 def create_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -213,6 +215,9 @@ class BrokerKeys:
         auth = _authenticator(context, self.names)
         auth.start()
         auth.configure_curve(domain=_DOMAIN, location=str(self.authorized))
+        # The peer link's own domain: the two brokers of a pair share this certificate, and no
+        # node key, however authorised, may subscribe to their state.
+        auth.certs[PEER_DOMAIN] = {self.public: True}
         self._auth = auth
 
     def apply(self, sock: zmq.Socket[Any]) -> None:
@@ -220,6 +225,16 @@ class BrokerKeys:
         sock.setsockopt(zmq.CURVE_SERVER, 1)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret)
+
+    def apply_peer_server(self, sock: zmq.Socket[Any]) -> None:
+        """Make ``sock`` (the peer link's PUB) a CURVE server that admits only the pair's key."""
+        self.apply(sock)
+        sock.setsockopt(zmq.ZAP_DOMAIN, PEER_DOMAIN.encode())
+
+    def apply_peer_client(self, sock: zmq.Socket[Any]) -> None:
+        """Make ``sock`` (the peer link's SUB) a CURVE client that talks only to a server
+        holding the pair's secret key, and shows it the same key."""
+        ClientKeys(self.public, self.secret, self.public).apply(sock)
 
     def stop(self) -> None:
         if self._auth is not None:

@@ -68,6 +68,7 @@ class Command(enum.IntEnum):
     UNWATCH = 0x1B
     JOB = 0x20
     RESULT = 0x21
+    PEER = 0x30  # a failover pair's state, broker to broker on the peer link only
     ERROR = 0x7F
 
 
