@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import threading
@@ -13,8 +14,9 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 
+from zimg._errors import ZimgTimeout
 from zimg.connection import query_nodes
-from zimg.testing import Processes
+from zimg.testing import Processes, free_tcp_url
 
 T = TypeVar("T")
 
@@ -201,3 +203,64 @@ class BrokerSampler:
             self.max_active = max(self.max_active, *active, 0)
             self.most_busy = max(self.most_busy, sum(1 for a in active if a))
             self.samples += 1
+
+
+# ---------------------------------------------------------------------- a failover pair
+
+
+@dataclasses.dataclass
+class Pair:
+    """A primary and a backup broker (issue 17): their node endpoints, peer-link endpoints and
+    processes. ``urls`` is what nodes are given: both endpoints, the primary's first."""
+
+    primary_url: str
+    backup_url: str
+    primary_peer_bind: str
+    backup_peer_bind: str
+    primary: subprocess.Popen[bytes] | None = None
+    backup: subprocess.Popen[bytes] | None = None
+
+    @property
+    def urls(self) -> str:
+        return f"{self.primary_url},{self.backup_url}"
+
+    @classmethod
+    def on_loopback(cls) -> Pair:
+        return cls(free_tcp_url(), free_tcp_url(), free_tcp_url(), free_tcp_url())
+
+    def start_primary(self, procs: Processes, *, peer: str | None = None) -> None:
+        """Start the primary; ``peer``: where it finds the backup's state (default: directly)."""
+        self.primary = procs.broker(
+            self.primary_url, "--primary", "--peer", peer or self.backup_peer_bind,
+            "--peer-bind", self.primary_peer_bind, *BROKER_ARGS,
+        )  # fmt: skip
+
+    def start_backup(self, procs: Processes, *, peer: str | None = None) -> None:
+        """Start the backup; ``peer``: where it finds the primary's state (default: directly)."""
+        self.backup = procs.broker(
+            self.backup_url, "--backup", "--peer", peer or self.primary_peer_bind,
+            "--peer-bind", self.backup_peer_bind, *BROKER_ARGS,
+        )  # fmt: skip
+
+
+def pair_state(url: str, timeout_s: float = 2.0) -> str | None:
+    """A broker's failover state (``active``, ``passive``, ``starting``), or None if it does
+    not answer within ``timeout_s``."""
+    try:
+        return str(query_nodes(url, timeout_s=timeout_s)["failover"]["state"])
+    except ZimgTimeout:
+        return None
+
+
+def wait_pair_ready(pair: Pair, timeout_s: float = 15.0) -> None:
+    """Wait until the primary is active and the backup passive."""
+
+    def ready() -> bool:
+        return pair_state(pair.primary_url) == "active" and pair_state(pair.backup_url) == "passive"
+
+    wait_for(
+        ready,
+        timeout_s,
+        "the primary active and the backup passive",
+        every_s=0.05,
+    )
