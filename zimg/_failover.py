@@ -37,6 +37,7 @@ __all__ = [
     "Instruction",
     "Log",
     "Publish",
+    "Reconnect",
     "Role",
     "State",
     "Vote",
@@ -102,7 +103,14 @@ class Yield:
     reason: str
 
 
-Instruction = Publish | Log | Yield
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """The peer has been silent a failover timeout: open the peer link's receiving socket
+    afresh (libzmq gives up on a connection after a protocol error, such as an oversize
+    message, so a link could otherwise stay cut after the network heals)."""
+
+
+Instruction = Publish | Log | Yield | Reconnect
 
 
 class Failover:
@@ -137,6 +145,7 @@ class Failover:
         self.peer_heard_at: float | None = None
         self.peer_lost_told = False
         self.next_beat = now
+        self.reconnected_at = now
         self.malformed = 0
         self.refused = 0
         self.ignored = 0
@@ -152,7 +161,7 @@ class Failover:
     def next_deadline(self) -> float:
         """When ``on_tick`` is next due."""
         if self.peer_lost_told:
-            return self.next_beat
+            return min(self.next_beat, self.reconnected_at + self.failover_timeout_s)
         return min(self.next_beat, self.peer_expiry)
 
     # ------------------------------------------------------------------ events
@@ -214,6 +223,9 @@ class Failover:
                 what = "still serving" if self.active else "will take over when a node comes"
                 text = f"failover: the peer has been silent for {silent:.2f} s; {what}"
                 out.append(Log(logging.WARNING, text))
+        if now >= self.peer_expiry and now - self.reconnected_at >= self.failover_timeout_s:
+            self.reconnected_at = now
+            out.append(Reconnect())
         if now >= self.next_beat:
             self.next_beat = now + self.heartbeat_interval_s
             out.append(Publish({"role": self.role.value, "state": self.state.value}))

@@ -73,31 +73,44 @@ class PeerLink:
         keys: BrokerKeys | None,
     ) -> None:
         self.config = config
-        pub = context.socket(zmq.PUB)
-        sub = context.socket(zmq.SUB)
-        for sock in (pub, sub):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, _MAX_PEER_MESSAGE)
-            sock.setsockopt(zmq.RECONNECT_IVL, 50)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        self._context, self._keys = context, keys
+        pub = self._socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, 16)  # states queued for a slow peer are stale anyway
-        sub.setsockopt(zmq.RCVHWM, 256)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        if any(map(protocol.is_ipv6_endpoint, (config.peer, config.peer_bind))):
-            pub.setsockopt(zmq.IPV6, 1)
-            sub.setsockopt(zmq.IPV6, 1)
         if keys is not None:
             keys.apply_peer_server(pub)
-            keys.apply_peer_client(sub)
         try:
             pub.bind(config.peer_bind)
         except zmq.ZMQError as exc:
             pub.close()
-            sub.close()
             raise OSError(f"cannot bind the peer link to {config.peer_bind}: {exc}") from exc
-        sub.connect(config.peer)
-        self.pub, self.sub = pub, sub
+        self.pub = pub
         self.endpoint = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sub = self._new_sub()
+
+    def _socket(self, kind: int) -> zmq.Socket[bytes]:
+        sock = self._context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, _MAX_PEER_MESSAGE)
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
+        if any(map(protocol.is_ipv6_endpoint, (self.config.peer, self.config.peer_bind))):
+            sock.setsockopt(zmq.IPV6, 1)
+        return sock
+
+    def _new_sub(self) -> zmq.Socket[bytes]:
+        sub = self._socket(zmq.SUB)
+        sub.setsockopt(zmq.RCVHWM, 256)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if self._keys is not None:
+            self._keys.apply_peer_client(sub)
+        sub.connect(self.config.peer)
+        return sub
+
+    def reconnect(self) -> None:
+        """Replace the receiving socket with a fresh one connected to the peer (the caller
+        polls :attr:`sub`, and must poll the new one)."""
+        self.sub.close(linger=0)
+        self.sub = self._new_sub()
 
     def publish(self, header: dict[str, Any]) -> None:
         """Publish this broker's state (dropped if the peer cannot take it now)."""

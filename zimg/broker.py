@@ -264,9 +264,13 @@ class Broker:
                 if now >= tick_at:
                     execute(state.on_tick(now, drained_at))
                     tick_at = min(state.next_deadline(), now + _MAX_SLEEP_S)
-                    if failover is not None:
+                    if failover is not None and peer is not None:
+                        listening = peer.sub
                         self._pair_tick(now)
                         tick_at = min(tick_at, failover.next_deadline)
+                        if peer.sub is not listening:  # reconnected: poll the new socket
+                            poller.unregister(listening)
+                            poller.register(peer.sub, zmq.POLLIN)
                 wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
                     if (
@@ -373,6 +377,9 @@ class Broker:
                     self.peer_link.publish(ins.header)
             elif isinstance(ins, _failover.Log):
                 log.log(ins.level, "%s", ins.text)
+            elif isinstance(ins, _failover.Reconnect):
+                if self.peer_link is not None:
+                    self.peer_link.reconnect()
             elif isinstance(ins, _failover.Yield):
                 self.yielded = ins.reason
                 self._stop.set()

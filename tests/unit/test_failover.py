@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from zimg._failover import (
@@ -11,6 +13,7 @@ from zimg._failover import (
     Failover,
     Log,
     Publish,
+    Reconnect,
     Role,
     State,
     Yield,
@@ -193,3 +196,22 @@ def test_state_is_published_every_heartbeat() -> None:
         clock.advance(BEAT / 4)
     assert published == 10
     assert primary.next_deadline <= clock() + BEAT
+
+
+def test_a_silent_peer_link_is_reopened_once_per_failover_timeout() -> None:
+    """libzmq gives up on a connection after a protocol error: a silent link is reopened."""
+    clock = FakeClock()
+    _primary, backup = active_primary_and_passive_backup(clock)
+    reopened = []
+    for _ in range(80):  # 10 s of silence, ticking every quarter beat
+        clock.advance(BEAT / 4)
+        if any(isinstance(i, Reconnect) for i in backup.on_tick(clock())):
+            reopened.append(clock())
+    assert 5 <= len(reopened) <= 6  # at 1.5, 3, 4.5, 6, 7.5 and 9 s
+    assert all(b - a >= TIMEOUT for a, b in itertools.pairwise(reopened))
+    # Heard again: no more reopening.
+    backup.on_peer(peer(Role.PRIMARY, State.ACTIVE), clock())
+    for _ in range(8):
+        clock.advance(BEAT / 4)
+        backup.on_peer(peer(Role.PRIMARY, State.ACTIVE), clock())
+        assert not any(isinstance(i, Reconnect) for i in backup.on_tick(clock()))
