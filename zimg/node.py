@@ -162,6 +162,9 @@ def connect(
 ) -> Node:
     """Join the broker at ``url`` as node ``name`` and return the started :class:`Node`.
 
+    ``url`` may name a failover pair's two brokers, ``"tcp://A:5555,tcp://B:5555"``: the node
+    joins the active one and moves to the other when it fails (``docs/reliability.md``).
+
     Use it as a context manager to leave cleanly::
 
         with zimg.connect("tcp://127.0.0.1:5555", name="main") as node:
