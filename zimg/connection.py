@@ -522,12 +522,31 @@ def query_nodes(
     ``until(nodes)``, if given, is asked after each page with the nodes read so far: once it is
     true no more pages are asked for (the broker answers a page of about 64 KiB at a time).
 
+    ``url`` may name a failover pair's two brokers (``tcp://A:5555,tcp://B:5555``): each is
+    asked in turn (within ``timeout_s`` in all), and the active one's report is returned (else
+    the first that answered; its ``failover`` entry says why it has no nodes).
+
     Returns:
         The broker's report: ``nodes`` (a list of dicts), ``queued``, ``stats`` and more.
 
     Raises:
-        ZimgTimeout: the broker did not answer within ``timeout_s``.
+        ZimgTimeout: no broker answered within ``timeout_s``.
     """
+    endpoints = protocol.split_endpoints(url)
+    if len(endpoints) > 1:
+        answered: list[dict[str, Any]] = []
+        for one in endpoints:
+            try:
+                report = query_nodes(one, timeout_s / len(endpoints), keys=keys, until=until)
+            except ZimgTimeout:
+                continue
+            if report.get("failover", {}).get("state") == "active":
+                return report
+            answered.append(report)
+        if answered:
+            return answered[0]
+        hint = ns.silence_hint(keys is not None)
+        raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s:g} s ({hint})")
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         sock = ctx.socket(zmq.DEALER)

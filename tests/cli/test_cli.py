@@ -296,7 +296,9 @@ def test_insecure_on_a_reachable_address_logs_a_warning(monkeypatch, caplog, bin
     made = []
 
     class NoBroker:  # binds and serves nothing
-        def __init__(self, bind, config, keys=None):  # type: ignore[no-untyped-def]
+        yielded = None  # never gave way to a failover peer
+
+        def __init__(self, bind, config, keys=None, failover=None):  # type: ignore[no-untyped-def]
             made.append(bind)
 
         def run(self):  # type: ignore[no-untyped-def]

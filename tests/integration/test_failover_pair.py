@@ -17,7 +17,7 @@ from zimg._broker_state import BrokerConfig
 from zimg._failover import State
 from zimg._peer_link import FailoverConfig
 from zimg.broker import Broker
-from zimg.connection import Connection
+from zimg.connection import Connection, query_nodes
 from zimg.security import BrokerKeys, ClientKeys, create_keys, load_keypair
 from zimg.testing import free_tcp_url
 from zimg.wire import Command
@@ -182,3 +182,20 @@ def test_malformed_peer_messages_are_counted_and_change_nothing(started: Started
         )
     finally:
         ctx.destroy(linger=0)
+
+
+def test_query_nodes_on_a_pair_returns_the_active_brokers_report(started: Started) -> None:
+    a_peer, b_peer = free_tcp_url(), free_tcp_url()
+    primary = started.broker("primary", b_peer, a_peer)
+    backup = started.broker("backup", a_peer, b_peer)
+    wait_until(lambda: state_of(backup) is State.PASSIVE, 10, "the pair to settle")
+    urls = f"{backup.endpoint},{primary.endpoint}"
+    with Connection(urls, "n1").start(10):
+        report = query_nodes(urls, timeout_s=4)
+        assert report["failover"]["state"] == "active"
+        assert [n["name"] for n in report["nodes"]] == ["n1"]
+        passive = query_nodes(backup.endpoint, timeout_s=2)
+        assert passive["failover"]["role"] == "backup"
+        assert passive["failover"]["state"] == "passive"
+        assert passive["nodes"] == []
+        assert passive["failover"]["refused"] >= 1  # n1 came here first, and was sent on
