@@ -199,3 +199,55 @@ def test_query_nodes_on_a_pair_returns_the_active_brokers_report(started: Starte
         assert passive["failover"]["state"] == "passive"
         assert passive["nodes"] == []
         assert passive["failover"]["refused"] >= 1  # n1 came here first, and was sent on
+
+
+def test_a_split_with_a_vote_on_each_side_ends_with_the_backup_yielding(started: Started) -> None:
+    """The known limit of Binary Star: the peer link breaks and a node reaches only the backup,
+    whose vote makes it active too. When the link heals, the backup gives way (and exits)."""
+    from tests.fault.proxy import TcpProxy
+
+    a_peer, b_peer = free_tcp_url(), free_tcp_url()
+    to_a, to_b = TcpProxy(int(a_peer.rsplit(":", 1)[1])), TcpProxy(int(b_peer.rsplit(":", 1)[1]))
+    try:
+        primary = started.broker("primary", to_b.url, a_peer)
+        backup = started.broker("backup", to_a.url, b_peer)
+        wait_until(lambda: state_of(backup) is State.PASSIVE, 10, "the pair to settle")
+        to_a.cut()
+        to_b.cut()
+        with Connection(backup.endpoint, "lonely").start(10):  # its HELLOs are the vote
+            assert state_of(backup) is State.ACTIVE
+            assert state_of(primary) is State.ACTIVE  # two actives while the link is down
+            to_a = TcpProxy(to_a.target_port, port=to_a.port)
+            to_b = TcpProxy(to_b.target_port, port=to_b.port)
+            wait_until(lambda: backup.yielded is not None, 10, "the backup to give way")
+        assert "both brokers are active" in (backup.yielded or "")
+        assert state_of(primary) is State.ACTIVE
+    finally:
+        to_a.cut()
+        to_b.cut()
+
+
+def test_zimg_nodes_on_a_pair_shows_each_brokers_state_and_the_active_ones_nodes(
+    started: Started,
+) -> None:
+    from typer.testing import CliRunner
+
+    from zimg.cli import app
+
+    a_peer, b_peer = free_tcp_url(), free_tcp_url()
+    primary = started.broker("primary", b_peer, a_peer)
+    backup = started.broker("backup", a_peer, b_peer)
+    assert primary.failover is not None
+
+    def settled() -> bool:  # each has heard the other's final state
+        return state_of(backup) is State.PASSIVE and primary.failover.peer_state is State.PASSIVE
+
+    wait_until(settled, 10, "the pair to settle")
+    urls = f"{primary.endpoint},{backup.endpoint}"
+    with Connection(urls, "n1").start(10):
+        result = CliRunner().invoke(app, ["nodes", "--broker", urls], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert f"broker {primary.endpoint}: primary, active (peer: passive" in result.output
+    assert f"broker {backup.endpoint}: backup, passive (peer: active" in result.output
+    assert f"nodes at {primary.endpoint} (primary, active)" in result.output
+    assert "n1" in result.output
