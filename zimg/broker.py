@@ -15,7 +15,8 @@ from typing import Any
 
 import zmq
 
-from zimg import _failover, protocol, wire
+from zimg import _failover, protocol
+from zimg._broker_pair import PairHost
 from zimg._broker_state import (
     BrokerConfig,
     BrokerState,
@@ -104,20 +105,30 @@ class Broker:
         # Peers found gone while sending: handled one by one after the current instructions,
         # never from inside a send (a mass disconnection must not recurse).
         self._unreachable: deque[bytes] = deque()
-        self.failover_config = failover
-        self.failover: _failover.Failover | None = None
-        self.peer_link: PeerLink | None = None
-        self.yielded: str | None = None  # why a broker of a pair gave way to its peer
+        self.pair: PairHost | None = None
         if failover is not None:
-            cfg = self.config
-            timeout_s = failover.failover_timeout_s or cfg.heartbeat_interval_s * cfg.liveness
-            self.failover = _failover.Failover(
-                _failover.Role(failover.role),
-                now=time.monotonic(),
-                heartbeat_interval_s=cfg.heartbeat_interval_s,
-                failover_timeout_s=timeout_s,
+            self.pair = PairHost(
+                failover,
+                self.state,
+                heartbeat_interval_s=self.config.heartbeat_interval_s,
+                liveness=self.config.liveness,
+                stop=self._stop,
             )
-            self.state.failover_report = self.failover.report
+
+    @property
+    def failover(self) -> _failover.Failover | None:
+        """A broker of a failover pair: its Binary Star state machine (None for a lone one)."""
+        return None if self.pair is None else self.pair.failover
+
+    @property
+    def peer_link(self) -> PeerLink | None:
+        """A broker of a failover pair, while it runs: the peer link's sockets."""
+        return None if self.pair is None else self.pair.link
+
+    @property
+    def yielded(self) -> str | None:
+        """Why this broker stopped to give way to its peer (both were active), or None."""
+        return None if self.pair is None else self.pair.yielded
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,10 +224,11 @@ class Broker:
                 self.keys.stop()
             raise OSError(f"cannot bind the broker to {self.url}: {exc}") from exc
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        failover, peer = self.failover, None
-        if self.failover_config is not None:
+        log.info("broker listening on %s (pid %d)", self.endpoint, os.getpid())
+        pair = self.pair
+        if pair is not None:
             try:
-                peer = self.peer_link = PeerLink(self._ctx, self.failover_config, self.keys)
+                pair.open(self._ctx, self.keys)
             except OSError:
                 sock.close()
                 if self.keys is not None:
@@ -224,23 +236,15 @@ class Broker:
                 raise
         self._sock = sock
         self._bound.set()
-        log.info("broker listening on %s (pid %d)", self.endpoint, os.getpid())
-        if peer is not None and failover is not None:
-            log.info(
-                "failover: %s broker; state published on %s, peer at %s; failover timeout %g s",
-                failover.role.value,
-                peer.endpoint,
-                peer.config.peer,
-                failover.failover_timeout_s,
-            )
         wake = self._ctx.socket(zmq.PULL)
         wake.bind(self._wake_url)
         self._waking = True
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)  # only stop() writes to it, after setting _stop
-        if peer is not None:
-            poller.register(peer.sub, zmq.POLLIN)
+        listening = None if pair is None else pair.sub
+        if listening is not None:
+            poller.register(listening, zmq.POLLIN)
         state = self.state
         # Bound once: this loop runs per message.
         poll, monotonic, execute, send = poller.poll, time.monotonic, self._execute, self._send
@@ -248,7 +252,7 @@ class Broker:
         forward_target = state.forward_target
         # A broker of a pair lets nodes in only while it is active (the gate); a passive one
         # has no nodes, so the two shortcuts before it (heard, forward_target) never match.
-        on_unforwarded = state.on_unforwarded if failover is None else self._gate
+        on_unforwarded = state.on_unforwarded if pair is None else pair.gate
         heard = state.heard
         keys = self.keys
         user_id = None
@@ -264,13 +268,13 @@ class Broker:
                 if now >= tick_at:
                     execute(state.on_tick(now, drained_at))
                     tick_at = min(state.next_deadline(), now + _MAX_SLEEP_S)
-                    if failover is not None and peer is not None:
-                        listening = peer.sub
-                        self._pair_tick(now)
-                        tick_at = min(tick_at, failover.next_deadline)
-                        if peer.sub is not listening:  # reconnected: poll the new socket
+                    if pair is not None:
+                        pair.tick(now)
+                        tick_at = min(tick_at, pair.next_deadline)
+                        if pair.sub is not listening:  # the link was reopened: poll the new one
                             poller.unregister(listening)
-                            poller.register(peer.sub, zmq.POLLIN)
+                            listening = pair.sub
+                            poller.register(listening, zmq.POLLIN)
                 wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
                     if (
@@ -312,77 +316,19 @@ class Broker:
                                 execute(())
                 else:
                     drained_at = monotonic()
-                if peer is not None:
-                    self._hear_peer(peer)
+                if pair is not None:
+                    pair.hear()
                 if self._backlog:
                     self._flush_backlog()
         finally:
             self._waking = False
             self._sock = None
-            if peer is not None:
-                peer.close()
+            if pair is not None:
+                pair.close()
             wake.close(linger=0)
             sock.close(linger=0)
             if self.keys is not None:
                 self.keys.stop()
-
-    # ------------------------------------------------------------------ failover pair
-
-    def _gate(
-        self, identity: bytes, frames: Sequence[Any], now: float, user_id: str | None
-    ) -> Sequence[Instruction]:
-        """A broker of a pair: what a node sent, let through only while active. A passive
-        broker answers NODES (with its state), puts a HELLO to the vote, drops the rest."""
-        failover = self.failover
-        if failover is None or failover.active:
-            return self.state.on_unforwarded(identity, frames, now, user_id)
-        command = wire.command_of(frames)
-        if command is Command.NODES:
-            return self.state.on_unforwarded(identity, frames, now, user_id)
-        if command is not Command.HELLO:
-            failover.dropped += 1
-            return ()
-        vote, said = failover.on_node_request(now)
-        self._pair_do(said)
-        if vote is _failover.ACCEPT:
-            return self.state.on_unforwarded(identity, frames, now, user_id)
-        if vote is _failover.REFUSE:
-            peer = failover.role.other.value
-            role = failover.role.value
-            reason = f"this is the {role} broker of a pair, passive: the {peer} serves"
-            header = {"reason": reason, "code": protocol.REJECT_PASSIVE}
-            return (Send(identity, wire.encode(Command.REJECT, header)),)
-        return ()  # IGNORE: the node asks again next interval, when its vote may count
-
-    def _pair_tick(self, now: float) -> None:
-        if self.failover is not None:
-            self._pair_do(self.failover.on_tick(now))
-
-    def _hear_peer(self, peer: PeerLink) -> None:
-        """Feed what the peer published to the failover state machine."""
-        failover = self.failover
-        if failover is None or not _readable(peer.sub):
-            return
-        for item in peer.receive():
-            now = time.monotonic()
-            if isinstance(item, str):
-                self._pair_do(failover.on_peer_malformed(item))
-            else:
-                self._pair_do(failover.on_peer(item, now))
-
-    def _pair_do(self, instructions: Sequence[_failover.Instruction]) -> None:
-        for ins in instructions:
-            if isinstance(ins, _failover.Publish):
-                if self.peer_link is not None:
-                    self.peer_link.publish(ins.header)
-            elif isinstance(ins, _failover.Log):
-                log.log(ins.level, "%s", ins.text)
-            elif isinstance(ins, _failover.Reconnect):
-                if self.peer_link is not None:
-                    self.peer_link.reconnect()
-            elif isinstance(ins, _failover.Yield):
-                self.yielded = ins.reason
-                self._stop.set()
 
     @staticmethod
     def _user_id(frame: zmq.Frame) -> str:
@@ -509,10 +455,6 @@ class Broker:
             del self._backlog[identity]
         if self._unreachable:
             self._execute(())
-
-
-def _readable(sock: zmq.Socket[bytes]) -> bool:
-    return bool(int(sock.get(zmq.EVENTS)) & int(zmq.POLLIN))
 
 
 class _Backlog:
