@@ -533,29 +533,71 @@ def query_nodes(
         ZimgTimeout: no broker answered within ``timeout_s``.
     """
     endpoints = protocol.split_endpoints(url)
-    if len(endpoints) > 1:
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
         answered: list[dict[str, Any]] = []
         for one in endpoints:
+            query = NodesQuery(one, ctx, keys=keys)
             try:
-                report = query_nodes(one, timeout_s / len(endpoints), keys=keys, until=until)
+                answered.append(query.report(timeout_s / len(endpoints), until=until))
             except ZimgTimeout:
                 continue
-            if report.get("failover", {}).get("state") == "active":
-                return report
-            answered.append(report)
+            finally:
+                query.close()
+            if is_active(answered[-1]):
+                return answered[-1]
         if answered:
             return answered[0]
         hint = ns.silence_hint(keys is not None)
         raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s:g} s ({hint})")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    try:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if keys is not None:
-            keys.apply(sock)
-        if protocol.is_ipv6_endpoint(url):
-            sock.setsockopt(zmq.IPV6, 1)
-        sock.connect(url)
+    finally:
+        ctx.destroy(linger=0)
+
+
+def is_active(report: dict[str, Any]) -> bool:
+    """Does this NODES report come from a broker that serves nodes? (A lone broker always
+    does; a broker of a failover pair says its state in ``failover``.)"""
+    failover = report.get("failover")
+    return not isinstance(failover, dict) or failover.get("state") == "active"
+
+
+class NodesQuery:
+    """A DEALER that asks one broker for its NODES report, page by page; it can stay open
+    between reports (a dashboard polls every second) or be closed after one.
+
+    Args:
+        url: one broker's endpoint.
+        context: the ZeroMQ context for the socket.
+        keys: CURVE keys, for a broker that has them.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        context: zmq.Context[zmq.Socket[bytes]],
+        *,
+        keys: ClientKeys | None = None,
+    ) -> None:
+        self.url = url
+        self.keys = keys
+        self._ctx = context
+        self._sock: zmq.Socket[bytes] | None = None
+
+    def report(
+        self,
+        timeout_s: float,
+        *,
+        until: Callable[[list[dict[str, Any]]], bool] | None = None,
+        max_pages: int | None = None,
+    ) -> dict[str, Any]:
+        """The report, from as many pages as ``until`` and ``max_pages`` allow (see
+        :func:`collect_pages`).
+
+        Raises:
+            ZimgTimeout: no answer within ``timeout_s``; the socket is closed, so a later
+                report starts afresh (a broker that restarted answers a new connection).
+        """
+        sock = self._sock or self._connect()
         deadline = time.monotonic() + timeout_s
 
         def ask(request: dict[str, Any]) -> dict[str, Any]:
@@ -566,30 +608,58 @@ def query_nodes(
                 msg = wire.decode(sock.recv_multipart(copy=False))
                 if msg.command is Command.NODES:
                     return msg.header
-            hint = ns.silence_hint(keys is not None)
-            raise ZimgTimeout(f"no answer from a broker at {url} within {timeout_s:g} s ({hint})")
+            self.close()
+            hint = ns.silence_hint(self.keys is not None)
+            raise ZimgTimeout(
+                f"no answer from a broker at {self.url} within {timeout_s:g} s ({hint})"
+            )
 
-        return collect_pages(ask, until)
-    finally:
-        ctx.destroy(linger=0)
+        return collect_pages(ask, until, max_pages=max_pages)
+
+    def close(self) -> None:
+        """Close the socket (the next report opens another)."""
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+
+    def _connect(self) -> zmq.Socket[bytes]:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(sock)
+        if protocol.is_ipv6_endpoint(self.url):
+            sock.setsockopt(zmq.IPV6, 1)
+        sock.connect(self.url)
+        self._sock = sock
+        return sock
 
 
 def collect_pages(
     ask: Callable[[dict[str, Any]], dict[str, Any]],
     until: Callable[[list[dict[str, Any]]], bool] | None = None,
+    *,
+    max_pages: int | None = None,
 ) -> dict[str, Any]:
     """The whole NODES report, from the pages ``ask(request)`` returns (the broker answers
     NODES a page at a time, each request naming the last node of the page before); with
-    ``until``, only the pages up to the first after which ``until(nodes so far)`` is true.
+    ``until``, only the pages up to the first after which ``until(nodes so far)`` is true, and
+    with ``max_pages`` at most that many.
 
-    The counters and the queue length are those of the last page read.
+    The counters and the queue length are those of the last page read; ``downs`` (the nodes
+    gone lately) those of the first, the only page that carries them; ``more`` says whether
+    pages were left unread.
     """
-    report = ask({})
+    first = report = ask({})
     nodes: list[dict[str, Any]] = list(report.get("nodes", []))
+    pages = 1
     while report.get("more") is True and nodes and not (until is not None and until(nodes)):
+        if max_pages is not None and pages >= max_pages:
+            break
         report = ask({"after": nodes[-1]["name"]})
+        pages += 1
         page = report.get("nodes", [])
         if not page:
             break
         nodes.extend(page)
-    return {**report, "nodes": nodes, "more": False}
+    more = report.get("more") is True and bool(report.get("nodes"))
+    return {**report, "nodes": nodes, "more": more, "downs": first.get("downs", [])}

@@ -36,6 +36,40 @@ def test_a_poll_is_capped_in_pages_and_keeps_the_first_page_downs():
     assert [(d["name"], d["why"]) for d in report["downs"]] == [("c6", "left")]
 
 
+@pytest.mark.timeout(60)
+def test_given_a_failover_pair_the_poller_shows_the_active_brokers_report_and_both_states():
+    from zimg._peer_link import FailoverConfig
+    from zimg.dashboard._status import StatusModel
+
+    config = BrokerConfig(heartbeat_interval_s=0.2, liveness=3)
+    a_peer, b_peer = free_tcp_url(), free_tcp_url()
+    primary = Broker(free_tcp_url(), config, failover=FailoverConfig("primary", b_peer, a_peer))
+    backup = Broker(free_tcp_url(), config, failover=FailoverConfig("backup", a_peer, b_peer))
+    with primary, backup:
+        # The backup is listed first: the report shown must still be the active primary's.
+        poller = Poller(f"{backup.url},{primary.url}", lambda *_: None, lambda *_: None)
+        conn = Connection(primary.url, "c1").start(5.0)
+        try:
+            states = [(backup.url, "backup", "passive"), (primary.url, "primary", "active")]
+
+            def both_known():
+                report = poller.poll_once()
+                pair = [(b["url"], b.get("role"), b.get("state")) for b in report["pair"]]
+                return pair == states and report
+
+            report = wait_for(both_known, 10, "the pair's states")
+        finally:
+            conn.close()
+            poller.stop()
+    assert [n["name"] for n in report["nodes"]] == ["c1"]
+    assert report["failover"]["role"] == "primary"
+    model = StatusModel()
+    model.update(report, 1.0)
+    shown = model.snapshot()["broker"]
+    assert shown["failover"] == {"role": "primary", "state": "active"}
+    assert shown["pair"] == [{"url": u, "role": r, "state": s} for u, r, s in states]
+
+
 def test_values_json_lacks_are_sent_as_text():
     from zimg.dashboard._app import Hub
     from zimg.dashboard._status import StatusModel

@@ -1,7 +1,9 @@
 """Asks the broker for NODES at an interval, on a thread of its own, and feeds the model.
 
-One DEALER is kept open between polls (a context per poll would start an I/O thread each time);
-after a poll that timed out it is replaced, so a late page cannot be taken for the next answer.
+One socket per broker is kept open between polls (``connection.NodesQuery``: a context per
+poll would start an I/O thread each time); after a poll that timed out it is replaced, so a late
+page cannot be taken for the next answer. Given a failover pair (``A,B``), both brokers are
+asked each poll; the active one's report is shown, with each broker's state in ``pair``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 
 import zmq
 
-from zimg import protocol, wire
+from zimg import protocol
 from zimg._errors import WireError, ZimgTimeout
+from zimg.connection import NodesQuery, is_active
 from zimg.security import ClientKeys
-from zimg.wire import Command
 
 __all__ = ["Poller"]
 
@@ -29,7 +31,7 @@ class Poller:
     ``on_error(text, now)``, until :meth:`stop`.
 
     Args:
-        url: the broker's endpoint.
+        url: the broker's endpoint, or a failover pair's two (``A,B``).
         interval_s: seconds between polls.
         keys: CURVE keys, for a broker that has them.
         max_pages: the most NODES pages asked per poll (about 250 nodes each); the report
@@ -54,7 +56,9 @@ class Poller:
         self._on_error = on_error
         self._stop = threading.Event()
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock: zmq.Socket[bytes] | None = None
+        self._queries = [
+            NodesQuery(one, self._ctx, keys=keys) for one in protocol.split_endpoints(url)
+        ]
         self._thread = threading.Thread(target=self._run, name="zimg-dashboard-poll", daemon=True)
 
     def start(self) -> Poller:
@@ -70,51 +74,29 @@ class Poller:
         self._ctx.destroy(linger=0)
 
     def poll_once(self) -> dict[str, Any]:
-        """One NODES report: up to ``max_pages`` pages, merged.
+        """One NODES report: up to ``max_pages`` pages, merged; from a failover pair, the active
+        broker's, with ``pair``: each broker's ``url`` and its ``failover`` entry (or ``error``).
 
         Raises:
-            ZimgTimeout: the broker did not answer within the interval (at least 1 s).
+            ZimgTimeout: no broker answered within the interval (at least 1 s).
         """
-        sock = self._sock or self._connect()
-        deadline = time.monotonic() + max(1.0, self.interval_s)
-
-        def ask(request: dict[str, Any]) -> dict[str, Any]:
-            sock.send_multipart(wire.encode(Command.NODES, request))
-            while (left := deadline - time.monotonic()) > 0:
-                if not sock.poll(int(left * 1000) + 1):
-                    break
-                msg = wire.decode(sock.recv_multipart(copy=False))
-                if msg.command is Command.NODES:
-                    return msg.header
-            self._drop_socket()
+        timeout_s = max(1.0, self.interval_s) / len(self._queries)
+        if len(self._queries) == 1:
+            return self._queries[0].report(timeout_s, max_pages=self.max_pages)
+        reports: list[dict[str, Any]] = []
+        pair: list[dict[str, Any]] = []
+        for query in self._queries:
+            try:
+                report = query.report(timeout_s, max_pages=self.max_pages)
+            except ZimgTimeout as exc:
+                pair.append({"url": query.url, "error": str(exc)})
+                continue
+            pair.append({"url": query.url, **report.get("failover", {})})
+            reports.append(report)
+        if not reports:
             raise ZimgTimeout(f"no NODES answer from {self.url}")
-
-        first = report = ask({})
-        nodes: list[dict[str, Any]] = list(report.get("nodes", []))
-        for _ in range(self.max_pages - 1):
-            if report.get("more") is not True or not nodes:
-                break
-            report = ask({"after": nodes[-1]["name"]})
-            nodes.extend(report.get("nodes", []))
-        # The counters are the last page's; the nodes gone lately come on the first page only.
-        more = report.get("more") is True
-        return {**report, "nodes": nodes, "more": more, "downs": first.get("downs", [])}
-
-    def _connect(self) -> zmq.Socket[bytes]:
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        if self.keys is not None:
-            self.keys.apply(sock)
-        if protocol.is_ipv6_endpoint(self.url):
-            sock.setsockopt(zmq.IPV6, 1)
-        sock.connect(self.url)
-        self._sock = sock
-        return sock
-
-    def _drop_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        chosen = next((r for r in reports if is_active(r)), reports[0])
+        return {**chosen, "pair": pair}
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -122,14 +104,18 @@ class Poller:
             try:
                 report = self.poll_once()
             except (ZimgTimeout, WireError) as exc:
-                self._drop_socket()
+                self._close_queries()
                 self._on_error(str(exc), time.monotonic())
             except zmq.ZMQError as exc:  # the context was destroyed under us: stopping
                 if self._stop.is_set():
                     return
                 log.warning("NODES poll failed: %s", exc)
-                self._drop_socket()
+                self._close_queries()
             else:
                 self._on_report(report, time.monotonic())
             self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
-        self._drop_socket()
+        self._close_queries()
+
+    def _close_queries(self) -> None:
+        for query in self._queries:
+            query.close()

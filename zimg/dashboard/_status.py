@@ -119,6 +119,16 @@ class StatusModel:
             "count": report.get("count", len(nodes)),
             "uptime_s": report.get("uptime_s"),
             "stats": dict(report.get("stats", {})),
+            # A failover pair: this broker's role and state, and each broker's (poller.py).
+            "failover": _brief_failover(report.get("failover")),
+            "pair": [
+                {
+                    "url": _text(b.get("url")),
+                    **(_brief_failover(b) or {"error": _text(b.get("error"))}),
+                }
+                for b in report.get("pair", [])[:2]
+                if isinstance(b, dict)
+            ],
         }
         self.version += 1
 
@@ -309,3 +319,11 @@ def _node_view(n: dict[str, Any], rate: float | None) -> dict[str, Any]:
         "malformed": n.get("malformed"),
         "dropped": n.get("dropped"),
     }
+
+
+def _brief_failover(entry: Any) -> dict[str, str] | None:
+    """A broker's ``role`` and ``state`` from its NODES ``failover`` entry, as short text; None
+    for a broker that is not one of a failover pair (or did not answer)."""
+    if not isinstance(entry, dict) or "state" not in entry:
+        return None
+    return {"role": _text(entry.get("role")), "state": _text(entry.get("state"))}

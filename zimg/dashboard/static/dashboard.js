@@ -58,9 +58,19 @@
     $("nodes-note").textContent = more > 0 ? more + " more nodes not listed" : "";
   }
 
+  // A failover pair: each broker's role and state (or why it did not answer).
+  function brokerText(b) {
+    const describe = (f) => f ? " (" + f.role + ", " + f.state + ")" : "";
+    if (b.pair && b.pair.length) {
+      return "brokers " + b.pair.map((p) =>
+        p.url + (p.state ? describe(p) : " (" + (p.error ? "no answer" : "?") + ")")).join(" · ");
+    }
+    return "broker " + b.url + describe(b.failover);
+  }
+
   function renderSummary(st) {
     const b = st.broker;
-    $("broker").textContent = "broker " + b.url;
+    $("broker").textContent = brokerText(b);
     const stats = b.stats || {};
     const parts = [
       ["nodes", b.count], ["queued", b.queued], ["jobs done", stats.jobs_done],
