@@ -96,6 +96,12 @@ def zmtp_connect(url: str, identity: bytes = b"") -> socket.socket:
     return conn
 
 
+def frame_bytes(frame: Any) -> bytes:
+    """A frame's bytes, whatever holds them (bytes, an array of any shape, a zmq.Frame):
+    ``bytes(array)`` of a 0-d array is bytes(int(array)), a run of zeros or an error."""
+    return memoryview(frame).tobytes()
+
+
 def zmtp_frame(data: bytes, *, more: bool, declared: int | None = None) -> bytes:
     """One ZMTP message frame; ``declared`` overrides the length in its header."""
     size = len(data) if declared is None else declared
@@ -477,10 +483,7 @@ class Generator:
         """A valid message with bytes flipped, inserted or cut; None if it still decodes."""
         r = self.rng
         command = r.choice([Command.HELLO, Command.JOB, Command.RESULT, Command.SEND])
-        frames = [
-            f.tobytes() if isinstance(f, np.ndarray) else bytes(f)
-            for f in wire.encode(command, self.valid_header(command))
-        ]
+        frames = [frame_bytes(f) for f in wire.encode(command, self.valid_header(command))]
         index = r.randrange(len(frames))
         data = bytearray(frames[index])
         for _ in range(r.randint(1, 4)):
@@ -726,7 +729,7 @@ class Generator:
         except WireError:
             decodes = False
         malformed = expect in (WIRE, PEEKED_RESULT, FORWARDED_MALFORMED)
-        assert decodes == (not malformed), (expect, [bytes(f)[:80] for f in frames])
+        assert decodes == (not malformed), (expect, [frame_bytes(f)[:80] for f in frames])
         return frames, expect
 
     def _next(self) -> tuple[list[bytes], Expect]:
@@ -957,7 +960,7 @@ class Fuzzer:
         r = self.rng
         frames, expect = self.gen.next()
         data = b"".join(
-            zmtp_frame(bytes(f), more=i < len(frames) - 1) for i, f in enumerate(frames)
+            zmtp_frame(frame_bytes(f), more=i < len(frames) - 1) for i, f in enumerate(frames)
         )
         cuts = sorted(r.sample(range(1, len(data)), min(len(data) - 1, r.randint(1, 6))))
         pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
