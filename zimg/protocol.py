@@ -97,6 +97,33 @@ def check_endpoint(url: str, *, bind: bool = False) -> str:
     return url
 
 
+def endpoint_host(url: str) -> str | None:
+    """The host of a ``tcp://HOST:PORT`` endpoint, an IPv6 address without its brackets; None
+    for ``ipc://`` and ``inproc://``, which name no host. (``url`` as :func:`check_endpoint`
+    accepts it.)"""
+    scheme, _, rest = url.partition("://")
+    if scheme != "tcp":
+        return None
+    return rest.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Does ``host`` name this machine only (``localhost``, 127.0.0.0/8, ``::1``)?"""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_loopback_endpoint(url: str) -> bool:
+    """Is ``url`` reachable from this machine only (``ipc://``, ``inproc://`` or a loopback
+    ``tcp://`` address; ``tcp://*:P`` and other hosts are not)?"""
+    host = endpoint_host(url)
+    return host is None or is_loopback_host(host)
+
+
 def split_endpoints(urls: str) -> list[str]:
     """The endpoints of a comma-separated list (a failover pair: ``tcp://A:5555,tcp://B:5555``),
     in order, blanks dropped; a single endpoint is a list of one.

@@ -221,16 +221,16 @@ def test_run_applies_max_pixels_in_path_mode(tmp_path, samples):
 
 @pytest.mark.timeout(120)
 def test_run_tells_the_batch_how_many_workers_share_it(tmp_path, samples, monkeypatch):
-    from zimg import cli
+    from zimg.cli import batches
 
     seen = []
-    real = cli._run_with_progress
+    real = batches.run_with_progress
 
     def spy(conn, files, options, **kw):  # type: ignore[no-untyped-def]
         seen.append(options.workers)  # guided job sizes depend on it
         return real(conn, files, options, **kw)
 
-    monkeypatch.setattr(cli, "_run_with_progress", spy)
+    monkeypatch.setattr(batches, "run_with_progress", spy)
     result = invoke("run", str(samples / "coins.png"), "-o", str(tmp_path), "--workers", "3")
     assert result.exit_code == 0, result.output
     assert seen == [3]

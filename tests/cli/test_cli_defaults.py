@@ -1,12 +1,13 @@
-"""The CLI imports what a command needs when it runs: its defaults are written out in zimg.cli,
-and must be the values of the modules they stand for."""
+"""The CLI imports what a command needs when it runs: its defaults are written out in
+zimg.cli._options, and must be the values of the modules they stand for."""
 
 from __future__ import annotations
 
 from tests.cli.heavy import heavy_modules_after
-from zimg import cli, images, jobs
+from zimg import images, jobs
 from zimg._actor import DEFAULT_ACTOR_LIMITS
 from zimg._broker_state import BrokerConfig
+from zimg.cli import _options as cli
 
 
 def test_the_defaults_shown_in_help_are_the_real_ones() -> None:

@@ -124,3 +124,27 @@ def test_a_failover_pair_is_two_endpoints_separated_by_a_comma() -> None:
     assert protocol.split_endpoints(pair + ",") == ["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"]
     with pytest.raises(ValueError, match=r"10\.0\.0\.2"):
         protocol.check_endpoints("tcp://10.0.0.1:5555,10.0.0.2:5555")
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "loopback"),
+    [
+        ("tcp://127.0.0.1:5555", "127.0.0.1", True),
+        ("tcp://127.8.9.10:5555", "127.8.9.10", True),
+        ("tcp://localhost:5555", "localhost", True),
+        ("tcp://[::1]:5555", "::1", True),
+        ("ipc:///tmp/zimg.sock", None, True),
+        ("inproc://zimg", None, True),
+        ("tcp://*:5555", "*", False),
+        ("tcp://0.0.0.0:5555", "0.0.0.0", False),
+        ("tcp://[::]:5555", "::", False),
+        ("tcp://198.18.0.1:5555", "198.18.0.1", False),
+        ("tcp://broker.example:5555", "broker.example", False),
+        ("tcp://127.example:5555", "127.example", False),  # a name, not 127.0.0.0/8
+    ],
+)
+def test_an_endpoints_host_and_whether_only_this_machine_reaches_it(url, host, loopback):
+    # zimg broker asks this of each --bind (keys or --insecure beyond loopback); the dashboard
+    # asks is_loopback_host of its --http host.
+    assert protocol.endpoint_host(url) == host
+    assert protocol.is_loopback_endpoint(url) is loopback

@@ -16,9 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.reference import manifest
-from zimg import cli
 from zimg.batch import BatchReport, NodeSummary
-from zimg.cli import app
+from zimg.cli import _output, app, batches
 
 runner = CliRunner()
 
@@ -88,7 +87,7 @@ def test_node_names_and_worker_errors_are_shown_literally(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # As a rogue worker (or broker) could report them.
-    monkeypatch.setattr(cli, "_run_local", lambda *args, **kwargs: _fake_report(tmp_path))
+    monkeypatch.setattr(batches, "run_local", lambda *args, **kwargs: _fake_report(tmp_path))
     result = invoke("run", str(tmp_path / "any.png"), "-o", str(tmp_path))
     assert result.exit_code == 1, result.output
     assert "[bold]n1[/bold]" in result.output
@@ -113,7 +112,7 @@ def test_nodes_shows_what_the_broker_reports_literally(monkeypatch: pytest.Monke
         "queued": "[blink]7[/blink]",
     }
     monkeypatch.setattr(connection, "query_nodes", lambda *args, **kwargs: report)
-    monkeypatch.setattr(cli._console(), "_width", 200)  # room for every column, unwrapped
+    monkeypatch.setattr(_output.rich_console(), "_width", 200)  # room for every column, unwrapped
     result = invoke("nodes", "--broker", "tcp://127.0.0.1:1")
     assert result.exit_code == 0, result.output
     for text in ("[bold]w1[/bold]", "[/]worker", "[red]2", "queued jobs: [blink]7[/blink]"):
@@ -128,7 +127,7 @@ def test_error_messages_are_shown_literally(
     def fail(*args: object, **kwargs: object) -> None:
         raise ZimgError(HOSTILE_ERROR)
 
-    monkeypatch.setattr(cli, "_run_local", fail)
+    monkeypatch.setattr(batches, "run_local", fail)
     result = invoke("run", str(tmp_path / "any.png"), "-o", str(tmp_path))
     assert result.exit_code == 1, result.output
     assert "error: [/red]boom" in result.output

@@ -63,7 +63,7 @@ def test_send_refuses_a_bad_op_value_before_connecting(tmp_path, samples, monkey
 def test_run_refuses_a_bad_op_value_before_starting_a_cluster(
     tmp_path, samples, monkeypatch, text, words
 ):
-    monkeypatch.setattr("zimg.cli._run_local", _never_connect)
+    monkeypatch.setattr("zimg.cli.batches.run_local", _never_connect)
     args = ["run", "-o", str(tmp_path), str(samples / "coins.png"), "--op", text]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 2, result.output

@@ -4,7 +4,6 @@ thumbnails of results as they come."""
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import os
 import queue
@@ -21,6 +20,7 @@ from zimg.dashboard._app import Hub, create_app
 from zimg.dashboard._front_door import FrontDoor
 from zimg.dashboard._poller import Poller
 from zimg.dashboard._status import StatusModel
+from zimg.protocol import is_loopback_host as is_loopback
 from zimg.security import ClientKeys
 
 __all__ = ["Dashboard", "is_loopback", "parse_http"]
@@ -49,16 +49,6 @@ def parse_http(addr: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"{addr!r} is not HOST:PORT (e.g. 127.0.0.1:8080)")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine only (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Dashboard:
