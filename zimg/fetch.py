@@ -26,28 +26,17 @@ import contextlib
 import ipaddress
 import os
 import secrets
-import socket
-import threading
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
-from requests.adapters import HTTPAdapter
 from requests.cookies import extract_cookies_to_jar
 from requests.utils import requote_uri
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    MaxRetryError,
-    NewConnectionError,
-    ReadTimeoutError,
-)
 
 from zimg._errors import FetchError
+from zimg._fetch_guard import Guard, IPNetwork, PinnedAdapter, fetch_error
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_TIMEOUT_S", "MAX_REDIRECTS", "fetch"]
 
@@ -56,15 +45,9 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 MAX_REDIRECTS = 10
 
 _SCHEMES = ("http", "https")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _CHUNK_BYTES = 64 * 1024
 _SNIFF_BYTES = 32
 _FALLBACK_STEM = "download"
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-SockAddr = tuple[Any, ...]
-_Pinned = list[tuple[socket.AddressFamily, SockAddr]]
 
 
 def fetch(
@@ -122,8 +105,8 @@ def fetch(
     with contextlib.ExitStack() as stack:  # closed in reverse: guard, adapter, own session
         if session is None:
             session = stack.enter_context(requests.Session())
-        guard = _Guard(url, timeout_s, allow_private=allow_private, allowed=networks)
-        adapter = _PinnedAdapter(guard)
+        guard = Guard(url, timeout_s, allow_private=allow_private, allowed=networks)
+        adapter = PinnedAdapter(guard)
         stack.callback(adapter.close)
         stack.enter_context(guard)
         return _download(session, adapter, guard, url, dest, max_bytes, overwrite)
@@ -133,234 +116,6 @@ def fetch(
 # ---------------------------------------------------------------------- addresses
 
 
-def _resolve(host: str, port: int) -> _Pinned:
-    """Every TCP address of ``host`` (the system resolver; tests replace this function)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    return [(f, addr) for f, _, _, _, addr in infos if f in (socket.AF_INET, socket.AF_INET6)]
-
-
-def _refusal(ip: IPAddress) -> str | None:
-    """Why ``ip`` is not a public address, or None when it is one."""
-    checks = (
-        ("loopback", ip.is_loopback),
-        ("unspecified", ip.is_unspecified),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("reserved", ip.is_reserved),  # before private: Python counts 240.0.0.0/4 as both
-        ("private", ip.is_private),
-        ("non-global", not ip.is_global),
-    )
-    for kind, applies in checks:
-        if applies:
-            return f"a {kind} address"
-    return None
-
-
-def _embedded(ip: IPAddress) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address leads to: mapped, 6to4, Teredo, NAT64 (64:ff9b::/96)."""
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-    if ip.teredo is not None:
-        found.extend(ip.teredo)
-    if ip in _NAT64:
-        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return found
-
-
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
-class _Guard:
-    """The deadline and the checked addresses of one download.
-
-    The deadline is enforced two ways: every connect and read waits at most for the time left,
-    and a timer shuts every connection down when the time is up (``socket.shutdown`` on a
-    duplicate of its descriptor: a blocked read returns at once, with no race on the descriptor
-    the HTTP stack closes).
-    """
-
-    def __init__(
-        self, url: str, timeout_s: float, *, allow_private: bool, allowed: Sequence[IPNetwork]
-    ) -> None:
-        self.url = url
-        self.timeout_s = timeout_s
-        self.allow_private = allow_private
-        self.allowed = allowed
-        self.deadline = time.monotonic() + timeout_s
-        self.expired = False
-        self._pins: dict[tuple[str, int], _Pinned] = {}
-        self._watched: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(timeout_s, self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Guard:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-        with self._lock:
-            watched, self._watched = self._watched, []
-        for dup in watched:
-            dup.close()
-
-    def stop(self) -> None:
-        """Stop the watchdog; ``expired`` is final afterwards."""
-        self._timer.cancel()
-        if self._timer.ident is not None:
-            self._timer.join()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for dup in self._watched:
-                with contextlib.suppress(OSError):
-                    dup.shutdown(socket.SHUT_RDWR)
-
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def timed_out(self) -> FetchError:
-        return _error(self.url, f"timed out after {self.timeout_s:g} s (the whole download)")
-
-    # -- resolving and checking
-
-    def pin(self, hop_url: str, *, redirected: bool) -> None:
-        """Resolve the host of ``hop_url``, check every address, and remember them for it."""
-        parts = urlsplit(hop_url)
-        host = parts.hostname or ""
-        port = parts.port or _DEFAULT_PORTS[parts.scheme.lower()]
-        addresses = self._resolve(hop_url, host, port, redirected=redirected)
-        if not addresses:
-            raise self.refused(hop_url, f"{host} has no IPv4 or IPv6 address", redirected)
-        for _, sockaddr in addresses:
-            ip = ipaddress.ip_address(sockaddr[0].split("%", 1)[0])
-            why = self._why_refused(ip)
-            if why is not None:
-                shown = f"{ip} is" if _host_key(host) == str(ip) else f"{host} resolves to {ip},"
-                reason = f"{shown} {why}; --allow-private (allow_private=True) allows it"
-                raise self.refused(hop_url, reason, redirected)
-        self._pins[(_host_key(host), port)] = addresses
-
-    def _resolve(self, hop_url: str, host: str, port: int, *, redirected: bool) -> _Pinned:
-        """``_resolve`` in a daemon thread, so that a stuck resolver cannot pass the deadline."""
-        result: list[_Pinned] = []
-        failure: list[Exception] = []
-
-        def run() -> None:
-            try:
-                result.append(_resolve(host, port))
-            except Exception as exc:  # OSError, or UnicodeError for a name IDNA refuses
-                failure.append(exc)
-
-        thread = threading.Thread(target=run, name="zimg-fetch-resolve", daemon=True)
-        thread.start()
-        thread.join(max(0.0, self.left()))
-        if thread.is_alive():
-            raise self.timed_out()
-        if failure:
-            raise self.refused(hop_url, f"cannot resolve {host} ({failure[0]})", redirected)
-        return list(dict.fromkeys(result[0]))
-
-    def _allowed(self, ip: IPAddress) -> bool:
-        return any(ip in n for n in self.allowed if n.version == ip.version)
-
-    def _why_refused(self, ip: IPAddress) -> str | None:
-        """Why ``ip`` may not be connected to, or None."""
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
-        if self.allow_private or self._allowed(ip):
-            return None
-        why = _refusal(ip)
-        if why is not None:
-            return why
-        for inner in _embedded(ip):
-            inner_why = _refusal(inner)
-            if inner_why is not None and not self._allowed(inner):
-                return f"an address that leads to {inner} ({inner_why})"
-        return None
-
-    def refused(self, hop_url: str, reason: str, redirected: bool) -> FetchError:
-        return _error(self.url, f"redirected to {hop_url}: {reason}" if redirected else reason)
-
-    # -- connecting
-
-    def connect(self, conn: HTTPConnection) -> socket.socket:
-        """A socket connected to one of the addresses checked for ``conn``'s host and port."""
-        addresses = self._pins.get((_host_key(conn.host), conn.port or 0))
-        if addresses is None:  # fail closed: nothing unchecked is ever connected to
-            raise NewConnectionError(conn, f"{conn.host}:{conn.port} was not checked")
-        last: OSError | None = None
-        for family, sockaddr in addresses:
-            left = self.left()
-            if left <= 0:
-                raise ConnectTimeoutError(conn, f"no time left to connect to {sockaddr[0]}")
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                for option in conn.socket_options or ():
-                    sock.setsockopt(*option)
-                self._watch(sock)
-                sock.settimeout(left)
-                sock.connect(sockaddr)
-                sock.settimeout(max(self.left(), 0.001))  # bounds the TLS handshake too
-            except TimeoutError as exc:
-                sock.close()
-                raise ConnectTimeoutError(conn, f"connecting to {sockaddr[0]} timed out") from exc
-            except OSError as exc:
-                sock.close()
-                last = exc
-                continue
-            return sock
-        raise NewConnectionError(conn, f"Failed to establish a new connection: {last}")
-
-    def _watch(self, sock: socket.socket) -> None:
-        dup = sock.dup()
-        with self._lock:
-            self._watched.append(dup)
-            if self.expired:
-                with contextlib.suppress(OSError):  # not connected yet: connect() then fails
-                    dup.shutdown(socket.SHUT_RDWR)
-
-
-def _host_key(host: str) -> str:
-    return host.strip("[]").rstrip(".").lower()
-
-
-class _PinnedAdapter(HTTPAdapter):
-    """A transport whose connections go only to the addresses its guard checked."""
-
-    def __init__(self, guard: _Guard) -> None:
-        self._guard = guard
-        super().__init__(max_retries=0)
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        guard = self._guard
-
-        class Plain(HTTPConnection):
-            def _new_conn(self) -> socket.socket:
-                return guard.connect(self)
-
-        class Secure(HTTPSConnection):
-            def _new_conn(self) -> socket.socket:
-                return guard.connect(self)
-
-        class PlainPool(HTTPConnectionPool):
-            ConnectionCls = Plain
-
-        class SecurePool(HTTPSConnectionPool):
-            ConnectionCls = Secure
-
-        self.poolmanager.pool_classes_by_scheme = {"http": PlainPool, "https": SecurePool}
-
-
-# ---------------------------------------------------------------------- the download
-
-
 def _check_url(url: str, hop_url: str, *, redirected: bool) -> None:
     parts = urlsplit(hop_url)
     scheme = parts.scheme.lower()
@@ -368,19 +123,19 @@ def _check_url(url: str, hop_url: str, *, redirected: bool) -> None:
     if scheme not in _SCHEMES:
         got = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
         accepted = " and ".join(_SCHEMES)
-        raise _error(url, f"{where}only {accepted} URLs are supported (got {got})")
+        raise fetch_error(url, f"{where}only {accepted} URLs are supported (got {got})")
     if not parts.hostname:
-        raise _error(url, f"{where}the URL has no host")
+        raise fetch_error(url, f"{where}the URL has no host")
     try:
         parts.port  # noqa: B018  # raises on a malformed port
     except ValueError as exc:
-        raise _error(url, f"{where}{exc}") from None
+        raise fetch_error(url, f"{where}{exc}") from None
 
 
 def _download(
     session: requests.Session,
-    adapter: _PinnedAdapter,
-    guard: _Guard,
+    adapter: PinnedAdapter,
+    guard: Guard,
     url: str,
     dest: str | os.PathLike[str] | None,
     max_bytes: int,
@@ -390,15 +145,17 @@ def _download(
     with response:
         if response.status_code >= 400:
             status = f"HTTP {response.status_code} {response.reason or ''}".rstrip()
-            raise _error(url, status)
+            raise fetch_error(url, status)
         declared = _content_length(response)
         if declared is not None and declared > max_bytes:
-            raise _error(url, f"Content-Length {declared} exceeds the limit of {max_bytes} bytes")
+            raise fetch_error(
+                url, f"Content-Length {declared} exceeds the limit of {max_bytes} bytes"
+            )
         return _save(url, response, guard, dest, max_bytes, overwrite)
 
 
 def _follow(
-    session: requests.Session, adapter: _PinnedAdapter, guard: _Guard, url: str
+    session: requests.Session, adapter: PinnedAdapter, guard: Guard, url: str
 ) -> requests.Response:
     """Send the request, and follow redirects, checking every hop's scheme and addresses."""
     hop_url, hops = url, 0
@@ -408,7 +165,7 @@ def _follow(
         try:
             request = session.prepare_request(requests.Request("GET", hop_url))
         except requests.RequestException as exc:
-            raise _error(url, f"bad URL {hop_url} ({exc})") from exc
+            raise fetch_error(url, f"bad URL {hop_url} ({exc})") from exc
         hop_url = request.url or hop_url  # as requests encoded it (IDNA, quoting)
         _check_url(url, hop_url, redirected=redirected)
         host = urlsplit(hop_url).hostname
@@ -432,7 +189,7 @@ def _follow(
                 cert=settings["cert"],
             )
         except requests.RequestException as exc:
-            raise _request_error(url, exc, guard) from exc
+            raise guard.request_error(url, exc) from exc
         extract_cookies_to_jar(session.cookies, request, response.raw)  # type: ignore[no-untyped-call]
         target = session.get_redirect_target(response)
         if target is None:
@@ -440,7 +197,7 @@ def _follow(
         response.close()
         hops += 1
         if hops > MAX_REDIRECTS:
-            raise _error(url, f"more than {MAX_REDIRECTS} redirects")
+            raise fetch_error(url, f"more than {MAX_REDIRECTS} redirects")
         previous_host = host
         hop_url = requote_uri(urljoin(hop_url, target))
 
@@ -459,7 +216,7 @@ def _content_length(response: requests.Response) -> int | None:
 def _save(
     url: str,
     response: requests.Response,
-    guard: _Guard,
+    guard: Guard,
     dest: str | os.PathLike[str] | None,
     max_bytes: int,
     overwrite: bool,
@@ -469,7 +226,7 @@ def _save(
     try:
         head = _head(url, chunks, max_bytes)
     except requests.RequestException as exc:
-        raise _request_error(url, exc, guard) from exc
+        raise guard.request_error(url, exc) from exc
     fmt = _sniff_format(head)
     if fmt is None:
         if guard.expired:
@@ -482,7 +239,7 @@ def _save(
     try:
         fd, tmp = _open_temp(path)
     except OSError as exc:
-        raise _error(url, f"cannot write {path}: {exc}") from exc
+        raise fetch_error(url, f"cannot write {path}: {exc}") from exc
     try:
         with open(fd, "wb") as out:
             out.write(head)
@@ -495,10 +252,10 @@ def _save(
         _install(url, tmp, path, overwrite)
     except requests.RequestException as exc:  # before OSError: it subclasses it
         tmp.unlink(missing_ok=True)
-        raise _request_error(url, exc, guard) from exc
+        raise guard.request_error(url, exc) from exc
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _error(url, f"cannot write {path}: {exc}") from exc
+        raise fetch_error(url, f"cannot write {path}: {exc}") from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -511,7 +268,7 @@ def _head(url: str, chunks: Iterator[Any], max_bytes: int) -> bytes:
     for chunk in chunks:
         head += _as_bytes(chunk)
         if len(head) > max_bytes:
-            raise _error(url, f"body exceeds the limit of {max_bytes} bytes")
+            raise fetch_error(url, f"body exceeds the limit of {max_bytes} bytes")
         if len(head) >= _SNIFF_BYTES:
             break
     return head
@@ -529,7 +286,7 @@ def _copy_body(
     for chunk in chunks:
         written += len(_as_bytes(chunk))
         if written > max_bytes:
-            raise _error(url, f"body exceeds the limit of {max_bytes} bytes")
+            raise fetch_error(url, f"body exceeds the limit of {max_bytes} bytes")
         out.write(chunk)
 
 
@@ -595,8 +352,8 @@ def _not_an_image(url: str, head: bytes, response: requests.Response) -> FetchEr
     content_type = response.headers.get("Content-Type", "").strip()
     declared = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
     if not head:
-        return _error(url, f"the body is empty ({declared})")
-    return _error(
+        return fetch_error(url, f"the body is empty ({declared})")
+    return fetch_error(
         url,
         "the body is not an image (PNG, JPEG, GIF, BMP, WebP, TIFF or PNM): it starts with "
         f"{head[:16]!r} ({declared})",
@@ -637,29 +394,5 @@ def _open_temp(path: Path) -> tuple[int, Path]:
 # ---------------------------------------------------------------------- errors
 
 
-def _request_error(url: str, exc: requests.RequestException, guard: _Guard) -> FetchError:
-    # A read timeout while streaming the body surfaces as a ConnectionError wrapping urllib3's.
-    timed_out = isinstance(exc, requests.Timeout) or any(
-        isinstance(arg, ReadTimeoutError) for arg in exc.args
-    )
-    if timed_out or guard.expired:
-        return guard.timed_out()
-    if isinstance(exc, requests.ConnectionError):  # SSLError too
-        return _error(url, f"connection failed ({_cause(exc)})")
-    return _error(url, f"request failed ({type(exc).__name__}: {exc})")
-
-
-def _cause(exc: requests.RequestException) -> str:
-    """The reason under requests' and urllib3's wrappers ("Max retries exceeded ... Caused by")."""
-    wrapped = exc.args[0] if exc.args else None
-    if isinstance(wrapped, MaxRetryError) and wrapped.reason is not None:
-        return str(wrapped.reason)
-    return str(exc)
-
-
 def _exists(url: str, path: Path) -> FetchError:
-    return _error(url, f"{path} already exists; --force (overwrite=True) replaces it")
-
-
-def _error(url: str, reason: str) -> FetchError:
-    return FetchError(f"cannot fetch {url}: {reason}")
+    return fetch_error(url, f"{path} already exists; --force (overwrite=True) replaces it")

@@ -28,6 +28,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
+from zimg import _fetch_guard as fetch_guard
 from zimg import fetch as fetch_module
 from zimg._errors import FetchError
 from zimg.cli import app
@@ -648,7 +649,7 @@ def test_a_stuck_resolver_cannot_pass_the_deadline(
         release.wait(HANG_S)
         return []
 
-    monkeypatch.setattr(fetch_module, "_resolve", stuck)
+    monkeypatch.setattr(fetch_guard, "resolve_host", stuck)
     started = time.monotonic()
     try:
         with pytest.raises(FetchError, match=r"timed out after 0\.3 s"):
@@ -678,7 +679,7 @@ def _loopback_only_resolver(
                 out.append((socket.AF_INET6, (address, port, 0, 0)))
         return out
 
-    monkeypatch.setattr(fetch_module, "_resolve", resolve)
+    monkeypatch.setattr(fetch_guard, "resolve_host", resolve)
     return asked
 
 
@@ -754,7 +755,7 @@ def test_the_connection_goes_to_the_checked_address(
         asked.append(host)
         return [(socket.AF_INET, (a, port)) for a in next(answers)]
 
-    monkeypatch.setattr(fetch_module, "_resolve", rebinding)
+    monkeypatch.setattr(fetch_guard, "resolve_host", rebinding)
     port = urlsplit(server.base_url).port
     result = fetch(f"http://images.test:{port}/img.png", dest_dir)
     assert result.read_bytes() == PNG
@@ -794,8 +795,8 @@ def test_every_kind_of_non_public_address_is_refused(
 
 @pytest.mark.parametrize("address", ["93.184.215.14", "8.8.8.8", "2606:4700::1111"])
 def test_public_addresses_pass_the_check(address: str) -> None:
-    assert fetch_module._refusal(ipaddress.ip_address(address)) is None
-    assert fetch_module._embedded(ipaddress.ip_address(address)) == []
+    assert fetch_guard.refusal(ipaddress.ip_address(address)) is None
+    assert fetch_guard.embedded_ipv4(ipaddress.ip_address(address)) == []
 
 
 def test_allowed_networks_admit_only_themselves(
