@@ -45,7 +45,7 @@ _EXPORTS = {
     "LocalCluster": "zimg.cluster",
     "local_cluster": "zimg.cluster",
     "Connection": "zimg.connection",
-    "query_nodes": "zimg.connection",
+    "query_nodes": "zimg.nodes_query",
     "JobClient": "zimg.distribute",
     "JobRouter": "zimg.distribute",
     "Processed": "zimg.distribute",
@@ -119,9 +119,10 @@ if TYPE_CHECKING:
     from zimg.batch import BatchOptions, BatchReport, run_batch
     from zimg.broker import Broker
     from zimg.cluster import LocalCluster, local_cluster
-    from zimg.connection import Connection, query_nodes
+    from zimg.connection import Connection
     from zimg.distribute import JobClient, JobRouter, Processed, distribute
     from zimg.node import Node, connect
+    from zimg.nodes_query import query_nodes
     from zimg.ops import DEFAULT_PIPELINE, OpSpec, op, parse_op
     from zimg.wire import Pid, Ref
     from zimg.worker import Worker

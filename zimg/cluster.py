@@ -23,8 +23,8 @@ from zimg._broker_state import BrokerConfig
 from zimg._children import ChildProcess, can_fork, fork_call
 from zimg._errors import ClusterStartError, ZimgTimeout
 from zimg.broker import Broker
-from zimg.connection import query_nodes
 from zimg.node import Node
+from zimg.nodes_query import query_nodes
 from zimg.security import ClientKeys
 from zimg.worker import serve
 

@@ -28,8 +28,9 @@ from zimg._actor import (
 )
 from zimg._errors import ZimgTimeout
 from zimg._placement import Placement
-from zimg.connection import Connection, collect_pages
+from zimg.connection import Connection
 from zimg.distribute import JobRouter
+from zimg.nodes_query import collect_pages
 from zimg.security import ClientKeys
 from zimg.wire import Command
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from zimg._errors import ClusterStartError, ZimgTimeout
 from zimg._memory import MemoryRouter, MemoryTransport
 from zimg.cluster import stop_process, wait_for_workers
-from zimg.connection import query_nodes
+from zimg.nodes_query import query_nodes
 from zimg.security import ClientKeys
 
 __all__ = [

@@ -96,7 +96,7 @@ def test_node_names_and_worker_errors_are_shown_literally(
 
 
 def test_nodes_shows_what_the_broker_reports_literally(monkeypatch: pytest.MonkeyPatch) -> None:
-    from zimg import connection
+    from zimg import nodes_query
 
     report = {
         "nodes": [
@@ -111,7 +111,7 @@ def test_nodes_shows_what_the_broker_reports_literally(monkeypatch: pytest.Monke
         ],
         "queued": "[blink]7[/blink]",
     }
-    monkeypatch.setattr(connection, "query_nodes", lambda *args, **kwargs: report)
+    monkeypatch.setattr(nodes_query, "query_nodes", lambda *args, **kwargs: report)
     monkeypatch.setattr(_output.rich_console(), "_width", 200)  # room for every column, unwrapped
     result = invoke("nodes", "--broker", "tcp://127.0.0.1:1")
     assert result.exit_code == 0, result.output

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from zimg._errors import ZimgTimeout
-from zimg.connection import query_nodes
+from zimg.nodes_query import query_nodes
 from zimg.testing import Processes, free_tcp_url
 
 T = TypeVar("T")

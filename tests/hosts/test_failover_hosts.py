@@ -37,7 +37,7 @@ FAILOVER_S = EXPIRY_S
 # printing one JSON line per sample; exits 0 when the condition held, 1 at the deadline.
 _SAMPLE = """
 import json, sys, time
-from zimg.connection import query_nodes
+from zimg.nodes_query import query_nodes
 from zimg._errors import ZimgTimeout
 urls, until, limit, deadline = sys.argv[1:3], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 end = time.monotonic() + deadline

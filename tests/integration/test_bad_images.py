@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.reference import check_output, handmade_png, manifest
-from zimg.connection import query_nodes
+from zimg.nodes_query import query_nodes
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,8 @@ from zimg._broker_state import BrokerConfig
 from zimg._failover import State
 from zimg._peer_link import FailoverConfig
 from zimg.broker import Broker
-from zimg.connection import Connection, query_nodes
+from zimg.connection import Connection
+from zimg.nodes_query import query_nodes
 from zimg.security import BrokerKeys, ClientKeys, create_keys, load_keypair
 from zimg.testing import free_tcp_url
 from zimg.wire import Command

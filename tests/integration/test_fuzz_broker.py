@@ -43,7 +43,8 @@ from zimg._broker_state import BrokerConfig, result_head
 from zimg._errors import WireError
 from zimg.bench.decode import KINDS, collision_header, packed_map
 from zimg.broker import Broker
-from zimg.connection import Connection, query_nodes
+from zimg.connection import Connection
+from zimg.nodes_query import query_nodes
 from zimg.testing import Processes, free_tcp_url
 from zimg.wire import MAGIC, Command, Ext, Limits, Pid, Ref
 

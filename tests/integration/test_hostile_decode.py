@@ -28,7 +28,7 @@ import zimg
 from tests.integration.test_fuzz_broker import joined
 from zimg import wire
 from zimg.bench.decode import as_msgpack, collision_header, flood_header
-from zimg.connection import query_nodes
+from zimg.nodes_query import query_nodes
 from zimg.testing import Processes
 from zimg.wire import Command, Pid
 

@@ -29,7 +29,8 @@ from tests.integration.test_fuzz_broker import closed_within, vm_kb, zmtp_connec
 from tests.reference import check_output, manifest
 from zimg import protocol, wire
 from zimg._errors import RejectedError
-from zimg.connection import Connection, query_nodes
+from zimg.connection import Connection
+from zimg.nodes_query import query_nodes
 from zimg.security import ClientKeys, create_keys
 from zimg.testing import Processes
 from zimg.wire import Command

@@ -18,7 +18,8 @@ from tests.reference import check_output, copies, manifest
 from zimg._affinity import usable_cpus
 from zimg.batch import BatchOptions, run_batch
 from zimg.cluster import wait_for_workers
-from zimg.connection import Connection, query_nodes
+from zimg.connection import Connection
+from zimg.nodes_query import query_nodes
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,7 +11,7 @@ import pytest
 
 from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, BrokerState, Send
-from zimg.connection import collect_pages
+from zimg.nodes_query import collect_pages
 from zimg.wire import Command, Pid, Ref
 
 from .test_broker_state import Clock, hello, ident, job, sends, ticket_of

@@ -134,7 +134,7 @@ def _warn_without_workers(conn: "Connection", keys: "ClientKeys | None") -> Iter
     the job flow never waits for it."""
     import threading
 
-    from zimg.connection import query_nodes
+    from zimg.nodes_query import query_nodes
 
     def check() -> None:
         try:

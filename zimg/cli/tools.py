@@ -64,7 +64,7 @@ def nodes(
         active = [a for a in shown if a["report"].get("failover", {}).get("state") == "active"]
         broker_url, report = (active or shown)[0]["url"], (active or shown)[0]["report"]
     else:
-        from zimg.connection import query_nodes
+        from zimg.nodes_query import query_nodes
 
         try:
             report = query_nodes(broker_url, timeout_s=timeout, keys=keys)
@@ -175,7 +175,7 @@ def _ask_pair(
 ) -> list[dict[str, Any]]:
     """Ask every broker of a failover pair for its report: ``url``, ``report`` (None when it did
     not answer) and ``error``."""
-    from zimg.connection import query_nodes
+    from zimg.nodes_query import query_nodes
 
     answers: list[dict[str, Any]] = []
     for url in endpoints:

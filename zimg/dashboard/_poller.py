@@ -18,7 +18,7 @@ import zmq
 
 from zimg import protocol
 from zimg._errors import WireError, ZimgTimeout
-from zimg.connection import NodesQuery, is_active
+from zimg.nodes_query import NodesQuery, is_active
 from zimg.security import ClientKeys
 
 __all__ = ["Poller"]

@@ -102,7 +102,7 @@ class StatusModel:
     # ------------------------------------------------------------------ input
 
     def update(self, report: dict[str, Any], now: float) -> None:
-        """Take one NODES report (every page, as ``connection.query_nodes`` returns it)."""
+        """Take one NODES report (every page, as ``nodes_query.query_nodes`` returns it)."""
         self.polls += 1
         self._back(now)
         epoch = report.get("epoch")
