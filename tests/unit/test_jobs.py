@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from zimg import wire
+from zimg._batch_files import Temporaries
 from zimg._errors import ImageError, WireError
-from zimg.batch import BatchOptions, _Temporaries, group_items
+from zimg.batch import BatchOptions, group_items
 from zimg.jobs import (
     MAX_ERROR_CHARS,
     MAX_ITEMS,
@@ -129,7 +130,7 @@ def test_bytes_per_job_by_mode():
 
 
 def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
-    temps = _Temporaries(tmp_path)
+    temps = Temporaries(tmp_path)
     prefix = temps.prefix("cat_processed.jpg")
     mine = Path(f"{prefix}.n1-42.tmp")
     mine.write_bytes(b"image")
@@ -137,7 +138,7 @@ def test_temporaries_rename_only_files_of_their_own_batch(tmp_path):
     assert (tmp_path / "cat_processed.jpg").read_bytes() == b"image"
     victim = tmp_path / "precious.txt"
     victim.write_text("keep me")
-    other = _Temporaries(tmp_path).prefix("cat_processed.jpg") + ".n1-42.tmp"
+    other = Temporaries(tmp_path).prefix("cat_processed.jpg") + ".n1-42.tmp"
     Path(other).write_bytes(b"x")
     for reported in (str(victim), "/etc/passwd", other, f"{prefix}.n1-42.tmp/../../x", None):
         with pytest.raises(ImageError, match="unexpected output file"):

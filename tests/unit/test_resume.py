@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zimg.batch import _keep_done, group_items, plan_outputs
+from zimg._batch_files import keep_done, plan_outputs
+from zimg.batch import group_items
 from zimg.jobs import JobItem
 
 
@@ -28,7 +29,7 @@ def test_only_done_inputs_of_this_batch_with_their_output_are_kept(tmp_path):
     manifest.write_text("".join(lines))
     paths = [Path(p) for p in ("in/a.png", "in/b.png", "in/c.png", "in/d.png")]
 
-    kept = _keep_done(manifest, paths)
+    kept = keep_done(manifest, paths)
 
     assert kept == {"in/a.png": "a_processed.png"}
     assert manifest.read_text() == lines[0]
@@ -36,7 +37,7 @@ def test_only_done_inputs_of_this_batch_with_their_output_are_kept(tmp_path):
 
 
 def test_a_missing_manifest_keeps_nothing(tmp_path):
-    assert _keep_done(tmp_path / "manifest.jsonl", [Path("a.png")]) == {}
+    assert keep_done(tmp_path / "manifest.jsonl", [Path("a.png")]) == {}
     assert not (tmp_path / "manifest.jsonl").exists()
 
 

@@ -1,0 +1,137 @@
+"""A batch's files: the output names it plans, the temporary files workers write in ``path``
+mode (checked before they are renamed or deleted), outputs written atomically, and the manifest
+kept by ``--resume``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zimg import images
+from zimg._errors import ImageError, ZimgError
+from zimg.jobs import JobItem, JobRequest, JobResult
+
+
+def plan_outputs(files: Sequence[Path], outdir: Path, *, taken: Iterable[str] = ()) -> list[str]:
+    """The output file name (in ``outdir``) of each input; inputs whose names collide (with
+    each other or with a name in ``taken``) get ``-2``, ``-3``... suffixes. Names, not paths:
+    one short string per input keeps a long batch's memory small (a hashed Path costs several
+    times more)."""
+    seen: set[str] = set(taken)
+    planned: list[str] = []
+    for f in files:
+        stem, suffix = f.stem, f.suffix  # no new Path per input: this runs for every one
+        name = images.output_name(stem, suffix)
+        n = 1
+        while name in seen:
+            n += 1
+            name = images.output_name(f"{stem}-{n}", suffix)
+        seen.add(name)
+        planned.append(name)
+    return planned
+
+
+class Temporaries:
+    """The temporary files workers write in ``path`` mode, next to their final names.
+
+    A worker writes ``.<output name>.<batch token>.<node>-<pid>.tmp`` and reports it; the client
+    renames the one it keeps (atomic), deletes duplicates, and sweeps leftovers (from workers that
+    died mid-write) when the batch ends. A reported name that is not one of these is refused, so
+    a worker cannot make the client rename or delete any other file.
+    """
+
+    def __init__(self, outdir: Path) -> None:
+        self.outdir = outdir.resolve()
+        self._dir = str(self.outdir)
+        self.token = secrets.token_hex(6)
+
+    def prefix(self, output_name: str) -> str:
+        return os.path.join(self._dir, f".{output_name}.{self.token}")
+
+    def _check(self, reported: str | None, output_name: str | None = None) -> str:
+        # String operations, not Path: this runs for every image. A name that is not in
+        # exactly the output directory, as prefix() wrote it, is refused.
+        path = reported if isinstance(reported, str) else ""
+        parent, name = os.path.split(path)
+        stem = f".{output_name}.{self.token}." if output_name else "."
+        if (
+            parent != self._dir
+            or not name.startswith(stem)
+            or f".{self.token}." not in name
+            or not name.endswith(".tmp")
+        ):
+            raise ImageError(f"the worker reported an unexpected output file {reported!r}")
+        return path
+
+    def keep(self, reported: str | None, output_name: str, final: str) -> None:
+        os.replace(self._check(reported, output_name), final)
+
+    def discard(self, request: JobRequest, result: JobResult, names: Sequence[str]) -> None:
+        """Delete the temporary files of a duplicate answer, each checked against its item."""
+        for position, item in enumerate(request.items):
+            with contextlib.suppress(ZimgError, OSError):
+                os.unlink(self._check(result.item(position).output, names[item.index]))
+
+    def sweep(self) -> None:
+        for leftover in self.outdir.glob(f".*.{self.token}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def keep_done(manifest_path: Path, paths: Sequence[Path]) -> dict[str, str]:
+    """Rewrite the manifest with only the lines of inputs in ``paths`` that are done (no
+    error, output present), one per input; return ``{input: output file name}`` for them.
+
+    A line that is not JSON (the last one, cut short by a kill) is dropped. The rewrite is
+    atomic, so an interrupted resume leaves the old manifest or the new one.
+    """
+    wanted = {str(path) for path in paths}
+    kept: dict[str, str] = {}
+    lines: list[str] = []
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(entry, dict):
+                    continue
+                source, output = entry.get("input"), entry.get("output")
+                if (
+                    entry.get("error") is None
+                    and isinstance(source, str)
+                    and isinstance(output, str)
+                    and source in wanted
+                    and source not in kept
+                    and os.path.isfile(manifest_path.parent / os.path.basename(output))
+                ):
+                    kept[source] = os.path.basename(output)
+                    lines.append(line if line.endswith("\n") else line + "\n")
+    except FileNotFoundError:
+        return kept
+    images.write_atomic(manifest_path, "".join(lines).encode("utf-8"))
+    return kept
+
+
+def write_output(
+    output: str, payload: np.ndarray[Any, Any], item: JobItem, mode: str, new: bool
+) -> None:
+    if mode == "raw":
+        payload = images.encode(payload, item.ext, name=item.name)
+    images.write_atomic(output, payload, new=new)
+
+
+def input_size(path: Path) -> int:
+    """The file's size, or 0 if it cannot be read (the worker reports why)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
