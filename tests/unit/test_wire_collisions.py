@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zimg import wire
+from zimg import _wire_decode, _wire_terms
 from zimg._errors import WireError
 from zimg.bench.decode import (
     FLOODS,
@@ -221,13 +221,13 @@ def test_colliding_pid_keys_cost_no_comparisons(cls: type, pid_calls: dict[str, 
 def test_a_map_is_refused_at_its_first_bad_key(monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is refused as msgpack reads it: one tuple decoded, not 20,000 (nor a dict)."""
     decoded = []
-    hook = wire._Decoder.ext_hook
+    hook = _wire_decode._Decoder.ext_hook
 
     def counting(self: Any, code: int, data: bytes) -> Any:
         decoded.append(code)
         return hook(self, code, data)
 
-    monkeypatch.setattr(wire._Decoder, "ext_hook", counting)
+    monkeypatch.setattr(_wire_decode._Decoder, "ext_hook", counting)
     refused(send(_wrap(packed_map(colliding_tuples(20_000)), "value")))
     assert decoded == [Ext.TUPLE]
 
@@ -305,13 +305,13 @@ def test_error_texts_quote_a_peer_briefly(frames: list[bytes]) -> None:
 
 
 def test_the_pid_cache_keeps_only_pid_sized_payloads() -> None:
-    wire._decode_small_pid.cache_clear()
+    _wire_terms._decode_small_pid.cache_clear()
     long_node = Pid("n" * 10_000, 1, 2)
     assert decode(encode(Command.SEND, {"p": long_node})).header["p"] == long_node
-    assert wire._decode_small_pid.cache_info().currsize == 0
+    assert _wire_terms._decode_small_pid.cache_info().currsize == 0
     longest = Pid("n" * 64, 2**64 - 1, -(2**63))  # the widest pid a real node has
     assert decode(encode(Command.SEND, {"p": longest})).header["p"] == longest
-    assert wire._decode_small_pid.cache_info().currsize == 1
+    assert _wire_terms._decode_small_pid.cache_info().currsize == 1
 
 
 @pytest.mark.parametrize("enabled", [True, False])
@@ -377,8 +377,8 @@ def test_the_recursive_and_the_level_walk_agree(header: dict[str, Any], limit: i
     """Small headers are checked by a recursive walk, large ones a depth at a time: they refuse
     the same headers (not always with the same text, when one has two faults)."""
     small, large = (
-        _outcome(wire._check_term, header, limit),
-        _outcome(wire._check_terms, header, limit),
+        _outcome(_wire_decode._check_term, header, limit),
+        _outcome(_wire_decode._check_terms, header, limit),
     )
     assert (small == "ok") == (large == "ok"), (small, large)
 
@@ -388,7 +388,7 @@ def test_the_recursive_and_the_level_walk_agree(header: dict[str, Any], limit: i
 def test_decode_applies_the_depth_limit_on_both_walks(pad: int, levels: int) -> None:
     header = {"pad": "p" * pad, "a": _chain(levels, ["list", "map", "tuple"])}
     frames = encode(Command.SEND, header, Limits(max_depth=99))
-    assert (len(frames[0]) > wire._LEVEL_WALK_BYTES) is (pad > 0)
+    assert (len(frames[0]) > _wire_decode._LEVEL_WALK_BYTES) is (pad > 0)
     if levels <= 32:
         assert decode(frames).header == header
     else:
