@@ -20,6 +20,22 @@ def png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def post_in_background(url: str, body: bytes) -> tuple[threading.Thread, list[int]]:
+    """POST ``body`` on a thread; its status code lands in the list (-1 if the request failed,
+    as when the dashboard is stopped at teardown)."""
+    statuses: list[int] = []
+
+    def post() -> None:
+        try:
+            statuses.append(requests.post(url, data=body, timeout=60).status_code)
+        except requests.RequestException:
+            statuses.append(-1)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    return thread, statuses
+
+
 @pytest.mark.timeout(120)
 def test_an_image_comes_back_processed_by_the_node_the_header_names(procs, cluster):
     web = start_dashboard(procs, cluster)
@@ -63,18 +79,7 @@ def test_a_full_queue_is_503_with_retry_after(procs, tcp_url):
     procs.broker(tcp_url)  # no worker: the first request waits in the broker's queue
     web = start_dashboard(procs, tcp_url, "--max-pending", "1")
     body = png(np.zeros((8, 8, 3), np.uint8))
-    waiting: list[int] = []
-
-    def first() -> None:
-        try:
-            waiting.append(
-                requests.post(web.base + "/v1/process", data=body, timeout=60).status_code
-            )
-        except requests.RequestException:
-            waiting.append(-1)  # the dashboard was stopped at teardown
-
-    thread = threading.Thread(target=first, daemon=True)
-    thread.start()
+    thread, waiting = post_in_background(web.base + "/v1/process", body)
     wait_for(lambda: report(tcp_url)["queued"] == 1, 20, "the first request to be queued")
     second = requests.post(web.base + "/v1/process", data=body, timeout=30)
     assert second.status_code == 503
@@ -148,17 +153,7 @@ def test_a_broker_too_full_to_take_the_job_is_503(procs, tcp_url):
     noise = np.random.default_rng(2).integers(0, 256, (400, 500, 3), np.uint8)
     body = png(noise)  # about 600 KB: one fits under the broker's 1 MiB per client, two do not
     assert 500_000 < len(body) < 1 << 20
-    waiting: list[int] = []
-
-    def first() -> None:
-        try:
-            waiting.append(
-                requests.post(web.base + "/v1/process", data=body, timeout=60).status_code
-            )
-        except requests.RequestException:
-            waiting.append(-1)
-
-    threading.Thread(target=first, daemon=True).start()
+    post_in_background(web.base + "/v1/process", body)
     wait_for(lambda: report(tcp_url)["queued"] == 1, 20, "the first request to be queued")
     second = requests.post(web.base + "/v1/process", data=body, timeout=30)
     assert second.status_code == 503
