@@ -22,9 +22,6 @@ sending are reported back one at a time by the loop (``on_unreachable``), never 
 
 from __future__ import annotations
 
-import bisect
-import heapq
-import itertools
 import logging
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
@@ -32,11 +29,13 @@ from typing import Any
 
 from zimg import protocol, wire
 from zimg._broker_actors import ActorRouter
+from zimg._broker_job_flow import JobFlow, result_head
 from zimg._broker_jobs import JobTable
+from zimg._broker_liveness import Liveness
+from zimg._broker_pages import NodePages, down_entries
 from zimg._broker_records import (
     BrokerConfig,
     Instruction,
-    JobRecord,
     Log,
     NodeRecord,
     Probe,
@@ -85,7 +84,6 @@ STATS = (
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
-_BEAT_SLICE_S = 0.05
 RECENT_DOWNS = 32  # nodes gone, with why, that NODES reports (for dashboards)
 
 
@@ -124,19 +122,13 @@ class BrokerState:
         self.index = WorkerIndex(cfg.cpu_slots)
         self.table = JobTable(cfg)
         self.actors = ActorRouter(cfg, self.by_name, self.index, self.stats, self._log_once)
+        self.jobs = JobFlow(cfg, self.nodes, self.table, self.index, self.stats, self._log_once)
         self.node_limit = cfg.max_nodes
         self.node_limit_fix = "start the broker with a larger --max-nodes"
-        # Heartbeats: the interval grows with the cluster (BrokerConfig.interval_for), and the
-        # beats go round the nodes in a ring, a few at each tick, not all at once.
-        self.interval_s = cfg.heartbeat_interval_s
+        self.liveness = Liveness(cfg, now)
         self._beat = wire.encode(Command.HEARTBEAT, {})
-        self._ring: deque[NodeRecord] = deque()
-        self._beats_owed = 0.0
-        self._beaten_at = now
-        self._expiry: list[tuple[float, int, NodeRecord]] = []
-        self._n = itertools.count()
         self._anonymous_pages = TokenBucket(cfg.nodes_bytes_per_s, now)
-        self._names: list[str] | None = []  # sorted names, rebuilt lazily after a change
+        self.pages = NodePages(self.by_name, cfg.nodes_page_bytes)
         self._warned = 0  # how many of _WARN_AT the node count has passed
         self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
         self._logged_peers: set[bytes] = set()
@@ -205,7 +197,7 @@ class BrokerState:
         ):
             # A RESULT settled on its first entries, and forwarded verbatim.
             node.last_seen = now
-            return self._result(node, head, frames, now)
+            return self.jobs.result(node, head, frames, now)
         try:
             # A JOB's arrays are checked but not built: the broker forwards them unread.
             msg = wire.decode(frames, self.config.limits, arrays=command is not Command.JOB)
@@ -236,23 +228,14 @@ class BrokerState:
         None means now (nothing is waiting).
         """
         out: list[Instruction] = []
-        beats = self._heartbeats(now)
+        beats = self.liveness.beats_due(self.nodes, now)
         if beats:
             out.append(SendMany(beats, self._beat))
         limit = now if drained_at is None else min(now, drained_at)
-        expiry_s = self.expiry_s
-        heap = self._expiry
-        while heap and heap[0][0] < limit:
-            _, _, node = heapq.heappop(heap)
-            if self.nodes.get(node.identity) is not node:
-                continue  # gone already
-            due = node.last_seen + expiry_s
-            if due < limit:
-                out.extend(self._node_down(node, protocol.NOCONNECTION, now, "missed heartbeats"))
-            else:
-                heapq.heappush(heap, (due, next(self._n), node))
+        for node in self.liveness.silent(self.nodes, limit):
+            out.extend(self._node_down(node, protocol.NOCONNECTION, now, "missed heartbeats"))
         for job in self.table.expired(now):
-            out.extend(self._expire(job, now))
+            out.extend(self.jobs.expire(job, now))
         return out
 
     def on_unreachable(self, identity: bytes, now: float) -> list[Instruction]:
@@ -290,35 +273,18 @@ class BrokerState:
         return out
 
     @property
+    def interval_s(self) -> float:
+        """The heartbeat interval the nodes are told now (it grows with the cluster)."""
+        return self.liveness.interval_s
+
+    @property
     def expiry_s(self) -> float:
         """How long a node may stay silent before it is declared dead, now."""
-        return self.interval_s * self.config.liveness
-
-    def _heartbeats(self, now: float) -> list[bytes]:
-        """The nodes due a heartbeat now: ``len(nodes)`` per interval, round the ring, so each
-        node gets one per interval, spread evenly."""
-        owed = self._beats_owed + len(self.nodes) * (now - self._beaten_at) / self.interval_s
-        self._beaten_at = now
-        count = min(int(owed), len(self.nodes))
-        self._beats_owed = owed - int(owed) if count == int(owed) else 0.0
-        due: list[bytes] = []
-        ring = self._ring
-        while len(due) < count and ring:
-            node = ring.popleft()
-            if self.nodes.get(node.identity) is node:  # else it is gone: drop it from the ring
-                due.append(node.identity)
-                ring.append(node)
-        return due
+        return self.liveness.expiry_s
 
     def next_deadline(self) -> float:
         """The latest time by which ``on_tick`` should be called again."""
-        # Heartbeats go out in slices at least _BEAT_SLICE_S apart: a wake-up per beat would
-        # cost more than the beats.
-        next_beat = self._beaten_at + max(_BEAT_SLICE_S, self.interval_s / max(1, len(self.nodes)))
-        deadline = min(next_beat, self.table.next_deadline())
-        if self._expiry:
-            deadline = min(deadline, self._expiry[0][0])
-        return deadline
+        return min(self.liveness.next_deadline(len(self.nodes)), self.table.next_deadline())
 
     # ------------------------------------------------------------------ commands
 
@@ -343,9 +309,9 @@ class BrokerState:
                     setattr(node, key, reported)
             return []
         if cmd is Command.JOB:
-            return self._job(node, msg.header, frames, now)
+            return self.jobs.job(node, msg.header, frames, now)
         if cmd is Command.RESULT:
-            return self._result(node, msg.header, frames, now)
+            return self.jobs.result(node, msg.header, frames, now)
         if cmd is Command.DISCONNECT:
             return self._node_down(node, protocol.NORMAL, now, "left")
         if cmd is Command.WATCH:
@@ -424,9 +390,8 @@ class BrokerState:
             )
             self.nodes[identity] = node
             self.by_name[name] = node
-            self._names = None
-            heapq.heappush(self._expiry, (now + self.expiry_s, next(self._n), node))
-            self._ring.append(node)
+            self.pages.changed()
+            self.liveness.add(node, now)
             if node.is_worker:
                 self.index.add(node)
             out.append(Log(logging.INFO, f"node {name} joined as {node.role}"))
@@ -441,7 +406,7 @@ class BrokerState:
             if node.is_worker:
                 self.index.add(node)
         out.append(Send(identity, self._welcome(node)))
-        out.extend(self._assign(now))
+        out.extend(self.jobs.assign(now))
         return out
 
     def _welcome(self, node: NodeRecord) -> list[Any]:
@@ -456,14 +421,10 @@ class BrokerState:
 
     def _widen_heartbeats(self, newcomer: NodeRecord) -> list[Instruction]:
         """If the cluster outgrew its heartbeat interval, double it and tell every node (a
-        WELCOME to a node that is ready only updates its interval and liveness). It never
-        shrinks back while the broker runs, so no node is ever held to a shorter interval than
-        it was told."""
-        interval = self.config.interval_for(len(self.nodes))
-        if interval <= self.interval_s:
+        WELCOME to a node that is ready only updates its interval and liveness)."""
+        if not self.liveness.widen(len(self.nodes)):
             return []
-        self.interval_s = interval
-        text = f"{len(self.nodes)} nodes: the heartbeat interval is now {interval:g} s"
+        text = f"{len(self.nodes)} nodes: the heartbeat interval is now {self.interval_s:g} s"
         out: list[Instruction] = [Log(logging.INFO, text)]
         out.extend(
             Send(n.identity, self._welcome(n)) for n in self.nodes.values() if n is not newcomer
@@ -487,147 +448,6 @@ class BrokerState:
         text = f"node name {name!r} is held by a live node; pick another --name"
         return self._refuse(identity, text, protocol.REJECT_NAME_TAKEN)
 
-    # ------------------------------------------------------------------ jobs
-
-    def _job(
-        self, client: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
-    ) -> list[Instruction]:
-        job_id = protocol.field(header, "id", (int, str))
-        if isinstance(job_id, str) and len(job_id) > MAX_JOB_ID_CHARS:
-            # Every RESULT repeats the id: a long one would make a failure too large to send.
-            raise WireError(f"a job id may have at most {MAX_JOB_ID_CHARS} characters")
-        if self.table.holds(client, job_id):
-            return []  # a resend of a job we already hold: idempotent
-        refusal = self.table.refusal(client, sum(len(f) for f in frames))
-        if refusal is not None:
-            why, busy = refusal
-            self.stats["jobs_refused"] += 1
-            reply = {"id": job_id, "ok": False, "attempt": 0, "node": None, "error": why}
-            if busy:
-                reply["busy"] = True
-            return [Send(client.identity, wire.encode(Command.RESULT, reply))]
-        self.stats["jobs_received"] += 1
-        self.table.add(client, job_id, header, frames)
-        return self._assign(now)
-
-    def _result(
-        self, worker: NodeRecord, header: dict[str, Any], frames: Sequence[Any], now: float
-    ) -> list[Instruction]:
-        ticket = protocol.field(header, "ticket", int)
-        job = self.table.jobs.get(ticket)
-        if job is not None and _id_differs(job.job_id, header.get("id")):
-            self.stats["forged"] += 1  # answering another job of the client under this ticket
-            return self._log_once(
-                worker.identity, f"dropped a RESULT whose id is not job {ticket}'s"
-            )
-        if worker.hung:
-            worker.hung = False  # it answers: it is working again
-            self.index.changed(worker)
-        if job is not None and job.worker is worker:
-            self.index.finished(worker, ticket)
-            worker.done += 1
-            self.table.remove(job)
-            if not job.settled:
-                self.stats["jobs_done"] += 1
-        elif job is not None and worker.name in job.workers_tried:
-            # From a worker we had given up on (it died, timed out or rejoined): it completes
-            # the job. A retry already running elsewhere keeps the job (settled) until it
-            # answers too, so that its worker's credit is counted until then.
-            self.stats["late_results"] += 1
-            if not job.settled:
-                self.stats["jobs_done"] += 1
-                job.settled = True
-            if job.worker is None:
-                self.table.remove(job)
-        else:
-            # Not a job this node was given (or one this broker never saw, before a restart):
-            # the client resends what it has not received, so dropping loses nothing.
-            self.stats["late_results"] += 1
-            text = f"dropped a RESULT for job {ticket}: not its job"
-            return self._log_once(worker.identity, text)
-        out: list[Instruction] = []
-        if self._client_waits(job):
-            out.append(Send(job.client.identity, frames))
-        else:
-            self.stats["unroutable"] += 1
-        out.extend(self._assign(now))
-        return out
-
-    def _client_waits(self, job: JobRecord) -> bool:
-        return not job.orphaned and self.nodes.get(job.client.identity) is job.client
-
-    def _assign(self, now: float) -> list[Instruction]:
-        out: list[Instruction] = []
-        while self.table.queued > 0:
-            picked = self.index.pick()
-            if picked is None:
-                break
-            worker, queued = picked
-            job = self.table.next_queued()
-            if job is None:
-                break
-            try:
-                frames = self.table.dispatch(job, worker, queued, now)
-            except WireError as exc:
-                out.extend(self._fail_job(job, f"cannot forward the job: {exc}", died=False))
-                continue
-            self.index.dispatched(worker, job.ticket, queued)
-            self.stats["jobs_dispatched"] += 1
-            out.append(Send(worker.identity, frames))
-        return out
-
-    def _fail_job(self, job: JobRecord, text: str, *, died: bool = True) -> list[Instruction]:
-        self.stats["jobs_failed"] += 1
-        self.table.remove(job)
-        if not self._client_waits(job):
-            return []
-        result = {
-            "id": job.job_id,
-            "ok": False,
-            "error": text,
-            "node": job.workers_tried[-1] if job.workers_tried else None,
-            "attempt": len(job.workers_tried),
-            "died": died,
-        }
-        return [Send(job.client.identity, wire.encode(Command.RESULT, result))]
-
-    def _take_back(self, job: JobRecord, *, spend: bool, why: str) -> list[Instruction]:
-        """``job`` no longer runs on its worker: queue it again at the front, or fail it after
-        ``max_attempts`` (``why`` says what kept happening)."""
-        self.table.take_back(job)
-        if job.orphaned or job.settled:
-            self.table.remove(job)  # nobody waits for it, or it was answered already
-            return []
-        if spend:
-            job.attempt += 1
-        if job.attempt > self.config.max_attempts:
-            tried = ", ".join(job.workers_tried)
-            text = f"gave up: {why} {self.config.max_attempts} times (tried {tried})"
-            return self._fail_job(job, text)
-        self.stats["jobs_requeued"] += 1
-        self.table.put_back(job)
-        return []
-
-    def _expire(self, job: JobRecord, now: float) -> list[Instruction]:
-        """``job`` got no RESULT within its deadline: retry it elsewhere, and give its worker
-        nothing more until it answers."""
-        worker = job.worker
-        assert worker is not None  # expired() only reports running jobs
-        self.stats["jobs_expired"] += 1
-        self.index.finished(worker, job.ticket)
-        worker.hung = True
-        self.index.changed(worker)
-        text = (
-            f"{worker.name} sent no result for a job of {job.client.name} within its deadline of "
-            f"{job.deadline_s:g} s: the job is retried elsewhere, and {worker.name} gets no "
-            "new jobs until it answers"
-        )
-        why = f"no result within the deadline of {job.deadline_s:g} s"
-        out: list[Instruction] = [Log(logging.WARNING, text)]
-        out.extend(self._take_back(job, spend=True, why=why))
-        out.extend(self._assign(now))
-        return out
-
     # ------------------------------------------------------------------ node death
 
     def _node_down(
@@ -650,7 +470,7 @@ class BrokerState:
         del self.nodes[node.identity]
         if self.by_name.get(node.name) is node:
             del self.by_name[node.name]
-        self._names = None
+        self.pages.changed()
         self.stats["nodes_down"] += 1
         self.downs.append(
             {
@@ -666,14 +486,7 @@ class BrokerState:
         out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
         out.extend(self.actors.node_gone(node, reason))
         spend = reason != protocol.NORMAL if spend_attempts is None else spend_attempts
-        for ticket in sorted(node.active):
-            job = self.table.jobs.get(ticket)
-            if job is not None and job.worker is node:
-                out.extend(self._take_back(job, spend=spend, why="the worker running it died"))
-        node.active.clear()
-        node.waiting = 0
-        self.table.forget_client(node)
-        out.extend(self._assign(now))
+        out.extend(self.jobs.worker_gone(node, spend=spend, now=now))
         return out
 
     # ------------------------------------------------------------------ reporting
@@ -695,28 +508,16 @@ class BrokerState:
     def nodes_page(self, now: float, after: str | None = None) -> dict[str, Any]:
         """One page of the answer to ``NODES``: the nodes whose names sort after ``after``, as
         many as fit in about ``nodes_page_bytes``, then the queue length and the counters."""
-        if self._names is None:
-            self._names = sorted(self.by_name)
-        names = self._names
-        start = bisect.bisect_right(names, after) if after is not None else 0
-        page: list[dict[str, Any]] = []
-        size = 0
-        for name in itertools.islice(names, start, None):
-            node = self.by_name[name]
-            cost = _entry_cost(node)
-            if page and size + cost > self.config.nodes_page_bytes:
-                break
-            page.append(_node_entry(node, now))
-            size += cost
-        downs = []
+        page, more, count, size = self.pages.page(now, after)
+        downs: list[dict[str, Any]] = []
         if after is None:  # the first page: the nodes that went down lately, newest last
-            downs = [_down_entry(d, now) for d in self.downs]
-            size += 160 * len(downs)
+            downs, downs_size = down_entries(self.downs, now)
+            size += downs_size
         return {
             "_cost": size + 512,  # what the page costs the asker's budget, in bytes
             "nodes": page,
-            "more": start + len(page) < len(names),
-            "count": len(names),
+            "more": more,
+            "count": count,
             "queued": self.table.queued,
             "stats": dict(self.stats),
             "epoch": self.epoch,
@@ -745,62 +546,6 @@ class BrokerState:
             return []
         self._logged_peers.add(identity)
         return [Log(logging.WARNING, f"from {identity!r}: {text}")]
-
-
-def _id_differs(job_id: Any, reported: Any) -> bool:
-    return type(job_id) is not type(reported) or job_id != reported
-
-
-def _node_entry(n: NodeRecord, now: float) -> dict[str, Any]:
-    entry = {
-        "name": n.name,
-        "role": n.role,
-        "capacity": n.capacity,
-        "active": len(n.active),
-        "done": n.done,
-        "last_seen_s": round(now - n.last_seen, 3),
-        "uptime_s": round(now - n.joined_at, 3),
-        "incarnation": n.incarnation,
-        "malformed": n.malformed,
-        "dropped": n.dropped,
-        **(n.placement.to_hello() if n.placement else {}),
-    }
-    if n.hung:
-        entry["hung"] = True
-    return entry
-
-
-def _down_entry(down: dict[str, Any], now: float) -> dict[str, Any]:
-    entry = {k: v for k, v in down.items() if k != "at"}
-    entry["ago_s"] = round(now - down["at"], 3)
-    return entry
-
-
-def _entry_cost(n: NodeRecord) -> int:
-    """An upper bound of the encoded size of a node's NODES entry, in bytes."""
-    placed = n.placement
-    return 256 + len(n.name) + (len(placed.host) + 3 * len(placed.cpus) if placed else 0)
-
-
-def result_head(
-    frames: Sequence[Any], limits: wire.Limits, command: Command | None = None
-) -> dict[str, Any] | None:
-    """The first entries of a RESULT when the broker can settle it on them alone: plain values,
-    with an int or str ``id`` and an int ``ticket`` (a worker writes id, ticket and attempt
-    first). The RESULT is then forwarded verbatim and its client decodes the rest. None for any
-    other message, which the broker decodes in full. ``command``: the message's command, if
-    the caller has read it already."""
-    if command is None:
-        command = wire.command_of(frames)
-    if command is not Command.RESULT:
-        return None
-    peeked = wire.peek_head(frames, 3, limits, command)
-    if peeked is None:
-        return None
-    head = peeked[1]
-    if type(head.get("id")) not in (int, str) or type(head.get("ticket")) is not int:
-        return None
-    return head
 
 
 def _check_hello(header: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ def test_heartbeats_go_round_in_slices_and_expiry_rearms_once_per_node() -> None
         out = state.on_tick(clock.now)
         assert all(type(i).__name__ == "SendMany" for i in out), step
     assert len(state.nodes) == 5001
-    assert len(state._expiry) <= 2 * 5001  # one live entry per node, and no pile-up
+    assert state.liveness.timers <= 2 * 5001  # one live entry per node, and no pile-up
 
 
 def test_a_mass_death_costs_linear_work_not_quadratic() -> None:
