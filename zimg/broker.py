@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from zimg import _failover, protocol
+from zimg._broker_backlog import MAX_BACKLOG, MAX_BACKLOG_BYTES, Backlogs
 from zimg._broker_pair import PairHost
 from zimg._broker_state import (
     BrokerConfig,
@@ -34,12 +35,6 @@ from zimg.wire import Command, lead_frame
 
 log = logging.getLogger("zimg.broker")
 
-# What may queue for one slow peer before new messages to it are dropped (Erlang's mailboxes
-# are unbounded; a broker serving many nodes cannot be). A peer this far behind is usually stuck,
-# and is declared dead when it misses its heartbeats, which frees its backlog.
-MAX_BACKLOG = 100_000  # messages
-MAX_BACKLOG_BYTES = 256 << 20  # bytes of frames
-MAX_BACKLOG_TOTAL_BYTES = 1 << 30  # bytes of frames queued for all peers together
 # File descriptors kept for the broker's own use (its sockets, libzmq's, ZAP, logs): the rest
 # of its open-file limit is for nodes, one connection each.
 RESERVED_FDS = 64
@@ -75,8 +70,6 @@ class Broker:
         failover: FailoverConfig | None = None,
     ) -> None:
         self.url = url
-        self.max_backlog = max_backlog
-        self.max_backlog_bytes = max_backlog_bytes
         self.also_bind = list(also_bind)
         self.keys = keys
         self.config = config or BrokerConfig()
@@ -100,8 +93,7 @@ class Broker:
         )
         self._sock: zmq.Socket[bytes] | None = None
         # Messages waiting for a peer whose queue is full (its high-water mark), in order.
-        self._backlog: dict[bytes, _Backlog] = {}
-        self._backlog_bytes = 0
+        self._backlogs = Backlogs(max_backlog, max_backlog_bytes)
         # Peers found gone while sending: handled one by one after the current instructions,
         # never from inside a send (a mass disconnection must not recurse).
         self._unreachable: deque[bytes] = deque()
@@ -275,7 +267,7 @@ class Broker:
                             poller.unregister(listening)
                             listening = pair.sub
                             poller.register(listening, zmq.POLLIN)
-                wait_ms = 10 if self._backlog else max(0, math.ceil((tick_at - now) * 1000))
+                wait_ms = 10 if self._backlogs.peers else max(0, math.ceil((tick_at - now) * 1000))
                 if poll(wait_ms):
                     if (
                         batch_s > 0
@@ -318,7 +310,7 @@ class Broker:
                     drained_at = monotonic()
                 if pair is not None:
                     pair.hear()
-                if self._backlog:
+                if self._backlogs.peers:
                     self._flush_backlog()
         finally:
             self._waking = False
@@ -387,27 +379,17 @@ class Broker:
     def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
         """Send, or queue behind earlier messages if the peer's queue is full; a peer whose
         connection is gone is declared dead."""
-        waiting = self._backlog.get(identity)
+        waiting = self._backlogs.peers.get(identity)
         if waiting is not None:
-            if (
-                len(waiting.messages) >= self.max_backlog
-                or waiting.nbytes >= self.max_backlog_bytes
-                or self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES
-            ):
-                # Count what we drop rather than grow without bound (see MAX_BACKLOG).
+            if not self._backlogs.queue_behind(waiting, frames):
+                # Count what we drop rather than grow without bound (see _broker_backlog).
                 self.state.on_backlog(dropped=True)
-                return
-            self._backlog_bytes += waiting.push(frames)
             return
         try:
             self._send_now(identity, frames)
         except zmq.Again:
-            if self._backlog_bytes >= MAX_BACKLOG_TOTAL_BYTES:
-                self.state.on_backlog(dropped=True)
-                return
-            backlog = self._backlog[identity] = _Backlog()
-            self._backlog_bytes += backlog.push(frames)
-            self.state.on_backlog(dropped=False)
+            started = self._backlogs.start(identity, frames)
+            self.state.on_backlog(dropped=not started)
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
@@ -432,49 +414,10 @@ class Broker:
 
     def _flush_backlog(self) -> None:
         """Retry queued messages; drop those for peers that are no longer nodes."""
-        for identity in list(self._backlog):
-            waiting = self._backlog[identity]
-            if identity not in self.state.nodes:
-                self.state.on_backlog_unroutable(len(waiting.messages))
-                self._backlog_bytes -= waiting.nbytes
-                del self._backlog[identity]
-                continue
-            try:
-                while waiting.messages:
-                    self._send_now(identity, waiting.messages[0])
-                    self._backlog_bytes -= waiting.pop()
-            except zmq.Again:
-                continue
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                self._backlog_bytes -= waiting.nbytes
-                del self._backlog[identity]
-                self._unreachable.append(identity)
-                continue
-            del self._backlog[identity]
+        unroutable, gone = self._backlogs.flush(self._send_now, self.state.nodes)
+        if unroutable:
+            self.state.on_backlog_unroutable(unroutable)
+        if gone:
+            self._unreachable.extend(gone)
         if self._unreachable:
             self._execute(())
-
-
-class _Backlog:
-    """Messages waiting for one peer whose queue is full, in order, and their size in bytes."""
-
-    __slots__ = ("messages", "nbytes")
-
-    def __init__(self) -> None:
-        self.messages: deque[Sequence[Any]] = deque()
-        self.nbytes = 0
-
-    def push(self, frames: Sequence[Any]) -> int:
-        """Queue a message; returns its size in bytes."""
-        self.messages.append(frames)
-        size = sum(len(f) for f in frames)  # zmq.Frame and bytes: their byte length
-        self.nbytes += size
-        return size
-
-    def pop(self) -> int:
-        """Take the first message off (it was sent); returns its size in bytes."""
-        size = sum(len(f) for f in self.messages.popleft())
-        self.nbytes -= size
-        return size

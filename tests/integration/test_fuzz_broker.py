@@ -1489,7 +1489,7 @@ def test_a_peer_that_stops_reading_gets_a_bounded_backlog(
         # The backlog may have started more than once: while ZeroMQ's I/O thread still moves
         # messages into the kernel's buffers, a retry can empty it before the next batch comes.
         assert report["backlogged"] >= 1
-        [backlog] = broker._backlog.values()
+        [backlog] = broker._backlogs.peers.values()
         held = len(backlog.messages)
         # Full to the cap (messages of ~1 KiB: a few fewer than 300 fit in 300 KiB), and the
         # rest dropped, apart from those in ZeroMQ's and the kernel's buffers.
