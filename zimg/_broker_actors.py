@@ -77,6 +77,9 @@ class ActorRouter:
 
         ``to`` is a Pid, a ``(registered name, node)`` pair, or (SPAWN) a node name or ``"*"``
         for the least-loaded worker. A pid of an earlier incarnation of a live node is dead.
+
+        Raises:
+            WireError: ``to`` is none of those (the broker counts it as malformed).
         """
         own = _OWN_FIELD.get(cmd)
         if own is not None and not sender.owns(header.get(own)):
@@ -95,12 +98,18 @@ class ActorRouter:
             incarnation = to.incarnation
         elif isinstance(to, tuple | list) and len(to) == 2:
             name = to[1]
+            if type(to[0]) is not str:
+                raise WireError("a registered name in 'to' must be a str")
         else:
             name = to
+        if type(name) is not str:
+            # Never compared with anything: an array compared with a str is an array whose
+            # truth raises (a SPAWN "to" an array stopped the broker).
+            raise WireError("'to' must be a pid, a (name, node) pair of strs, or a node name")
         if cmd is Command.SPAWN and name == ANY_NODE:
             target = self.index.pick_any()
         else:
-            target = self.by_name.get(name) if isinstance(name, str) else None
+            target = self.by_name.get(name)
         if target is not None and incarnation in (None, target.incarnation):
             return [Send(target.identity, frames)]
         self.stats["unroutable"] += 1

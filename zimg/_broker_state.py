@@ -9,7 +9,8 @@ instructions it returns:
 - ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone;
 - ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction;
 - ``on_backlog(dropped=...)``, ``on_backlog_unroutable(n)``: what the loop did with messages it
-  could not send at once (counted only: the loop owns its backlog).
+  could not send at once (counted only: the loop owns its backlog);
+- ``on_internal_error()``: the loop dropped a message that this state machine raised on.
 
 Instructions are :class:`Send`, :class:`SendMany`, :class:`Probe` and :class:`Log`. Every method
 takes ``now`` in seconds, so tests drive it with a fake clock.
@@ -80,6 +81,7 @@ STATS = (
     "watch_refused",
     "backlogged",
     "dropped",
+    "internal_errors",
 )
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
@@ -251,6 +253,12 @@ class BrokerState:
         queue (a backlog started, ``dropped=False``), or dropped it because the backlogs are
         at their bounds (``dropped=True``). Counted as ``backlogged`` and ``dropped``."""
         self.stats["dropped" if dropped else "backlogged"] += 1
+
+    def on_internal_error(self) -> int:
+        """The loop dropped a message this state machine raised on (a bug, not the peer's
+        fault by the protocol's rules); returns how many so far."""
+        self.stats["internal_errors"] += 1
+        return self.stats["internal_errors"]
 
     def on_backlog_unroutable(self, messages: int) -> None:
         """The loop dropped ``messages`` queued for a peer that is no longer a node."""

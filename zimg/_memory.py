@@ -329,12 +329,11 @@ class MemoryRouter:
                 return self._actors.watch(record, msg.header)
             if msg.command is Command.UNWATCH:
                 return self._actors.unwatch(record, msg.header)
+            if msg.command in wire.ACTOR_COMMANDS:
+                return self._actors.route(record, msg.command, msg.header, frames)
         except WireError as exc:
             self.malformed += 1
             log.debug("router: dropped a malformed message from %s: %s", sender.name, exc)
-            return []
-        if msg.command in wire.ACTOR_COMMANDS:
-            return self._actors.route(record, msg.command, msg.header, frames)
         return []
 
     def _drop(self, name: str, reason: str | None) -> list[Instruction]:

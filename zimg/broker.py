@@ -41,6 +41,7 @@ RESERVED_FDS = 64
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this often
 _IDLE_AFTER_S = 1.0  # no message but heartbeats for this long: the cluster is idle
+_LOGGED_FAILURES = 10  # messages the state machine failed on that are logged with a traceback
 _EMPTY_HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # a HEARTBEAT with an empty header
 _PROBE = [_EMPTY_HEARTBEAT]
 
@@ -298,10 +299,18 @@ class Broker:
                         ):
                             continue  # the commonest message of an idle cluster
                         busy_at = at
-                        # Most other messages go to a live pid, unread: no instructions.
-                        target = forward_target(identity, message, at, user_id)
+                        try:
+                            # Most other messages go to a live pid, unread: no instructions.
+                            target = forward_target(identity, message, at, user_id)
+                            if target is None:
+                                instructions = on_unforwarded(identity, message, at, user_id)
+                        except Exception:
+                            # A message the state machine fails on is a bug, but one message
+                            # must not stop the broker for every node: count it, skip it.
+                            self._failed_on(identity)
+                            continue
                         if target is None:
-                            execute(on_unforwarded(identity, message, at, user_id))
+                            execute(instructions)
                         else:
                             send(target, message)
                             if self._unreachable:
@@ -321,6 +330,17 @@ class Broker:
             sock.close(linger=0)
             if self.keys is not None:
                 self.keys.stop()
+
+    def _failed_on(self, identity: bytes) -> None:
+        """The state machine raised on a message from ``identity``: counted (``internal_errors``
+        in NODES), and logged with its traceback the first few times only."""
+        failures = self.state.on_internal_error()
+        if failures <= _LOGGED_FAILURES:
+            log.exception(
+                "a message from %r hit a bug in the broker; it was dropped%s",
+                identity,
+                "" if failures < _LOGGED_FAILURES else " (further ones are counted, not logged)",
+            )
 
     @staticmethod
     def _user_id(frame: zmq.Frame) -> str:

@@ -16,6 +16,7 @@ how many are sent depends on timing). Each message is made knowing how the broke
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 import socket
@@ -1499,4 +1500,45 @@ def test_a_peer_that_stops_reading_gets_a_bounded_backlog(
     finally:
         stuck.close()
         sender.close()
+        broker.stop()
+
+
+# ------------------------------------------------------------------- a bug in the state machine
+
+
+@pytest.mark.timeout(60)
+def test_a_message_the_state_machine_raises_on_is_counted_and_the_broker_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever bug a message finds in the state machine, that message is dropped, counted as
+    ``internal_errors`` and logged with its traceback (the first 10 times): the broker keeps
+    serving every other node, instead of stopping for all of them."""
+    broker = Broker(free_tcp_url())
+    real = broker.state.on_unforwarded
+
+    def buggy(identity: bytes, frames: Any, now: float, user_id: str | None = None) -> Any:
+        if bytes(frames[0]).endswith(b"boom"):
+            raise RuntimeError("a bug")
+        return real(identity, frames, now, user_id)
+
+    broker.state.on_unforwarded = buggy  # type: ignore[method-assign]
+    broker.start()
+    url = broker.endpoint
+    assert url is not None
+    sock = joined(url, "trigger")
+    try:
+        with caplog.at_level(logging.ERROR, logger="zimg.broker"):
+            for _ in range(30):
+                sock.send_multipart(wire.encode(Command.HEARTBEAT, {"x": "boom"}))
+            deadline = time.monotonic() + 20
+            report = query_nodes(url)["stats"]
+            while report["internal_errors"] < 30 and time.monotonic() < deadline:
+                report = query_nodes(url)["stats"]  # polling the broker: no event to wait on
+        assert report["internal_errors"] == 30
+        assert [n["name"] for n in query_nodes(url)["nodes"]] == ["trigger"]
+        joined(url, "after").close()  # a newcomer is still let in
+        tracebacks = [r for r in caplog.records if r.exc_info and "hit a bug" in r.getMessage()]
+        assert len(tracebacks) == 10
+    finally:
+        sock.close()
         broker.stop()

@@ -441,3 +441,38 @@ def test_a_key_cannot_join_under_a_name_that_belongs_to_a_longer_key(
         pass
     with Connection(tcp_url, "n1.gpu", keys=node_keys(keyring, "n1.gpu")).start():
         pass
+
+
+# ------------------------------------------------------------------ odd terms where names go
+
+
+def test_arrays_where_a_node_or_a_registered_name_goes_are_dropped_as_malformed(
+    procs: Processes, tcp_url: str, raws: list[Raw]
+) -> None:
+    """A joined peer puts a NumPy array where SPAWN's node name, or a ``(name, node)`` pair's
+    name or node, goes. Compared with a str, an array answers with an array whose truth is an
+    error: one such SPAWN used to stop the broker. Each is now refused as malformed, and
+    counted; the broker goes on serving, and n1 never sees one."""
+    procs.broker(tcp_url)
+    worker = procs.worker(tcp_url, "n1", "--import", BEHAVIOURS)
+    attacker = Raw(tcp_url)
+    raws.append(attacker)
+    attacker.hello("evil")
+    attacker.expect(Command.WELCOME)
+    me, odd = wire.Pid("evil", 1, 1), np.arange(4, dtype=np.uint8)
+    spawn = {"from": me, "ref": wire.Ref("evil", 1, 1), "behaviour": "zimg.behaviours:echo"}
+    before = stats(tcp_url)["malformed"]
+    for to in (odd, ("n1", odd), [odd, "n1"], ("*", odd)):
+        attacker.send(Command.SPAWN, {**spawn, "to": to, "args": []})
+    attacker.send(Command.SEND, {"to": (odd, "n1"), "msg": 1})
+    attacker.send(Command.SEND, {"to": ("echo", odd), "msg": 1})
+    wait_until(lambda: stats(tcp_url)["malformed"] - before >= 6, "the broker to count all six")
+    with zimg.connect(tcp_url, name="main") as node:  # the cluster still works end to end
+        echo = node.spawn("n1", "zimg.behaviours:echo")
+        node.send(echo, ("echo", node.self(), "after"))
+        assert node.receive(timeout=WAIT_S) == ("echo", "after")
+    assert stats(tcp_url)["malformed"] - before == 6
+    assert attacker.everything(0.2) == []  # dropped, not answered
+    log = (procs.logdir / "worker-n1-2.log").read_text()
+    assert worker.poll() is None, log
+    assert "Traceback" not in log, log

@@ -24,6 +24,7 @@ COUNTERS = (
     "jobs_expired",
     "throttled",
     "unroutable",
+    "internal_errors",
 )
 """Broker counters whose rise is an event on the page."""
 
