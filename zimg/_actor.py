@@ -37,6 +37,7 @@ from zimg._actor_process import (
     _is,
     error_reason,
 )
+from zimg._actor_watch import NodeKey, WatchBook, send_quietly, watchable
 from zimg._errors import NameTakenError, SpawnError, ZimgError, ZimgTimeout
 from zimg._mailbox import ByteBudget, term_size
 from zimg._registry import Behaviour, get_behaviour, registered_behaviours
@@ -61,8 +62,6 @@ __all__ = [
 
 log = logging.getLogger("zimg.actor")
 
-_NodeKey = tuple[str, int | None]  # a remote node name, and an incarnation (None: any)
-
 
 def _is_kwargs(value: Any) -> bool:
     return isinstance(value, dict) and all(isinstance(k, str) for k in value)
@@ -78,14 +77,6 @@ class _PendingSpawn:
     done: threading.Event = field(default_factory=threading.Event)
     pid: Pid | None = None
     error: str | None = None
-
-
-def _watchable(name: Any) -> bool:
-    try:
-        protocol.check_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 class ActorRuntime:
@@ -137,16 +128,7 @@ class ActorRuntime:
         self._spawned = 0  # live processes that count against max_processes
         # monitor_node: name -> process -> how many times it asked
         self._node_watchers: dict[str, dict[Process, int]] = {}
-        # WATCH bookkeeping, all under _lock. A reference is a remote pid in a link or a monitor
-        # (either way), a monitor_node registration or a pending spawn to a named node (those
-        # two with incarnation None).
-        self._node_refs: dict[_NodeKey, int] = {}
-        self._name_refs: dict[str, int] = {}  # the same, summed per node name
-        self._ref_total = 0  # the same, summed
-        self._watched: set[str] = set()  # names the broker watches for us (or soon will)
-        self._watch_sending: dict[str, int] = {}  # names whose WATCH a thread is sending now
-        self._unwatch_due: set[str] = set()  # names whose last reference went
-        self._next_sweep = 0.0
+        self._watches = WatchBook(connection, self._lock, clock)  # the WATCH book-keeping
         self._resync_at: float | None = None  # when to look for nodes lost in a broker restart
         handlers: dict[Command, Callable[[Message], None]] = {
             Command.SPAWN: self._on_spawn,
@@ -223,10 +205,10 @@ class ActorRuntime:
                 "refused_spawns": self.refused_spawns,
                 "refused_links": self.refused_links,
                 "refused_monitors": self.refused_monitors,
-                "remote_refs": self._ref_total,
+                "remote_refs": self._watches.ref_total,
                 "mailbox_bytes": self.budget.held,
                 # names the broker has (or is about to have: handed to the connection) a WATCH of
-                "watched_nodes": len(self._watched - self._watch_sending.keys()),
+                "watched_nodes": self._watches.watched_count(),
             }
 
     # ------------------------------------------------------------------ bounds
@@ -281,7 +263,7 @@ class ActorRuntime:
     def _remote_full(self, pid: Pid) -> bool:
         """Would a link or monitor with ``pid`` take the node over ``max_remote_refs``? (lock
         held)"""
-        return pid.node != self.name and self._ref_total >= self.limits.max_remote_refs
+        return pid.node != self.name and self._watches.ref_total >= self.limits.max_remote_refs
 
     def _check_spawn_bounds(self, caller: Process, link: bool, monitor: bool) -> None:
         """Refuse a spawn whose link or monitor the caller has no room for (lock held)."""
@@ -300,80 +282,13 @@ class ActorRuntime:
 
     # ------------------------------------------------------------------ references and WATCH
 
-    def _ref(
-        self, node: str, incarnation: int | None, *, ahead: bool = False, force: bool = False
-    ) -> _NodeKey | None:
-        """Count a reference into the remote ``node`` (lock held).
-
-        ``ahead``: the WATCH goes before the message that creates the reference (LINK, MONITOR,
-        SPAWN), and the broker answers that message itself for a dead pid. It then names no
-        incarnation: the broker answers it only if no node of that name is up, so a pid of an
-        earlier incarnation of a live node still gets ``noproc``, from the LINK or MONITOR.
-        Otherwise (the reference exists already: an incoming link, a spawn's answer, a new
-        session) it names the pid's incarnation, so that the broker answers at once if that
-        incarnation went down before the WATCH arrived. ``force``: send one even if the name
-        is watched already (``monitor_node`` wants the broker's answer).
-
-        Returns:
-            The WATCH the caller must send once the lock is released; None if the name is
-            watched already. While another thread is still sending the name's WATCH, this one
-            sends its own, with no incarnation: its message must not overtake the other's WATCH.
-        """
-        key = (node, incarnation)
-        self._node_refs[key] = self._node_refs.get(key, 0) + 1
-        self._name_refs[node] = self._name_refs.get(node, 0) + 1
-        self._ref_total += 1
-        sending = node in self._watch_sending
-        if not force and node in self._watched and not sending:
-            return None
-        self._watched.add(node)
-        self._watch_sending[node] = self._watch_sending.get(node, 0) + 1
-        return (node, None if sending or ahead else incarnation)
-
-    def _unref(self, node: str, incarnation: int | None, count: int = 1) -> None:
-        """Drop ``count`` references into ``node`` (lock held); a name no longer referred to
-        is UNWATCHed at the next sweep."""
-        key = (node, incarnation)
-        held = self._node_refs.get(key, 0)
-        count = min(count, held)
-        if count == 0:
-            return
-        if held > count:
-            self._node_refs[key] = held - count
-        else:
-            del self._node_refs[key]
-        self._ref_total -= count
-        left = self._name_refs[node] - count
-        if left:
-            self._name_refs[node] = left
-        else:
-            del self._name_refs[node]
-            self._unwatch_due.add(node)
-
-    def _send_watch(self, key: _NodeKey, *, quiet: bool = False) -> None:
-        """Send the WATCH that :meth:`_ref` asked for (lock not held)."""
-        node, incarnation = key
-        try:
-            header = {"node": node, "incarnation": incarnation}
-            if quiet:
-                self._send_quietly(Command.WATCH, header)
-            else:
-                self.connection.send(Command.WATCH, header)
-        finally:
-            with self._lock:
-                left = self._watch_sending.get(node, 1) - 1
-                if left > 0:
-                    self._watch_sending[node] = left
-                else:
-                    self._watch_sending.pop(node, None)
-
-    def _add_link(self, proc: Process, pid: Pid, *, ahead: bool = False) -> _NodeKey | None:
+    def _add_link(self, proc: Process, pid: Pid, *, ahead: bool = False) -> NodeKey | None:
         """Link ``proc`` to ``pid`` on this side (lock held); returns the WATCH to send."""
         if pid in proc.links:
             return None
         proc.links.add(pid)
         if pid.node != self.name:
-            return self._ref(pid.node, pid.incarnation, ahead=ahead)
+            return self._watches.ref(pid.node, pid.incarnation, ahead=ahead)
         return None
 
     def _drop_link(self, proc: Process, pid: Pid) -> bool:
@@ -382,86 +297,50 @@ class ActorRuntime:
             return False
         proc.links.discard(pid)
         if pid.node != self.name:
-            self._unref(pid.node, pid.incarnation)
+            self._watches.unref(pid.node, pid.incarnation)
         return True
 
     def _add_monitor(
         self, proc: Process, ref: Ref, pid: Pid, *, ahead: bool = False
-    ) -> _NodeKey | None:
+    ) -> NodeKey | None:
         """Record that ``proc`` monitors ``pid`` under ``ref`` (lock held)."""
         self._pop_monitor(proc, ref)
         proc.monitors[ref] = pid
         if pid.node != self.name:
-            return self._ref(pid.node, pid.incarnation, ahead=ahead)
+            return self._watches.ref(pid.node, pid.incarnation, ahead=ahead)
         return None
 
     def _pop_monitor(self, proc: Process, ref: Ref) -> Pid | None:
         pid = proc.monitors.pop(ref, None)
         if pid is not None and pid.node != self.name:
-            self._unref(pid.node, pid.incarnation)
+            self._watches.unref(pid.node, pid.incarnation)
         return pid
 
-    def _add_watcher(self, proc: Process, ref: Ref, watcher: Pid) -> _NodeKey | None:
+    def _add_watcher(self, proc: Process, ref: Ref, watcher: Pid) -> NodeKey | None:
         """Record that ``watcher`` monitors ``proc`` under ``ref`` (lock held)."""
         self._pop_watcher(proc, ref)
         proc.monitored_by[ref] = watcher
         if watcher.node != self.name:
-            return self._ref(watcher.node, watcher.incarnation)
+            return self._watches.ref(watcher.node, watcher.incarnation)
         return None
 
     def _pop_watcher(self, proc: Process, ref: Ref) -> Pid | None:
         watcher = proc.monitored_by.pop(ref, None)
         if watcher is not None and watcher.node != self.name:
-            self._unref(watcher.node, watcher.incarnation)
+            self._watches.unref(watcher.node, watcher.incarnation)
         return watcher
 
     def _end_pending(self, ref: Ref) -> _PendingSpawn | None:
         """Forget a pending spawn (lock held); whoever gets it back completes it."""
         pending = self._pending.pop(ref, None)
         if pending is not None and pending.watched:
-            self._unref(pending.node, None)
+            self._watches.unref(pending.node, None)
         return pending
 
     def sweep_watches(self) -> None:
-        """UNWATCH the node names nothing on this node refers to any more.
-
-        Call it only on the connection's I/O thread, which sends without waiting: the UNWATCH
-        leaves under the lock, so a WATCH that another thread decides on afterwards reaches
-        the broker after it. It runs at most once per heartbeat interval, so a name that comes
-        and goes costs at most a WATCH and an UNWATCH per interval. The actor handlers call it,
-        and so does the connection once per heartbeat (``on_tick``), for a node that
-        gets no actor messages.
-        """
-        if not self._unwatch_due:
-            return
-        now = self._clock()
-        if now < self._next_sweep:
-            return
-        with self._lock:
-            self._next_sweep = now + self.connection.heartbeat_interval_s
-            later: set[str] = set()
-            for name in self._unwatch_due:
-                if name in self._name_refs or name not in self._watched:
-                    continue
-                if name in self._watch_sending:
-                    later.add(name)
-                    continue
-                self._watched.discard(name)
-                self._send_quietly(Command.UNWATCH, {"node": name})
-            self._unwatch_due = later
-
-    def _rewatch(self) -> None:
-        """WATCH again every remote (node, incarnation) referred to (after a new session: the
-        broker forgot our watches). Those that are not up are answered with NODEDOWN."""
-        with self._lock:
-            keys = sorted(self._node_refs, key=lambda k: (k[0], k[1] is not None, k[1] or 0))
-            for node, _ in keys:
-                self._watched.add(node)
-                self._watch_sending[node] = self._watch_sending.get(node, 0) + 1
-        for key in keys:
-            self._send_watch(key, quiet=True)
-
-    # ------------------------------------------------------------------ messages
+        """UNWATCH the node names nothing on this node refers to any more (on the I/O thread
+        only: :meth:`~zimg._actor_watch.WatchBook.sweep`)."""
+        self._watches.sweep()
 
     def send(self, to: Address, message: Any) -> None:
         if isinstance(to, Pid):
@@ -497,7 +376,7 @@ class ActorRuntime:
             target = None
         if target is not None and not target.mailbox.put(message, term_size(message)):
             self._dropped(target)
-        if self._unwatch_due:
+        if self._watches.unwatch_due:
             self.sweep_watches()
 
     # ------------------------------------------------------------------ spawning
@@ -533,8 +412,8 @@ class ActorRuntime:
             self._check_spawn_bounds(caller, link, monitor)
             self._pending[ref] = pending
             # WATCH a named node first, so that its death fails the spawn at once
-            pending.watched = node != ANY and _watchable(node)
-            watch = self._ref(node, None) if pending.watched else None
+            pending.watched = node != ANY and watchable(node)
+            watch = self._watches.ref(node, None) if pending.watched else None
         header = {
             "to": node,
             "from": caller.pid,
@@ -547,7 +426,7 @@ class ActorRuntime:
         }
         try:
             if watch is not None:
-                self._send_watch(watch)
+                self._watches.send_watch(watch)
             self.connection.send(Command.SPAWN, header)
         except BaseException:
             with self._lock:
@@ -570,14 +449,14 @@ class ActorRuntime:
 
     def _prepare(
         self, spawner: Pid, ref: Ref, link: bool, monitor: bool
-    ) -> tuple[Process, list[_NodeKey]]:
+    ) -> tuple[Process, list[NodeKey]]:
         """A new process, linked to or monitored by its spawner already; the WATCHes to send.
 
         Raises:
             SpawnError: the node runs ``max_processes`` processes.
         """
         proc = self._new_process(spawned=True)
-        watches: list[_NodeKey] = []
+        watches: list[NodeKey] = []
         with self._lock:
             if link and (watch := self._add_link(proc, spawner)) is not None:
                 watches.append(watch)
@@ -641,7 +520,7 @@ class ActorRuntime:
             self.connection.send(Command.SPAWNED, reply)
             return
         for watch in watches:  # so that the new process hears if its spawner's node dies
-            self._send_watch(watch, quiet=True)
+            self._watches.send_watch(watch, quiet=True)
         reply["pid"] = proc.pid
         self.connection.send(Command.SPAWNED, reply)  # before it runs: SPAWNED precedes any EXIT
         try:
@@ -653,7 +532,7 @@ class ActorRuntime:
     def _on_spawned(self, msg: Message) -> None:
         h = msg.header
         ref, pid, error = h.get("ref"), h.get("pid"), h.get("error")
-        watches: list[_NodeKey] = []
+        watches: list[NodeKey] = []
         orphan = False
         with self._lock:
             pending = self._end_pending(ref) if isinstance(ref, Ref) else None
@@ -674,7 +553,7 @@ class ActorRuntime:
         if orphan and isinstance(pid, Pid):
             self.exit_signal(self.main.pid, pid, KILL, link=False)
         for watch in watches:  # a spawn to ANY: only now do we know which node to WATCH
-            self._send_watch(watch, quiet=True)
+            self._watches.send_watch(watch, quiet=True)
         if pending is not None:
             pending.done.set()
         self.sweep_watches()
@@ -699,10 +578,10 @@ class ActorRuntime:
             held, proc.monitors = list(proc.monitors.items()), {}
             for pid in links:
                 if pid.node != self.name:
-                    self._unref(pid.node, pid.incarnation)
+                    self._watches.unref(pid.node, pid.incarnation)
             for pid in [*(w for _, w in watchers), *(p for _, p in held)]:
                 if pid.node != self.name:
-                    self._unref(pid.node, pid.incarnation)
+                    self._watches.unref(pid.node, pid.incarnation)
             for node, count in proc.node_watches.items():
                 asking = self._node_watchers.get(node)
                 if asking is not None:
@@ -710,7 +589,7 @@ class ActorRuntime:
                     if not asking:
                         del self._node_watchers[node]
                 if node != self.name:
-                    self._unref(node, None, count)
+                    self._watches.unref(node, None, count)
             proc.node_watches = {}
         proc.mailbox.close()  # what it held is freed now, and counts no more
         for pid in links:
@@ -728,7 +607,7 @@ class ActorRuntime:
                 self._deliver_exit(target, sender, reason, link)
             return
         header = {"to": to, "from": sender, "reason": reason, "link": link}
-        self._send_quietly(Command.EXIT, header)
+        send_quietly(self.connection, Command.EXIT, header)
 
     def _deliver_exit(
         self, proc: Process, sender: Pid, reason: Any, link: bool, nbytes: int = 0
@@ -781,7 +660,7 @@ class ActorRuntime:
             return
         if not self._is_local(pid):
             if watch is not None:
-                self._send_watch(watch)  # before the LINK: its node's death must reach us
+                self._watches.send_watch(watch)  # before the LINK: its node's death must reach us
             self.connection.send(Command.LINK, {"to": pid, "from": proc.pid})
             return
         target = self._local(pid)
@@ -799,7 +678,7 @@ class ActorRuntime:
         with self._lock:
             self._drop_link(proc, pid)
         if not self._is_local(pid):
-            self._send_quietly(Command.UNLINK, {"to": pid, "from": proc.pid})
+            send_quietly(self.connection, Command.UNLINK, {"to": pid, "from": proc.pid})
             return
         target = self._local(pid)
         if target is not None:
@@ -832,7 +711,7 @@ class ActorRuntime:
                 )
             self.exit_signal(to, sender, reason, link=True)
         elif watch is not None:  # so that our process hears if the linked node dies
-            self._send_watch(watch, quiet=True)
+            self._watches.send_watch(watch, quiet=True)
         self.sweep_watches()
 
     def _on_unlink(self, msg: Message) -> None:
@@ -865,7 +744,7 @@ class ActorRuntime:
             return ref
         if not self._is_local(pid):
             if watch is not None:
-                self._send_watch(watch)  # before the MONITOR
+                self._watches.send_watch(watch)  # before the MONITOR
             self.connection.send(Command.MONITOR, {"to": pid, "from": proc.pid, "ref": ref})
             return ref
         target = self._local(pid)
@@ -888,7 +767,7 @@ class ActorRuntime:
 
     def _drop_monitor(self, ref: Ref, target: Pid) -> None:
         if not self._is_local(target):
-            self._send_quietly(Command.DEMONITOR, {"to": target, "ref": ref})
+            send_quietly(self.connection, Command.DEMONITOR, {"to": target, "ref": ref})
             return
         proc = self._local(target)
         if proc is not None:
@@ -903,7 +782,7 @@ class ActorRuntime:
                 self._deliver_down(proc, ref, pid, reason)
             return
         header = {"to": watcher, "ref": ref, "pid": pid, "reason": reason}
-        self._send_quietly(Command.DOWN, header)
+        send_quietly(self.connection, Command.DOWN, header)
 
     def _deliver_down(
         self, proc: Process, ref: Ref, pid: Pid, reason: Any, nbytes: int = 0
@@ -941,7 +820,7 @@ class ActorRuntime:
                 )
             self.down(watcher, ref, to, reason)
         elif watch is not None:  # so that a dead watcher's node lets go of the monitor
-            self._send_watch(watch, quiet=True)
+            self._watches.send_watch(watch, quiet=True)
         self.sweep_watches()
 
     def _on_demonitor(self, msg: Message) -> None:
@@ -973,12 +852,12 @@ class ActorRuntime:
             if name == self.name:
                 return  # this node is up as long as anyone can ask
             # (no node has an invalid name: it is not up)
-            watch = self._ref(name, None, force=True) if _watchable(name) else None
+            watch = self._watches.ref(name, None, force=True) if watchable(name) else None
         if watch is None:
             self._node_down(name, None)
             return
         # The broker answers NODEDOWN at once if no node of that name is up.
-        self._send_watch(watch)
+        self._watches.send_watch(watch)
 
     def _on_nodedown(self, msg: Message) -> None:
         h = msg.header
@@ -1020,14 +899,14 @@ class ActorRuntime:
             asking = self._node_watchers.pop(name, {})
             for proc, count in asking.items():
                 proc.node_watches.pop(name, None)
-                self._unref(name, None, count)
+                self._watches.unref(name, None, count)
             failed = [
                 pending
                 for ref in [r for r, p in self._pending.items() if spawns and p.node == name]
                 if (pending := self._end_pending(ref)) is not None
             ]
             if limit:
-                self._watched.discard(name)
+                self._watches.watched.discard(name)
         for pending in failed:
             pending.error = (
                 f"the broker would not watch node {name!r} (system_limit: this node watches "
@@ -1050,9 +929,9 @@ class ActorRuntime:
             if limit:
                 for pid in links:
                     header = {"to": pid, "from": proc.pid, "reason": SYSTEM_LIMIT, "link": True}
-                    self._send_quietly(Command.EXIT, header)
+                    send_quietly(self.connection, Command.EXIT, header)
                 for ref, pid in monitors:
-                    self._send_quietly(Command.DEMONITOR, {"to": pid, "ref": ref})
+                    send_quietly(self.connection, Command.DEMONITOR, {"to": pid, "ref": ref})
                 for ref, watcher in watchers:
                     self.down(watcher, ref, proc.pid, SYSTEM_LIMIT)
         for proc, count in asking.items():
@@ -1062,15 +941,13 @@ class ActorRuntime:
     def _on_session(self, broker_restarted: bool) -> None:
         """This node joined the broker again (on the I/O thread). The broker has forgotten
         our WATCHes: they are sent again once the links and monitors are sorted out."""
-        with self._lock:
-            self._watched.clear()
-            self._unwatch_due.clear()
+        self._watches.forget()
         if not broker_restarted:
             # The broker had given this node up and told every other node so (NODEDOWN): their
             # links and monitors into us are gone. Ours into them end the same way.
-            for name in {name for name, _ in self._remote_nodes()}:
+            for name in {name for name, _ in self._watches.remote_nodes()}:
                 self._node_down(name, None)
-            self._rewatch()
+            self._watches.rewatch()
             return
         # The other nodes rejoin the new broker within a heartbeat or two: look after that.
         wait = self.connection.heartbeat_interval_s * self.connection.liveness
@@ -1090,12 +967,6 @@ class ActorRuntime:
             threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
         self.sweep_watches()
 
-    def _remote_nodes(self) -> set[_NodeKey]:
-        """The (node, incarnation) of every remote pid a local link or monitor points at (either
-        way), and the node names watched with monitor_node or spawned on (incarnation None)."""
-        with self._lock:
-            return set(self._node_refs)
-
     def _resync(self) -> None:
         """After a broker restart, nodes that died while it was down get no NODEDOWN: find them.
 
@@ -1111,7 +982,7 @@ class ActorRuntime:
         else:
             live = {(n["name"], n["incarnation"]) for n in nodes}
             live_names = {name for name, _ in live}
-            for name, incarnation in self._remote_nodes():
+            for name, incarnation in self._watches.remote_nodes():
                 gone = (
                     name not in live_names
                     if incarnation is None
@@ -1119,7 +990,7 @@ class ActorRuntime:
                 )
                 if gone:
                     self._node_down(name, incarnation)
-        self._rewatch()
+        self._watches.rewatch()
 
     # ------------------------------------------------------------------ names
 
@@ -1154,9 +1025,23 @@ class ActorRuntime:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def _send_quietly(self, command: Command, header: dict[str, Any]) -> None:
-        """Send a signal whose loss the contract allows (the node is closing, or cut off)."""
-        try:
-            self.connection.send(command, header)
-        except ZimgError as exc:
-            log.debug("could not send %s: %s", command.name, exc)
+    # ------------------------------------------------------------------ for tests
+
+    @property
+    def _node_refs(self) -> dict[NodeKey, int]:
+        """The references into remote nodes, per (node, incarnation) (the book's, for tests)."""
+        return self._watches.node_refs
+
+    @property
+    def _ref_total(self) -> int:
+        return self._watches.ref_total
+
+    @property
+    def _watched(self) -> set[str]:
+        return self._watches.watched
+
+    def _ref(
+        self, node: str, incarnation: int | None, *, ahead: bool = False, force: bool = False
+    ) -> NodeKey | None:
+        """Count a reference into ``node`` (lock held); the WATCH to send, as the book's."""
+        return self._watches.ref(node, incarnation, ahead=ahead, force=force)
