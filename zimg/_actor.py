@@ -18,7 +18,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from zimg import protocol
@@ -37,10 +36,10 @@ from zimg._actor_process import (
     _is,
     error_reason,
 )
+from zimg._actor_spawn import PendingSpawn, SpawnCalls
 from zimg._actor_watch import NodeKey, WatchBook, send_quietly, watchable
-from zimg._errors import NameTakenError, SpawnError, ZimgError, ZimgTimeout
+from zimg._errors import NameTakenError, SpawnError, ZimgError
 from zimg._mailbox import ByteBudget, term_size
-from zimg._registry import Behaviour, get_behaviour, registered_behaviours
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
 
@@ -61,22 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("zimg.actor")
-
-
-def _is_kwargs(value: Any) -> bool:
-    return isinstance(value, dict) and all(isinstance(k, str) for k in value)
-
-
-@dataclass
-class _PendingSpawn:
-    caller: Process
-    node: str
-    link: bool
-    monitor: bool
-    watched: bool = False  # holds a reference to its node name (a WATCH)
-    done: threading.Event = field(default_factory=threading.Event)
-    pid: Pid | None = None
-    error: str | None = None
 
 
 class ActorRuntime:
@@ -121,18 +104,17 @@ class ActorRuntime:
         self._lock = threading.RLock()
         self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
-        self._threads: list[threading.Thread] = []
         self._serials = itertools.count()
         self._refs = itertools.count(1)
-        self._pending: dict[Ref, _PendingSpawn] = {}
         self._spawned = 0  # live processes that count against max_processes
         # monitor_node: name -> process -> how many times it asked
         self._node_watchers: dict[str, dict[Process, int]] = {}
         self._watches = WatchBook(connection, self._lock, clock)  # the WATCH book-keeping
+        self._spawns = SpawnCalls(self, self._lock, self._watches)  # the spawn RPC
         self._resync_at: float | None = None  # when to look for nodes lost in a broker restart
         handlers: dict[Command, Callable[[Message], None]] = {
-            Command.SPAWN: self._on_spawn,
-            Command.SPAWNED: self._on_spawned,
+            Command.SPAWN: self._spawns.on_spawn,
+            Command.SPAWNED: self._spawns.on_spawned,
             Command.SEND: self._on_send,
             Command.LINK: self._on_link,
             Command.UNLINK: self._on_unlink,
@@ -265,21 +247,6 @@ class ActorRuntime:
         held)"""
         return pid.node != self.name and self._watches.ref_total >= self.limits.max_remote_refs
 
-    def _check_spawn_bounds(self, caller: Process, link: bool, monitor: bool) -> None:
-        """Refuse a spawn whose link or monitor the caller has no room for (lock held)."""
-        if link and len(caller.links) >= self.limits.max_links:
-            self.refused_links += 1
-            raise SpawnError(
-                f"system_limit: {caller.pid!r} holds {len(caller.links)} links "
-                f"(max_links {self.limits.max_links})"
-            )
-        if monitor and len(caller.monitors) >= self.limits.max_monitors:
-            self.refused_monitors += 1
-            raise SpawnError(
-                f"system_limit: {caller.pid!r} holds {len(caller.monitors)} monitors "
-                f"(max_monitors {self.limits.max_monitors})"
-            )
-
     # ------------------------------------------------------------------ references and WATCH
 
     def _add_link(self, proc: Process, pid: Pid, *, ahead: bool = False) -> NodeKey | None:
@@ -329,13 +296,6 @@ class ActorRuntime:
         if watcher is not None and watcher.node != self.name:
             self._watches.unref(watcher.node, watcher.incarnation)
         return watcher
-
-    def _end_pending(self, ref: Ref) -> _PendingSpawn | None:
-        """Forget a pending spawn (lock held); whoever gets it back completes it."""
-        pending = self._pending.pop(ref, None)
-        if pending is not None and pending.watched:
-            self._watches.unref(pending.node, None)
-        return pending
 
     def sweep_watches(self) -> None:
         """UNWATCH the node names nothing on this node refers to any more (on the I/O thread
@@ -392,171 +352,8 @@ class ActorRuntime:
         monitor: bool,
         timeout: float,
     ) -> tuple[Pid, Ref]:
-        ref = self.make_ref()
-        if node == self.name:
-            fn = get_behaviour(behaviour)
-            if fn is None:
-                raise SpawnError(self._unknown(behaviour))
-            with self._lock:
-                self._check_spawn_bounds(caller, link, monitor)
-            proc, _ = self._prepare(caller.pid, ref, link, monitor)
-            with self._lock:
-                if link:
-                    self._add_link(caller, proc.pid)
-                if monitor:
-                    self._add_monitor(caller, ref, proc.pid)
-            self._start(proc, fn, args, kwargs)
-            return proc.pid, ref
-        pending = _PendingSpawn(caller, node, link, monitor)
-        with self._lock:
-            self._check_spawn_bounds(caller, link, monitor)
-            self._pending[ref] = pending
-            # WATCH a named node first, so that its death fails the spawn at once
-            pending.watched = node != ANY and watchable(node)
-            watch = self._watches.ref(node, None) if pending.watched else None
-        header = {
-            "to": node,
-            "from": caller.pid,
-            "ref": ref,
-            "behaviour": behaviour,
-            "args": args,
-            "kwargs": kwargs,
-            "link": link,
-            "monitor": monitor,
-        }
-        try:
-            if watch is not None:
-                self._watches.send_watch(watch)
-            self.connection.send(Command.SPAWN, header)
-        except BaseException:
-            with self._lock:
-                self._end_pending(ref)
-            raise
-        if not pending.done.wait(timeout):
-            with self._lock:
-                self._end_pending(ref)
-            raise ZimgTimeout(f"no answer to spawn of {behaviour!r} on {node!r} within {timeout} s")
-        if pending.error is not None or pending.pid is None:
-            raise SpawnError(pending.error or "spawn failed")
-        return pending.pid, ref
-
-    def _unknown(self, behaviour: str) -> str:
-        known = ", ".join(registered_behaviours()) or "none"
-        text = f"unknown behaviour {behaviour!r} on node {self.name} (registered: {known})"
-        if behaviour.startswith("__main__:"):
-            text += "; a script run as __main__ must register behaviours with explicit names"
-        return text
-
-    def _prepare(
-        self, spawner: Pid, ref: Ref, link: bool, monitor: bool
-    ) -> tuple[Process, list[NodeKey]]:
-        """A new process, linked to or monitored by its spawner already; the WATCHes to send.
-
-        Raises:
-            SpawnError: the node runs ``max_processes`` processes.
-        """
-        proc = self._new_process(spawned=True)
-        watches: list[NodeKey] = []
-        with self._lock:
-            if link and (watch := self._add_link(proc, spawner)) is not None:
-                watches.append(watch)
-            if monitor and (watch := self._add_watcher(proc, ref, spawner)) is not None:
-                watches.append(watch)
-        return proc, watches
-
-    def _start(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
-        thread = threading.Thread(
-            target=self._run,
-            args=(proc, fn, args, kwargs),
-            name=f"zimg-actor-{proc.pid!r}",
-            daemon=True,
-        )
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        try:
-            thread.start()
-        except RuntimeError as exc:  # the system has no thread left for it
-            with self._lock:
-                self._threads.remove(thread)
-            self.exited(proc, error_reason(exc))
-            raise SpawnError(f"node {self.name} could not start a thread: {exc}") from exc
-
-    def _run(self, proc: Process, fn: Behaviour, args: list[Any], kwargs: dict[str, Any]) -> None:
-        reason: Any = protocol.NORMAL
-        try:
-            fn(proc, *args, **kwargs)
-            if proc._signalled:  # killed while busy, and returned before it noticed
-                reason = proc._signal
-        except ExitSignal as exc:
-            reason = exc.reason
-        except BaseException as exc:  # the process's failure is its exit reason
-            reason = error_reason(exc)
-            log.info("process %r exited: %s: %s", proc.pid, type(exc).__name__, exc)
-        finally:
-            self.exited(proc, reason)
-
-    def _on_spawn(self, msg: Message) -> None:
-        h = msg.header
-        spawner, ref, name, args = h.get("from"), h.get("ref"), h.get("behaviour"), h.get("args")
-        kwargs = h.get("kwargs", {})
-        if not isinstance(spawner, Pid) or not isinstance(ref, Ref):
-            log.warning("dropped a SPAWN without a valid 'from' pid and 'ref'")
-            return
-        reply: dict[str, Any] = {"to": spawner, "ref": ref, "pid": None, "error": None}
-        fn = get_behaviour(name) if isinstance(name, str) else None
-        if fn is None or not isinstance(args, list) or not _is_kwargs(kwargs):
-            reply["error"] = (
-                self._unknown(str(name)) if fn is None else "args must be a list, kwargs a map"
-            )
-            self.connection.send(Command.SPAWNED, reply)
-            return
-        try:
-            proc, watches = self._prepare(
-                spawner, ref, h.get("link") is True, h.get("monitor") is True
-            )
-        except SpawnError as exc:
-            reply["error"] = str(exc)
-            self.connection.send(Command.SPAWNED, reply)
-            return
-        for watch in watches:  # so that the new process hears if its spawner's node dies
-            self._watches.send_watch(watch, quiet=True)
-        reply["pid"] = proc.pid
-        self.connection.send(Command.SPAWNED, reply)  # before it runs: SPAWNED precedes any EXIT
-        try:
-            self._start(proc, fn, args, kwargs)
-        except SpawnError as exc:  # it has ended already: its spawner hears of it as usual
-            log.warning("node %s: %s", self.name, exc)
-        self.sweep_watches()
-
-    def _on_spawned(self, msg: Message) -> None:
-        h = msg.header
-        ref, pid, error = h.get("ref"), h.get("pid"), h.get("error")
-        watches: list[NodeKey] = []
-        orphan = False
-        with self._lock:
-            pending = self._end_pending(ref) if isinstance(ref, Ref) else None
-            if pending is None or not isinstance(ref, Ref):
-                orphan = isinstance(pid, Pid)  # we gave up waiting: leave no orphan behind
-            elif isinstance(pid, Pid) and error is None:
-                caller = pending.caller
-                if not caller.alive:
-                    orphan = True  # its spawner is gone (the node is closing)
-                else:
-                    if pending.link and (watch := self._add_link(caller, pid)) is not None:
-                        watches.append(watch)
-                    if pending.monitor and (w := self._add_monitor(caller, ref, pid)) is not None:
-                        watches.append(w)
-                pending.pid = pid
-            else:
-                pending.error = str(error) if error else "spawn failed"
-        if orphan and isinstance(pid, Pid):
-            self.exit_signal(self.main.pid, pid, KILL, link=False)
-        for watch in watches:  # a spawn to ANY: only now do we know which node to WATCH
-            self._watches.send_watch(watch, quiet=True)
-        if pending is not None:
-            pending.done.set()
-        self.sweep_watches()
+        """Spawn ``behaviour`` on ``node`` for ``caller`` (:meth:`ProcessCalls.spawn_monitor`)."""
+        return self._spawns.spawn(caller, node, behaviour, args, kwargs, link, monitor, timeout)
 
     # ------------------------------------------------------------------ exits
 
@@ -900,11 +697,7 @@ class ActorRuntime:
             for proc, count in asking.items():
                 proc.node_watches.pop(name, None)
                 self._watches.unref(name, None, count)
-            failed = [
-                pending
-                for ref in [r for r, p in self._pending.items() if spawns and p.node == name]
-                if (pending := self._end_pending(ref)) is not None
-            ]
+            failed = self._spawns.end_pending_to(name) if spawns else []
             if limit:
                 self._watches.watched.discard(name)
         for pending in failed:
@@ -1020,7 +813,7 @@ class ActorRuntime:
         for proc in self.processes():
             proc.kill(SHUTDOWN)
         with self._lock:
-            threads = list(self._threads)
+            threads = list(self._spawns.threads)
         deadline = time.monotonic() + timeout_s
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -1031,6 +824,11 @@ class ActorRuntime:
     def _node_refs(self) -> dict[NodeKey, int]:
         """The references into remote nodes, per (node, incarnation) (the book's, for tests)."""
         return self._watches.node_refs
+
+    @property
+    def _pending(self) -> dict[Ref, PendingSpawn]:
+        """The spawns waiting for an answer from another node (the spawn RPC's, for tests)."""
+        return self._spawns.pending
 
     @property
     def _ref_total(self) -> int:
