@@ -36,6 +36,7 @@ from zimg._actor_process import (
     _is,
     error_reason,
 )
+from zimg._actor_signals import Signals
 from zimg._actor_spawn import PendingSpawn, SpawnCalls
 from zimg._actor_watch import NodeKey, WatchBook, send_quietly, watchable
 from zimg._errors import NameTakenError, SpawnError, ZimgError
@@ -110,18 +111,19 @@ class ActorRuntime:
         # monitor_node: name -> process -> how many times it asked
         self._node_watchers: dict[str, dict[Process, int]] = {}
         self._watches = WatchBook(connection, self._lock, clock)  # the WATCH book-keeping
-        self._spawns = SpawnCalls(self, self._lock, self._watches)  # the spawn RPC
+        self._signals = Signals(self, self._lock, self._watches)  # links, monitors, exits
+        self._spawns = SpawnCalls(self, self._lock, self._watches, self._signals)  # spawn RPC
         self._resync_at: float | None = None  # when to look for nodes lost in a broker restart
         handlers: dict[Command, Callable[[Message], None]] = {
             Command.SPAWN: self._spawns.on_spawn,
             Command.SPAWNED: self._spawns.on_spawned,
             Command.SEND: self._on_send,
-            Command.LINK: self._on_link,
-            Command.UNLINK: self._on_unlink,
-            Command.MONITOR: self._on_monitor,
-            Command.DEMONITOR: self._on_demonitor,
-            Command.EXIT: self._on_exit,
-            Command.DOWN: self._on_down,
+            Command.LINK: self._signals.on_link,
+            Command.UNLINK: self._signals.on_unlink,
+            Command.MONITOR: self._signals.on_monitor,
+            Command.DEMONITOR: self._signals.on_demonitor,
+            Command.EXIT: self._signals.on_exit,
+            Command.DOWN: self._signals.on_down,
             Command.NODEDOWN: self._on_nodedown,
         }
         for command, handler in handlers.items():
@@ -219,88 +221,14 @@ class ActorRuntime:
             box.dropped,
         )
 
-    def _put_signal(self, proc: Process, head: tuple[Any, ...], reason: Any, nbytes: int) -> None:
-        """Queue the system message ``(*head, reason)``: one per link or monitor, never dropped.
-
-        If the bytes of a reason that came off the network do not fit the mailbox (or the
-        node's budget), the reason is replaced by ``system_limit``: the signal still arrives,
-        and it is still not ``normal``.
-        """
-        if proc.mailbox.put((*head, reason), nbytes, system=True):
-            return
-        proc.mailbox.put((*head, SYSTEM_LIMIT), 0, system=True)
-        self._dropped(proc)
-
-    def _limit_signal(self, proc: Process, pid: Pid) -> None:
-        """``proc`` asked for a link its own bound refuses: an exit signal ``system_limit``
-        from ``pid``, as a refused link from the other side would give."""
-        with self._lock:
-            if not proc.alive:
-                return
-            if proc.trap_exit:
-                proc.mailbox.put(("EXIT", pid, SYSTEM_LIMIT), system=True)
-            else:
-                proc.kill(SYSTEM_LIMIT)
-
-    def _remote_full(self, pid: Pid) -> bool:
-        """Would a link or monitor with ``pid`` take the node over ``max_remote_refs``? (lock
-        held)"""
-        return pid.node != self.name and self._watches.ref_total >= self.limits.max_remote_refs
-
-    # ------------------------------------------------------------------ references and WATCH
-
-    def _add_link(self, proc: Process, pid: Pid, *, ahead: bool = False) -> NodeKey | None:
-        """Link ``proc`` to ``pid`` on this side (lock held); returns the WATCH to send."""
-        if pid in proc.links:
-            return None
-        proc.links.add(pid)
-        if pid.node != self.name:
-            return self._watches.ref(pid.node, pid.incarnation, ahead=ahead)
-        return None
-
-    def _drop_link(self, proc: Process, pid: Pid) -> bool:
-        """Remove the link on this side (lock held); False if there was none."""
-        if pid not in proc.links:
-            return False
-        proc.links.discard(pid)
-        if pid.node != self.name:
-            self._watches.unref(pid.node, pid.incarnation)
-        return True
-
-    def _add_monitor(
-        self, proc: Process, ref: Ref, pid: Pid, *, ahead: bool = False
-    ) -> NodeKey | None:
-        """Record that ``proc`` monitors ``pid`` under ``ref`` (lock held)."""
-        self._pop_monitor(proc, ref)
-        proc.monitors[ref] = pid
-        if pid.node != self.name:
-            return self._watches.ref(pid.node, pid.incarnation, ahead=ahead)
-        return None
-
-    def _pop_monitor(self, proc: Process, ref: Ref) -> Pid | None:
-        pid = proc.monitors.pop(ref, None)
-        if pid is not None and pid.node != self.name:
-            self._watches.unref(pid.node, pid.incarnation)
-        return pid
-
-    def _add_watcher(self, proc: Process, ref: Ref, watcher: Pid) -> NodeKey | None:
-        """Record that ``watcher`` monitors ``proc`` under ``ref`` (lock held)."""
-        self._pop_watcher(proc, ref)
-        proc.monitored_by[ref] = watcher
-        if watcher.node != self.name:
-            return self._watches.ref(watcher.node, watcher.incarnation)
-        return None
-
-    def _pop_watcher(self, proc: Process, ref: Ref) -> Pid | None:
-        watcher = proc.monitored_by.pop(ref, None)
-        if watcher is not None and watcher.node != self.name:
-            self._watches.unref(watcher.node, watcher.incarnation)
-        return watcher
+    # ------------------------------------------------------------------ WATCH
 
     def sweep_watches(self) -> None:
         """UNWATCH the node names nothing on this node refers to any more (on the I/O thread
         only: :meth:`~zimg._actor_watch.WatchBook.sweep`)."""
         self._watches.sweep()
+
+    # ------------------------------------------------------------------ messages
 
     def send(self, to: Address, message: Any) -> None:
         if isinstance(to, Pid):
@@ -355,7 +283,31 @@ class ActorRuntime:
         """Spawn ``behaviour`` on ``node`` for ``caller`` (:meth:`ProcessCalls.spawn_monitor`)."""
         return self._spawns.spawn(caller, node, behaviour, args, kwargs, link, monitor, timeout)
 
-    # ------------------------------------------------------------------ exits
+    # ------------------------------------------------------------------ links, monitors, exits
+
+    def link(self, proc: Process, pid: Pid) -> None:
+        """Link ``proc`` and ``pid`` (:meth:`ProcessCalls.link`)."""
+        self._signals.link(proc, pid)
+
+    def unlink(self, proc: Process, pid: Pid) -> None:
+        """Remove the link of ``proc`` and ``pid``, both ways."""
+        self._signals.unlink(proc, pid)
+
+    def monitor(self, proc: Process, pid: Pid) -> Ref:
+        """``proc`` monitors ``pid`` (:meth:`ProcessCalls.monitor`); returns the ref."""
+        return self._signals.monitor(proc, pid)
+
+    def demonitor(self, proc: Process, ref: Ref) -> None:
+        """Drop the monitor ``ref`` of ``proc``."""
+        self._signals.demonitor(proc, ref)
+
+    def exit_signal(self, sender: Pid, to: Pid, reason: Any, *, link: bool) -> None:
+        """Send an exit signal from ``sender`` to ``to`` (``link``: caused by a link)."""
+        self._signals.exit_signal(sender, to, reason, link=link)
+
+    def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
+        """Tell ``watcher`` that the process ``pid`` it monitors with ``ref`` ended."""
+        self._signals.down(watcher, ref, pid, reason)
 
     def exited(self, proc: Process, reason: Any) -> None:
         """``proc`` has ended with ``reason``: signal its links, tell its monitors."""
@@ -394,250 +346,7 @@ class ActorRuntime:
         for ref, watcher in watchers:
             self.down(watcher, ref, proc.pid, reason)
         for ref, target in held:
-            self._drop_monitor(ref, target)
-
-    def exit_signal(self, sender: Pid, to: Pid, reason: Any, *, link: bool) -> None:
-        """Send an exit signal from ``sender`` to ``to`` (``link``: caused by a link)."""
-        if self._is_local(to):
-            target = self._local(to)
-            if target is not None:
-                self._deliver_exit(target, sender, reason, link)
-            return
-        header = {"to": to, "from": sender, "reason": reason, "link": link}
-        send_quietly(self.connection, Command.EXIT, header)
-
-    def _deliver_exit(
-        self, proc: Process, sender: Pid, reason: Any, link: bool, nbytes: int = 0
-    ) -> None:
-        with self._lock:
-            if not proc.alive:
-                return
-            if link and not self._drop_link(proc, sender):
-                return  # the link is gone already: a stale or repeated signal
-            if _is(reason, KILL) and not link:
-                proc.kill(protocol.KILLED)
-            elif proc.trap_exit:
-                if link:  # one per link: a system message
-                    self._put_signal(proc, ("EXIT", sender), reason, nbytes)
-                elif not proc.mailbox.put(("EXIT", sender, reason), nbytes):
-                    self._dropped(proc)  # exit(pid, reason) is sent like a message
-            elif not _is(reason, protocol.NORMAL):
-                proc.kill(reason)
-
-    def _on_exit(self, msg: Message) -> None:
-        h = msg.header
-        to, sender = h.get("to"), h.get("from")
-        if isinstance(to, Pid) and isinstance(sender, Pid):
-            target = self._local(to)
-            if target is not None:
-                reason = h.get("reason")
-                link = h.get("link") is True
-                self._deliver_exit(target, sender, reason, link, term_size(reason))
-        self.sweep_watches()
-
-    # ------------------------------------------------------------------ links
-
-    def link(self, proc: Process, pid: Pid) -> None:
-        if pid == proc.pid:
-            return
-        watch = None
-        with self._lock:
-            refused = pid not in proc.links and len(proc.links) >= self.limits.max_links
-            if refused:
-                self.refused_links += 1
-            else:
-                watch = self._add_link(proc, pid, ahead=True)
-        if refused:
-            self._log_refusal(
-                self.refused_links,
-                f"{proc.pid!r} holds {len(proc.links)} links (max_links "
-                f"{self.limits.max_links}): link to {pid!r} refused with system_limit",
-            )
-            self._limit_signal(proc, pid)
-            return
-        if not self._is_local(pid):
-            if watch is not None:
-                self._watches.send_watch(watch)  # before the LINK: its node's death must reach us
-            self.connection.send(Command.LINK, {"to": pid, "from": proc.pid})
-            return
-        target = self._local(pid)
-        reason = protocol.NOPROC
-        with self._lock:
-            if target is not None and target.alive:
-                if proc.pid in target.links or len(target.links) < self.limits.max_links:
-                    target.links.add(proc.pid)
-                    return
-                self.refused_links += 1
-                reason = SYSTEM_LIMIT
-        self._deliver_exit(proc, pid, reason, link=True)
-
-    def unlink(self, proc: Process, pid: Pid) -> None:
-        with self._lock:
-            self._drop_link(proc, pid)
-        if not self._is_local(pid):
-            send_quietly(self.connection, Command.UNLINK, {"to": pid, "from": proc.pid})
-            return
-        target = self._local(pid)
-        if target is not None:
-            with self._lock:
-                target.links.discard(proc.pid)
-
-    def _on_link(self, msg: Message) -> None:
-        to, sender = msg.header.get("to"), msg.header.get("from")
-        if not isinstance(to, Pid) or not isinstance(sender, Pid):
-            return
-        target = self._local(to)
-        reason = None
-        watch = None
-        with self._lock:
-            if target is None or not target.alive:
-                reason = protocol.NOPROC
-            elif sender not in target.links:
-                if len(target.links) >= self.limits.max_links or self._remote_full(sender):
-                    self.refused_links += 1
-                    reason = SYSTEM_LIMIT
-                else:
-                    watch = self._add_link(target, sender)
-        if reason is not None:
-            if reason == SYSTEM_LIMIT:
-                self._log_refusal(
-                    self.refused_links,
-                    f"a link from {sender!r} to {to!r} is refused with system_limit (max_links "
-                    f"{self.limits.max_links} per process, max_remote_refs "
-                    f"{self.limits.max_remote_refs} per node)",
-                )
-            self.exit_signal(to, sender, reason, link=True)
-        elif watch is not None:  # so that our process hears if the linked node dies
-            self._watches.send_watch(watch, quiet=True)
-        self.sweep_watches()
-
-    def _on_unlink(self, msg: Message) -> None:
-        to, sender = msg.header.get("to"), msg.header.get("from")
-        if isinstance(to, Pid) and isinstance(sender, Pid):
-            target = self._local(to)
-            if target is not None:
-                with self._lock:
-                    self._drop_link(target, sender)
-        self.sweep_watches()
-
-    # ------------------------------------------------------------------ monitors
-
-    def monitor(self, proc: Process, pid: Pid) -> Ref:
-        ref = self.make_ref()
-        watch = None
-        with self._lock:
-            refused = len(proc.monitors) >= self.limits.max_monitors
-            if refused:
-                self.refused_monitors += 1
-            else:
-                watch = self._add_monitor(proc, ref, pid, ahead=True)
-        if refused:
-            self._log_refusal(
-                self.refused_monitors,
-                f"{proc.pid!r} holds {len(proc.monitors)} monitors (max_monitors "
-                f"{self.limits.max_monitors}): a monitor of {pid!r} gives system_limit",
-            )
-            proc.mailbox.put(("DOWN", ref, pid, SYSTEM_LIMIT), system=True)
-            return ref
-        if not self._is_local(pid):
-            if watch is not None:
-                self._watches.send_watch(watch)  # before the MONITOR
-            self.connection.send(Command.MONITOR, {"to": pid, "from": proc.pid, "ref": ref})
-            return ref
-        target = self._local(pid)
-        reason = protocol.NOPROC
-        with self._lock:
-            if target is not None and target.alive:
-                if len(target.monitored_by) < self.limits.max_monitors:
-                    self._add_watcher(target, ref, proc.pid)
-                    return ref
-                self.refused_monitors += 1
-                reason = SYSTEM_LIMIT
-        self._deliver_down(proc, ref, pid, reason)
-        return ref
-
-    def demonitor(self, proc: Process, ref: Ref) -> None:
-        with self._lock:
-            target = self._pop_monitor(proc, ref)
-        if target is not None:
-            self._drop_monitor(ref, target)
-
-    def _drop_monitor(self, ref: Ref, target: Pid) -> None:
-        if not self._is_local(target):
-            send_quietly(self.connection, Command.DEMONITOR, {"to": target, "ref": ref})
-            return
-        proc = self._local(target)
-        if proc is not None:
-            with self._lock:
-                self._pop_watcher(proc, ref)
-
-    def down(self, watcher: Pid, ref: Ref, pid: Pid, reason: Any) -> None:
-        """Tell ``watcher`` that the process ``pid`` it monitors with ``ref`` ended."""
-        if self._is_local(watcher):
-            proc = self._local(watcher)
-            if proc is not None:
-                self._deliver_down(proc, ref, pid, reason)
-            return
-        header = {"to": watcher, "ref": ref, "pid": pid, "reason": reason}
-        send_quietly(self.connection, Command.DOWN, header)
-
-    def _deliver_down(
-        self, proc: Process, ref: Ref, pid: Pid, reason: Any, nbytes: int = 0
-    ) -> None:
-        with self._lock:
-            if self._pop_monitor(proc, ref) is None:
-                return  # demonitored, or already told: one DOWN per monitor
-        self._put_signal(proc, ("DOWN", ref, pid), reason, nbytes)
-
-    def _on_monitor(self, msg: Message) -> None:
-        to, watcher, ref = msg.header.get("to"), msg.header.get("from"), msg.header.get("ref")
-        if not isinstance(to, Pid) or not isinstance(watcher, Pid) or not isinstance(ref, Ref):
-            return
-        target = self._local(to)
-        reason = None
-        watch = None
-        with self._lock:
-            if target is None or not target.alive:
-                reason = protocol.NOPROC
-            elif ref not in target.monitored_by:
-                if len(target.monitored_by) >= self.limits.max_monitors or self._remote_full(
-                    watcher
-                ):
-                    self.refused_monitors += 1
-                    reason = SYSTEM_LIMIT
-                else:
-                    watch = self._add_watcher(target, ref, watcher)
-        if reason is not None:
-            if reason == SYSTEM_LIMIT:
-                self._log_refusal(
-                    self.refused_monitors,
-                    f"a monitor of {to!r} from {watcher!r} gives system_limit (max_monitors "
-                    f"{self.limits.max_monitors} per process, max_remote_refs "
-                    f"{self.limits.max_remote_refs} per node)",
-                )
-            self.down(watcher, ref, to, reason)
-        elif watch is not None:  # so that a dead watcher's node lets go of the monitor
-            self._watches.send_watch(watch, quiet=True)
-        self.sweep_watches()
-
-    def _on_demonitor(self, msg: Message) -> None:
-        to, ref = msg.header.get("to"), msg.header.get("ref")
-        if isinstance(to, Pid) and isinstance(ref, Ref):
-            target = self._local(to)
-            if target is not None:
-                with self._lock:
-                    self._pop_watcher(target, ref)
-        self.sweep_watches()
-
-    def _on_down(self, msg: Message) -> None:
-        h = msg.header
-        to, ref, pid = h.get("to"), h.get("ref"), h.get("pid")
-        if isinstance(to, Pid) and isinstance(ref, Ref) and isinstance(pid, Pid):
-            proc = self._local(to)
-            if proc is not None:
-                reason = h.get("reason")
-                self._deliver_down(proc, ref, pid, reason, term_size(reason))
-        self.sweep_watches()
+            self._signals.drop_monitor(ref, target)
 
     # ------------------------------------------------------------------ nodes
 
@@ -714,11 +423,11 @@ class ActorRuntime:
                 monitors = [(r, pid) for r, pid in proc.monitors.items() if on_that_node(pid)]
                 watchers = [(r, w) for r, w in proc.monitored_by.items() if on_that_node(w)]
                 for ref, _ in watchers:  # nobody left to tell (or, for system_limit, told below)
-                    self._pop_watcher(proc, ref)
+                    self._signals.pop_watcher(proc, ref)
             for pid in links:
-                self._deliver_exit(proc, pid, reason, link=True)
+                self._signals.deliver_exit(proc, pid, reason, link=True)
             for ref, pid in monitors:
-                self._deliver_down(proc, ref, pid, reason)
+                self._signals.deliver_down(proc, ref, pid, reason)
             if limit:
                 for pid in links:
                     header = {"to": pid, "from": proc.pid, "reason": SYSTEM_LIMIT, "link": True}

@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from zimg import protocol
 from zimg._actor_process import ANY, KILL, ExitSignal, Process, error_reason
+from zimg._actor_signals import Signals
 from zimg._actor_watch import NodeKey, WatchBook, watchable
 from zimg._errors import SpawnError, ZimgTimeout
 from zimg._registry import Behaviour, get_behaviour, registered_behaviours
+from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
 
 if TYPE_CHECKING:
@@ -51,17 +53,21 @@ class SpawnCalls:
         runtime: the runtime whose processes spawn and are spawned.
         lock: the runtime's lock; the pending spawns and the threads are kept under it.
         watches: the runtime's WATCH book (a spawn to a named node refers to it).
+        signals: the runtime's links and monitors (a spawn may link or monitor).
 
     Attributes:
         pending: the spawns sent to other nodes that wait for an answer, by ref.
         threads: the threads started for spawned processes (the ended ones dropped now and then).
     """
 
-    def __init__(self, runtime: ActorRuntime, lock: threading.RLock, watches: WatchBook) -> None:
+    def __init__(
+        self, runtime: ActorRuntime, lock: threading.RLock, watches: WatchBook, signals: Signals
+    ) -> None:
         self._rt = runtime
         self._lock = lock
         self._watches = watches
-        self._connection = runtime.connection
+        self._signals = signals
+        self._connection: Transport = runtime.connection
         self.pending: dict[Ref, PendingSpawn] = {}
         self.threads: list[threading.Thread] = []
 
@@ -86,9 +92,9 @@ class SpawnCalls:
             proc, _ = self._prepare(caller.pid, ref, link, monitor)
             with self._lock:
                 if link:
-                    self._rt._add_link(caller, proc.pid)
+                    self._signals.add_link(caller, proc.pid)
                 if monitor:
-                    self._rt._add_monitor(caller, ref, proc.pid)
+                    self._signals.add_monitor(caller, ref, proc.pid)
             self._start(proc, fn, args, kwargs)
             return proc.pid, ref
         pending = PendingSpawn(caller, node, link, monitor)
@@ -157,9 +163,9 @@ class SpawnCalls:
         proc = self._rt._new_process(spawned=True)
         watches: list[NodeKey] = []
         with self._lock:
-            if link and (watch := self._rt._add_link(proc, spawner)) is not None:
+            if link and (watch := self._signals.add_link(proc, spawner)) is not None:
                 watches.append(watch)
-            if monitor and (watch := self._rt._add_watcher(proc, ref, spawner)) is not None:
+            if monitor and (watch := self._signals.add_watcher(proc, ref, spawner)) is not None:
                 watches.append(watch)
         return proc, watches
 
@@ -243,9 +249,12 @@ class SpawnCalls:
                 if not caller.alive:
                     orphan = True  # its spawner is gone (the node is closing)
                 else:
-                    if pending.link and (watch := rt._add_link(caller, pid)) is not None:
+                    if pending.link and (watch := self._signals.add_link(caller, pid)) is not None:
                         watches.append(watch)
-                    if pending.monitor and (w := rt._add_monitor(caller, ref, pid)) is not None:
+                    if (
+                        pending.monitor
+                        and (w := self._signals.add_monitor(caller, ref, pid)) is not None
+                    ):
                         watches.append(w)
                 pending.pid = pid
             else:
