@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from zimg import protocol
+from zimg._actor_nodes import NodeWatch
 from zimg._actor_process import (
     ANY,
     DEFAULT_ACTOR_LIMITS,
@@ -33,13 +33,12 @@ from zimg._actor_process import (
     ExitSignal,
     Process,
     ProcessCalls,
-    _is,
     error_reason,
 )
 from zimg._actor_signals import Signals
 from zimg._actor_spawn import PendingSpawn, SpawnCalls
-from zimg._actor_watch import NodeKey, WatchBook, send_quietly, watchable
-from zimg._errors import NameTakenError, SpawnError, ZimgError
+from zimg._actor_watch import NodeKey, WatchBook
+from zimg._errors import NameTakenError, SpawnError
 from zimg._mailbox import ByteBudget, term_size
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
@@ -92,7 +91,6 @@ class ActorRuntime:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.connection = connection
-        self._clock = clock
         self.name = connection.name
         self.incarnation = connection.incarnation
         self.report = report
@@ -108,12 +106,12 @@ class ActorRuntime:
         self._serials = itertools.count()
         self._refs = itertools.count(1)
         self._spawned = 0  # live processes that count against max_processes
-        # monitor_node: name -> process -> how many times it asked
-        self._node_watchers: dict[str, dict[Process, int]] = {}
         self._watches = WatchBook(connection, self._lock, clock)  # the WATCH book-keeping
         self._signals = Signals(self, self._lock, self._watches)  # links, monitors, exits
         self._spawns = SpawnCalls(self, self._lock, self._watches, self._signals)  # spawn RPC
-        self._resync_at: float | None = None  # when to look for nodes lost in a broker restart
+        self._nodes = NodeWatch(
+            self, self._lock, self._procs, clock, self._watches, self._spawns, self._signals
+        )  # what is heard of other nodes
         handlers: dict[Command, Callable[[Message], None]] = {
             Command.SPAWN: self._spawns.on_spawn,
             Command.SPAWNED: self._spawns.on_spawned,
@@ -128,8 +126,8 @@ class ActorRuntime:
         }
         for command, handler in handlers.items():
             connection.on(command, handler)
-        connection.on_session(self._on_session)
-        connection.on_tick(self._on_tick)
+        connection.on_session(self._nodes.on_session)
+        connection.on_tick(self._nodes.on_tick)
         connection.counters["dropped"] = lambda: self.dropped_messages  # in every heartbeat
         self.main = self._new_process()
 
@@ -331,15 +329,7 @@ class ActorRuntime:
             for pid in [*(w for _, w in watchers), *(p for _, p in held)]:
                 if pid.node != self.name:
                     self._watches.unref(pid.node, pid.incarnation)
-            for node, count in proc.node_watches.items():
-                asking = self._node_watchers.get(node)
-                if asking is not None:
-                    asking.pop(proc, None)
-                    if not asking:
-                        del self._node_watchers[node]
-                if node != self.name:
-                    self._watches.unref(node, None, count)
-            proc.node_watches = {}
+            self._nodes.forget(proc)
         proc.mailbox.close()  # what it held is freed now, and counts no more
         for pid in links:
             self.exit_signal(proc.pid, pid, reason, link=True)
@@ -351,148 +341,11 @@ class ActorRuntime:
     # ------------------------------------------------------------------ nodes
 
     def monitor_node(self, proc: Process, name: str) -> None:
-        with self._lock:
-            asking = self._node_watchers.setdefault(name, {})
-            asking[proc] = asking.get(proc, 0) + 1
-            proc.node_watches[name] = proc.node_watches.get(name, 0) + 1
-            if name == self.name:
-                return  # this node is up as long as anyone can ask
-            # (no node has an invalid name: it is not up)
-            watch = self._watches.ref(name, None, force=True) if watchable(name) else None
-        if watch is None:
-            self._node_down(name, None)
-            return
-        # The broker answers NODEDOWN at once if no node of that name is up.
-        self._watches.send_watch(watch)
+        """``proc`` gets ``("nodedown", name)`` once when that node goes down."""
+        self._nodes.monitor_node(proc, name)
 
     def _on_nodedown(self, msg: Message) -> None:
-        h = msg.header
-        name, incarnation, reason = h.get("node"), h.get("incarnation"), h.get("reason")
-        if isinstance(name, str) and name != self.name:
-            if _is(reason, SYSTEM_LIMIT):
-                # The broker refused to WATCH it (this node watches too many): we cannot
-                # hear of its death, so the links and monitors into it end now.
-                self._node_down(name, None, SYSTEM_LIMIT)
-            elif type(incarnation) is int:
-                self._node_down(name, incarnation)
-            else:
-                # The broker's answer to a WATCH without incarnation: no node of that name is
-                # up. A spawn sent there is answered by the broker itself ("not connected").
-                self._node_down(name, None, spawns=False)
-        self.sweep_watches()
-
-    def _node_down(
-        self,
-        name: str,
-        incarnation: int | None,
-        reason: str = protocol.NOCONNECTION,
-        *,
-        spawns: bool = True,
-    ) -> None:
-        """Every link and monitor into node ``name`` (that incarnation) ends with ``reason``,
-        and (``spawns``) every spawn waiting for an answer from it fails.
-
-        ``noconnection``: the node is gone. ``system_limit``: the broker would not watch it;
-        the node may be up, so its side of each link and monitor is told too.
-        """
-        limit = reason == SYSTEM_LIMIT
-
-        def on_that_node(pid: Pid) -> bool:
-            return pid.node == name and (incarnation is None or pid.incarnation == incarnation)
-
-        with self._lock:
-            procs = list(self._procs.values())
-            asking = self._node_watchers.pop(name, {})
-            for proc, count in asking.items():
-                proc.node_watches.pop(name, None)
-                self._watches.unref(name, None, count)
-            failed = self._spawns.end_pending_to(name) if spawns else []
-            if limit:
-                self._watches.watched.discard(name)
-        for pending in failed:
-            pending.error = (
-                f"the broker would not watch node {name!r} (system_limit: this node watches "
-                "too many nodes)"
-                if limit
-                else f"node {name!r} went down"
-            )
-            pending.done.set()
-        for proc in procs:
-            with self._lock:
-                links = [pid for pid in proc.links if on_that_node(pid)]
-                monitors = [(r, pid) for r, pid in proc.monitors.items() if on_that_node(pid)]
-                watchers = [(r, w) for r, w in proc.monitored_by.items() if on_that_node(w)]
-                for ref, _ in watchers:  # nobody left to tell (or, for system_limit, told below)
-                    self._signals.pop_watcher(proc, ref)
-            for pid in links:
-                self._signals.deliver_exit(proc, pid, reason, link=True)
-            for ref, pid in monitors:
-                self._signals.deliver_down(proc, ref, pid, reason)
-            if limit:
-                for pid in links:
-                    header = {"to": pid, "from": proc.pid, "reason": SYSTEM_LIMIT, "link": True}
-                    send_quietly(self.connection, Command.EXIT, header)
-                for ref, pid in monitors:
-                    send_quietly(self.connection, Command.DEMONITOR, {"to": pid, "ref": ref})
-                for ref, watcher in watchers:
-                    self.down(watcher, ref, proc.pid, SYSTEM_LIMIT)
-        for proc, count in asking.items():
-            for _ in range(count):
-                proc.mailbox.put(("nodedown", name), system=True)
-
-    def _on_session(self, broker_restarted: bool) -> None:
-        """This node joined the broker again (on the I/O thread). The broker has forgotten
-        our WATCHes: they are sent again once the links and monitors are sorted out."""
-        self._watches.forget()
-        if not broker_restarted:
-            # The broker had given this node up and told every other node so (NODEDOWN): their
-            # links and monitors into us are gone. Ours into them end the same way.
-            for name in {name for name, _ in self._watches.remote_nodes()}:
-                self._node_down(name, None)
-            self._watches.rewatch()
-            return
-        # The other nodes rejoin the new broker within a heartbeat or two: look after that.
-        wait = self.connection.heartbeat_interval_s * self.connection.liveness
-        with self._lock:
-            self._resync_at = self._clock() + wait
-        if wait <= 0:
-            self._on_tick()
-
-    def _on_tick(self) -> None:
-        """Once per heartbeat interval, on the I/O thread: start the resync when it is due, and
-        drop the watches nothing refers to (for a node that gets no actor messages)."""
-        with self._lock:
-            due = self._resync_at is not None and self._clock() >= self._resync_at
-            if due:
-                self._resync_at = None
-        if due:  # on its own thread: it asks the broker, whose answer comes on the I/O thread
-            threading.Thread(target=self._resync, name="zimg-resync", daemon=True).start()
-        self.sweep_watches()
-
-    def _resync(self) -> None:
-        """After a broker restart, nodes that died while it was down get no NODEDOWN: find them.
-
-        Runs on its own thread, ``liveness`` heartbeat intervals after the rejoin (by then the
-        other nodes have rejoined the new broker): ends links and monitors into any node that
-        did not, and WATCHes again the nodes still referred to (the broker answers at once for
-        any that went down since).
-        """
-        try:
-            nodes = self.report()["nodes"]
-        except ZimgError as exc:
-            log.warning("could not check the nodes after a broker restart: %s", exc)
-        else:
-            live = {(n["name"], n["incarnation"]) for n in nodes}
-            live_names = {name for name, _ in live}
-            for name, incarnation in self._watches.remote_nodes():
-                gone = (
-                    name not in live_names
-                    if incarnation is None
-                    else (name, incarnation) not in live
-                )
-                if gone:
-                    self._node_down(name, incarnation)
-        self._watches.rewatch()
+        self._nodes.on_nodedown(msg)
 
     # ------------------------------------------------------------------ names
 
