@@ -1,14 +1,15 @@
-"""Actors on one node: the :class:`ActorRuntime` that owns a node's processes.
+"""Actors on one node: the :class:`ActorRuntime`, which owns a node's processes.
 
-A :class:`Process` is what a behaviour receives as ``ctx``, and what a script's own thread uses
-through its :class:`~zimg.node.Node` (``zimg._actor_process``). The :class:`ActorRuntime` owns a
-node's processes and turns actor commands arriving from the broker (on the I/O thread) into
-mailbox messages and signals.
+The runtime keeps the process table, the registered names and local delivery, and turns actor
+commands arriving from the broker (on the I/O thread) into mailbox messages and signals. Its
+collaborators share its one lock, each with one job:
 
-NODEDOWN comes only for the node names this node WATCHes at the broker. The runtime counts the
-references its processes hold into each remote node (links, monitors both ways, ``monitor_node``,
-pending spawns), WATCHes a name before the first message that creates one, and UNWATCHes a name
-lazily once nothing refers to it (:meth:`ActorRuntime.sweep_watches`, on the I/O thread).
+- ``zimg._actor_process``: :class:`Process` and its calls (a behaviour's ``ctx``), with
+  :class:`ExitSignal` and :class:`ActorLimits` (their names are importable from here too);
+- ``zimg._actor_watch``: the WATCH book, the references into remote nodes;
+- ``zimg._actor_signals``: links, monitors and exit signals;
+- ``zimg._actor_spawn``: the spawn RPC;
+- ``zimg._actor_nodes``: ``monitor_node``, NODEDOWN, a new session and the resync.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from zimg._actor_nodes import NodeWatch
+from zimg._actor_nodes import RemoteNodes
 from zimg._actor_process import (
     ANY,
     DEFAULT_ACTOR_LIMITS,
@@ -109,7 +110,7 @@ class ActorRuntime:
         self._watches = WatchBook(connection, self._lock, clock)  # the WATCH book-keeping
         self._signals = Signals(self, self._lock, self._watches)  # links, monitors, exits
         self._spawns = SpawnCalls(self, self._lock, self._watches, self._signals)  # spawn RPC
-        self._nodes = NodeWatch(
+        self._nodes = RemoteNodes(
             self, self._lock, self._procs, clock, self._watches, self._spawns, self._signals
         )  # what is heard of other nodes
         handlers: dict[Command, Callable[[Message], None]] = {

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("zimg.actor")
 
 
-class NodeWatch:
+class RemoteNodes:
     """The other nodes as one node's runtime sees them: who asked to hear of their death, and
     what ends when one goes down.
 
