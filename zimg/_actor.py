@@ -256,7 +256,15 @@ class ActorRuntime:
         message = msg.header.get("msg")
         if isinstance(to, Pid):
             target = self._local(to)
-        elif isinstance(to, tuple | list) and len(to) == 2 and to[1] == self.name:
+        elif (
+            isinstance(to, tuple | list)
+            and len(to) == 2
+            # Compared and hashed only as strs: an array would raise (the broker drops such a
+            # pair as malformed; this holds without it).
+            and type(to[0]) is str
+            and type(to[1]) is str
+            and to[1] == self.name
+        ):
             with self._lock:
                 target = self._names.get(to[0])
         else:

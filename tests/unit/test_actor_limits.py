@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+import numpy as np
 import pytest
 
 from zimg import protocol
@@ -662,3 +663,16 @@ def test_the_reference_counts_match_the_processes_after_a_mixed_run(make):
     unwatched = {h["node"] for h in fake.of(Command.UNWATCH)}
     assert unwatched.isdisjoint(names)
     assert runtime._watched == names
+
+
+def test_a_send_to_a_name_pair_holding_arrays_is_dropped_without_an_error(make: Any) -> None:
+    """A ``(name, node)`` pair is compared and hashed only as strs: an array there (which a
+    broker drops as malformed before it gets here) neither raises on the I/O thread nor
+    reaches the process registered under the name."""
+    runtime, fake = make()
+    runtime.register(runtime.main, "inbox")
+    odd = np.arange(3, dtype=np.uint8)
+    for to in ((odd, "n1"), ("inbox", odd), [odd, odd]):
+        fake.deliver(Command.SEND, to=to, msg="odd")
+    fake.deliver(Command.SEND, to=("inbox", "n1"), msg="plain")
+    assert drain(runtime.main) == ["plain"]
