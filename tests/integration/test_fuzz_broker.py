@@ -1542,3 +1542,41 @@ def test_a_message_the_state_machine_raises_on_is_counted_and_the_broker_goes_on
     finally:
         sock.close()
         broker.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_message_a_node_handler_raises_on_is_counted_and_logged_a_bounded_number_of_times(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A node's handler that raises on a message (a bug) costs that message only: the I/O
+    thread goes on, counts it, and logs the traceback the first 10 times, not once per message
+    a peer keeps sending."""
+    broker = Broker(free_tcp_url()).start()
+    url = broker.endpoint
+    assert url is not None
+    node = Connection(url, "n1")
+
+    def buggy(message: wire.Message) -> None:
+        raise RuntimeError("a bug")
+
+    node.on(Command.SEND, buggy)
+    sender = None
+    try:
+        with caplog.at_level(logging.ERROR, logger="zimg.node"):
+            node.start()
+            sender = joined(url, "sender")
+            for i in range(30):
+                to = Pid("n1", node.incarnation, 1)
+                sender.send_multipart(wire.encode(Command.SEND, {"to": to, "msg": i}))
+            deadline = time.monotonic() + 20
+            while node.handler_errors < 30 and time.monotonic() < deadline:
+                time.sleep(0.01)  # counted on the node's I/O thread: no event to wait on
+        assert node.handler_errors == 30
+        logged = [r for r in caplog.records if "handler for SEND failed" in r.getMessage()]
+        assert len(logged) == 10
+        assert all(r.exc_info for r in logged)
+    finally:
+        if sender is not None:
+            sender.close()
+        node.close()
+        broker.stop()
