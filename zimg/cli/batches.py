@@ -5,6 +5,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -46,7 +47,7 @@ from zimg.cli._options import (
     name_from_key,
     pipeline,
 )
-from zimg.cli._output import cell, fail, lit, rich_console
+from zimg.cli._output import cell, fail, is_terminal, lit, plain, plain_table, rich_console
 
 if TYPE_CHECKING:
     from zimg.batch import BatchOptions, BatchReport
@@ -288,6 +289,12 @@ def run_with_progress(
     options: "BatchOptions",
     also: Callable[[dict[str, Any]], None] | None = None,
 ) -> "BatchReport":
+    """Run the batch with a progress bar on stderr when one would be seen: in a terminal, for
+    more than one input. Else no bar, and rich is not imported."""
+    from zimg.batch import run_batch
+
+    if len(files) < 2 or not is_terminal(stderr=True):
+        return run_batch(conn, files, options, on_entry=also)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -329,47 +336,63 @@ def run_with_progress(
             done += count
             shown += count
 
-        from zimg.batch import run_batch
-
         report = run_batch(conn, files, options, on_entry=on_entry, on_skipped=on_skipped)
         progress.update(task, advance=done - shown, errors=failed)
         return report
 
 
 def finish_batch(report: "BatchReport", grid: Path | None) -> None:
-    from rich.table import Table
-
+    """Print the per-node table and the summary (on stdout) and the failures (on stderr): with
+    rich in a terminal, as plain text (and without importing rich) elsewhere."""
     from zimg.grid import grid_from_files
 
-    table = Table(title="per node")
-    for col in ("node", "jobs", "errors", "mean ms", "share"):
-        table.add_column(col, justify="left" if col == "node" else "right")
+    columns = [("node", False), ("jobs", True), ("errors", True), ("mean ms", True)]
+    columns.append(("share", True))
     total = max(1, sum(s.jobs for s in report.per_node.values()))
+    rows = []
     for node_name, s in sorted(report.per_node.items()):
         mean = s.total_ms / s.jobs if s.jobs else 0.0
-        table.add_row(
-            cell(node_name), str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}"
-        )
-    rich_console().print(table)
+        rows.append([node_name, str(s.jobs), str(s.errors), f"{mean:.1f}", f"{s.jobs / total:.0%}"])
     n = report.count
     rate = n / report.elapsed_s if report.elapsed_s > 0 else 0.0
     skipped = f"skipped {report.skipped} done inputs; " if report.skipped else ""
-    rich_console().print(
-        f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
-        f"{skipped}manifest: {lit(report.manifest)}",
-        highlight=False,
-    )
-    for entry in report.failures:
-        rich_console(stderr=True).print(f"[red]failed:[/] {lit(entry['error'])}", highlight=False)
-    if report.failed > len(report.failures):
-        rich_console(stderr=True).print(
-            f"[red]... and {report.failed - len(report.failures)} more (see the manifest)"
-        )
+    summary = f"{n} inputs in {report.elapsed_s:.2f} s ({rate:.1f}/s), {report.failed} failed; "
+    more = report.failed - len(report.failures)
+    if is_terminal():
+        from rich.table import Table
+
+        table = Table(title="per node")
+        for name, right in columns:
+            table.add_column(name, justify="right" if right else "left")
+        for node_name, *counts in rows:
+            table.add_row(cell(node_name), *counts)
+        rich_console().print(table)
+        rich_console().print(f"{summary}{skipped}manifest: {lit(report.manifest)}", highlight=False)
+    else:
+        print(plain_table("per node", columns, rows))
+        print(f"{summary}{skipped}manifest: {plain(report.manifest)}", flush=True)
+    if is_terminal(stderr=True):
+        for entry in report.failures:
+            rich_console(stderr=True).print(
+                f"[red]failed:[/] {lit(entry['error'])}", highlight=False
+            )
+        if more > 0:
+            rich_console(stderr=True).print(f"[red]... and {more} more (see the manifest)")
+    else:
+        for entry in report.failures:
+            print(f"failed: {plain(entry['error'])}", file=sys.stderr)
+        if more > 0:
+            print(f"... and {more} more (see the manifest)", file=sys.stderr)
     outputs = report.outputs() if grid is not None else []
     if grid is not None and outputs:
+        from zimg.grid import grid_from_files
+
         try:
             grid_from_files(outputs, grid)
-            rich_console().print(f"grid: {lit(grid)}", highlight=False)
+            if is_terminal():
+                rich_console().print(f"grid: {lit(grid)}", highlight=False)
+            else:
+                print(f"grid: {plain(grid)}")
         except ZimgError as exc:
             raise fail(f"cannot write the grid: {exc}") from None
     if report.failed:
