@@ -105,7 +105,7 @@ def test_item_results_keep_their_order_and_kind():
 
 def test_items_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), mode="path").items_per_job() == 8
-    assert BatchOptions(outdir=Path("."), mode="encoded").items_per_job() == 8
+    assert BatchOptions(outdir=Path("."), mode="encoded").items_per_job() == 16
     assert BatchOptions(outdir=Path("."), mode="raw").items_per_job() == 1
     assert BatchOptions(outdir=Path("."), mode="encoded", job_items=4).items_per_job() == 4
     assert BatchOptions(outdir=Path("."), job_items=10_000).items_per_job() == MAX_ITEMS
