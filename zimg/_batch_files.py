@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,52 @@ from zimg._errors import ImageError, ZimgError
 from zimg.jobs import JobItem, JobRequest, JobResult
 
 
-def plan_outputs(files: Sequence[Path], outdir: Path, *, taken: Iterable[str] = ()) -> list[str]:
+def input_paths(files: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Each input as ``str(Path(f))``, the name the manifest gives it, without making a Path
+    for the (usual) inputs that are written that way already: a Path costs microseconds, and
+    this runs for every input."""
+    paths: list[str] = []
+    for f in files:
+        path = f if type(f) is str else os.fspath(f)
+        if not _as_pathlib_writes_it(path):
+            path = str(Path(path))
+        paths.append(path)
+    return paths
+
+
+def _as_pathlib_writes_it(path: str) -> bool:
+    """Whether ``str(Path(path)) == path`` for sure (POSIX: pathlib drops empty and ``.``
+    parts, so ``//``, ``./`` and a trailing ``/`` are rewritten). False when unsure."""
+    return _POSIX and (
+        path == "/"
+        or (
+            path != ""
+            and "//" not in path
+            and "/./" not in path
+            and not path.startswith("./")
+            and not path.endswith(("/", "/."))
+        )
+    )
+
+
+_POSIX = os.name == "posix"
+
+
+def stem_and_suffix(path: str) -> tuple[str, str]:
+    """The last part of ``path`` (as :func:`input_paths` writes it) without its extension, and
+    the extension: ``a/cat.tar.gz`` -> ``("cat.tar", ".gz")``. As ``PurePath.stem`` and
+    ``.suffix`` in Python 3.11 (a leading or trailing dot is not an extension), whatever the
+    Python: the output names of a batch must not change with it."""
+    name = "" if path == "." else path.rpartition("/")[2] if _POSIX else Path(path).name
+    dot = name.rfind(".")
+    if 0 < dot < len(name) - 1:
+        return name[:dot], name[dot:]
+    return name, ""
+
+
+def plan_outputs(
+    files: Sequence[str | os.PathLike[str]], outdir: Path, *, taken: Iterable[str] = ()
+) -> list[str]:
     """The output file name (in ``outdir``) of each input; inputs whose names collide (with
     each other or with a name in ``taken``) get ``-2``, ``-3``... suffixes. Names, not paths:
     one short string per input keeps a long batch's memory small (a hashed Path costs several
@@ -27,7 +72,7 @@ def plan_outputs(files: Sequence[Path], outdir: Path, *, taken: Iterable[str] = 
     seen: set[str] = set(taken)
     planned: list[str] = []
     for f in files:
-        stem, suffix = f.stem, f.suffix  # no new Path per input: this runs for every one
+        stem, suffix = stem_and_suffix(f if type(f) is str else str(Path(f)))
         name = images.output_name(stem, suffix)
         n = 1
         while name in seen:
@@ -85,7 +130,7 @@ class Temporaries:
                 leftover.unlink()
 
 
-def keep_done(manifest_path: Path, paths: Sequence[Path]) -> dict[str, str]:
+def keep_done(manifest_path: Path, paths: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
     """Rewrite the manifest with only the lines of inputs in ``paths`` that are done (no
     error, output present), one per input; return ``{input: output file name}`` for them.
 
@@ -122,16 +167,41 @@ def keep_done(manifest_path: Path, paths: Sequence[Path]) -> dict[str, str]:
 
 
 def write_output(
-    output: str, payload: np.ndarray[Any, Any], item: JobItem, mode: str, new: bool
+    output: str,
+    payload: np.ndarray[Any, Any],
+    item: JobItem,
+    mode: str,
+    new: bool,
+    *,
+    dir_fd: int | None = None,
 ) -> None:
     if mode == "raw":
         payload = images.encode(payload, item.ext, name=item.name)
-    images.write_atomic(output, payload, new=new)
+    images.write_atomic(output, payload, new=new, dir_fd=dir_fd)
 
 
-def input_size(path: Path) -> int:
+# os.replace takes src_dir_fd and dst_dir_fd where os.rename does (it is not listed itself).
+_DIR_FDS = {os.open, os.rename, os.unlink, os.stat} <= os.supports_dir_fd
+
+
+@contextlib.contextmanager
+def opened_folder(folder: Path) -> Iterator[int | None]:
+    """``folder`` opened, for the block, to write into it by name (``dir_fd``); None where
+    the system cannot, or the folder cannot be opened (the writes then use whole paths)."""
+    fd = None
+    if _DIR_FDS:
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def input_size(path: str) -> int:
     """The file's size, or 0 if it cannot be read (the worker reports why)."""
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except OSError:
         return 0

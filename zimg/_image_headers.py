@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from zimg._errors import ImageError
 
 Data = bytes | bytearray | memoryview | NDArray[np.uint8]
+Buffer = memoryview | bytes  # what the header readers index: a flat byte view, or bytes
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -89,7 +90,7 @@ _UNSIZED = (
 _SNIFFED = "PNG, JPEG, GIF, BMP, WebP, PNM/PAM/PFM and TIFF"
 
 
-def unsized_reason(buf: memoryview) -> str:
+def unsized_reason(buf: Buffer) -> str:
     """Why data whose size :func:`read_header` cannot read is refused."""
     head = bytes(buf[:16])
     for magic, at, fmt in _UNSIZED:
@@ -101,7 +102,7 @@ def unsized_reason(buf: memoryview) -> str:
     return "not an image (unrecognised format)"
 
 
-def read_header(buf: memoryview) -> Header | None:
+def read_header(buf: Buffer) -> Header | None:
     """Read an image's header: its format, size and decoded layout; None for unknown formats.
 
     Raises:
@@ -138,7 +139,7 @@ def _sized(
     return Header(fmt, w, h, channels, sample_bytes, floating)
 
 
-def _sniff_png(buf: memoryview, head: bytes) -> Header:
+def _sniff_png(buf: Buffer, head: bytes) -> Header:
     if head[12:16] != b"IHDR":
         raise ImageError("corrupt PNG: IHDR is not the first chunk")
     w, h, depth, colour = struct.unpack(">IIBB", head[16:26])
@@ -161,7 +162,7 @@ _PNG_LAYOUTS = {
 _PNG_CHUNKS_READ = 32
 
 
-def _png_has_trns(buf: memoryview) -> bool:
+def _png_has_trns(buf: Buffer) -> bool:
     """Whether a tRNS chunk comes before the first IDAT (reading chunk headers only; after
     ``_PNG_CHUNKS_READ`` chunks, or at a cut, it assumes one does)."""
     pos, n = 8, len(buf)
@@ -205,7 +206,7 @@ def _sniff_webp(head: bytes) -> Header:
     raise ImageError("truncated or corrupt WebP header")
 
 
-def _sniff_jpeg(buf: memoryview) -> Header:
+def _sniff_jpeg(buf: Buffer) -> Header:
     """Walk the JPEG segments up to the first SOS; the size comes from the SOFn marker."""
     sof: tuple[int, int, int, int] | None = None
     pos, n = 2, len(buf)
@@ -231,10 +232,12 @@ def _sniff_jpeg(buf: memoryview) -> Header:
             if sof is None:
                 raise ImageError("corrupt JPEG: no SOF marker before the scan")
             w, h, precision, components = sof
+            if w <= 0 or h <= 0:
+                raise ImageError(f"corrupt JPEG: header declares a {w}x{h} image")
             # One component decodes to gray, more to BGR (CMYK too); 12-bit to 16-bit.
             channels = 1 if components == 1 else 4 if components >= 4 else 3
-            found = _sized("JPEG", w, h, channels, 1 if precision <= 8 else 2)
-            return found._replace(scan=pos + 2 + length)
+            sample = 1 if precision <= 8 else 2
+            return Header("JPEG", w, h, channels, sample, False, pos + 2 + length)
         if marker == 0xD9:
             break
         pos += 2 + length
@@ -245,7 +248,7 @@ _TIFF_TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8
 _TIFF_LAST_TAG = 339  # SampleFormat: the tags read are all at most this
 
 
-def _sniff_tiff(buf: memoryview, head: bytes) -> Header | None:
+def _sniff_tiff(buf: Buffer, head: bytes) -> Header | None:
     """Read the first IFD (the image cv2.imdecode decodes): ImageWidth, ImageLength,
     BitsPerSample, PhotometricInterpretation, SamplesPerPixel and SampleFormat.
 
@@ -292,7 +295,7 @@ def _sniff_tiff(buf: memoryview, head: bytes) -> Header | None:
     return _sized("TIFF", tags[256][0], tags[257][0], channels, sample_bytes, floating=floating)
 
 
-def _tiff_values(buf: memoryview, order: str, kind: int, n: int, field: bytes) -> list[int]:
+def _tiff_values(buf: Buffer, order: str, kind: int, n: int, field: bytes) -> list[int]:
     """The first values (at most 4) of an IFD entry of ``n`` values: in its value field if
     they all fit there, else at the offset the field holds."""
     code = _TIFF_TYPES.get(kind)
@@ -316,7 +319,7 @@ _PNM_SPACE = (b" ", b"\t", b"\r", b"\n", b"#")
 _PNM_TOKEN = re.compile(rb"(?:\s|#[^\r\n]*)*(\S+)")
 
 
-def _sniff_pnm(buf: memoryview) -> Header:
+def _sniff_pnm(buf: Buffer) -> Header:
     """P1-P6 (PBM, PGM, PPM), P7 (PAM) and PF/Pf (PFM): sizes are text in the first bytes."""
     head = bytes(buf[:_PNM_HEADER_BYTES])
     kind = head[1:2]
@@ -377,7 +380,8 @@ def sniff_size(data: Data) -> tuple[int, int] | None:
     Raises:
         ImageError: the signature is known but the header is truncated or corrupt.
     """
-    found = read_header(as_byte_view(data))
+    # bytes (a file just read) as they are: indexing them costs less than a memoryview's.
+    found = read_header(data if type(data) is bytes else as_byte_view(data))
     return None if found is None else (found.width, found.height)
 
 

@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from zimg import images, ops
-from zimg._batch_files import Temporaries, input_size, keep_done, plan_outputs, write_output
+from zimg._batch_files import (
+    Temporaries,
+    input_paths,
+    input_size,
+    keep_done,
+    opened_folder,
+    plan_outputs,
+    stem_and_suffix,
+    write_output,
+)
 from zimg._errors import ImageError, ZimgError
 from zimg._progress import progress_bar
 from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient, JobTarget
@@ -190,7 +199,7 @@ def run_batch(
     """
     if progress:
         return _run_batch_with_bar(connection, files, options, on_entry, on_skipped)
-    paths = [f if isinstance(f, Path) else Path(f) for f in files]  # no copies: memory
+    paths = input_paths(files)  # str(Path(f)) for each, as the manifest names it
     outdir = options.outdir
     outdir.mkdir(parents=True, exist_ok=True)
     # An empty output folder (the usual case): no output replaces a file, so none needs the
@@ -201,7 +210,7 @@ def run_batch(
     todo: list[int] | None = None  # None: every input, in order
     if options.resume:
         kept = keep_done(manifest_path, paths)
-        todo = [i for i, path in enumerate(paths) if str(path) not in kept]
+        todo = [i for i, path in enumerate(paths) if path not in kept]
         names = [""] * len(paths)  # skipped inputs write nothing
         planned = plan_outputs([paths[i] for i in todo], outdir, taken=kept.values())
         for i, name in zip(todo, planned, strict=True):
@@ -224,27 +233,36 @@ def run_batch(
     )
     report = BatchReport(manifest=manifest_path)
     report.skipped = 0 if todo is None else len(paths) - len(todo)
+    per_node = report.per_node
     started = time.perf_counter()
-
-    with open(manifest_path, "a" if options.resume else "w", encoding="utf-8") as manifest:
+    with (
+        # Outputs are written by their names in the folder: the kernel looks it up once.
+        opened_folder(outdir) as out_fd,
+        open(manifest_path, "a" if options.resume else "w", encoding="utf-8") as manifest,
+    ):
         flushed_at = time.monotonic()
+        write_line = manifest.write
 
         def record(entry: dict[str, Any]) -> None:
             """One manifest line, and the report's counts."""
             nonlocal flushed_at
-            manifest.write(json.dumps(entry) + "\n")
-            if time.monotonic() - flushed_at > MANIFEST_FLUSH_S:
+            write_line(_to_json(entry) + "\n")
+            now = time.monotonic()
+            if now - flushed_at > MANIFEST_FLUSH_S:
                 manifest.flush()
-                flushed_at = time.monotonic()
+                flushed_at = now
             report.count += 1
-            if entry["error"] is not None:
+            error, node = entry["error"], entry["node"]
+            if error is not None:
                 report.failed += 1
                 if len(report.failures) < MAX_KEPT_FAILURES:
                     report.failures.append(entry)
-            if entry["node"] is not None:
-                summary = report.per_node.setdefault(entry["node"], NodeSummary())
+            if node is not None:
+                summary = per_node.get(node)
+                if summary is None:
+                    summary = per_node[node] = NodeSummary()
                 summary.jobs += 1
-                summary.errors += entry["error"] is not None
+                summary.errors += error is not None
                 summary.total_ms += entry["ms"] or 0.0
             if on_entry is not None:
                 on_entry(entry)
@@ -253,9 +271,10 @@ def run_batch(
             """Each readable input as a job item, with its size in bytes."""
             for index in range(len(paths)) if todo is None else todo:
                 path = paths[index]
+                suffix = stem_and_suffix(path)[1]
                 if temporaries is not None:  # the worker reads and writes: nothing to load
                     output = temporaries.prefix(names[index])
-                    item = JobItem(index, os.path.abspath(path), path.suffix, output=output)
+                    item = JobItem(index, os.path.abspath(path), suffix, output=output)
                     yield item, input_size(path)
                     continue
                 try:
@@ -263,7 +282,7 @@ def run_batch(
                 except ZimgError as exc:
                     record(_entry(index, path, None, None, 0, None, str(exc)))
                     continue
-                yield JobItem(index, str(path), path.suffix, payload=payload), payload.nbytes
+                yield JobItem(index, path, suffix, payload=payload), payload.nbytes
 
         per_job = options.items_per_job()
 
@@ -286,32 +305,36 @@ def run_batch(
             the writes to a pool of threads cost more CPU in GIL hand-overs than it saved
             (measured: docs/decisions.md)."""
             result, latency = done.result, round(done.latency_s * 1000, 3)
+            node, attempt, mode = result.node, result.attempt, options.mode
             for position, item in enumerate(done.request.items):
                 outcome = result.item(position)
-                output = os.path.join(out_prefix, names[item.index])  # no Path per item
+                index = item.index
+                name = names[index]
+                output = os.path.join(out_prefix, name)  # no Path per item
                 error = outcome.error
                 try:
                     if not outcome.ok:
                         error = error or f"{item.name}: failed"
                     elif temporaries is not None:
-                        temporaries.keep(outcome.output, names[item.index], output)
+                        temporaries.keep(outcome.output, name, output)
                     elif outcome.payload is not None:
-                        write_output(output, outcome.payload, item, options.mode, fresh)
+                        target = output if out_fd is None else name
+                        write_output(target, outcome.payload, item, mode, fresh, dir_fd=out_fd)
                     else:
                         error = f"{item.name}: the worker returned no output"
                 except (ZimgError, OSError) as exc:
                     error = f"{item.name}: cannot write {output}: {exc}"
                 record(
-                    _entry(
-                        item.index,
-                        paths[item.index],
-                        None if error else output,
-                        result.node,
-                        result.attempt,
-                        outcome.ms,
-                        error,
-                        latency_ms=latency,
-                    )
+                    {
+                        "index": index,
+                        "input": paths[index],
+                        "output": None if error else output,
+                        "node": node,
+                        "attempts": attempt,
+                        "ms": outcome.ms,
+                        "latency_ms": latency,
+                        "error": error,
+                    }
                 )
 
         try:
@@ -391,7 +414,7 @@ def group_items(
         yield group
 
 
-def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:
+def _load_payload(path: str, options: BatchOptions) -> np.ndarray[Any, Any]:
     if options.mode == "raw":
         return images.load(path, max_pixels=options.max_pixels)
     data = images.read_file(path)
@@ -403,9 +426,13 @@ def _load_payload(path: Path, options: BatchOptions) -> np.ndarray[Any, Any]:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+# json.dumps without its per-call check of the keyword arguments (the same encoder).
+_to_json = json.JSONEncoder().encode
+
+
 def _entry(
     index: int,
-    path: Path,
+    path: str,
     output: str | None,
     node: str | None,
     attempts: int,
@@ -416,7 +443,7 @@ def _entry(
 ) -> dict[str, Any]:
     return {
         "index": index,
-        "input": str(path),
+        "input": path,
         "output": output,
         "node": node,
         "attempts": attempts,

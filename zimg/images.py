@@ -264,14 +264,18 @@ _temporaries = itertools.count()  # names of write_atomic's temporary files, in 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def write_atomic(path: str | os.PathLike[str], data: Data, *, new: bool = False) -> None:
+def write_atomic(
+    path: str | os.PathLike[str], data: Data, *, new: bool = False, dir_fd: int | None = None
+) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and
     ``os.replace``, so readers see the old file or the whole new one, never half of it.
 
     The new file keeps the old one's permissions, or gets the usual 0o666 less the umask (the
     kernel applies the umask as it creates the temporary file). Safe from several threads.
     ``new=True``: the caller knows there was no file at ``path`` (the old mode is not looked
-    up; should one appear meanwhile, it is replaced with the usual mode).
+    up; should one appear meanwhile, it is replaced with the usual mode). ``dir_fd``: ``path``
+    is relative to this open directory, which spares the kernel looking up its folders three
+    times (a batch writes every output into one directory).
 
     Raises:
         OSError: the directory is missing or not writable; no temporary file is left behind.
@@ -281,7 +285,7 @@ def write_atomic(path: str | os.PathLike[str], data: Data, *, new: bool = False)
     for _ in range(100):  # a leftover of another process of this pid: take the next name
         tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_temporaries)}.tmp")
         try:
-            fd = os.open(tmp, _NEW_FILE, 0o666)
+            fd = os.open(tmp, _NEW_FILE, 0o666, dir_fd=dir_fd)
             break
         except FileExistsError:
             continue
@@ -292,15 +296,37 @@ def write_atomic(path: str | os.PathLike[str], data: Data, *, new: bool = False)
             # An old file's mode stays; a new file keeps the mode it was created with.
             if not new:
                 with contextlib.suppress(FileNotFoundError):
-                    os.fchmod(fd, stat.S_IMODE(os.stat(target).st_mode))
-            view = memoryview(as_byte_view(data) if isinstance(data, np.ndarray) else data)
-            view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-            while view:
-                view = view[os.write(fd, view) :]
+                    mode = os.stat(target, dir_fd=dir_fd).st_mode
+                    os.fchmod(fd, stat.S_IMODE(mode))
+            _write_all(fd, data)
         finally:
             os.close(fd)
-        os.replace(tmp, target)
+        if dir_fd is None:
+            os.replace(tmp, target)
+        else:
+            os.replace(tmp, target, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp)
+            if dir_fd is None:
+                os.unlink(tmp)
+            else:
+                os.unlink(tmp, dir_fd=dir_fd)
         raise
+
+
+def _write_all(fd: int, data: Data) -> None:
+    """Write all of ``data``; a flat uint8 array (what a batch writes) goes as it is."""
+    if type(data) is np.ndarray and data.dtype is _UINT8 and data.flags.c_contiguous:
+        view = data.data  # 1-byte items: os.write takes any contiguous buffer
+        done = os.write(fd, view)
+        if done == data.nbytes:
+            return
+        view = view.cast("B")[done:]
+    else:
+        view = memoryview(as_byte_view(data) if isinstance(data, np.ndarray) else data)
+        view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+_UINT8 = np.dtype(np.uint8)
