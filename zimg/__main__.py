@@ -1,5 +1,5 @@
 """``python -m zimg``: the same as the ``zimg`` command."""
 
-from zimg.cli import main
+from zimg.cli import run
 
-main()
+run()

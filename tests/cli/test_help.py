@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -92,3 +94,47 @@ def test_every_just_recipe_has_a_doc_comment() -> None:
     assert recipes
     for i in recipes:
         assert lines[i - 1].startswith("# "), lines[i]
+
+
+def _run_zimg_in(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script``, then ``zimg.cli.run()`` (the console script's entry point) with ``args``."""
+    code = f"import sys\nfrom zimg.cli import run\n{script}\n"
+    code += f"sys.argv = ['zimg', *{list(args)!r}]\nrun()\n"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_entry_point_leaves_without_tearing_the_interpreter_down() -> None:
+    script = (
+        "import atexit\n"
+        "atexit.register(lambda: print('exit functions ran'))\n"
+        "class Noisy:\n"
+        "    def __del__(self):\n"
+        "        print('torn down')\n"
+        "kept = Noisy()\n"
+    )
+    done = _run_zimg_in(script, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("zimg ")
+    assert "exit functions ran" in done.stdout  # flushed before leaving
+    assert "torn down" not in done.stdout  # module globals are not freed one by one
+
+
+def test_the_entry_point_keeps_exit_codes_and_messages() -> None:
+    done = _run_zimg_in("", "send", "/nonexistent/a.jpg")
+    assert done.returncode == 1
+    assert "none of the 1 inputs exist" in done.stderr
+    assert _run_zimg_in("", "send", "--no-such-option").returncode == 2
+
+
+def test_the_entry_point_waits_for_a_thread_that_is_not_a_daemon() -> None:
+    script = (
+        "import threading\n"
+        "go = threading.Event()\n"
+        "threading.Thread(target=lambda: (go.wait(30), print('thread done'))).start()\n"
+        "threading.Timer(0.2, go.set).start()\n"
+    )
+    done = _run_zimg_in(script, "--version")
+    assert done.returncode == 0, done.stderr
+    assert "thread done" in done.stdout

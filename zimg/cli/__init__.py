@@ -8,6 +8,6 @@ no OpenCV, NumPy or ZeroMQ.
 """
 
 from zimg.cli import batches, keys, servers, tools  # noqa: F401  (registers the commands)
-from zimg.cli._app import app, main
+from zimg.cli._app import app, main, run
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run"]

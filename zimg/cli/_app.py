@@ -1,9 +1,11 @@
 """The ``zimg`` command's Typer app, its global options (--version) and ``main``."""
 
+import atexit
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated
+import threading
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -59,13 +61,49 @@ def _main(
 
 
 def main() -> None:
-    """Entry point of the ``zimg`` console script."""
+    """Run the ``zimg`` command line; it ends with ``SystemExit``, as a click program does."""
     # NumPy's OpenBLAS starts a thread per CPU at import, and each spins for about 0.1 s
     # before it sleeps: 0.12 s of CPU per command on this page's 2-CPU machine, and no zimg
     # command does linear algebra. A worker runs one job per CPU (CPU slots), so a behaviour
     # that does gets no more from BLAS threads either. The environment still has the last word.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     app()
+
+
+def run() -> NoReturn:
+    """Entry point of the ``zimg`` console script and of ``python -m zimg``: :func:`main`,
+    then leave without tearing the interpreter down.
+
+    Freeing every object of NumPy, typer and pyzmq one by one at exit took 0.03 s of CPU after
+    a ``zimg send``'s last line (``strace -tt``: from the last write to ``exit_group``) and
+    0.09 s of wall on a loaded machine, a third of a 1-image send. The exit functions still
+    run (logging's flush, multiprocessing's children) and stdout and stderr are flushed; the
+    normal exit is kept while a thread that is not a daemon runs, as Python would wait for it.
+    """
+    try:
+        main()
+        code: object = 0
+    except SystemExit as exc:
+        code = exc.code
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not _MAIN):
+        sys.exit(code)  # type: ignore[arg-type]  # SystemExit's own code, as it came
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # as Python prints a SystemExit that is not a number
+        print(code, file=sys.stderr)
+        status = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):  # a closed pipe: as Python reports it
+            status = status or 120
+    os._exit(status)
+
+
+_MAIN = threading.main_thread()
 
 
 def setup_logging(level: str) -> None:
