@@ -115,8 +115,9 @@ class NodeSummary:
 
 
 # Images per job when ``job_items`` is not set. In encoded mode only images under 16 KB reach
-# 16 before 256 KiB; for those, 16 instead of 8 took the sender from about 200 to 170 µs of
-# CPU per image and the broker from 77 to 60 (python -m zimg.bench.throughput, docs/decisions.md).
+# 16 before 256 KiB; for the 4,000 12 KB images of python -m zimg.bench.throughput, 16 instead
+# of 8 halved the jobs (277, not 521) and cut the sender's CPU per image by 14%
+# (docs/decisions.md, "Jobs").
 _ITEMS_PER_JOB: dict[str, int] = {"path": 8, "encoded": 16, "raw": 1}
 MAX_KEPT_FAILURES = 1000
 # The manifest is flushed at least this often, and at the end (a flush per line was a system
