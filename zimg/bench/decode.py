@@ -33,7 +33,7 @@ import math
 import sys
 import time
 import timeit
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -43,228 +43,52 @@ import numpy as np
 
 from zimg import wire
 from zimg._errors import WireError
+
+# The collision keys and the headers live in their own modules; their names stay importable
+# from here, where the tests have always found them.
+from zimg.bench.hash_collisions import (
+    KINDS,
+    colliding_floats,
+    colliding_ids,
+    colliding_ints,
+    colliding_mixed,
+    colliding_pids,
+    colliding_tuples,
+)
+from zimg.bench.headers import (
+    FLOODS,
+    MB,
+    as_msgpack,
+    collision_header,
+    flood_header,
+    packed_map,
+    plain_header,
+    str_key_header,
+)
 from zimg.wire import Command, Ext, Pid, Ref
 
-MB = 1 << 20
-
-# CPython's tuple hash (xxHash's round, Objects/tupleobject.c, 3.8 onwards) and int hash.
-_M64 = (1 << 64) - 1
-_P1 = 11400714785074694791
-_P2 = 14029467366897019727
-_P5 = 2870177450012600261
-_INV_P2 = pow(_P2, -1, 1 << 64)
-_INV_P2_31 = pow(_P2, -1, 1 << 31)
-_MODULUS = (1 << 61) - 1  # an int hashes to itself modulo this Mersenne prime
-
-
-def _rotl31(x: int) -> int:
-    return ((x << 31) | (x >> 33)) & _M64
-
-
-def _int_hashing_to(u: int) -> int | None:
-    """An int whose ``hash()``, read as 64 unsigned bits, is ``u``; None if no int has it."""
-    s = u - (1 << 64) if u >= 1 << 63 else u
-    if 0 <= s < _MODULUS or -_MODULUS < s < -1:
-        return s
-    return None
-
-
-def colliding_tuples(n: int, target: int = 0x5EED) -> list[tuple[int, int]]:
-    """``n`` pairs of ints that all have one ``hash()``, whatever ``PYTHONHASHSEED`` is.
-
-    For ``(a, b)`` the hash runs ``acc = rotl(acc + hash(x) * P2, 31) * P1`` over the items; for
-    each ``a``, the ``b`` whose hash brings ``acc`` to the same value before the last rotation is
-    computed. About one ``a`` in four has such a ``b`` in the int range.
-    """
-    out: list[tuple[int, int]] = []
-    a = 0
-    while len(out) < n:
-        acc = _rotl31((_P5 + (a & _M64) * _P2) & _M64) * _P1 & _M64
-        b = _int_hashing_to((target - acc) * _INV_P2 & _M64)
-        if b is not None:
-            out.append((a, b))
-        a += 1
-    return out
-
-
-def colliding_ids(n: int, node: str = "x") -> list[tuple[str, int, int]]:
-    """``n`` (node, incarnation, serial) triples whose :class:`Pid` (or :class:`Ref`) all have one
-    hash in every process, although ``node``'s str hash is secret.
-
-    A pid hashes as the tuple of its fields. With incarnations ``j * 2**33`` the secret part only
-    shifts the high 31 bits of the accumulator by ``d = j * P2 mod 2**31``, a known amount (bar a
-    carry once in about ``2**31 / d`` sets), and each serial is chosen to cancel it.
-    """
-    out: list[tuple[str, int, int]] = [(node, 0, 0)]
-    d = 0
-    while len(out) < n:
-        d += 1
-        j = d * _INV_P2_31 % (1 << 31)
-        if j >= 1 << 28:  # the incarnation j * 2**33 must stay under 2**61 to hash to itself
-            continue
-        serial = _int_hashing_to(-d * _P1 * _INV_P2 & _M64)
-        if serial is not None:
-            out.append((node, j << 33, serial))
-    return out
-
-
-def colliding_pids(n: int) -> list[Pid]:
-    return [Pid(*parts) for parts in colliding_ids(n)]
-
-
-def colliding_ints(n: int) -> list[int]:
-    """Ints in groups of up to nine that share a hash (they differ by multiples of 2**61 - 1),
-    the groups' hashes all multiples of 2**32 (one probe sequence for longer)."""
-    out: list[int] = []
-    base = 0
-    while len(out) < n:
-        base += 1 << 32
-        out.extend(v for k in range(9) if (v := base + k * _MODULUS) < 1 << 64)
-    return out[:n]
-
-
-def colliding_floats(n: int) -> list[float]:
-    """Floats in groups that share a hash: ``x * 2**61`` hashes as ``x`` does."""
-    out: list[float] = []
-    base = 0.5
-    while len(out) < n:
-        base += 1.0
-        out.extend(math.ldexp(base, 61 * k) for k in range(-17, 17))
-    return out[:n]
-
-
-def colliding_mixed(n: int) -> list[Any]:
-    """Tuples, the int and the float of their hash, pids, None, True: one hash for most."""
-    pairs = colliding_tuples(n)
-    code = hash(pairs[0])
-    out: list[Any] = [None, True, code, float(code)]
-    for i, (pair, parts) in enumerate(zip(pairs, colliding_ids(n), strict=False)):
-        out.append(pair if i % 2 else Pid(*parts))
-    return out[:n]
-
-
-KINDS: dict[str, Callable[[int], list[Any]]] = {
-    "tuples": colliding_tuples,
-    "pids": colliding_pids,
-    "ints": colliding_ints,
-    "floats": colliding_floats,
-    "mixed": colliding_mixed,
-}
-"""The collision generators by name: each gives ``n`` keys, as Python values."""
-
-
-def as_msgpack(key: Any) -> Any:
-    """A key as msgpack packs it on the wire: tuples, pids and refs as their ext types."""
-    if isinstance(key, tuple):
-        return msgpack.ExtType(Ext.TUPLE, _pack([as_msgpack(x) for x in key]))
-    if isinstance(key, Pid | Ref):
-        code = Ext.PID if isinstance(key, Pid) else Ext.REF
-        return msgpack.ExtType(code, _pack([key.node, key.incarnation, key.serial]))
-    return key
-
-
-def _pack(obj: Any) -> bytes:
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
-    return packed
-
-
-def _map_head(count: int) -> bytes:
-    if count < 16:
-        return bytes([0x80 | count])
-    if count < 1 << 16:
-        return b"\xde" + count.to_bytes(2, "big")
-    return b"\xdf" + count.to_bytes(4, "big")
-
-
-def packed_map(keys: list[Any], value: Any = None) -> bytes:
-    """A msgpack map of ``keys`` (as :func:`as_msgpack` packs them), each to ``value``."""
-    packed_value = _pack(value)
-    body = b"".join(_pack(as_msgpack(k)) + packed_value for k in keys)
-    return _map_head(len(keys)) + body
-
-
-def collision_header(
-    kind: str, size: int = MB - 64, where: str = "nested", keys: list[Any] | None = None
-) -> bytes:
-    """A packed header of at most ``size`` bytes whose map keys all collide.
-
-    Args:
-        kind: a name in :data:`KINDS`.
-        size: the most bytes the header may take (the default fits under ``max_header_bytes``).
-        where: ``"nested"`` puts the map at ``{"msg": {...}}``; ``"top"`` makes it the header.
-        keys: the keys to use instead of generating them (cut to fit).
-    """
-    if keys is None:
-        per_key = max(2, len(_pack(as_msgpack(KINDS[kind](8)[-1]))) + 1)
-        keys = KINDS[kind](size // per_key + 16)
-    prefix = b"\x81\xa3msg" if where == "nested" else b""
-    room = size - len(prefix) - 5
-    count, used = 0, 0
-    for key in keys:
-        cost = len(_pack(as_msgpack(key))) + 1
-        if used + cost > room:
-            break
-        used += cost
-        count += 1
-    header = prefix + packed_map(keys[:count])
-    assert len(header) <= size, (len(header), size)
-    return header
-
-
-def str_key_header(size: int = MB - 64) -> bytes:
-    """The same shape as :func:`collision_header` (one map of ~1 MB), with str keys."""
-    keys: Iterator[str] = (f"k{i:07d}" for i in range(size))
-    chosen = [next(keys) for _ in range((size - 16) // 11)]
-    return b"\x81\xa3msg" + packed_map(chosen)
-
-
-def plain_header(size: int = MB - 64) -> bytes:
-    """A RESULT-like header of ~``size`` bytes: many small maps of plain values."""
-    item = {"name": "img_0000.png", "ok": True, "ms": 12.5, "error": None, "n": 1234}
-    count = (size - 64) // len(_pack(item))
-    return _pack({"id": 7, "node": "n1", "ok": True, "items": [item] * count})
-
-
-def flood_header(kind: str, size: int = MB - 64, *, bad_end: bool = False) -> bytes:
-    """A header of cheap-to-send, costly-to-decode items: ``{"msg": [item, item, ...]}``.
-
-    With ``bad_end``, the last item is ``{1: None}``, so that the decoder must read all the rest
-    before it can refuse the message.
-    """
-    unit = {
-        "empty lists": b"\x90",
-        "empty maps": b"\x80",
-        "lists and ints": b"\x90\x00",  # two items
-        "1-tuples": b"\xd5\x03\x91\xc0",
-        "pids": None,
-        "refs": None,
-        "nested lists": b"\x91" * 30 + b"\x90",
-    }[kind]
-    tail = b"\x81\x01\xc0" if bad_end else b""  # {1: None}: refused after all the rest
-    room = size - 16 - len(tail)
-    if unit is None:
-        code = Ext.PID if kind == "pids" else Ext.REF
-        items = []
-        used = 0
-        serial = 0
-        while True:
-            item = _pack(msgpack.ExtType(code, _pack(["n1", 1, serial])))
-            if used + len(item) > room:
-                break
-            items.append(item)
-            used += len(item)
-            serial += 1
-        body = b"".join(items)
-        count = len(items)
-    else:
-        units = room // len(unit)
-        body = unit * units
-        count = units * (2 if kind == "lists and ints" else 1)
-    array = b"\xdd" + (count + bool(tail)).to_bytes(4, "big") + body + tail
-    return b"\x81\xa3msg" + array
-
-
-FLOODS = ("empty lists", "empty maps", "lists and ints", "1-tuples", "pids", "refs", "nested lists")
+__all__ = [
+    "FLOODS",
+    "KINDS",
+    "MB",
+    "as_msgpack",
+    "colliding_floats",
+    "colliding_ids",
+    "colliding_ints",
+    "colliding_mixed",
+    "colliding_pids",
+    "colliding_tuples",
+    "collision_header",
+    "cpu_seconds",
+    "decode_seconds",
+    "flood_header",
+    "main",
+    "old_decode_seconds",
+    "packed_map",
+    "plain_header",
+    "str_key_header",
+    "typical_us",
+]
 
 
 def _frames(header: bytes) -> list[bytes]:
