@@ -182,6 +182,8 @@ NOT_GIVEN = Expect(("late_results",), ("unknown_peer",))  # forged RESULT
 JOB = Expect(("jobs_received",), ("unknown_peer",))  # id fine, anything else may be junk
 UNFORWARDABLE_JOB = Expect(("jobs_received", "jobs_failed"), ("unknown_peer",))
 ACTOR = Expect((), ("unknown_peer",))  # routed to a node, or unroutable
+# An actor command whose `to` is no pid, node name or (name, node) pair of strs.
+BAD_TO = Expect(("malformed",), ("unknown_peer",))
 PLAIN = Expect((), ())  # NODES from anyone
 HEARTBEAT = Expect((), ("unknown_peer",))
 
@@ -655,6 +657,10 @@ class Generator:
         pid = header.header.get("pid")
         if own is not None or (header.command is Command.SPAWNED and pid is not None):
             return frames, FORGED
+        to = header.header.get("to")
+        pair = isinstance(to, tuple | list) and len(to) == 2
+        if not (isinstance(to, Pid | str) or (pair and all(type(x) is str for x in to))):
+            return frames, BAD_TO  # checked after the sender, before routing
         return frames, ACTOR
 
     def _actor(self) -> list[bytes]:
