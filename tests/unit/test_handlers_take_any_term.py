@@ -1,5 +1,6 @@
 """Every handler takes any term in any field without raising: the broker's state machine for
-every command, from a joined node and from a stranger, and a node's actor handlers.
+every command, from a joined node and from a stranger, a node's actor handlers, and what a
+worker makes of a JOB and a client of a RESULT.
 
 A header that decodes is a header a peer can send. Whatever a handler does with a field of the
 wrong type (an array compared with a str, a list used as a dict key...), it must refuse the
@@ -11,6 +12,7 @@ names and pids of the nodes that are joined, ``"*"``, valid tickets and job ids.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -24,6 +26,7 @@ from zimg._actor import ActorLimits, ActorRuntime
 from zimg._broker_state import BrokerConfig, BrokerState
 from zimg._errors import ZimgTimeout
 from zimg._transport import Transport
+from zimg.jobs import JobRequest, JobResult
 from zimg.wire import Command, Message, Pid, Ref
 
 from .test_actor_limits import FakeConnection
@@ -156,3 +159,31 @@ def drain(rt: ActorRuntime) -> None:
             rt.main.mailbox.receive(timeout=0)
         except ZimgTimeout:
             return
+
+
+ITEM_FIELDS = ["name", "ext", "payload", "output", "ok", "ms", "error"]
+items = st.lists(
+    st.dictionaries(
+        st.sampled_from(ITEM_FIELDS),
+        st.sampled_from(["a.jpg", ".jpg", True, 1.5, np.zeros(4, np.uint8)]) | terms,
+        max_size=5,
+    )
+    | terms,
+    max_size=3,
+)
+JOB_FIELDS = ["id", "mode", "ops", "items", "max_pixels", "deadline_s", "ok", "node", "attempt"]
+job_headers = st.dictionaries(
+    st.sampled_from([*JOB_FIELDS, "error", "died", "busy"]),
+    st.sampled_from(["encoded", "raw", "path", 7, True, 0.5, []]) | items | terms,
+    max_size=8,
+)
+
+
+@settings(SETTINGS, max_examples=300)
+@given(header=job_headers)
+def test_a_job_or_result_header_is_read_or_refused_as_malformed(header: dict[str, Any]) -> None:
+    """What a worker makes of a JOB and a client of a RESULT: the request or result, or a
+    WireError saying what is wrong, for any header; never another exception."""
+    for read in (JobRequest.from_header, JobResult.from_header):
+        with contextlib.suppress(wire.WireError):
+            read(header)
