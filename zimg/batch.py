@@ -326,7 +326,7 @@ def run_batch(
                 except (ZimgError, OSError) as exc:
                     error = f"{item.name}: cannot write {output}: {exc}"
                 record(
-                    {
+                    {  # _entry's keys, in its order, built inline: this runs for every image
                         "index": index,
                         "input": paths[index],
                         "output": None if error else output,
