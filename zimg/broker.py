@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import resource
 import secrets
 import threading
 import time
@@ -28,6 +27,7 @@ from zimg._broker_state import (
     SendMany,
 )
 from zimg._errors import ZimgTimeout
+from zimg._fd_limit import raise_open_file_limit
 from zimg._peer_link import FailoverConfig, PeerLink
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import BrokerKeys
@@ -353,16 +353,8 @@ class Broker:
         """Raise the open-file limit as far as the system allows, and admit no more nodes than
         it leaves room for (each is one connection), so that the broker refuses a node with a
         reason rather than failing to accept its connection."""
-        try:
-            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-            if hard == resource.RLIM_INFINITY or soft < hard:
-                target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-                soft = target
-        except (OSError, ValueError) as exc:  # not allowed here: keep what we have
-            log.debug("could not raise the open-file limit: %s", exc)
-            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        if soft == resource.RLIM_INFINITY:
+        soft = raise_open_file_limit()
+        if soft is None:
             return
         room = max(16, soft - RESERVED_FDS)
         if room < self.state.node_limit:

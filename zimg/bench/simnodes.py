@@ -60,7 +60,6 @@ from zimg.bench.simnodes_loop import (
     RESERVED_FDS,
     SimNodes,
     placement_of,
-    raise_fd_limit,
 )
 from zimg.bench.simnodes_process import SimProcess
 
@@ -73,7 +72,6 @@ __all__ = [
     "SimProcess",
     "main",
     "placement_of",
-    "raise_fd_limit",
 ]
 
 _PR_SET_PDEATHSIG = 1  # prctl(2)

@@ -5,10 +5,8 @@ heartbeats, jobs, leaving) and how they scale to thousands of sockets is told in
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import random
-import resource
 import select
 import threading
 import time
@@ -20,6 +18,7 @@ import msgpack
 import zmq
 
 from zimg import protocol
+from zimg._fd_limit import raise_open_file_limit
 from zimg._zsock import send_frames
 from zimg.wire import MAGIC, Command, lead_frame
 
@@ -49,16 +48,6 @@ _PACKER = msgpack.Packer(use_bin_type=True)  # msgpack.packb would make one per 
 def _pack(obj: Any) -> bytes:
     packed: bytes = _PACKER.pack(obj)
     return packed
-
-
-def raise_fd_limit() -> int:
-    """Raise this process's open-file limit to its hard limit; return the soft limit now."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        with contextlib.suppress(OSError, ValueError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    return soft
 
 
 def placement_of(
@@ -254,9 +243,9 @@ class SimNodes:
 
     def run(self) -> None:
         """Run the nodes on this thread until :meth:`stop_soon` (or :meth:`stop`)."""
-        soft = raise_fd_limit()
+        soft = raise_open_file_limit()
         need = self.count * FDS_PER_NODE + RESERVED_FDS
-        if soft != resource.RLIM_INFINITY and need > soft:
+        if soft is not None and need > soft:
             room = (soft - RESERVED_FDS) // FDS_PER_NODE
             raise OSError(
                 f"{self.count} simulated nodes need about {need} file descriptors, and this "
