@@ -11,19 +11,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from zimg import protocol
-from zimg._actor_process import SYSTEM_LIMIT, Process, _is
+from zimg._actor_process import SYSTEM_LIMIT, Process, RuntimeHost, _is
 from zimg._actor_signals import Signals
 from zimg._actor_spawn import SpawnCalls
 from zimg._actor_watch import WatchBook, send_quietly, watchable
 from zimg._errors import ZimgError
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid
-
-if TYPE_CHECKING:
-    from zimg._actor import ActorRuntime
 
 log = logging.getLogger("zimg.actor")
 
@@ -42,7 +38,7 @@ class RemoteNodes:
 
     def __init__(
         self,
-        runtime: ActorRuntime,
+        runtime: RuntimeHost,
         lock: threading.RLock,
         procs: dict[int, Process],
         clock: Callable[[], float],

@@ -16,21 +16,21 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from zimg._errors import ZimgTimeout
 from zimg._mailbox import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_MESSAGES,
     DEFAULT_NODE_MAX_BYTES,
+    ByteBudget,
     Mailbox,
     Match,
 )
+from zimg._transport import Transport
 from zimg.wire import Pid, Ref
-
-if TYPE_CHECKING:
-    from zimg._actor import ActorRuntime
 
 ANY = "*"
 KILL = "kill"
@@ -282,7 +282,7 @@ class Process(ProcessCalls):
         exit_reason: the reason it ended with (None while it runs).
     """
 
-    def __init__(self, runtime: ActorRuntime, pid: Pid) -> None:
+    def __init__(self, runtime: RuntimeHost, pid: Pid) -> None:
         self.runtime = runtime
         self.pid = pid
         limits = runtime.limits
@@ -333,6 +333,55 @@ class Process(ProcessCalls):
 
     def __repr__(self) -> str:
         return f"<Process {self.pid!r}>"
+
+
+class RuntimeHost(Protocol):
+    """The actor runtime (``zimg._actor.ActorRuntime``) as the parts it holds see it: a
+    :class:`Process`, ``Signals``, ``SpawnCalls`` and ``RemoteNodes`` each keep their runtime and
+    call back into it. Typed by this protocol, not by the class, they sit below the runtime,
+    which builds them, with no import running back up; the class conforms (mypy checks it
+    where it hands itself to them)."""
+
+    connection: Transport
+    name: str
+    report: Callable[[], dict[str, Any]]
+    limits: ActorLimits
+    budget: ByteBudget
+    refused_links: int
+    refused_monitors: int
+    main: Process
+
+    def _new_process(self, *, spawned: bool = False) -> Process: ...
+    def _local(self, pid: Pid) -> Process | None: ...
+    def _is_local(self, pid: Pid) -> bool: ...
+    def _log_refusal(self, count: int, text: str) -> None: ...
+    def _dropped(self, proc: Process) -> None: ...
+    def list_nodes(self) -> list[str]: ...
+    def make_ref(self) -> Ref: ...
+    def replace_main(self, reason: Any) -> None: ...
+    def sweep_watches(self) -> None: ...
+    def send(self, to: Address, message: Any) -> None: ...
+    def spawn(
+        self,
+        caller: Process,
+        node: str,
+        behaviour: str,
+        args: list[Any],
+        kwargs: dict[str, Any],
+        link: bool,
+        monitor: bool,
+        timeout: float,
+    ) -> tuple[Pid, Ref]: ...
+    def link(self, proc: Process, pid: Pid) -> None: ...
+    def unlink(self, proc: Process, pid: Pid) -> None: ...
+    def monitor(self, proc: Process, pid: Pid) -> Ref: ...
+    def demonitor(self, proc: Process, ref: Ref) -> None: ...
+    def exit_signal(self, sender: Pid, to: Pid, reason: Any, *, link: bool) -> None: ...
+    def exited(self, proc: Process, reason: Any) -> None: ...
+    def monitor_node(self, proc: Process, name: str) -> None: ...
+    def register(self, proc: Process, name: str) -> None: ...
+    def unregister(self, proc: Process, name: str) -> None: ...
+    def whereis(self, name: str) -> Pid | None: ...
 
 
 def _is(term: Any, atom: str) -> bool:

@@ -9,17 +9,14 @@ reference into a remote node is counted in the runtime's WATCH book.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zimg import protocol
-from zimg._actor_process import KILL, SYSTEM_LIMIT, Process, _is
+from zimg._actor_process import KILL, SYSTEM_LIMIT, Process, RuntimeHost, _is
 from zimg._actor_watch import NodeKey, WatchBook, send_quietly
 from zimg._mailbox import term_size
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
-
-if TYPE_CHECKING:
-    from zimg._actor import ActorRuntime
 
 
 class Signals:
@@ -31,7 +28,7 @@ class Signals:
         watches: the runtime's WATCH book (links and monitors into other nodes refer to it).
     """
 
-    def __init__(self, runtime: ActorRuntime, lock: threading.RLock, watches: WatchBook) -> None:
+    def __init__(self, runtime: RuntimeHost, lock: threading.RLock, watches: WatchBook) -> None:
         self._rt = runtime
         self._lock = lock
         self._watches = watches

@@ -11,19 +11,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from zimg import protocol
-from zimg._actor_process import ANY, KILL, ExitSignal, Process, error_reason
+from zimg._actor_process import ANY, KILL, ExitSignal, Process, RuntimeHost, error_reason
 from zimg._actor_signals import Signals
 from zimg._actor_watch import NodeKey, WatchBook, watchable
 from zimg._errors import SpawnError, ZimgTimeout
 from zimg._registry import Behaviour, get_behaviour, registered_behaviours
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
-
-if TYPE_CHECKING:
-    from zimg._actor import ActorRuntime
 
 log = logging.getLogger("zimg.actor")
 
@@ -61,7 +58,7 @@ class SpawnCalls:
     """
 
     def __init__(
-        self, runtime: ActorRuntime, lock: threading.RLock, watches: WatchBook, signals: Signals
+        self, runtime: RuntimeHost, lock: threading.RLock, watches: WatchBook, signals: Signals
     ) -> None:
         self._rt = runtime
         self._lock = lock
