@@ -132,11 +132,18 @@ def read_header(buf: Buffer) -> Header | None:
 
 
 def _sized(
-    fmt: str, w: int, h: int, channels: int, sample_bytes: int, *, floating: bool = False
+    fmt: str,
+    w: int,
+    h: int,
+    channels: int,
+    sample_bytes: int,
+    *,
+    floating: bool = False,
+    scan: int = 0,
 ) -> Header:
     if w <= 0 or h <= 0:
         raise ImageError(f"corrupt {fmt}: header declares a {w}x{h} image")
-    return Header(fmt, w, h, channels, sample_bytes, floating)
+    return Header(fmt, w, h, channels, sample_bytes, floating, scan)
 
 
 def _sniff_png(buf: Buffer, head: bytes) -> Header:
@@ -232,12 +239,10 @@ def _sniff_jpeg(buf: Buffer) -> Header:
             if sof is None:
                 raise ImageError("corrupt JPEG: no SOF marker before the scan")
             w, h, precision, components = sof
-            if w <= 0 or h <= 0:
-                raise ImageError(f"corrupt JPEG: header declares a {w}x{h} image")
             # One component decodes to gray, more to BGR (CMYK too); 12-bit to 16-bit.
             channels = 1 if components == 1 else 4 if components >= 4 else 3
             sample = 1 if precision <= 8 else 2
-            return Header("JPEG", w, h, channels, sample, False, pos + 2 + length)
+            return _sized("JPEG", w, h, channels, sample, scan=pos + 2 + length)
         if marker == 0xD9:
             break
         pos += 2 + length
