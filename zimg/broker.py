@@ -26,6 +26,7 @@ from zimg._broker_state import (
     Send,
     SendMany,
 )
+from zimg._bug_log import log_bug
 from zimg._errors import ZimgTimeout
 from zimg._fd_limit import raise_open_file_limit
 from zimg._peer_link import FailoverConfig, PeerLink
@@ -41,7 +42,6 @@ RESERVED_FDS = 64
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this often
 _IDLE_AFTER_S = 1.0  # no message but heartbeats for this long: the cluster is idle
-_LOGGED_FAILURES = 10  # messages the state machine failed on that are logged with a traceback
 _EMPTY_HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # a HEARTBEAT with an empty header
 _PROBE = [_EMPTY_HEARTBEAT]
 
@@ -335,12 +335,9 @@ class Broker:
         """The state machine raised on a message from ``identity``: counted (``internal_errors``
         in NODES), and logged with its traceback the first few times only."""
         failures = self.state.on_internal_error()
-        if failures <= _LOGGED_FAILURES:
-            log.exception(
-                "a message from %r hit a bug in the broker; it was dropped%s",
-                identity,
-                "" if failures < _LOGGED_FAILURES else " (further ones are counted, not logged)",
-            )
+        log_bug(
+            log, failures, "a message from %r hit a bug in the broker; it was dropped", identity
+        )
 
     @staticmethod
     def _user_id(frame: zmq.Frame) -> str:

@@ -25,6 +25,7 @@ import zmq
 
 from zimg import _node_session as ns
 from zimg import protocol, wire
+from zimg._bug_log import log_bug
 from zimg._errors import BrokenError, ClosedError, WireError, ZimgTimeout
 from zimg._placement import Placement
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
@@ -46,7 +47,6 @@ _STOP = b"stop"
 LEAVE_FLUSH_S = 2.0
 # How often a start that can be cancelled looks at its cancel event while it waits.
 _CANCEL_CHECK_S = 0.1
-_LOGGED_HANDLER_ERRORS = 10  # handler failures logged with a traceback; the rest are counted
 _inproc_ids = itertools.count()
 
 
@@ -490,18 +490,15 @@ class Connection:
         try:
             handler(msg)
         except Exception:
-            # A bug met by one message: the I/O thread goes on. Logged with its traceback the
-            # first few times only, so a peer that keeps sending it cannot fill the disk.
+            # A bug met by one message: the I/O thread goes on, and counts it.
             self.handler_errors += 1
-            if self.handler_errors <= _LOGGED_HANDLER_ERRORS:
-                log.exception(
-                    "node %s: handler for %s failed%s",
-                    self.name,
-                    msg.command.name,
-                    ""
-                    if self.handler_errors < _LOGGED_HANDLER_ERRORS
-                    else " (further failures are counted, not logged)",
-                )
+            log_bug(
+                log,
+                self.handler_errors,
+                "node %s: handler for %s failed",
+                self.name,
+                msg.command.name,
+            )
 
     def _leave(self, farewell: list[Any] | None) -> None:
         if farewell is not None and self._dealer is not None:
