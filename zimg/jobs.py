@@ -3,11 +3,17 @@
 A job carries one or more *items* (images) that share a pipeline and a payload mode. Small images
 travel several to a job, so the fixed cost of a message (a few hops through Python on each side)
 is paid once for all of them; the broker sees one job either way.
+
+In ``encoded`` mode the items' payloads travel *packed*: one array holding them end to end
+(``payloads``) and their sizes in the header (``pack``), so a job is two frames however many
+images it holds, and a RESULT likewise (every frame costs a ZeroMQ call and a ``zmq.Frame`` on
+each side of each hop). The unpacked form, a payload per item, is still read.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,14 +90,26 @@ class JobRequest:
     max_pixels: int | None = None
     deadline_s: float | None = None
 
-    def header(self, job_id: int) -> dict[str, Any]:
-        """The JOB header, with ``job_id`` as the id on the wire."""
+    def header(self, job_id: int, *, pack: bool = True) -> dict[str, Any]:
+        """The JOB header, with ``job_id`` as the id on the wire.
+
+        ``pack``: in ``encoded`` mode, the payloads go as one array and their sizes (``pack``
+        and ``payloads``); False: each in its item, as a worker older than packing reads them.
+        """
+        payloads = [item.payload for item in self.items]
+        packed = pack and self.mode == "encoded" and packable(payloads)
         header: dict[str, Any] = {
             "id": job_id,
             "mode": self.mode,
             "ops": self.ops,
-            "items": [item.to_wire() for item in self.items],
+            "items": (
+                [{"name": item.name, "ext": item.ext} for item in self.items]
+                if packed
+                else [item.to_wire() for item in self.items]
+            ),
         }
+        if packed:
+            header["pack"], header["payloads"] = pack_payloads(payloads)
         if self.max_pixels is not None:
             header["max_pixels"] = self.max_pixels
         if self.deadline_s is not None:
@@ -111,7 +129,15 @@ class JobRequest:
         raw_items = protocol.field(header, "items", list)
         if not 1 <= len(raw_items) <= MAX_ITEMS:
             raise WireError(f"a job holds 1 to {MAX_ITEMS} items, not {len(raw_items)}")
-        items = [_item(i, raw, mode) for i, raw in enumerate(raw_items)]
+        packed = "pack" in header
+        if packed and mode != "encoded":
+            raise WireError(f"only encoded payloads travel packed, not {mode} ones")
+        items = [_item(i, raw, mode, packed) for i, raw in enumerate(raw_items)]
+        if packed:
+            joined = header.get("payloads")
+            sizes = unpack_payloads(header["pack"], joined, len(items), missing=False)
+            for item, payload in zip(items, sizes, strict=True):
+                item.payload = payload
         max_pixels = protocol.field(header, "max_pixels", int) if "max_pixels" in header else None
         return cls(
             id=protocol.field(header, "id", int),
@@ -133,13 +159,16 @@ def _deadline(header: dict[str, Any]) -> float | None:
     return float(value)
 
 
-def _item(index: int, raw: Any, mode: str) -> JobItem:
+def _item(index: int, raw: Any, mode: str, packed: bool = False) -> JobItem:
     if not isinstance(raw, dict):
         raise WireError(f"job item {index} is not a map")
     payload: np.ndarray[Any, Any] | None = None
     output: str | None = None
     if mode == "path":
         output = protocol.field(raw, "output", str)
+    elif packed:
+        if "payload" in raw:
+            raise WireError(f"job item {index} has a payload of its own in a packed job")
     else:
         payload = protocol.field(raw, "payload", np.ndarray)
         if mode == "encoded" and (payload.dtype != np.uint8 or payload.ndim != 1):
@@ -151,6 +180,67 @@ def _item(index: int, raw: Any, mode: str) -> JobItem:
         payload=payload,
         output=output,
     )
+
+
+def packable(payloads: Sequence[np.ndarray[Any, Any] | None]) -> bool:
+    """Whether these payloads can travel packed: each a C-contiguous 1-D uint8 array, or
+    None (no payload: a failed item of a RESULT), and at least one array."""
+    found = False
+    for payload in payloads:
+        if payload is None:
+            continue
+        if not isinstance(payload, np.ndarray):
+            return False
+        if payload.dtype != np.uint8 or payload.ndim != 1 or not payload.flags.c_contiguous:
+            return False
+        found = True
+    return found
+
+
+def pack_payloads(
+    payloads: Sequence[np.ndarray[Any, Any] | None],
+) -> tuple[list[int | None], np.ndarray[Any, Any]]:
+    """The ``pack`` sizes (None for a missing payload) and the one ``payloads`` array that
+    holds the payloads end to end (:func:`packable` ones)."""
+    sizes = [None if p is None else p.nbytes for p in payloads]
+    joined = np.frombuffer(b"".join([p.data for p in payloads if p is not None]), np.uint8)
+    return sizes, joined
+
+
+def unpack_payloads(
+    sizes: Any, joined: Any, count: int, *, missing: bool
+) -> list[np.ndarray[Any, Any] | None]:
+    """The ``count`` payloads that a ``pack`` list and a ``payloads`` array carry: read-only
+    views of the one array, none copied.
+
+    ``missing``: a size may be nil, for an item without a payload (a RESULT's failed items).
+
+    Raises:
+        WireError: ``sizes`` is not a list of ``count`` ints >= 0 (or nils, if ``missing``),
+            ``joined`` is not a 1-D uint8 array, or the sizes do not add up to its length.
+    """
+    if type(sizes) is not list or len(sizes) != count:
+        got = f"{len(sizes)} entries" if type(sizes) is list else type(sizes).__name__
+        raise WireError(f"'pack' must be a list of {count} sizes, one per item, not {got}")
+    if not isinstance(joined, np.ndarray) or joined.dtype != np.uint8 or joined.ndim != 1:
+        raise WireError("packed payloads need a 'payloads' field: a 1-D uint8 array")
+    total = joined.nbytes
+    out: list[np.ndarray[Any, Any] | None] = []
+    start = 0
+    for index, size in enumerate(sizes):
+        if size is None and missing:
+            out.append(None)
+            continue
+        if type(size) is not int or not 0 <= size <= total - start:
+            raise WireError(
+                f"'pack' size {index} must be an int from 0 to the {total - start} bytes "
+                f"left of 'payloads', not {size if type(size) is int else type(size).__name__}"
+            )
+        out.append(joined[start : start + size])
+        start += size
+    if start != total:
+        raise WireError(f"'pack' sizes add up to {start} bytes, but 'payloads' holds {total}")
+    return out
 
 
 @dataclass(slots=True)
@@ -220,6 +310,8 @@ class JobResult:
         node, error = header.get("node"), header.get("error")
         raw_items = header.get("items")
         items = [_item_result(x) for x in raw_items] if isinstance(raw_items, list) else []
+        if items and "pack" in header:
+            _take_packed(items, header)
         return cls(
             id=protocol.field(header, "id", int),
             ok=protocol.field(header, "ok", bool),
@@ -244,3 +336,32 @@ def _item_result(raw: Any) -> ItemResult:
         payload=payload if isinstance(payload, np.ndarray) else None,
         output=output if isinstance(output, str) else None,
     )
+
+
+def _take_packed(items: list[ItemResult], header: dict[str, Any]) -> None:
+    """Give each item its payload from a RESULT's ``pack`` and ``payloads``; if they are
+    malformed, every item fails with that reason (the job is still answered)."""
+    try:
+        payloads = unpack_payloads(header["pack"], header.get("payloads"), len(items), missing=True)
+    except WireError as exc:
+        why = cap_text(f"the worker sent malformed packed payloads: {exc}")
+        for position in range(len(items)):
+            items[position] = ItemResult(ok=False, error=why)
+        return
+    for item, payload in zip(items, payloads, strict=True):
+        if payload is not None:
+            item.payload = payload
+
+
+def pack_result_items(items: list[dict[str, Any]], max_bytes: int) -> dict[str, Any]:
+    """For a RESULT to a packed JOB: take each item map's ``payload`` out and return the
+    ``pack`` and ``payloads`` fields that carry them instead; {} (the items untouched) if the
+    payloads cannot travel packed (none at all, or not 1-D uint8), or if together they would
+    be over ``max_bytes`` (a frame's limit) where each alone is not."""
+    payloads = [item.get("payload") for item in items]
+    if not packable(payloads) or sum(p.nbytes for p in payloads if p is not None) > max_bytes:
+        return {}
+    for item in items:
+        item.pop("payload", None)
+    sizes, joined = pack_payloads(payloads)
+    return {"pack": sizes, "payloads": joined}

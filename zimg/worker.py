@@ -23,7 +23,7 @@ from zimg._affinity import format_cpus, pin_process
 from zimg._errors import AffinityError, ClosedError, ImageError, OpError, WireError, ZimgError
 from zimg._heap import keep_freed_memory
 from zimg._placement import Placement
-from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text
+from zimg.jobs import ItemResult, JobItem, JobRequest, cap_text, pack_result_items
 from zimg.node import Node
 from zimg.ops import short_repr
 from zimg.processing import process
@@ -206,9 +206,12 @@ class Worker:
             ops.validate(specs)
             limit = min(self.max_pixels, request.max_pixels or self.max_pixels)
             deadline = None if request.deadline_s is None else received + request.deadline_s
-            reply["items"] = [
+            items = [
                 self._run_item(item, request, specs, limit, deadline) for item in request.items
             ]
+            reply["items"] = items
+            if "pack" in header:  # answered in the form asked: the outputs packed too
+                reply.update(pack_result_items(items, self.connection.limits.max_frame_bytes))
         except ZimgError as exc:
             reply.update(ok=False, error=cap_text(str(exc)))
         self.jobs_done += 1

@@ -466,7 +466,27 @@ class SimNodes:
             return
         raw = frames[1:]
         out_frames: list[Any] = []
-        items = []
+        items: list[dict[str, Any]] = []
+        result = {
+            "id": header["id"],
+            "ticket": header["ticket"],
+            "attempt": header.get("attempt", 1),
+            "node": self.names[i],
+            "ok": True,
+            "error": None,
+            "items": items,
+        }
+        packed = header.get("payloads")
+        if "pack" in header and isinstance(packed, msgpack.ExtType) and packed.code == _EXT_ARRAY:
+            # Packed payloads (zimg.jobs): echoed as they came, one frame, renumbered 0.
+            spec = msgpack.unpackb(packed.data, raw=False)
+            out_frames.append(raw[spec[0]])
+            items.extend({"ok": True, "ms": 0.0, "error": None} for _ in header["items"])
+            result["pack"] = header["pack"]
+            result["payloads"] = msgpack.ExtType(_EXT_ARRAY, _pack([0, *spec[1:]]))
+            if self._send(i, [lead_frame(Command.RESULT, _pack(result)), *out_frames]):
+                self.results += 1
+            return
         for item in header["items"]:
             payload = item.get("payload") if isinstance(item, dict) else None
             if isinstance(payload, msgpack.ExtType) and payload.code in (_EXT_ARRAY, _EXT_BLOB):
@@ -481,15 +501,6 @@ class SimNodes:
                     payload = msgpack.ExtType(payload.code, _pack(spec))
                 out_frames.append(raw[index])
             items.append({"ok": True, "ms": 0.0, "error": None, "payload": payload})
-        result = {
-            "id": header["id"],
-            "ticket": header["ticket"],
-            "attempt": header.get("attempt", 1),
-            "node": self.names[i],
-            "ok": True,
-            "error": None,
-            "items": items,
-        }
         if self._send(i, [lead_frame(Command.RESULT, _pack(result)), *out_frames]):
             self.results += 1
 
