@@ -40,7 +40,7 @@ from zimg._actor_signals import Signals
 from zimg._actor_spawn import PendingSpawn, SpawnCalls
 from zimg._actor_watch import NodeKey, WatchBook
 from zimg._errors import NameTakenError, SpawnError
-from zimg._mailbox import ByteBudget, term_size
+from zimg._mailbox import ByteBudget, Leader, term_size
 from zimg._transport import Transport
 from zimg.wire import Command, Message, Pid, Ref
 
@@ -97,6 +97,8 @@ class ActorRuntime:
         self.report = report
         self.limits = limits
         self.budget = ByteBudget(limits.node_mailbox_bytes)
+        # A waiting receive may read the node's lanes itself (``zimg._lane_reader``).
+        self.lead: Leader | None = getattr(connection, "lane_reader", None)
         self.dropped_messages = 0
         self.refused_spawns = 0
         self.refused_links = 0

@@ -26,6 +26,7 @@ from zimg._mailbox import (
     DEFAULT_MAX_MESSAGES,
     DEFAULT_NODE_MAX_BYTES,
     ByteBudget,
+    Leader,
     Mailbox,
     Match,
 )
@@ -287,6 +288,7 @@ class Process(ProcessCalls):
         self.pid = pid
         limits = runtime.limits
         self.mailbox = Mailbox(limits.mailbox_messages, limits.mailbox_bytes, runtime.budget)
+        self.mailbox.lead = runtime.lead
         self.links: set[Pid] = set()
         self.monitors: dict[Ref, Pid] = {}  # monitors this process holds, by ref
         self.monitored_by: dict[Ref, Pid] = {}  # monitors held on this process, by ref
@@ -347,6 +349,7 @@ class RuntimeHost(Protocol):
     report: Callable[[], dict[str, Any]]
     limits: ActorLimits
     budget: ByteBudget
+    lead: Leader | None
     refused_links: int
     refused_monitors: int
     main: Process

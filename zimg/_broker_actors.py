@@ -13,7 +13,7 @@ O(its watchers), not O(nodes); a thousand deaths at once cost O(thousand), not O
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from zimg import protocol, wire
@@ -168,11 +168,16 @@ class ActorRouter:
             self._drop_watch(node, name)
         return []
 
-    def node_gone(self, node: NodeRecord, reason: str) -> list[Instruction]:
-        """``node`` is down: tell its watchers (NODEDOWN), and forget its own watches."""
+    def node_gone(
+        self, node: NodeRecord, reason: str, lane_peers: Collection[NodeRecord] = ()
+    ) -> list[Instruction]:
+        """``node`` is down: tell its watchers and its lane peers (NODEDOWN), and forget its
+        own watches."""
         for name in list(node.watching):
             self._drop_watch(node, name)
-        watchers = self.watchers.get(node.name)
+        watchers = self.watchers.get(node.name, set())
+        if lane_peers:
+            watchers = watchers | set(lane_peers)
         if not watchers:
             return []
         notice = wire.encode(

@@ -74,10 +74,20 @@ def _node_entry(n: NodeRecord, now: float) -> dict[str, Any]:
     }
     if n.hung:
         entry["hung"] = True
+    if n.lane is not None:
+        entry["lanes"] = {
+            "endpoint": n.lane,
+            "peers": len(n.lane_peers),
+            "sent": n.lane_sent,
+            "received": n.lane_received,
+            "refused": n.lane_refused,
+            "lost": n.lane_lost,
+        }
     return entry
 
 
 def _entry_cost(n: NodeRecord) -> int:
     """An upper bound of the encoded size of a node's NODES entry, in bytes."""
     placed = n.placement
-    return 256 + len(n.name) + (len(placed.host) + 3 * len(placed.cpus) if placed else 0)
+    lanes = 128 + len(n.lane) if n.lane is not None else 0
+    return 256 + lanes + len(n.name) + (len(placed.host) + 3 * len(placed.cpus) if placed else 0)

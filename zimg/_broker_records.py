@@ -44,6 +44,7 @@ class BrokerConfig:
             file-descriptor limit).
         max_watches: node names one node may WATCH at once.
         max_watch_total: WATCHes held at once, all nodes together.
+        max_lanes: lanes one node may have with other nodes (``zimg._broker_lanes``).
         nodes_page_bytes: about how large one page of the NODES reply may grow.
         nodes_bytes_per_s: bytes of NODES replies each node may ask for per second (also the
             budget shared by every peer that has not joined): a cap on what a flood of
@@ -67,6 +68,7 @@ class BrokerConfig:
     max_nodes: int = 100_000
     max_watches: int = 4096
     max_watch_total: int = 1_000_000
+    max_lanes: int = 256
     nodes_page_bytes: int = 64 << 10
     nodes_bytes_per_s: float = 4 << 20
 
@@ -177,6 +179,15 @@ class NodeRecord:
     dropped: int = 0
     # The key it joined with (CURVE: the ZAP user id), which every later message must carry.
     user_id: str | None = None
+    # Its lane (``zimg._lanes``): where peers reach it, its CURVE key, whom it has lanes with.
+    lane: str | None = None
+    lane_key: bytes | None = None
+    lane_peers: set[NodeRecord] = field(default_factory=set)
+    # What its lanes carried, as its heartbeats report: sent, received, refused, lost.
+    lane_sent: int = 0
+    lane_received: int = 0
+    lane_refused: int = 0
+    lane_lost: int = 0
     # NODES pages it may still ask for.
     pages: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 0.0))
     # Bookkeeping of the worker index (``_dispatch``).

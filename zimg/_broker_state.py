@@ -32,6 +32,7 @@ from zimg import protocol, wire
 from zimg._broker_actors import ActorRouter
 from zimg._broker_job_flow import JobFlow, result_head
 from zimg._broker_jobs import JobTable
+from zimg._broker_lanes import LaneIntroductions, hello_lane
 from zimg._broker_liveness import Liveness
 from zimg._broker_pages import NodePages, down_entries
 from zimg._broker_records import (
@@ -82,7 +83,11 @@ STATS = (
     "backlogged",
     "dropped",
     "internal_errors",
+    "lanes_opened",
+    "lanes_refused",
 )
+# The counts a node's heartbeat may carry (``NodeRecord`` has a field for each).
+_REPORTED = ("malformed", "dropped", "lane_sent", "lane_received", "lane_refused", "lane_lost")
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns
@@ -124,6 +129,7 @@ class BrokerState:
         self.index = WorkerIndex(cfg.cpu_slots)
         self.table = JobTable(cfg)
         self.actors = ActorRouter(cfg, self.by_name, self.index, self.stats, self._log_once)
+        self.lanes = LaneIntroductions(cfg, self.by_name, self.stats, self._log_once)
         self.jobs = JobFlow(cfg, self.nodes, self.table, self.index, self.stats, self._log_once)
         self.node_limit = cfg.max_nodes
         self.node_limit_fix = "start the broker with a larger --max-nodes"
@@ -311,7 +317,7 @@ class BrokerState:
             return [Send(identity, wire.encode(Command.DISCONNECT, {"reason": reason}))]
         node.last_seen = now
         if cmd is Command.HEARTBEAT:
-            for key in ("malformed", "dropped"):
+            for key in _REPORTED:
                 reported = msg.header.get(key)
                 if type(reported) is int and reported >= 0:
                     setattr(node, key, reported)
@@ -328,6 +334,8 @@ class BrokerState:
             return self.actors.unwatch(node, msg.header)
         if cmd in wire.ACTOR_COMMANDS:
             return self.actors.route(node, cmd, msg.header, frames)
+        if cmd is Command.LANE:
+            return self.lanes.on_lane(node, msg.header)
         return self._malformed(identity, f"command {cmd.name} is not accepted by the broker")
 
     def _hello(
@@ -382,6 +390,7 @@ class BrokerState:
         node = self.nodes.get(identity)
         out: list[Instruction] = []
         placement = _placement_of(header)
+        lane, lane_key = hello_lane(header)
         if node is None:
             node = NodeRecord(
                 name=name,
@@ -395,6 +404,8 @@ class BrokerState:
                 placement=placement,
                 user_id=user_id,
                 pages=TokenBucket(self.config.nodes_bytes_per_s, now),
+                lane=lane,
+                lane_key=lane_key,
             )
             self.nodes[identity] = node
             self.by_name[name] = node
@@ -411,6 +422,7 @@ class BrokerState:
             if node.is_worker:
                 self.index.remove(node)
             node.capacity, node.placement = header["capacity"], placement
+            node.lane, node.lane_key = lane, lane_key
             if node.is_worker:
                 self.index.add(node)
         out.append(Send(identity, self._welcome(node)))
@@ -492,7 +504,7 @@ class BrokerState:
         )
         self.index.remove(node)
         out: list[Instruction] = [Log(logging.INFO, f"node {node.name} is down ({why})")]
-        out.extend(self.actors.node_gone(node, reason))
+        out.extend(self.actors.node_gone(node, reason, self.lanes.node_gone(node)))
         spend = reason != protocol.NORMAL if spend_attempts is None else spend_attempts
         out.extend(self.jobs.worker_gone(node, spend=spend, now=now))
         return out
@@ -575,6 +587,7 @@ def _check_hello(header: dict[str, Any]) -> str:
             protocol.field(header, "session", int)
         version = protocol.field(header, "version", int)
         _placement_of(header)
+        hello_lane(header)
     except WireError as exc:
         raise _Refused(str(exc), protocol.REJECT_INVALID) from None
     if version != protocol.PROTOCOL_VERSION:

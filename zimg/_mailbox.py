@@ -18,7 +18,7 @@ import time
 from _thread import LockType, allocate_lock
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +26,25 @@ from zimg._errors import ZimgTimeout
 from zimg.wire import Pid, Ref
 
 Match = Callable[[Any], bool]
+
+
+class Waiter(Protocol):
+    """What a waiting receive leaves in its mailbox: ``put`` and ``interrupt`` release it."""
+
+    def release(self) -> None: ...
+
+
+class Leader(Protocol):
+    """A way to wait that reads the node's sockets meanwhile (``zimg._lane_reader``): ``begin``
+    gives a waiter (or None: wait as usual), ``wait`` returns True once it is released, False
+    after ``timeout``, and ``end`` is called after every ``wait``."""
+
+    def begin(self) -> Any: ...
+
+    def wait(self, waiter: Any, timeout: float | None) -> bool: ...
+
+    def end(self) -> None: ...
+
 
 DEFAULT_MAX_MESSAGES = 100_000
 DEFAULT_MAX_BYTES = 64 << 20
@@ -130,7 +149,9 @@ class Mailbox:
         self._lock = threading.Lock()
         # One locked lock per waiting receive; releasing it wakes that receive. A Condition
         # does the same in more Python code: this costs a wake-up about 6 us less CPU.
-        self._waiters: deque[LockType] = deque()
+        self._waiters: deque[LockType | Waiter] = deque()
+        # A leader for this mailbox's waits (set by a node with lanes), else None.
+        self.lead: Leader | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.budget = budget if budget is not None else ByteBudget()
@@ -257,6 +278,22 @@ class Mailbox:
 
     def _wait(self, timeout: float | None) -> None:
         """Release the lock (held), wait until woken or ``timeout``, take the lock again."""
+        lead = self.lead
+        if lead is not None:
+            leading = lead.begin()
+            if leading is not None:
+                self._waiters.append(leading)
+                self._lock.release()
+                woken = False
+                try:
+                    woken = lead.wait(leading, timeout)
+                finally:
+                    lead.end()
+                    self._lock.acquire()
+                    if not woken:
+                        with contextlib.suppress(ValueError):
+                            self._waiters.remove(leading)
+                return
         waiter = allocate_lock()
         waiter.acquire()
         self._waiters.append(waiter)

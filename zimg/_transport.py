@@ -21,8 +21,10 @@ TickHook = Callable[[], None]
 class Transport(Protocol):
     """A node's link to the broker, as ``zimg._actor.ActorRuntime`` uses it.
 
-    Handlers and hooks are called on one thread at a time (the transport's I/O thread), must
-    not block, and see the messages in the order the broker sent them.
+    Handlers and hooks are called one at a time, must not block, and see each sender's messages
+    in the order it sent them. They run on the transport's I/O thread, or, with lanes, on a
+    process thread that reads the node's lanes while it waits in ``receive``
+    (``zimg._lane_reader``): never two at once.
     """
 
     @property

@@ -44,6 +44,7 @@ class Command(enum.IntEnum):
     NODEDOWN = 0x19
     WATCH = 0x1A
     UNWATCH = 0x1B
+    LANE = 0x1C  # a direct lane between two nodes: asked, accepted, switched to, closed
     JOB = 0x20
     RESULT = 0x21
     PEER = 0x30  # a failover pair's state, broker to broker on the peer link only

@@ -122,6 +122,7 @@ def _fork_worker(
     imports: Sequence[str],
     cpus: Mapping[str, set[int] | None],
     death_timeout_s: float,
+    lanes: bool = False,
 ) -> Callable[[str], ChildProcess]:
     def start(name: str) -> ChildProcess:
         def main() -> None:
@@ -135,6 +136,7 @@ def _fork_worker(
                 allow_paths=True,
                 cpus=cpus.get(name),
                 death_timeout_s=death_timeout_s,
+                lanes=lanes,
             )
 
         # OpenCV's thread pool does not survive a fork: a child that touches it can hang on a
@@ -160,10 +162,12 @@ class LocalCluster(Node):
         keeper: restarts workers that die.
     """
 
-    def __init__(self, url: str, name: str, broker: Broker, workers: list[str]) -> None:
+    def __init__(
+        self, url: str, name: str, broker: Broker, workers: list[str], lanes: bool = False
+    ) -> None:
         # This node reaches the broker thread over inproc (no kernel, no copies); ``url`` is
         # for everyone else.
-        super().__init__(broker.also_bind[0], name, context=broker.context)
+        super().__init__(broker.also_bind[0], name, context=broker.context, lanes=lanes)
         self.url = url
         self.broker = broker
         self.workers = workers
@@ -181,6 +185,7 @@ def worker_command(
     log_level: str = "warning",
     cpus: set[int] | None = None,
     death_timeout_s: float | None = None,
+    lanes: bool = False,
 ) -> list[str]:
     """The command line that starts an embedded cluster's worker process (which may read and
     write the client's files: its broker is private). ``death_timeout_s``: see
@@ -192,6 +197,8 @@ def worker_command(
         cmd += ["--cpus", format_cpus(cpus)]
     if death_timeout_s is not None:
         cmd += ["--death-timeout", f"{death_timeout_s:g}"]
+    if lanes:
+        cmd.append("--lanes")
     for module in imports:
         cmd += ["--import", module]
     return cmd
@@ -264,6 +271,7 @@ def local_cluster(
     config: BrokerConfig | None = None,
     timeout_s: float = 30.0,
     pin: bool | None = None,
+    lanes: bool = False,
 ) -> Iterator[LocalCluster]:
     """Start a broker (a thread here) and ``workers`` worker processes; stop them on exit.
 
@@ -280,6 +288,8 @@ def local_cluster(
             default) pins only when there are more workers than CPUs and ``config`` turns the
             broker's CPU slots off (see ``zimg._affinity``): with them on, only as many
             workers run at once as there are CPUs, and the system places those best.
+        lanes: every node of the cluster sends actor messages to the others on direct lanes
+            once introduced, not through the broker (``docs/actors.md``).
 
     Yields:
         The running :class:`LocalCluster`.
@@ -308,15 +318,18 @@ def local_cluster(
                 imports=imports,
                 cpus=cpus[n],
                 death_timeout_s=timeout_s,
+                lanes=lanes,
             )
             for n in names
         }
-        fork = _fork_worker(endpoint, capacity, imports, cpus, timeout_s) if can_fork() else None
+        fork = None
+        if can_fork():
+            fork = _fork_worker(endpoint, capacity, imports, cpus, timeout_s, lanes)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         keeper = WorkerKeeper(commands, env=env, first_start=fork).start()
         broker = Broker(endpoint, config, also_bind=[f"inproc://zimg-local-{os.getpid()}-{tmp}"])
         broker.start()
-        cluster = LocalCluster(endpoint, name, broker, names)
+        cluster = LocalCluster(endpoint, name, broker, names, lanes)
         cluster.processes = keeper.processes
         cluster.keeper = keeper
         cluster.start(timeout_s)

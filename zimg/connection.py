@@ -12,21 +12,25 @@ handler registered for its command; handlers run on the I/O thread and must not 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import zmq
 
+from zimg import _lanes, protocol, wire
 from zimg import _node_session as ns
-from zimg import protocol, wire
 from zimg._bug_log import log_bug
 from zimg._errors import BrokenError, ClosedError, WireError, ZimgTimeout
+from zimg._lane_path import LanePath
+from zimg._lane_reader import LaneReader
 from zimg._placement import Placement
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
 from zimg.security import ClientKeys
@@ -64,6 +68,10 @@ class Connection:
             that the broker runs no more jobs on a host than it has CPUs.
         handlers: what to call, on the I/O thread, for each command that arrives.
         limits: wire limits for what is sent and received.
+        lanes: open direct lanes to the nodes this one sends actor messages to, once the broker
+            introduces them (``zimg._lanes``); off, every message crosses the broker.
+        lane_host: the address to bind this node's lane on (default: the one it reaches the
+            broker from).
     """
 
     def __init__(
@@ -78,6 +86,8 @@ class Connection:
         limits: wire.Limits = wire.DEFAULT_LIMITS,
         keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        lanes: bool = False,
+        lane_host: str | None = None,
     ) -> None:
         if not 0 <= capacity <= protocol.MAX_CAPACITY:
             raise ValueError(f"capacity must be in 0..{protocol.MAX_CAPACITY}, got {capacity}")
@@ -93,13 +103,24 @@ class Connection:
         # Counts reported to the broker with every heartbeat, when not zero (``zimg nodes``
         # shows them): ``malformed`` here, ``dropped`` from the actor runtime's mailboxes.
         self.counters: dict[str, Callable[[], int]] = {"malformed": lambda: self.malformed}
+        # A shared context lets the node reach a broker in this process over inproc://.
+        self._own_context = context is None
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        # Held while a handler runs or a lane socket is read (``zimg._lane_reader``).
+        self._dispatch = threading.RLock()
+        hello = dict(placement.to_hello()) if placement else {}
+        lane_sockets = None
+        if lanes:
+            host = lane_host or _lanes.lane_host(url)
+            lane_sockets = _lanes.Lanes(self._ctx, self.name, host, limits, keys)
+            hello.update(lane_sockets.hello_fields())
         self._session = ns.NodeSession(
             self.name,
             url=url,
             role=role,
             capacity=capacity,
             incarnation=self.incarnation,
-            placement=placement.to_hello() if placement else None,
+            placement=hello,
             counters=self.counters,
             secure=keys is not None,
         )
@@ -107,9 +128,6 @@ class Connection:
         self._handlers: dict[Command, Handler] = dict(handlers or {})
         self._session_hooks: list[SessionHook] = []
         self._tick_hooks: list[Callable[[], None]] = []
-        # A shared context lets the node reach a broker in this process over inproc://.
-        self._own_context = context is None
-        self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         n = next(_inproc_ids)
         self._inbox = self._ctx.socket(zmq.PULL)
         self._inbox.bind(f"inproc://zimg-node-{n}")
@@ -117,6 +135,22 @@ class Connection:
         self._push.setsockopt(zmq.SNDTIMEO, 200)  # so a sender notices a dead I/O thread
         self._push.connect(f"inproc://zimg-node-{n}")
         self._push_lock = threading.Lock()
+        self._lane_path: LanePath | None = None
+        if lane_sockets is not None:
+            self._lane_path = LanePath(
+                lane_sockets,
+                limits=limits,
+                dispatch=self._dispatch,
+                push_lock=self._push_lock,
+                push=self._push_locked,
+                forward=self._forward_inbox,
+                send_direct=self._send_direct,
+                handle=self._handle_lane,
+                dispatching=self._hooks_lock,
+                on_io_thread=lambda: threading.current_thread() is self._thread,
+                closed=lambda: self._closed,
+            )
+            self.counters.update(self._lane_path.counters())
         self._control = self._ctx.socket(zmq.PAIR)
         self._control.bind(f"inproc://zimg-control-{n}")
         self._control_peer = self._ctx.socket(zmq.PAIR)
@@ -225,7 +259,13 @@ class Connection:
             ClosedError: the node was closed.
             BrokenError: the node lost its place at the broker for good (e.g. refused on rejoin).
         """
-        self.send_frames(wire.encode(command, header, self.limits))
+        frames = wire.encode(command, header, self.limits)
+        if self._lane_path is not None and command in _lanes.LANE_COMMANDS:
+            peer = _lanes.destination(header, self.name)
+            if peer is not None:
+                self._lane_path.send(peer[0], peer[1], frames)
+                return
+        self.send_frames(frames)
 
     def send_frames(self, frames: list[Any]) -> None:
         """Send already-encoded frames to the broker; safe from any thread."""
@@ -236,13 +276,17 @@ class Connection:
             self._send_direct(frames)
             return
         with self._push_lock:
-            while True:
-                self._check_usable()
-                try:
-                    send_frames(self._push, frames)
-                    return
-                except zmq.Again:
-                    continue  # the I/O thread is behind (or gone): check, then wait again
+            self._push_locked(frames)
+
+    def _push_locked(self, frames: list[Any]) -> None:
+        """Hand ``frames`` to the I/O thread (the caller holds ``_push_lock``)."""
+        while True:
+            self._check_usable()
+            try:
+                send_frames(self._push, frames)
+                return
+            except zmq.Again:
+                continue  # the I/O thread is behind (or gone): check, then wait again
 
     def close(self) -> None:
         """Leave the broker (DISCONNECT) and stop the I/O thread. Idempotent."""
@@ -252,6 +296,8 @@ class Connection:
         if self._thread is not None and self._thread.is_alive():
             self._control_peer.send(_STOP)
             self._thread.join(5.0)
+        if self._lane_path is not None:
+            self._lane_path.close()
         if self._own_context:
             self._ctx.destroy(linger=0)
             return
@@ -269,6 +315,16 @@ class Connection:
     def welcomed(self) -> bool:
         """True once the broker has welcomed this node."""
         return self._welcomed.is_set() and self._error is None
+
+    @property
+    def lanes(self) -> _lanes.Lanes | None:
+        """This node's lanes (``zimg._lanes``: their states and counts), None without lanes."""
+        return self._lane_path.lanes if self._lane_path is not None else None
+
+    @property
+    def lane_reader(self) -> LaneReader | None:
+        """The leader role a waiting receive may take, reading lanes itself (None: no lanes)."""
+        return self._lane_path.reader if self._lane_path is not None else None
 
     @property
     def heartbeat_interval_s(self) -> float:
@@ -392,6 +448,7 @@ class Connection:
             return
         poller = zmq.Poller()
         poller.register(self._control, zmq.POLLIN)
+        path = self._lane_path
         while True:
             dealer = self._dealer
             if dealer is None:
@@ -401,6 +458,8 @@ class Connection:
             poller.register(dealer, _POLLIN | _POLLOUT if self._backlog else _POLLIN)
             poller.register(self._inbox, 0 if self._backlog else _POLLIN)
             wait_s = max(0.0, session.wake_at - time.monotonic())
+            if path is not None:
+                wait_s = path.before_poll(poller, wait_s)
             events = dict(poller.poll(int(wait_s * 1000)))
             if self._control in events:
                 self._carry_out(session.leave())
@@ -420,6 +479,8 @@ class Connection:
                 self._flush_backlog()
             if events.get(self._inbox, 0) & _POLLIN:
                 self._forward_inbox(256)
+            if path is not None:
+                path.after_poll(events, now)
 
     def _read_dealer(self, dealer: zmq.Socket[bytes]) -> bool:
         """Receive, decode and handle what the broker sent (up to 256 messages; poll said one
@@ -462,14 +523,18 @@ class Connection:
             elif isinstance(ins, ns.Welcomed):
                 self._welcomed.set()
             elif isinstance(ins, ns.RunSessionHooks):
-                for hook in self._session_hooks:
-                    hook(ins.broker_restarted)
+                if self._lane_path is not None:
+                    self._lane_path.session_lost()
+                with self._hooks_lock():
+                    for hook in self._session_hooks:
+                        hook(ins.broker_restarted)
             elif isinstance(ins, ns.RunTickHooks):
-                for tick in self._tick_hooks:
-                    try:
-                        tick()
-                    except Exception:
-                        log.exception("node %s: a tick hook failed", self.name)
+                with self._hooks_lock():
+                    for tick in self._tick_hooks:
+                        try:
+                            tick()
+                        except Exception:
+                            log.exception("node %s: a tick hook failed", self.name)
             elif isinstance(ins, ns.NewDealer):
                 if self._dealer is not None:
                     self._dealer.close(linger=0)
@@ -482,8 +547,39 @@ class Connection:
                 return False
         return True
 
-    def _handle(self, msg: wire.Message) -> None:
+    def _handle(self, msg: wire.Message, *, lane_checked: bool = False) -> None:
         handler = self._handlers.get(msg.command)
+        path = self._lane_path
+        if path is None:
+            self._call(handler, msg)
+            return
+        if not lane_checked:
+            if msg.command is Command.LANE:
+                handler = path.on_lane
+            elif msg.command is Command.NODEDOWN and handler is not None:
+                handler = partial(path.on_nodedown, handler)
+        # Handlers run one at a time, on whichever thread reads (``zimg._lane_reader``).
+        lock = self._dispatch
+        if not lock.acquire(False):
+            self._wait_dispatch(lock)
+        try:
+            self._call(handler, msg)
+        finally:
+            lock.release()
+
+    def _wait_dispatch(self, lock: threading.RLock) -> None:
+        """Take the dispatch lock held by another thread. The I/O thread goes on forwarding
+        what other threads queued, and flushing lanes, meanwhile: the holder may be waiting for
+        room to queue."""
+        if threading.current_thread() is not self._thread:
+            lock.acquire()
+            return
+        while not lock.acquire(True, 0.002):
+            self._forward_inbox(256)
+            if self._lane_path is not None:
+                self._lane_path.lanes.flush()
+
+    def _call(self, handler: Handler | None, msg: wire.Message) -> None:
         if handler is None:
             log.debug("node %s: no handler for %s", self.name, msg.command.name)
             return
@@ -500,6 +596,24 @@ class Connection:
                 msg.command.name,
             )
 
+    @contextlib.contextmanager
+    def _hooks_lock(self) -> Iterator[None]:
+        """Hooks run one at a time with handlers (the dispatch lock, once lanes may read)."""
+        if self._lane_path is None:
+            yield
+            return
+        lock = self._dispatch
+        if not lock.acquire(False):
+            self._wait_dispatch(lock)
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def _handle_lane(self, msg: wire.Message) -> None:
+        """Handle a message a lane brought (already checked), or a NODEDOWN held for a BYE."""
+        self._handle(msg, lane_checked=True)
+
     def _leave(self, farewell: list[Any] | None) -> None:
         if farewell is not None and self._dealer is not None:
             # What other threads sent before close() goes out first, the DISCONNECT last: a
@@ -507,6 +621,8 @@ class Connection:
             # broker handles a node's messages in order, so every link and monitor in another
             # node hears `shutdown` before the broker reports this node gone (`noconnection`).
             self._forward_inbox()
+            if self._lane_path is not None:
+                self._lane_path.lanes.say_bye(LEAVE_FLUSH_S)
             self._send_direct(farewell)
             self._drain_backlog(LEAVE_FLUSH_S)
             self._dealer.close(linger=500)

@@ -54,6 +54,8 @@ class Node(ProcessCalls):
         actor_limits: what this node's actors may hold: processes, links and monitors per
             process, messages and bytes per mailbox and in all mailboxes (see
             :class:`ActorLimits` and ``docs/actors.md``).
+        lanes: send actor messages to other nodes that have lanes on direct connections, once
+            the broker introduces them, instead of through the broker (``docs/actors.md``).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class Node(ProcessCalls):
         keys: ClientKeys | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
+        lanes: bool = False,
     ) -> None:
         self.connection = Connection(
             url,
@@ -78,6 +81,7 @@ class Node(ProcessCalls):
             limits=limits,
             keys=keys,
             context=context,
+            lanes=lanes,
         )
         self.runtime = ActorRuntime(self.connection, self.report, actor_limits)
         self.jobs = JobRouter(self.connection)  # the RESULT routing of every job sent from here
@@ -160,8 +164,12 @@ def connect(
     name: str,
     timeout_s: float = 10.0,
     keys: ClientKeys | None = None,
+    lanes: bool = False,
 ) -> Node:
     """Join the broker at ``url`` as node ``name`` and return the started :class:`Node`.
+
+    With ``lanes``, actor messages to other nodes that have lanes go on direct connections
+    once the broker introduces them (``docs/actors.md``).
 
     ``url`` may name a failover pair's two brokers, ``"tcp://A:5555,tcp://B:5555"``: the node
     joins the active one and moves to the other when it fails (``docs/reliability.md``).
@@ -171,4 +179,4 @@ def connect(
         with zimg.connect("tcp://127.0.0.1:5555", name="main") as node:
             print(node.nodes())
     """
-    return Node(url, name, keys=keys).start(timeout_s)
+    return Node(url, name, keys=keys, lanes=lanes).start(timeout_s)

@@ -68,6 +68,7 @@ class Worker:
         keys: ClientKeys | None = None,
         allow_paths: bool = False,
         actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
+        lanes: bool = False,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -103,6 +104,7 @@ class Worker:
             limits=limits,
             keys=keys,
             actor_limits=actor_limits,
+            lanes=lanes,
         )
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
@@ -322,6 +324,7 @@ def serve(
     cpus: Collection[int] | None = None,
     actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     death_timeout_s: float | None = None,
+    lanes: bool = False,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
 
@@ -359,6 +362,7 @@ def serve(
         keys=keys,
         allow_paths=allow_paths,
         actor_limits=actor_limits,
+        lanes=lanes,
     )
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:

@@ -159,3 +159,44 @@ def test_c_killing_a_worker_host_mid_run_loses_nothing(hosts: Hosts, tmp_path, s
     assert any(e["attempts"] > 1 for e in entries), "no job was redelivered"
     assert not any(e["node"] == "w2" and e["attempts"] > 1 for e in entries)
     assert "node w1 is down" not in hosts.output(), "the surviving worker was dropped"
+
+
+_LANE_CLIENT = """
+import sys, time
+import zimg
+url = sys.argv[1]
+with zimg.connect(url, name="client", lanes=True) as node:
+    echo = node.spawn("w2", "zimg.behaviours:echo")
+    for i in range(200):
+        node.send(echo, ("echo", node.self(), i))
+        assert node.receive(timeout=10) == ("echo", i)
+    lanes = node.connection.lanes
+    assert lanes.endpoint.startswith("tcp://198.18.0.4:"), lanes.endpoint
+    assert lanes.sent > 0 and lanes.received > 0, (lanes.sent, lanes.received)
+    deadline = time.monotonic() + 10
+    while True:  # w2's counts come with its heartbeats
+        w2 = next(n for n in node.report()["nodes"] if n["name"] == "w2")
+        if w2["lanes"]["received"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert w2["lanes"]["endpoint"].startswith("tcp://198.18.0.3:"), w2["lanes"]
+    assert w2["lanes"]["received"] > 0 and w2["lanes"]["sent"] > 0, w2["lanes"]
+print("lanes ok")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_d_lanes_bind_on_the_address_each_host_reaches_the_broker_from(hosts: Hosts):
+    """Each node's lane listens on its own 198.18 address (found from the route to the broker,
+    with no default route), and actor messages between two hosts go on it."""
+    hosts.broker()
+    hosts.worker("w2", "--lanes")
+    hosts.wait_ready(["w2"])
+    result = subprocess.run(
+        hosts.command("client", "-c", _LANE_CLIENT, hosts.broker_url),
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
+    assert "lanes ok" in result.stdout

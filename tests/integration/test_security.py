@@ -117,6 +117,30 @@ def test_an_authorised_cluster_runs_correctly(procs, keyring, tmp_path, samples)
         check_output(entry)
 
 
+def test_lanes_between_curve_nodes_are_curve_and_carry_messages(secure_broker, keyring):
+    """Two nodes with keys and lanes: the lane DEALER is a CURVE client (of the peer's key,
+    which the broker passed on from the peer's HELLO: else no handshake), and messages go on
+    it."""
+    url = secure_broker.endpoint
+    with (
+        zimg.Node(url, "n1", keys=client_keys(keyring, "n1"), lanes=True) as n1,
+        zimg.Node(url, "n2", keys=client_keys(keyring, "n2"), lanes=True) as n2,
+    ):
+        echo = n1.spawn("n2", "zimg.behaviours:echo")
+        for i in range(50):
+            n1.send(echo, ("echo", n1.self(), i))
+            assert n1.receive(timeout=10) == ("echo", i)
+        lanes = n1.connection.lanes
+        assert lanes is not None
+        lane = lanes.state("n2")
+        assert lane is not None
+        assert lane.sock is not None
+        assert lane.sock.get(zmq.MECHANISM) == zmq.CURVE
+        assert lanes.sent > 0
+        assert n2.connection.lanes.received > 0
+        assert n2.connection.lanes.router.curve_server
+
+
 FORBIDDEN_MODULES = {"pickle", "marshal", "shelve", "dill", "cloudpickle"}
 FORBIDDEN_NAMES = {"eval", "exec", "recv_pyobj", "send_pyobj", "loads_pyobj", "__import__"}
 

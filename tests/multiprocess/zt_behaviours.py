@@ -100,3 +100,9 @@ def exit_keeper(ctx, target):
 @zimg.behaviour("zt.keywords")
 def keywords(ctx, notify, *, tag="none"):
     ctx.send(notify, ("tag", tag))
+
+
+@zimg.behaviour("zt.collect")
+def collect(ctx, notify, n):
+    """Receive ``n`` messages, then send them to ``notify`` as one list, in arrival order."""
+    ctx.send(notify, ("collected", [ctx.receive() for _ in range(n)]))

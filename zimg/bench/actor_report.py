@@ -20,15 +20,24 @@ def erlang_json(erl: ErlangResults | str) -> dict[str, Any]:
 Row = tuple[str, float, tuple[float | None, ...], str]  # label, zimg, one base per column, format
 
 
-def _rows(z: ZimgResults, raw: dict[str, RawResults], erl: ErlangResults | None) -> list[Row | str]:
-    """The table's rows; the bases are pyzmq direct, pyzmq proxy and (if given) Erlang."""
+def _rows(
+    z: ZimgResults,
+    raw: dict[str, RawResults],
+    erl: ErlangResults | None,
+    lanes: bool = False,
+) -> list[Row | str]:
+    """The table's rows; the bases are pyzmq direct, pyzmq proxy and (if given) Erlang.
+    ``lanes``: the rows of a run on lanes (what lanes change: messages between nodes)."""
     paths = [raw["direct"], raw["proxy"]]
     rows: list[Row | str] = []
-    for label, rtt, compare, with_erl in (
-        ("RTT n1 <-> n2 (actors, 2 workers)", z.rtt_n1_n2, True, True),
-        ("RTT main <-> n1 (main node, echo)", z.rtt_main_n1, True, False),
-        ("RTT n1 <-> n1 (same node: no socket)", z.rtt_same_node, False, False),
-    ):
+    on = ", on lanes" if lanes else ""
+    blocks = [
+        (f"RTT n1 <-> n2 (actors, 2 workers{on})", z.rtt_n1_n2, True, True),
+        (f"RTT main <-> n1 (main node, echo{on})", z.rtt_main_n1, True, False),
+    ]
+    if not lanes:
+        blocks.append(("RTT n1 <-> n1 (same node: no socket)", z.rtt_same_node, False, False))
+    for label, rtt, compare, with_erl in blocks:
         rtts: list[Rtt | None] = [b.rtt for b in paths] if compare else [None, None]
         if erl is not None:
             rtts.append(erl.rtt if with_erl else None)
@@ -39,9 +48,11 @@ def _rows(z: ZimgResults, raw: dict[str, RawResults], erl: ErlangResults | None)
             rows.append((name, getattr(rtt, stat), bases, fmt))
         per_s = tuple(None if b is None else b.per_s for b in rtts)
         rows.append(("  round trips/s", rtt.per_s, per_s, ",.0f"))
-    rows.append("One-way n1 -> n2 (counting sink)")
+    rows.append(f"One-way n1 -> n2 (counting sink{on})")
     rates = [b.one_way.per_s for b in paths] + ([erl.one_way.per_s] if erl is not None else [])
     rows.append(("  messages/s", z.one_way_n1_n2.per_s, tuple(rates), ",.0f"))
+    if lanes:
+        return rows
     rows.append("Spawn on n1 (zimg.behaviours:echo)")
     s = z.spawn
     none = (None,) * len(rates)
@@ -58,8 +69,10 @@ def format_table(
     z: ZimgResults,
     raw: dict[str, RawResults],
     erl: ErlangResults | str,
+    lanes: ZimgResults | None = None,
 ) -> str:
-    """The printed report; ``erl`` is the Erlang figures or why there are none."""
+    """The printed report; ``erl`` is the Erlang figures or why there are none; ``lanes``
+    the zimg figures of a second cluster whose nodes use lanes, if it was run."""
     m = machine
     lines = [
         f"zimg actor benchmark, {m['date']}",
@@ -82,7 +95,11 @@ def format_table(
         columns.append(("erlang", 12, "zimg/erl"))
     head = f"{'':38}{'zimg':>12}" + "".join(f"{c:>{w}}{r:>10}" for c, w, r in columns)
     lines += [head, "-" * len(head)]
-    for row in _rows(z, raw, erl if isinstance(erl, ErlangResults) else None):
+    erl_or_none = erl if isinstance(erl, ErlangResults) else None
+    rows = _rows(z, raw, erl_or_none)
+    if lanes is not None:
+        rows += _rows(lanes, raw, erl_or_none, lanes=True)
+    for row in rows:
         if isinstance(row, str):
             lines.append(row)
             continue
@@ -102,6 +119,11 @@ def format_table(
         "zimg n1<->n2: actor thread -> I/O thread -> broker thread (main process) -> I/O thread"
         " -> actor, each way.",
     ]
+    if lanes is not None:
+        lines.append(
+            "on lanes:     actor thread -> the peer's lane socket -> I/O thread -> actor, each way"
+            " (tcp://127.0.0.1)."
+        )
     if isinstance(erl, ErlangResults):
         lines += [
             "erlang:       driver process on one BEAM node <-> echo process on another,"
@@ -121,6 +143,7 @@ def to_json(
     raw: dict[str, RawResults],
     timings: Timings,
     erl: ErlangResults | str,
+    lanes: ZimgResults | None = None,
 ) -> dict[str, Any]:
     """Every figure, as a JSON-ready dict (``"erlang": {"skipped": why}`` without Erlang)."""
     ratios: dict[str, float] = {}
@@ -131,6 +154,13 @@ def to_json(
                 ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
         ratio = z.one_way_n1_n2.per_s / base.one_way.per_s
         ratios[f"one_way.per_s/{base_name}"] = round(ratio, 4)
+        if lanes is not None:
+            for name, rtt in (("rtt_n1_n2", lanes.rtt_n1_n2), ("rtt_main_n1", lanes.rtt_main_n1)):
+                for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
+                    key = f"lanes.{name}.{stat}/{base_name}"
+                    ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
+            ratio = lanes.one_way_n1_n2.per_s / base.one_way.per_s
+            ratios[f"lanes.one_way.per_s/{base_name}"] = round(ratio, 4)
     if isinstance(erl, ErlangResults):
         for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
             ratio = getattr(z.rtt_n1_n2, stat) / getattr(erl.rtt, stat)
@@ -140,6 +170,7 @@ def to_json(
         "machine": machine,
         "config": asdict(cfg),
         "zimg": asdict(z),
+        "zimg_lanes": asdict(lanes) if lanes is not None else None,
         "pyzmq": {name: asdict(r) for name, r in raw.items()},
         "erlang": erlang_json(erl),
         "ratios": ratios,

@@ -252,16 +252,18 @@ def _measure_spawns(node: zimg.Node, where: str, spawns: int, warmup: int) -> Sp
     )
 
 
-def run_zimg(cfg: Config, timings: Timings) -> ZimgResults:
-    """The zimg figures, on a local cluster of two workers that import this module."""
-    progress("zimg cluster start ...")
+def run_zimg(cfg: Config, timings: Timings, lanes: bool = False) -> ZimgResults:
+    """The zimg figures, on a local cluster of two workers that import this module (whose
+    nodes use lanes, with ``lanes``: then the phases' names end in "(lanes)")."""
+    on = " (lanes)" if lanes else ""
+    progress(f"zimg cluster start{on} ...")
     starting = time.perf_counter()
-    with zimg.local_cluster(workers=2, imports=[MODULE]) as node:
-        timings.phases["zimg cluster start"] = round(time.perf_counter() - starting, 3)
+    with zimg.local_cluster(workers=2, imports=[MODULE], lanes=lanes) as node:
+        timings.phases[f"zimg cluster start{on}"] = round(time.perf_counter() - starting, 3)
         me = node.self()
         rounds, warm = cfg.rounds, cfg.warmup_rounds
 
-        with timings.phase("zimg RTT n1<->n2"):
+        with timings.phase(f"zimg RTT n1<->n2{on}"):
             echo_n2 = node.spawn("n2", ECHO)
             _, samples, total = _spawn_for_result(
                 node, "n1", PING, (echo_n2, me, rounds, warm), "ping-result"
@@ -269,30 +271,30 @@ def run_zimg(cfg: Config, timings: Timings) -> ZimgResults:
             rtt_n1_n2 = Rtt.of(np.asarray(samples, dtype=np.float64), total)
             node.send(echo_n2, "stop")
 
-        with timings.phase("zimg RTT main<->n1"):
+        with timings.phase(f"zimg RTT main<->n1{on}"):
             echo_n1 = node.spawn("n1", ECHO)
             samples, total = ping_loop(node.send, node.receive, echo_n1, me, rounds, warm)
             rtt_main_n1 = Rtt.of(samples, total)
 
-        with timings.phase("zimg RTT n1<->n1"):
+        with timings.phase(f"zimg RTT n1<->n1{on}"):
             _, samples, total = _spawn_for_result(
                 node, "n1", PING, (echo_n1, me, rounds, warm), "ping-result"
             )
             rtt_same_node = Rtt.of(np.asarray(samples, dtype=np.float64), total)
             node.send(echo_n1, "stop")
 
-        with timings.phase("zimg one-way n1->n2"):
+        with timings.phase(f"zimg one-way n1->n2{on}"):
             sink_n2 = node.spawn("n2", SINK)
             args = (sink_n2, me, cfg.messages, cfg.warmup_messages)
             _, count, seconds = _spawn_for_result(node, "n1", BLAST, args, "blast-result")
             one_way = Rate.of(count, seconds)
             node.send(sink_n2, "stop")
 
-        with timings.phase("zimg spawn"):
+        with timings.phase(f"zimg spawn{on}"):
             spawn = _measure_spawns(node, "n1", cfg.spawns, cfg.warmup_spawns)
-        progress("zimg cluster stop ...")
+        progress(f"zimg cluster stop{on} ...")
         stopping = time.perf_counter()
-    timings.phases["zimg cluster stop"] = round(time.perf_counter() - stopping, 3)
+    timings.phases[f"zimg cluster stop{on}"] = round(time.perf_counter() - stopping, 3)
     return ZimgResults(rtt_n1_n2, rtt_main_n1, rtt_same_node, one_way, spawn)
 
 
@@ -314,6 +316,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--messages", metavar="M", type=int, help="one-way messages (50000; quick 10000)"
     )
     parser.add_argument("--spawns", metavar="K", type=int, help="timed spawns (50; quick 20)")
+    parser.add_argument(
+        "--no-lanes",
+        action="store_true",
+        help="skip the second zimg cluster, whose nodes use lanes (docs/actors.md)",
+    )
     args = parser.parse_args(argv)
     for name in ("rounds", "messages", "spawns"):
         value = getattr(args, name)
@@ -337,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = run_pyzmq(cfg, tmp, timings)
         erl = run_erlang(cfg, tmp, timings)
         z = run_zimg(cfg, timings)
+        z_lanes = run_zimg(cfg, timings, lanes=True) if not args.no_lanes else None
     except KeyboardInterrupt:
         progress("interrupted; everything was stopped")
         return 130
@@ -347,14 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
         signal.signal(signal.SIGTERM, previous)
     timings.phases["total"] = round(time.perf_counter() - started, 3)
-    print(format_table(cfg, machine, z, raw, erl))
+    print(format_table(cfg, machine, z, raw, erl, z_lanes))
     print(
         f"\nwall time: {timings.phases['total']:.1f} s  ("
         + ", ".join(f"{name} {s:.1f}" for name, s in timings.phases.items() if name != "total")
         + ")"
     )
     if args.json is not None:
-        report = to_json(cfg, machine, z, raw, timings, erl)
+        report = to_json(cfg, machine, z, raw, timings, erl, z_lanes)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         progress(f"wrote {args.json}")
     return 0

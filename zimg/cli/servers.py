@@ -340,6 +340,14 @@ def worker(
             "start. Default: wait for the broker as long as it takes.",
         ),
     ] = None,
+    lanes: Annotated[
+        bool,
+        typer.Option(
+            "--lanes",
+            help="Send actor messages to other nodes with --lanes on direct connections, once "
+            "the broker introduces them, instead of through the broker (docs/actors.md).",
+        ),
+    ] = False,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
@@ -380,6 +388,7 @@ def worker(
             cpus=cpu_set,
             actor_limits=dataclasses.replace(DEFAULT_ACTOR_LIMITS, max_processes=max_processes),
             death_timeout_s=death_timeout,
+            lanes=lanes,
         )
     except ZimgError as exc:
         raise fail(str(exc)) from None

@@ -80,7 +80,8 @@ def nodes(
     where = f" ({pair['role']}, {pair['state']})" if isinstance(pair, dict) else ""
     table = Table(title=Text(f"nodes at {plain(broker_url)}{plain(where)}"))
     columns = ("name", "role", "cpus", "capacity", "active", "done", "malformed", "dropped")
-    for col in (*columns, "seen (s ago)"):
+    lanes = any("lanes" in n for n in report["nodes"])  # a column only where nodes have lanes
+    for col in (*columns, *(("lanes sent/received",) if lanes else ()), "seen (s ago)"):
         left = col in ("name", "role")
         table.add_column(col, justify="left" if left else "right", no_wrap=col == "name")
     for n in report["nodes"]:
@@ -93,6 +94,7 @@ def nodes(
             n["done"],
             n.get("malformed", 0),
             n.get("dropped", 0),
+            *((_lane_cell(n.get("lanes")),) if lanes else ()),
             f"{n['last_seen_s']:.1f}",
         )
         table.add_row(*map(cell, cells))
@@ -104,6 +106,17 @@ def nodes(
         console = Console(width=160, emoji=False)
     console.print(table)
     rich_console().print(f"queued jobs: {lit(report['queued'])}", highlight=False)
+
+
+def _lane_cell(lanes: Any) -> str:
+    """What a node's lanes carried, as ``zimg nodes`` shows it."""
+    if not isinstance(lanes, dict):
+        return ""
+    text = f"{lanes.get('sent', 0)}/{lanes.get('received', 0)}"
+    for key in ("refused", "lost"):
+        if lanes.get(key):
+            text += f", {lanes[key]} {key}"
+    return text
 
 
 @app.command("dashboard")

@@ -1,0 +1,147 @@
+"""Lanes between real processes (``zimg._lanes``): a broker and workers run as `python -m zimg`
+subprocesses with ``--lanes``; the test process is the node "main", with lanes too.
+
+The actor tests of ``test_actors.py`` all run on lanes as well; these check what only lanes
+have: the switch in the middle of a stream, strangers on a lane's port, and a close whose last
+signals go on lanes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+import zimg
+from tests.multiprocess import zt_behaviours  # noqa: F401  (registers zt.* in this process)
+from zimg import wire
+from zimg._lanes import State
+from zimg.cluster import wait_for_workers
+from zimg.wire import Command
+
+pytestmark = pytest.mark.timeout(120)
+
+BEHAVIOURS = str(Path(__file__).with_name("zt_behaviours.py"))
+HEARTBEAT_S = 0.5
+WAIT = 10.0
+
+
+@pytest.fixture
+def cluster(procs, ipc_url):
+    procs.broker(ipc_url, "--heartbeat", str(HEARTBEAT_S), "--liveness", "3")
+    workers = {
+        name: procs.worker(ipc_url, name, "--import", BEHAVIOURS, "--lanes", wait=False)
+        for name in ("n1", "n2")
+    }
+    wait_for_workers(ipc_url, list(workers), timeout_s=30, processes=workers)
+    with zimg.connect(ipc_url, name="main", lanes=True) as node:
+        yield node, ipc_url
+
+
+def entry(node: zimg.Node, name: str) -> dict:
+    return next(n for n in node.report()["nodes"] if n["name"] == name)
+
+
+def wait_for_lane_count(node: zimg.Node, name: str, key: str, at_least: int) -> int:
+    """Poll NODES until node ``name`` reported (in a heartbeat) ``key`` >= ``at_least``."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        seen = entry(node, name)["lanes"][key]
+        if seen >= at_least or time.monotonic() > deadline:
+            return seen
+        time.sleep(HEARTBEAT_S / 5)  # polling a count that only heartbeats carry
+
+
+def test_a_stream_and_the_down_after_it_keep_their_order_across_the_switch(cluster):
+    node, _ = cluster
+    n = 5000
+    pid, ref = node.spawn_monitor("n1", "zt.count_to", node.self(), "a", n)
+    got = [node.receive(timeout=WAIT) for _ in range(n + 1)]
+    assert got[:n] == [("a", i) for i in range(n)]
+    assert got[n] == ("DOWN", ref, pid, "normal")
+    # The first message went through the broker (behind the ask), later ones on the lane.
+    assert wait_for_lane_count(node, "n1", "sent", 1) >= 1
+    assert node.report()["stats"]["lanes_opened"] >= 1
+
+
+def test_streams_from_several_senders_keep_their_order_into_a_lane(cluster):
+    node, _ = cluster
+    n = 2000
+    collector = node.spawn("n2", "zt.collect", node.self(), 3 * n)
+    node.spawn(node.name, "zt.count_to", collector, "x", n)
+    node.spawn(node.name, "zt.count_to", collector, "y", n)
+    for i in range(n):
+        node.send(collector, ("m", i))
+    _, got = node.receive(lambda m: m[0] == "collected", timeout=WAIT * 3)
+    for tag in "xym":
+        assert [i for t, i in got if t == tag] == list(range(n)), tag
+    assert wait_for_lane_count(node, "main", "sent", 1) >= 1
+
+
+def test_strangers_on_a_lane_port_are_refused_counted_and_change_nothing(cluster):
+    node, _ = cluster
+    echo = node.spawn("n1", "zimg.behaviours:echo")
+    node.send(echo, ("echo", node.self(), "warm"))
+    assert node.receive(timeout=WAIT) == ("echo", "warm")
+    endpoint = entry(node, "n1")["lanes"]["endpoint"]
+    ctx: zmq.Context = zmq.Context()
+    try:
+        stranger = ctx.socket(zmq.DEALER)
+        stranger.setsockopt(zmq.LINGER, 0)
+        stranger.connect(endpoint)
+        forged = wire.encode(Command.SEND, {"to": echo, "msg": ("echo", node.self(), "forged")})
+        for _ in range(200):
+            stranger.send_multipart(forged)
+        for _ in range(5000):
+            stranger.send_multipart([b"\xff" * 64, b"junk"])
+        assert wait_for_lane_count(node, "n1", "refused", 5200) >= 5200
+    finally:
+        ctx.destroy(linger=0)
+    node.send(echo, ("echo", node.self(), "after"))
+    assert node.receive(timeout=WAIT) == ("echo", "after")  # and never "forged"
+
+
+CLOSES = 25
+
+
+def test_a_close_whose_last_signals_go_on_lanes_says_shutdown_every_time(cluster):
+    """As test_actors' close test, with the leaver's lane to main switched on before it
+    closes: its DOWNs and exit signals go on the lane, its DISCONNECT through the broker, and
+    main must still hear ``shutdown`` from every one."""
+    node, url = cluster
+    me = node.self()
+    wrong: list[tuple[int, str, object]] = []
+    for i in range(CLOSES):
+        leaver = zimg.connect(url, name=f"leaver{i}", lanes=True)
+        try:
+            pids = [leaver.spawn(leaver.name, "zimg.behaviours:echo") for _ in range(8)]
+            refs = {node.monitor(pid): pid for pid in pids}
+            for pid in pids:  # each answers after the MONITOR that went to it before
+                node.send(pid, ("echo", me, "monitored"))
+            for _ in pids:
+                node.receive(lambda m: m == ("echo", "monitored"), timeout=WAIT)
+            node.spawn("n1", "zt.trap_echo_link", me, pids[0])
+            assert node.receive(lambda m: m == ("echo", "linked"), timeout=WAIT)
+            lanes = leaver.connection.lanes
+            assert lanes is not None
+            for k in range(100):  # echoes until the leaver's lane to main is switched on
+                lane = lanes.state("main")
+                if lane is not None and lane.state is State.ACTIVE:
+                    break
+                leaver.send(pids[k % 8], ("echo", me, k))
+                node.receive(lambda m, k=k: m == ("echo", k), timeout=WAIT)
+            else:
+                pytest.fail("the leaver's lane to main never switched on")
+        finally:
+            leaver.close()
+        for _ in range(len(refs)):
+            _, ref, pid, reason = node.receive(lambda m: m[0] == "DOWN", timeout=WAIT)
+            assert refs.pop(ref) == pid
+            if reason != "shutdown":
+                wrong.append((i, "monitor", reason))
+        _, (_, sender, reason) = node.receive(lambda m: m[0] == "trapped", timeout=WAIT)
+        assert sender == pids[0]
+        if reason != "shutdown":
+            wrong.append((i, "link", reason))
+    assert wrong == []

@@ -1,0 +1,190 @@
+"""A node's lanes (``zimg._lanes``) over real sockets in one process: the hold before the
+switch, the checks on what a lane brings, the bounds, and the end of a lane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from zimg import _lanes, wire
+from zimg._lanes import Lanes, State
+from zimg.wire import Command, Message, Pid
+
+pytestmark = pytest.mark.timeout(30)
+
+A_PID = Pid("a", 1, 7)
+B_PID = Pid("b", 2, 9)
+
+
+class Pair:
+    """Node a's lanes, sending to node b's."""
+
+    def __init__(self, ctx: zmq.Context) -> None:
+        self.a = Lanes(ctx, "a", "127.0.0.1", wire.DEFAULT_LIMITS, None)
+        self.b = Lanes(ctx, "b", "127.0.0.1", wire.DEFAULT_LIMITS, None)
+        self.delivered: list[Message] = []
+        assert self.a.ask("b") is not None
+        accept = wire.decode(self.b.on_ask({"from": "a", "incarnation": 1})).header
+        self.token = accept["token"]
+        self.a.on_accept(
+            {
+                "from": "b",
+                "incarnation": 2,
+                "endpoint": self.b.endpoint,
+                "lane_key": None,
+                "token": self.token,
+            }
+        )
+        lane = self.a.state("b")
+        assert lane is not None
+        assert lane.state is State.READY
+        self.lane = lane
+
+    def send(self, command: Command, **header) -> None:
+        self.a.send(self.lane, wire.encode(command, header), lambda: False)
+
+    def read(self, count: int) -> None:
+        """Read until ``count`` more messages were taken off b's lane socket (or 5 s)."""
+        b = self.b
+        target = b.received + b.refused + count
+        while b.received + b.refused < target:
+            assert b.router.poll(5000), "nothing arrived on the lane"
+            b.read(self.delivered.append)
+
+    def switch(self) -> None:
+        self.a.switch(self.lane)
+        self.b.on_switch({"from": "a", "token": self.token}, self.delivered.append)
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    ctx: zmq.Context = zmq.Context()
+    made = Pair(ctx)
+    yield made
+    made.a.close()
+    made.b.close()
+    ctx.destroy(linger=0)
+
+
+def test_what_comes_before_the_switch_is_held_then_delivered_in_order(pair):
+    for i in range(5):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    pair.read(5)
+    assert pair.delivered == []
+    pair.switch()
+    pair.send(Command.SEND, to=B_PID, msg=5)
+    pair.read(1)
+    assert [m.header["msg"] for m in pair.delivered] == list(range(6))
+
+
+@pytest.mark.parametrize(
+    ("command", "header"),
+    [
+        (Command.LINK, {"to": B_PID, "from": Pid("c", 1, 7)}),  # another node's pid
+        (Command.LINK, {"to": B_PID, "from": Pid("a", 5, 7)}),  # another incarnation of a
+        (Command.DOWN, {"to": B_PID, "pid": B_PID, "ref": None, "reason": "x"}),
+        (Command.SEND, {"to": Pid("c", 1, 1), "msg": 1}),  # for another node
+        (Command.SEND, {"to": ("name", "c"), "msg": 1}),
+        (Command.SPAWN, {"to": "c", "from": A_PID}),
+        (Command.JOB, {"id": 1}),  # not an actor command
+        (Command.NODEDOWN, {"node": "x", "incarnation": 1, "reason": "noconnection"}),
+    ],
+)
+def test_a_message_a_lane_could_not_have_carried_is_refused(pair, command, header):
+    pair.switch()
+    pair.send(command, **header)
+    pair.send(Command.SEND, to=B_PID, msg="after")
+    pair.read(2)
+    assert pair.b.refused == 1
+    assert [m.header.get("msg") for m in pair.delivered] == ["after"]
+
+
+def test_frames_that_do_not_decode_are_refused(pair):
+    pair.switch()
+    pair.a.send(pair.lane, [b"ZIMG2\x12\xc1"], lambda: False)
+    pair.read(1)
+    assert (pair.b.refused, pair.delivered) == (1, [])
+
+
+def test_a_message_without_a_known_token_is_refused(pair):
+    pair.switch()
+    stranger = pair.b.router.context.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.ROUTING_ID, b"\x01" * 16)
+    stranger.connect(pair.b.endpoint)
+    stranger.send_multipart(wire.encode(Command.SEND, {"to": B_PID, "msg": "forged"}))
+    pair.read(1)
+    stranger.close(linger=0)
+    assert (pair.b.refused, pair.delivered) == (1, [])
+
+
+def test_a_lane_holds_at_most_max_held_before_its_switch(pair, monkeypatch):
+    monkeypatch.setattr(_lanes, "MAX_HELD", 3)
+    for i in range(5):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    pair.read(5)
+    pair.switch()
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1, 2]
+    assert pair.b.refused == 2
+
+
+def nodedown(name: str, incarnation: int, reason: str) -> Message:
+    header = {"node": name, "incarnation": incarnation, "reason": reason}
+    return wire.decode(wire.encode(Command.NODEDOWN, header))
+
+
+def test_the_nodedown_of_a_peer_that_left_waits_for_its_bye(pair):
+    pair.switch()
+    down = nodedown("a", 1, "normal")
+    assert pair.b.on_nodedown(down, now=100.0) is None  # parked
+    pair.send(Command.SEND, to=B_PID, msg="last words")
+    pair.a.say_bye(1.0)
+    while not pair.delivered or pair.delivered[-1] is not down:
+        assert pair.b.router.poll(5000)
+        pair.b.read(pair.delivered.append)
+    assert [m.header.get("msg") for m in pair.delivered] == ["last words", None]
+    assert pair.b.inbound == {}
+
+
+def test_a_parked_nodedown_goes_on_after_bye_wait_s_without_a_bye(pair):
+    pair.switch()
+    down = nodedown("a", 1, "normal")
+    assert pair.b.on_nodedown(down, now=100.0) is None
+    assert pair.b.due(100.0 + _lanes.BYE_WAIT_S / 2) == []
+    assert pair.b.due(100.0 + _lanes.BYE_WAIT_S) == [down]
+    assert pair.b.inbound == {}
+
+
+def test_the_nodedown_of_a_crashed_peer_goes_on_at_once_and_ends_its_lane(pair):
+    pair.switch()
+    down = nodedown("a", 1, "noconnection")
+    assert pair.b.on_nodedown(down, now=100.0) is down
+    pair.send(Command.SEND, to=B_PID, msg="from the dead")
+    pair.read(1)
+    assert (pair.b.refused, pair.delivered) == (1, [])
+
+
+def test_a_peers_nodedown_closes_the_lane_to_it(pair):
+    pair.switch()
+    assert pair.a.on_nodedown(nodedown("b", 2, "noconnection"), now=1.0) is not None
+    assert pair.a.state("b") is None
+    pair.send(Command.SEND, to=B_PID, msg="too late")
+    assert pair.a.lost == 1
+    # a new lane to the next incarnation may be asked for
+    assert pair.a.ask("b") is not None
+
+
+def test_a_node_accepts_at_most_max_lanes(monkeypatch):
+    monkeypatch.setattr(_lanes, "MAX_LANES", 2)
+    ctx: zmq.Context = zmq.Context()
+    b = Lanes(ctx, "b", "127.0.0.1", wire.DEFAULT_LIMITS, None)
+    try:
+        answers = [wire.decode(b.on_ask({"from": n, "incarnation": 1})) for n in "xyz"]
+        assert [m.header["op"] for m in answers] == ["accept", "accept", "refuse"]
+        # a peer that asks again replaces its own lane: it takes no second place
+        assert wire.decode(b.on_ask({"from": "x", "incarnation": 2})).header["op"] == "accept"
+        assert len(b.inbound) == 2
+    finally:
+        b.close()
+        ctx.destroy(linger=0)

@@ -1,0 +1,184 @@
+"""A waiting receive reads its node's lane socket itself: no thread hand-off per message.
+
+Handing each arriving message from the I/O thread to the actor thread that waits for it costs a
+thread wake-up, which on a busy machine is most of a small message's latency. So the first
+process of a node to wait in ``receive`` with nothing to take becomes the *leader*: it reads the
+lane socket itself, delivering what it reads (to itself, or to any other mailbox) exactly as the
+I/O thread would, until a message reaches its own mailbox or its wait ends. Other waiting
+processes wait on their mailboxes as before.
+
+Who reads, and when:
+
+- Reading the lane socket, and calling the connection's handlers, are done under the
+  connection's *dispatch lock*, whoever does them: messages keep their order, and handlers run
+  one at a time, as the transport promises.
+- The I/O thread reads the lane socket while there is no leader. While there is one, it leaves
+  the socket alone. A receive that ends soon after it began does not wake the I/O thread: most
+  such receives are followed by another one at once (a request and its reply), and a wake-up
+  per message would cost as much as the hand-off it saves. Instead, the I/O thread looks again
+  every ``GLANCE_S`` while a leader is new; a leader that ends after ``LONG_WAIT_S`` wakes it
+  (``kick``). A message that arrives between leaders so waits at most ``GLANCE_S``.
+- Both wait on the socket's file descriptor (``ZMQ_FD``), never on the socket: only the lock
+  holder touches the socket, and it reads until ZeroMQ says there is nothing more, so a message
+  that arrives later makes the descriptor readable again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import zmq
+
+from zimg._lanes import Lanes
+from zimg.wire import Message
+
+GLANCE_S = 0.002
+LONG_WAIT_S = 0.05
+
+
+class WakeFd:
+    """A file descriptor one thread waits on and any thread can make readable."""
+
+    def __init__(self) -> None:
+        self.is_set = False
+        if hasattr(os, "eventfd"):
+            self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._write_fd = self.fd
+        else:  # pragma: no cover (not Linux)
+            self.fd, self._write_fd = os.pipe()
+            os.set_blocking(self.fd, False)
+            os.set_blocking(self._write_fd, False)
+
+    def set(self) -> None:
+        self.is_set = True
+        with contextlib.suppress(BlockingIOError):  # readable already
+            os.write(self._write_fd, b"\x01\0\0\0\0\0\0\0")
+
+    def clear(self) -> None:
+        if self.is_set:  # a read of an empty descriptor raises: skip it when nothing was set
+            self.is_set = False
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.fd, 4096)
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self._write_fd != self.fd:
+            os.close(self._write_fd)
+
+
+class Waker:
+    """What a leading receive leaves in its mailbox's waiters: ``release`` wakes it."""
+
+    __slots__ = ("_owner", "_wake", "fired")
+
+    def __init__(self, wake: WakeFd) -> None:
+        self.fired = False
+        self._owner = threading.get_ident()
+        self._wake = wake
+
+    def release(self) -> None:
+        self.fired = True
+        if threading.get_ident() != self._owner:  # the leader itself needs no wake-up
+            self._wake.set()
+
+
+class LaneReader:
+    """The leader role for one node's lane socket (see the module docstring).
+
+    Args:
+        lanes: the node's lanes.
+        lock: the connection's dispatch lock.
+        deliver: what the I/O thread does with a message read off a lane.
+        kick: wakes the I/O thread (it watches the lane socket again).
+    """
+
+    def __init__(
+        self,
+        lanes: Lanes,
+        lock: AbstractContextManager[Any],
+        deliver: Callable[[Message], None],
+        kick: Callable[[], None],
+    ) -> None:
+        self.lanes = lanes
+        self.lock = lock
+        self.deliver = deliver
+        self.kick = kick
+        self.leader = threading.Lock()
+        self.wake = WakeFd()
+        fd = lanes.router.get(zmq.FD)
+        assert isinstance(fd, int)
+        self.fd = fd
+        self.closed = False
+        self.io_watching = True  # the I/O thread polls the lane socket (set by it alone)
+        self.began = 0.0  # when the leader took the role
+        self._poller = select.poll()  # the leader's (one at a time)
+        self._poller.register(self.fd, select.POLLIN)
+        self._poller.register(self.wake.fd, select.POLLIN)
+
+    def begin(self) -> Waker | None:
+        """Take the leader role; None if another receive has it (or the node closed)."""
+        if self.closed or not self.leader.acquire(False):
+            return None
+        self.began = time.monotonic()
+        self.wake.clear()
+        return Waker(self.wake)
+
+    def wait(self, waker: Waker, timeout: float | None) -> bool:
+        """Read the lane socket until ``waker`` fires (True) or ``timeout`` passes (False).
+        A node that closes under it ends the role for good (False: its mailbox waits as
+        without lanes)."""
+        try:
+            return self._wait(waker, timeout)
+        except zmq.ZMQError:  # the socket closed with the node
+            self.closed = True
+            return waker.fired
+
+    def _wait(self, waker: Waker, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = self._poller
+        lanes, deliver = self.lanes, self.deliver
+        while True:
+            more = True
+            while more and not waker.fired:
+                with self.lock:
+                    more = lanes.read(deliver)
+            if waker.fired:
+                return True
+            if deadline is None:
+                poller.poll()
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                poller.poll(max(1, int(left * 1000 + 0.999)))
+            # A wake-up meant for an earlier leader must not keep this one spinning.
+            self.wake.clear()
+
+    def end(self) -> None:
+        """Give the role up; after a long wait, wake the I/O thread if it stopped watching."""
+        long_wait = time.monotonic() - self.began >= LONG_WAIT_S
+        self.leader.release()
+        if long_wait and not self.io_watching:
+            self.kick()
+
+    def io_should_watch(self) -> tuple[bool, float | None]:
+        """The I/O thread, before each poll: watch the lane socket (only with no leader), and
+        the longest it may then wait before it looks again (None: no bound from lanes)."""
+        self.io_watching = False
+        if not self.leader.locked():
+            self.io_watching = True
+            return True, None
+        # A new leader may end without a kick: look again soon. An old one kicks.
+        return False, GLANCE_S if time.monotonic() - self.began < LONG_WAIT_S else None
+
+    def close(self) -> None:
+        """The node closed: no more leaders (one still waiting ends when its read fails)."""
+        self.closed = True
+        self.wake.close()

@@ -1,0 +1,518 @@
+"""Lanes: direct node-to-node sockets for actor messages, introduced by the broker.
+
+Without lanes, an actor message crosses the broker: actor thread, the node's I/O thread, the
+broker, the other node's I/O thread, the other actor. A lane takes the broker out of that path
+once two nodes talk: node A sends everything it has for node B (SEND, LINK, EXIT and the other
+actor commands whose ``to`` is on B) on a DEALER connected to B's lane ROUTER, from the actor
+thread itself, and B's I/O thread reads it there.
+
+How a lane opens (every step but the last goes through the broker, which vouches for names):
+
+1. A sends ``LANE {op: ask, to: B}``. The broker passes it on only if both nodes said in HELLO
+   where their lane is, and neither holds ``max_lanes`` lanes.
+2. B makes a random *token*, remembers it as A's, and answers ``LANE {op: accept, to: A,
+   incarnation: A's, token}``. The broker adds B's endpoint and key (from B's HELLO) and passes
+   it to A. A token travels only between the broker and the two nodes, over their CURVE
+   sessions when the cluster uses CURVE; a lane message is A's only if it carries A's token as
+   its routing id, and names only pids of A (checked as the broker checks them).
+3. A connects a DEALER whose routing id is the token (a CURVE client of B's key, when keys are
+   in use). The next message A has for B goes through the broker as ``LANE {op: switch}``,
+   behind everything A sent B through the broker before; from then on A sends to B on the lane.
+4. B holds what comes on the lane until the switch arrives through the broker: so every
+   message keeps its order, per pair, across the change of path.
+
+A lane ends when either node goes (NODEDOWN, which the broker also sends to lane peers), when
+A rejoins the broker (A sends ``LANE {op: close}`` through the new session), or when the node
+closes. A closing node ends each lane with a BYE on the lane itself, and B holds the NODEDOWN
+of a node that left until that BYE (at most ``BYE_WAIT_S``): a closing node's last signals
+(``shutdown``) are not overtaken by the broker's news that it left.
+
+This module holds the lane sockets and the bookkeeping; ``zimg.connection`` decides, per
+message, which path it takes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import zmq
+
+from zimg import protocol, wire
+from zimg._errors import WireError
+from zimg._zsock import NOBLOCK, recv_frames, send_frames
+from zimg.security import ClientKeys
+from zimg.wire import Command, Message, Pid, Ref
+
+log = logging.getLogger("zimg.lanes")
+
+ASK, ACCEPT, REFUSE, SWITCH, CLOSE = "ask", "accept", "refuse", "switch", "close"
+OPS = frozenset((ASK, ACCEPT, REFUSE, SWITCH, CLOSE))
+TOKEN_BYTES = 16
+# Lanes a node holds each way; beyond that, actor messages go through the broker.
+MAX_LANES = 256
+# What B holds of a lane before its switch arrives through the broker.
+MAX_HELD = 10_000
+# Messages a lane queues beyond its socket's high-water mark before senders wait.
+MAX_BACKLOG = 10_000
+LANE_HWM = 10_000
+# How long a node holds the NODEDOWN of a peer that left for that peer's BYE on its lane.
+BYE_WAIT_S = 2.0
+_BYE = b"BYE"
+_KEY_CHARS = 40  # a CURVE public key in z85
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+# Which header field names the sender, per command: it must be a pid (or ref) of the lane's
+# peer, as the broker requires of what it routes (``zimg._broker_actors``).
+_OWN_FIELD = {
+    Command.SPAWN: "from",
+    Command.LINK: "from",
+    Command.UNLINK: "from",
+    Command.MONITOR: "from",
+    Command.EXIT: "from",
+    Command.DOWN: "pid",
+    Command.DEMONITOR: "ref",
+}
+LANE_COMMANDS = frozenset(wire.ACTOR_COMMANDS)
+
+
+def destination(header: Mapping[str, Any], own: str) -> tuple[str, int | None] | None:
+    """The node an actor command goes to (and the incarnation, for a pid), read from ``to``;
+    None for this node, ``"*"`` (any worker: the broker picks) or anything else."""
+    to = header.get("to")
+    if type(to) is Pid:
+        name, incarnation = to.node, to.incarnation
+    elif type(to) is tuple and len(to) == 2 and type(to[1]) is str:
+        name, incarnation = to[1], None
+    elif type(to) is str:
+        name, incarnation = to, None
+    else:
+        return None
+    if name == own or name == "*":
+        return None
+    return name, incarnation
+
+
+class State(enum.Enum):
+    ASKED = "asked"  # the broker has our ask
+    READY = "ready"  # the peer accepted: the socket is open, the switch not sent yet
+    ACTIVE = "active"  # the switch is sent: everything for the peer goes on the lane
+    REFUSED = "refused"  # not for this peer (until it goes down)
+
+
+@dataclass(eq=False)
+class Outbound:
+    """A lane to a peer: our DEALER to its ROUTER."""
+
+    peer: str
+    state: State
+    incarnation: int | None = None
+    token: bytes = b""
+    sock: zmq.Socket[bytes] | None = None
+    backlog: deque[list[Any]] = field(default_factory=deque)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+@dataclass(eq=False)
+class Inbound:
+    """A lane from a peer: what its token is, and what came before its switch."""
+
+    peer: str
+    incarnation: int
+    token: bytes
+    switched: bool = False
+    held: deque[Message] = field(default_factory=deque)
+    bye: bool = False
+    parked: Message | None = None  # its NODEDOWN, held until its BYE
+    parked_until: float = 0.0
+
+
+def lane_host(broker_url: str) -> str:
+    """The address to bind a lane on: the one this host reaches the broker from."""
+    first = broker_url.split(",")[0]
+    if not first.startswith("tcp://"):
+        return "127.0.0.1"
+    host = urlsplit(first).hostname or "127.0.0.1"
+    if host in ("localhost", "127.0.0.1", "::1", "*"):
+        return "127.0.0.1" if host != "::1" else "::1"
+    try:  # no packet is sent: connect() on UDP only picks the route's source address
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, urlsplit(first).port or 5555))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
+class Lanes:
+    """One node's lanes: its lane ROUTER, its DEALERs to peers, and what each lane holds.
+
+    Thread rules: ``outbound``'s states change under ``lock``; a lane's socket and backlog are
+    touched only under its ``cond``; everything about inbound lanes is the I/O thread's.
+    """
+
+    def __init__(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        name: str,
+        host: str,
+        limits: wire.Limits,
+        keys: ClientKeys | None,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self.keys = keys
+        self.ctx = ctx
+        self.router = ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, limits.largest_frame)
+        self.router.setsockopt(zmq.RCVHWM, LANE_HWM)
+        if keys is not None:
+            self.router.curve_server = True
+            self.router.curve_publickey = keys.public
+            self.router.curve_secretkey = keys.secret
+        if ":" in host:
+            self.router.setsockopt(zmq.IPV6, 1)
+            port = self.router.bind_to_random_port(f"tcp://[{host}]")
+            self.endpoint = f"tcp://[{host}]:{port}"
+        else:
+            port = self.router.bind_to_random_port(f"tcp://{host}")
+            self.endpoint = f"tcp://{host}:{port}"
+        self.lock = threading.Lock()
+        self.outbound: dict[str, Outbound] = {}
+        self.inbound: dict[bytes, Inbound] = {}
+        self.inbound_of: dict[str, Inbound] = {}
+        self.sent = 0
+        self.received = 0
+        self.refused = 0  # unknown token, forged sender, not for us, malformed, over a bound
+        self.lost = 0  # sent to a lane that closed under it
+        self.parked = 0  # NODEDOWNs held for a BYE
+
+    # ------------------------------------------------------------------ HELLO
+
+    def hello_fields(self) -> dict[str, Any]:
+        """What HELLO says of this node's lane."""
+        fields: dict[str, Any] = {"lane": self.endpoint}
+        if self.keys is not None:
+            fields["lane_key"] = self.keys.public
+        return fields
+
+    # ------------------------------------------------------------------ sending side
+
+    def state(self, peer: str) -> Outbound | None:
+        return self.outbound.get(peer)
+
+    def ask(self, peer: str) -> list[Any] | None:
+        """The ask to send through the broker for ``peer``, the first time only (under the
+        caller's send lock: the ask goes before the message that made it)."""
+        with self.lock:
+            if peer in self.outbound or len(self.outbound) >= MAX_LANES:
+                return None
+            self.outbound[peer] = Outbound(peer, State.ASKED)
+        return wire.encode(Command.LANE, {"op": ASK, "to": peer}, self.limits)
+
+    def switch(self, lane: Outbound) -> list[Any]:
+        """Make ``lane`` active; the switch to send through the broker before anything goes on
+        it (under the caller's send lock, which orders it after what went before)."""
+        lane.state = State.ACTIVE
+        header = {"op": SWITCH, "to": lane.peer, "token": lane.token}
+        return wire.encode(Command.LANE, header, self.limits)
+
+    def send(self, lane: Outbound, frames: list[Any], closed: Callable[[], bool]) -> None:
+        """Send on an active lane; queue behind what it holds if its socket is full, and wait
+        (for the I/O thread to flush) once that queue is full too."""
+        with lane.cond:
+            while True:
+                sock = lane.sock
+                if sock is None:
+                    self.lost += 1
+                    return
+                if not lane.backlog:
+                    try:
+                        send_frames(sock, frames, NOBLOCK)
+                        self.sent += 1
+                        return
+                    except zmq.Again:
+                        pass
+                if len(lane.backlog) < MAX_BACKLOG:
+                    lane.backlog.append(frames)
+                    self.sent += 1
+                    return
+                if closed():
+                    self.lost += 1
+                    return
+                lane.cond.wait(0.2)
+
+    def flush(self) -> bool:
+        """Send what lanes queued (I/O thread); True while some lane still holds something."""
+        pending = False
+        for lane in list(self.outbound.values()):
+            if not lane.backlog:
+                continue
+            with lane.cond:
+                sock = lane.sock
+                while lane.backlog and sock is not None:
+                    try:
+                        send_frames(sock, lane.backlog[0], NOBLOCK)
+                    except zmq.Again:
+                        break
+                    lane.backlog.popleft()
+                lane.cond.notify_all()
+                pending = pending or bool(lane.backlog)
+        return pending
+
+    def on_accept(self, header: Mapping[str, Any]) -> None:
+        """The peer accepted our ask (through the broker): open the socket (I/O thread)."""
+        peer, token = header.get("from"), header.get("token")
+        endpoint, key = header.get("endpoint"), header.get("lane_key")
+        incarnation = header.get("incarnation")
+        lane = self.outbound.get(peer) if type(peer) is str else None
+        if (
+            lane is None
+            or lane.state is not State.ASKED
+            or type(token) is not bytes
+            or len(token) != TOKEN_BYTES
+            or type(endpoint) is not str
+            or type(incarnation) is not int
+            or (key is not None and (type(key) is not bytes or len(key) != _KEY_CHARS))
+            or (self.keys is not None and key is None)
+        ):
+            return
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, LANE_HWM)
+        sock.setsockopt(zmq.ROUTING_ID, token)
+        try:
+            if self.keys is not None:
+                assert type(key) is bytes
+                ClientKeys(self.keys.public, self.keys.secret, key).apply(sock)
+            if protocol.is_ipv6_endpoint(endpoint):
+                sock.setsockopt(zmq.IPV6, 1)
+            sock.connect(endpoint)
+        except zmq.ZMQError:  # a key or an endpoint libzmq will not take: no lane
+            sock.close(linger=0)
+            with self.lock:
+                lane.state = State.REFUSED
+            return
+        with lane.cond:
+            lane.sock, lane.token, lane.incarnation = sock, token, incarnation
+        with self.lock:
+            lane.state = State.READY
+
+    def on_refuse(self, header: Mapping[str, Any]) -> None:
+        peer = header.get("from")
+        lane = self.outbound.get(peer) if type(peer) is str else None
+        if lane is not None and lane.state is State.ASKED:
+            with self.lock:
+                lane.state = State.REFUSED
+
+    def close_outbound(self, peer: str, incarnation: int | None = None) -> Outbound | None:
+        """Forget the lane to ``peer`` (that incarnation, if given); its socket closes."""
+        with self.lock:
+            lane = self.outbound.get(peer)
+            if lane is None or (
+                incarnation is not None
+                and lane.incarnation is not None
+                and lane.incarnation != incarnation
+            ):
+                return None
+            del self.outbound[peer]
+        with lane.cond:
+            if lane.sock is not None:
+                lane.sock.close(linger=0)
+                lane.sock = None
+            self.lost += len(lane.backlog)
+            lane.backlog.clear()
+            lane.cond.notify_all()
+        return lane
+
+    def say_bye(self, timeout_s: float) -> None:
+        """A closing node: flush every lane (up to ``timeout_s``), end each with a BYE, and
+        close its socket, which goes on sending what it holds for up to ``timeout_s`` (a lane
+        opened just before may not even be connected yet)."""
+        deadline = time.monotonic() + timeout_s
+        while self.flush() and time.monotonic() < deadline:
+            time.sleep(0.001)  # the peer is slow to take what we hold: wait a little
+        linger_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        for lane in list(self.outbound.values()):
+            with lane.cond:
+                sock = lane.sock
+                if sock is None:
+                    continue
+                if lane.state is State.ACTIVE:
+                    with contextlib.suppress(zmq.Again):
+                        sock.send(_BYE, zmq.NOBLOCK)
+                sock.close(linger=linger_ms)
+                lane.sock = None
+                self.lost += len(lane.backlog)
+                lane.backlog.clear()
+                lane.cond.notify_all()
+
+    # ------------------------------------------------------------------ receiving side
+
+    def on_ask(self, header: Mapping[str, Any]) -> list[Any]:
+        """A peer asks for a lane (through the broker): the accept (or refusal) to send back."""
+        peer, incarnation = header.get("from"), header.get("incarnation")
+        if type(peer) is not str or type(incarnation) is not int:
+            return []
+        old = self.inbound_of.pop(peer, None)
+        if old is not None:
+            del self.inbound[old.token]
+        if len(self.inbound) >= MAX_LANES:
+            answer: dict[str, Any] = {"op": REFUSE, "to": peer, "reason": "too many lanes"}
+            return wire.encode(Command.LANE, answer, self.limits)
+        token = _new_token()
+        lane = Inbound(peer, incarnation, token)
+        self.inbound[token] = lane
+        self.inbound_of[peer] = lane
+        answer = {"op": ACCEPT, "to": peer, "incarnation": incarnation, "token": token}
+        return wire.encode(Command.LANE, answer, self.limits)
+
+    def on_switch(self, header: Mapping[str, Any], deliver: Callable[[Message], None]) -> None:
+        """The peer's switch came through the broker: what its lane held goes on, in order."""
+        lane = self.inbound.get(header.get("token"))  # type: ignore[arg-type]
+        if lane is None or lane.peer != header.get("from") or lane.switched:
+            return
+        lane.switched = True
+        while lane.held:
+            deliver(lane.held.popleft())
+
+    def close_inbound(self, peer: str, token: Any = None) -> None:
+        lane = self.inbound_of.get(peer)
+        if lane is not None and token in (None, lane.token):
+            del self.inbound_of[peer]
+            del self.inbound[lane.token]
+
+    def read(self, deliver: Callable[[Message], None], limit: int = 256) -> bool:
+        """Receive what lanes brought: check each message, hold or deliver it. The caller holds
+        the connection's dispatch lock (``zimg._lane_reader``). True if it stopped at ``limit``
+        (more may be waiting); False once the socket had nothing more."""
+        router = self.router
+        for _ in range(limit):
+            # Asking costs about 2 us; a receive that fails raises zmq.Again, about 10.
+            if not int(router.get(_EVENTS)) & _POLLIN:
+                return False
+            try:
+                frames = recv_frames(router, NOBLOCK)
+            except zmq.Again:
+                return False
+            lane = self.inbound.get(frames[0].bytes)
+            if lane is None:
+                self._refuse("a lane message with an unknown token")
+                continue
+            body = frames[1:]
+            if len(body) == 1 and body[0].bytes == _BYE:
+                lane.bye = True
+                if lane.parked is not None:
+                    deliver(self._end(lane))
+                continue
+            try:
+                msg = wire.decode(body, self.limits)
+            except WireError:
+                self._refuse(f"a malformed message on the lane from {lane.peer}")
+                continue
+            if not self._checked(lane, msg):
+                continue
+            self.received += 1
+            if lane.switched:
+                deliver(msg)
+            elif len(lane.held) < MAX_HELD:
+                lane.held.append(msg)
+            else:
+                self._refuse(f"more than {MAX_HELD} messages from {lane.peer} before its switch")
+        return True
+
+    def on_nodedown(self, msg: Message, now: float) -> Message | None:
+        """A peer went down: close both ways. The NODEDOWN goes on to the runtime now (it is
+        returned), or, for a peer that left and has not said BYE on its lane yet, later."""
+        name, incarnation = msg.header.get("node"), msg.header.get("incarnation")
+        if type(name) is not str:
+            return msg
+        self.close_outbound(name, incarnation if type(incarnation) is int else None)
+        lane = self.inbound_of.get(name)
+        if lane is None or (type(incarnation) is int and lane.incarnation != incarnation):
+            return msg
+        if (
+            msg.header.get("reason") == protocol.NORMAL
+            and lane.switched
+            and not lane.bye
+            and lane.parked is None
+        ):
+            # It left, after switching to its lane: what it sent there before its BYE (its
+            # processes' last signals) comes before the news that it left.
+            lane.parked, lane.parked_until = msg, now + BYE_WAIT_S
+            self.parked += 1
+            return None
+        self.close_inbound(name)
+        return msg
+
+    def due(self, now: float) -> list[Message]:
+        """The parked NODEDOWNs whose BYE did not come in time."""
+        late = [lane for lane in self.inbound.values() if lane.parked and now >= lane.parked_until]
+        return [self._end(lane) for lane in late]
+
+    def close(self) -> None:
+        for peer in list(self.outbound):
+            self.close_outbound(peer)
+        self.router.close(linger=0)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _end(self, lane: Inbound) -> Message:
+        parked = lane.parked
+        assert parked is not None
+        lane.parked = None
+        self.parked -= 1
+        self.close_inbound(lane.peer)
+        return parked
+
+    def _checked(self, lane: Inbound, msg: Message) -> bool:
+        """Is ``msg`` an actor command from the lane's peer to this node?"""
+        cmd, header = msg.command, msg.header
+        if cmd not in LANE_COMMANDS:
+            self._refuse(f"a {cmd.name} on the lane from {lane.peer}")
+            return False
+        field_name = _OWN_FIELD.get(cmd)
+        names = [header.get(field_name)] if field_name else []
+        if cmd is Command.SPAWNED and header.get("pid") is not None:
+            names.append(header.get("pid"))
+        for value in names:
+            if not (
+                isinstance(value, Pid | Ref)
+                and value.node == lane.peer
+                and value.incarnation == lane.incarnation
+            ):
+                self._refuse(f"a {cmd.name} on the lane from {lane.peer} naming another's pid")
+                return False
+        to = header.get("to")
+        if type(to) is Pid:
+            ours = to.node == self.name
+        elif type(to) is tuple and len(to) == 2:
+            ours = to[1] == self.name and type(to[0]) is str
+        else:
+            ours = to == self.name
+        if not ours:
+            self._refuse(f"a {cmd.name} on the lane from {lane.peer} for another node")
+        return ours
+
+    def _refuse(self, what: str) -> None:
+        self.refused += 1
+        if self.refused <= 10:
+            log.warning("node %s: dropped %s (lanes refused %d)", self.name, what, self.refused)
+
+
+def _new_token() -> bytes:
+    while True:
+        token = secrets.token_bytes(TOKEN_BYTES)
+        if token[0]:  # a routing id may not start with a zero byte
+            return token
