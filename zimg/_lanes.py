@@ -71,6 +71,7 @@ BYE_WAIT_S = 2.0
 _BYE = b"BYE"
 _KEY_CHARS = 40  # a CURVE public key in z85
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_SYSTEM_LIMIT = "system_limit"  # the NODEDOWN reason of a refused WATCH (zimg._broker_actors)
 
 # Which header field names the sender, per command: it must be a pid (or ref) of the lane's
 # peer, as the broker requires of what it routes (``zimg._broker_actors``).
@@ -436,8 +437,8 @@ class Lanes:
         """A peer went down: close both ways. The NODEDOWN goes on to the runtime now (it is
         returned), or, for a peer that left and has not said BYE on its lane yet, later."""
         name, incarnation = msg.header.get("node"), msg.header.get("incarnation")
-        if type(name) is not str:
-            return msg
+        if type(name) is not str or msg.header.get("reason") == _SYSTEM_LIMIT:
+            return msg  # a refused WATCH: that node is up, and its lanes work
         self.close_outbound(name, incarnation if type(incarnation) is int else None)
         lane = self.inbound_of.get(name)
         if lane is None or (type(incarnation) is int and lane.incarnation != incarnation):

@@ -165,6 +165,16 @@ def test_the_nodedown_of_a_crashed_peer_goes_on_at_once_and_ends_its_lane(pair):
     assert (pair.b.refused, pair.delivered) == (1, [])
 
 
+def test_the_answer_to_a_refused_watch_leaves_lanes_alone(pair):
+    pair.switch()
+    down = nodedown("a", 1, "system_limit")
+    assert pair.b.on_nodedown(down, now=1.0) is down
+    assert pair.a.on_nodedown(nodedown("b", 2, "system_limit"), now=1.0) is not None
+    pair.send(Command.SEND, to=B_PID, msg="still here")
+    pair.read(1)
+    assert [m.header["msg"] for m in pair.delivered] == ["still here"]
+
+
 def test_a_peers_nodedown_closes_the_lane_to_it(pair):
     pair.switch()
     assert pair.a.on_nodedown(nodedown("b", 2, "noconnection"), now=1.0) is not None
