@@ -381,7 +381,8 @@ class Lanes:
 
     def on_switch(self, header: Mapping[str, Any], deliver: Callable[[Message], None]) -> None:
         """The peer's switch came through the broker: what its lane held goes on, in order."""
-        lane = self.inbound.get(header.get("token"))  # type: ignore[arg-type]
+        token = header.get("token")
+        lane = self.inbound.get(token) if type(token) is bytes else None
         if lane is None or lane.peer != header.get("from") or lane.switched:
             return
         lane.switched = True
