@@ -94,6 +94,11 @@ class LanePath:
         goes through the broker is queued before the lane's switch, and one that goes on the lane
         after it, whichever thread sends them (``zimg._lanes``)."""
         lanes = self.lanes
+        lane = lanes.outbound.get(peer)
+        if lane is not None and lane.state is State.ACTIVE and _on_lane(lane, incarnation):
+            # Switched for good (a lane closes, it never goes back): no lock needed to choose.
+            lanes.send(lane, frames, self._closed)
+            return
         if self._on_io_thread():
             # The I/O thread never switches a lane (only senders holding the push lock do):
             # what other threads queued goes first, then this, on the lane only if active.

@@ -121,7 +121,7 @@ class Outbound:
     token: bytes = b""
     sock: zmq.Socket[bytes] | None = None
     backlog: deque[list[Any]] = field(default_factory=deque)
-    cond: threading.Condition = field(default_factory=threading.Condition)
+    cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
 
 
 @dataclass(eq=False)
