@@ -389,6 +389,8 @@ class ActorRuntime:
             threads = list(self._spawns.threads)
         deadline = time.monotonic() + timeout_s
         for thread in threads:
+            if thread.ident is None:
+                continue  # being started: its process was killed above, and ends at once
             thread.join(max(0.0, deadline - time.monotonic()))
 
     # ------------------------------------------------------------------ for tests

@@ -68,6 +68,8 @@ MAX_BACKLOG = 10_000
 LANE_HWM = 10_000
 # How long a node holds the NODEDOWN of a peer that left for that peer's BYE on its lane.
 BYE_WAIT_S = 2.0
+# How long a leaving node's lane sockets go on trying to send what they hold, BYE included.
+BYE_LINGER_S = 0.5
 _BYE = b"BYE"
 _KEY_CHARS = 40  # a CURVE public key in z85
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
@@ -339,12 +341,13 @@ class Lanes:
 
     def say_bye(self, timeout_s: float) -> None:
         """A closing node: flush every lane (up to ``timeout_s``), end each with a BYE, and
-        close its socket, which goes on sending what it holds for up to ``timeout_s`` (a lane
-        opened just before may not even be connected yet)."""
+        close its socket, which goes on sending what it holds for up to ``BYE_LINGER_S`` more
+        (a lane opened just before may not even be connected yet). That bounds how long a node
+        whose peers have all gone waits for them as it exits, as the broker's socket does."""
         deadline = time.monotonic() + timeout_s
         while self.flush() and time.monotonic() < deadline:
             time.sleep(0.001)  # the peer is slow to take what we hold: wait a little
-        linger_ms = max(0, int((deadline - time.monotonic()) * 1000))
+        linger_ms = int(max(0.0, min(BYE_LINGER_S, deadline - time.monotonic())) * 1000)
         for lane in list(self.outbound.values()):
             with lane.cond:
                 sock = lane.sock
