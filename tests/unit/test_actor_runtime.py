@@ -335,3 +335,13 @@ def test_a_node_the_broker_gave_up_ends_its_links_on_both_sides(router: MemoryRo
     router.rejoin("a")
     assert receive(a.main) == ("EXIT", pid, protocol.NOCONNECTION)  # its own session hook
     assert receive(b.main) == ("DOWN", ref, pid, protocol.NOCONNECTION)  # NODEDOWN for a
+
+
+def test_shutdown_skips_a_process_thread_that_is_not_started_yet(router: MemoryRouter) -> None:
+    # A spawn records its thread before starting it; a shutdown in between must not fail on
+    # joining it (it did: "cannot join thread before it is started").
+    import threading
+
+    [rt] = nodes(router, "n1")
+    rt._spawns.threads.append(threading.Thread(target=lambda: None))
+    rt.shutdown(timeout_s=0.1)
