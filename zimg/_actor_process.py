@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from zimg import protocol
 from zimg._errors import ZimgTimeout
 from zimg._mailbox import (
     DEFAULT_MAX_BYTES,
@@ -36,7 +37,7 @@ from zimg.wire import Pid, Ref
 ANY = "*"
 KILL = "kill"
 SHUTDOWN = "shutdown"
-SYSTEM_LIMIT = "system_limit"
+SYSTEM_LIMIT = protocol.SYSTEM_LIMIT
 DEFAULT_SPAWN_TIMEOUT_S = 10.0
 
 Address = Pid | tuple[str, str]

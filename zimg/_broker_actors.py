@@ -23,18 +23,7 @@ from zimg._errors import WireError
 from zimg.wire import Command, Pid
 
 ANY_NODE = "*"
-SYSTEM_LIMIT = "system_limit"
-
-# Which header field must be a pid (or ref) of the sending node, per command.
-_OWN_FIELD = {
-    Command.SPAWN: "from",
-    Command.LINK: "from",
-    Command.UNLINK: "from",
-    Command.MONITOR: "from",
-    Command.EXIT: "from",
-    Command.DOWN: "pid",
-    Command.DEMONITOR: "ref",
-}
+SYSTEM_LIMIT = protocol.SYSTEM_LIMIT
 
 
 class ActorRouter:
@@ -81,7 +70,7 @@ class ActorRouter:
         Raises:
             WireError: ``to`` is none of those (the broker counts it as malformed).
         """
-        own = _OWN_FIELD.get(cmd)
+        own = wire.SENDER_FIELD.get(cmd)
         if own is not None and not sender.owns(header.get(own)):
             return self._forged(sender, cmd, own)
         if (

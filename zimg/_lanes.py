@@ -73,19 +73,7 @@ BYE_LINGER_S = 0.5
 _BYE = b"BYE"
 _KEY_CHARS = 40  # a CURVE public key in z85
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-_SYSTEM_LIMIT = "system_limit"  # the NODEDOWN reason of a refused WATCH (zimg._broker_actors)
 
-# Which header field names the sender, per command: it must be a pid (or ref) of the lane's
-# peer, as the broker requires of what it routes (``zimg._broker_actors``).
-_OWN_FIELD = {
-    Command.SPAWN: "from",
-    Command.LINK: "from",
-    Command.UNLINK: "from",
-    Command.MONITOR: "from",
-    Command.EXIT: "from",
-    Command.DOWN: "pid",
-    Command.DEMONITOR: "ref",
-}
 LANE_COMMANDS = frozenset(wire.ACTOR_COMMANDS)
 
 
@@ -441,7 +429,7 @@ class Lanes:
         """A peer went down: close both ways. The NODEDOWN goes on to the runtime now (it is
         returned), or, for a peer that left and has not said BYE on its lane yet, later."""
         name, incarnation = msg.header.get("node"), msg.header.get("incarnation")
-        if type(name) is not str or msg.header.get("reason") == _SYSTEM_LIMIT:
+        if type(name) is not str or msg.header.get("reason") == protocol.SYSTEM_LIMIT:
             return msg  # a refused WATCH: that node is up, and its lanes work
         self.close_outbound(name, incarnation if type(incarnation) is int else None)
         lane = self.inbound_of.get(name)
@@ -487,7 +475,8 @@ class Lanes:
         if cmd not in LANE_COMMANDS:
             self._refuse(f"a {cmd.name} on the lane from {lane.peer}")
             return False
-        field_name = _OWN_FIELD.get(cmd)
+        field_name = wire.SENDER_FIELD.get(cmd)  # a pid (or ref) of the peer, as the broker
+        # requires of what it routes (``zimg._broker_actors``)
         names = [header.get(field_name)] if field_name else []
         if cmd is Command.SPAWNED and header.get("pid") is not None:
             names.append(header.get("pid"))

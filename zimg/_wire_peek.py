@@ -33,6 +33,17 @@ _COMMANDS = _wire_terms._COMMANDS
 _PEEK_BYTES = 160
 _TO_KEY = b"\xa2to"
 ACTOR_COMMANDS = frozenset(c for c in Command if Command.SPAWN <= c <= Command.DOWN)
+# Which header field names the sender of an actor command: it must be a pid (or, for DEMONITOR,
+# a ref) of the node the message comes from. SEND names no sender, as in Erlang.
+SENDER_FIELD = {
+    Command.SPAWN: "from",
+    Command.LINK: "from",
+    Command.UNLINK: "from",
+    Command.MONITOR: "from",
+    Command.EXIT: "from",
+    Command.DOWN: "pid",
+    Command.DEMONITOR: "ref",
+}
 """SPAWN to DOWN (0x10-0x18): the commands routed by their ``to`` field."""
 _ACTOR_COMMANDS = {int(c): c for c in ACTOR_COMMANDS}
 _PEEK_LEAD = _PREFIX + _PEEK_BYTES  # the bytes of a lead frame that peek_to reads at most

@@ -36,6 +36,7 @@ NORMAL = "normal"
 KILLED = "killed"
 NOPROC = "noproc"
 NOCONNECTION = "noconnection"
+SYSTEM_LIMIT = "system_limit"  # a bound was reached (a refused WATCH, link or monitor)
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 

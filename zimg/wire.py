@@ -39,7 +39,7 @@ import numpy as np
 from zimg import _wire_terms
 from zimg._errors import WireError
 from zimg._wire_decode import decode
-from zimg._wire_peek import ACTOR_COMMANDS, command_of, peek_head, peek_to
+from zimg._wire_peek import ACTOR_COMMANDS, SENDER_FIELD, command_of, peek_head, peek_to
 from zimg._wire_terms import (
     _COMMANDS,
     DEFAULT_LIMITS,
@@ -63,6 +63,7 @@ __all__ = [
     "ACTOR_COMMANDS",
     "DEFAULT_LIMITS",
     "MAGIC",
+    "SENDER_FIELD",
     "Command",
     "Ext",
     "Limits",

@@ -136,6 +136,18 @@ def format_table(
     return "\n".join(lines)
 
 
+def _ratios_to(z: ZimgResults, base: RawResults, name: str, prefix: str = "") -> dict[str, float]:
+    """zimg's message figures over one raw pyzmq baseline's, keyed ``[prefix]figure.stat/name``."""
+    ratios: dict[str, float] = {}
+    for figure, rtt in (("rtt_n1_n2", z.rtt_n1_n2), ("rtt_main_n1", z.rtt_main_n1)):
+        for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
+            key = f"{prefix}{figure}.{stat}/{name}"
+            ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
+    ratio = z.one_way_n1_n2.per_s / base.one_way.per_s
+    ratios[f"{prefix}one_way.per_s/{name}"] = round(ratio, 4)
+    return ratios
+
+
 def to_json(
     cfg: Config,
     machine: dict[str, Any],
@@ -148,19 +160,9 @@ def to_json(
     """Every figure, as a JSON-ready dict (``"erlang": {"skipped": why}`` without Erlang)."""
     ratios: dict[str, float] = {}
     for base_name, base in raw.items():
-        for name, rtt in (("rtt_n1_n2", z.rtt_n1_n2), ("rtt_main_n1", z.rtt_main_n1)):
-            for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
-                key = f"{name}.{stat}/{base_name}"
-                ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
-        ratio = z.one_way_n1_n2.per_s / base.one_way.per_s
-        ratios[f"one_way.per_s/{base_name}"] = round(ratio, 4)
+        ratios.update(_ratios_to(z, base, base_name))
         if lanes is not None:
-            for name, rtt in (("rtt_n1_n2", lanes.rtt_n1_n2), ("rtt_main_n1", lanes.rtt_main_n1)):
-                for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
-                    key = f"lanes.{name}.{stat}/{base_name}"
-                    ratios[key] = round(getattr(rtt, stat) / getattr(base.rtt, stat), 4)
-            ratio = lanes.one_way_n1_n2.per_s / base.one_way.per_s
-            ratios[f"lanes.one_way.per_s/{base_name}"] = round(ratio, 4)
+            ratios.update(_ratios_to(lanes, base, base_name, "lanes."))
     if isinstance(erl, ErlangResults):
         for stat in ("p50_us", "p99_us", "mean_us", "per_s"):
             ratio = getattr(z.rtt_n1_n2, stat) / getattr(erl.rtt, stat)
