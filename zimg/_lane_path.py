@@ -60,6 +60,7 @@ class LanePath:
         closed: Callable[[], bool],
     ) -> None:
         self.lanes = lanes
+        lanes.to_broker = self.to_broker
         self.limits = limits
         self._push_lock = push_lock
         self._push = push
@@ -76,6 +77,10 @@ class LanePath:
         self._more = False  # its last read stopped at its limit
         self._flushing = False  # a lane's socket was full
         self._due_at = 0.0
+        # The node is closing: no new lanes. (An ask sent as it leaves would bring an accept
+        # back to a node that is gone, and a broker that finds it gone before it has read the
+        # node's last messages drops them: its DISCONNECT, and the exit signals before it.)
+        self.leaving = False
 
     def counters(self) -> dict[str, Callable[[], int]]:
         """The lane counts a heartbeat reports."""
@@ -104,7 +109,7 @@ class LanePath:
             # what other threads queued goes first, then this, on the lane only if active.
             self._forward()
             lane = lanes.state(peer)
-            if lane is None and (ask := lanes.ask(peer)) is not None:
+            if lane is None and not self.leaving and (ask := lanes.ask(peer)) is not None:
                 self._send_direct(ask)
             elif lane is not None and _on_lane(lane, incarnation):
                 lanes.send(lane, frames, self._closed)
@@ -114,7 +119,7 @@ class LanePath:
         with self._push_lock:
             lane = lanes.state(peer)
             if lane is None:
-                ask = lanes.ask(peer)
+                ask = None if self.leaving else lanes.ask(peer)
                 if ask is not None:
                     self._push(ask)
             elif lane.state is State.READY and _on_lane(lane, incarnation, ready=True):
@@ -122,6 +127,15 @@ class LanePath:
             if lane is not None and _on_lane(lane, incarnation):
                 lanes.send(lane, frames, self._closed)
                 return
+            self._push(frames)
+
+    def to_broker(self, frames: Frames) -> None:
+        """Send a message to the broker from any thread (a HI's READY, read by a leader or by
+        the I/O thread)."""
+        if self._on_io_thread():
+            self._send_direct(frames)
+            return
+        with self._push_lock:
             self._push(frames)
 
     # ------------------------------------------------------------------ from the broker
@@ -137,6 +151,8 @@ class LanePath:
             lanes.on_accept(msg.header)
         elif op == _lanes.REFUSE:
             lanes.on_refuse(msg.header)
+        elif op == _lanes.READY:
+            lanes.on_ready(msg.header)
         elif op == _lanes.SWITCH:
             lanes.on_switch(msg.header, self._handle)
         elif op == _lanes.CLOSE:

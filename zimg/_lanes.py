@@ -16,8 +16,11 @@ How a lane opens (every step but the last goes through the broker, which vouches
    sessions when the cluster uses CURVE; a lane message is A's only if it carries A's token as
    its routing id, and names only pids of A (checked as the broker checks them).
 3. A connects a DEALER whose routing id is the token (a CURVE client of B's key, when keys are
-   in use). The next message A has for B goes through the broker as ``LANE {op: switch}``,
-   behind everything A sent B through the broker before; from then on A sends to B on the lane.
+   in use) and sends ``HI`` on it. B answers the first HI with ``LANE {op: ready}`` through the
+   broker: until then A keeps sending through the broker (a peer it cannot reach stays
+   reachable that way). The next message A has for B after the ready goes through the broker
+   as ``LANE {op: switch}``, behind everything A sent B through the broker before; from then on
+   A sends to B on the lane.
 4. B holds what comes on the lane until the switch arrives through the broker: so every
    message keeps its order, per pair, across the change of path.
 
@@ -56,8 +59,8 @@ from zimg.wire import Command, Message, Pid, Ref
 
 log = logging.getLogger("zimg.lanes")
 
-ASK, ACCEPT, REFUSE, SWITCH, CLOSE = "ask", "accept", "refuse", "switch", "close"
-OPS = frozenset((ASK, ACCEPT, REFUSE, SWITCH, CLOSE))
+ASK, ACCEPT, REFUSE, READY, SWITCH, CLOSE = "ask", "accept", "refuse", "ready", "switch", "close"
+OPS = frozenset((ASK, ACCEPT, REFUSE, READY, SWITCH, CLOSE))
 TOKEN_BYTES = 16
 # Lanes a node holds each way; beyond that, actor messages go through the broker.
 MAX_LANES = 256
@@ -71,6 +74,7 @@ BYE_WAIT_S = 2.0
 # How long a leaving node's lane sockets go on trying to send what they hold, BYE included.
 BYE_LINGER_S = 0.5
 _BYE = b"BYE"
+_HI = b"HI"  # the first frame on a lane: its peer answers READY through the broker
 _KEY_CHARS = 40  # a CURVE public key in z85
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
@@ -96,7 +100,8 @@ def destination(header: Mapping[str, Any], own: str) -> tuple[str, int | None] |
 
 class State(enum.Enum):
     ASKED = "asked"  # the broker has our ask
-    READY = "ready"  # the peer accepted: the socket is open, the switch not sent yet
+    CONNECTING = "connecting"  # the peer accepted: our HI is on the lane, its READY not back yet
+    READY = "ready"  # the peer heard our HI: the lane works, the switch is not sent yet
     ACTIVE = "active"  # the switch is sent: everything for the peer goes on the lane
     REFUSED = "refused"  # not for this peer (until it goes down)
 
@@ -122,6 +127,7 @@ class Inbound:
     incarnation: int
     token: bytes
     switched: bool = False
+    greeted: bool = False  # its HI came, and was answered
     held: deque[Message] = field(default_factory=deque)
     bye: bool = False
     parked: Message | None = None  # its NODEDOWN, held until its BYE
@@ -187,6 +193,8 @@ class Lanes:
         self.received = 0
         self.refused = 0  # unknown token, forged sender, not for us, malformed, over a bound
         self.lost = 0  # sent to a lane that closed under it
+        # Sends a message to the broker (set by the connection): a HI's READY goes that way.
+        self.to_broker: Callable[[list[Any]], None] | None = None
         self.parked = 0  # NODEDOWNs held for a BYE
 
     # ------------------------------------------------------------------ HELLO
@@ -297,8 +305,21 @@ class Lanes:
             return
         with lane.cond:
             lane.sock, lane.token, lane.incarnation = sock, token, incarnation
+            # Queued until the connection is made: nothing goes on the lane before the peer
+            # says, through the broker, that this arrived (a peer we cannot reach stays
+            # reachable through the broker).
+            with contextlib.suppress(zmq.Again):
+                sock.send(_HI, zmq.NOBLOCK)
         with self.lock:
-            lane.state = State.READY
+            lane.state = State.CONNECTING
+
+    def on_ready(self, header: Mapping[str, Any]) -> None:
+        """The peer heard our HI on the lane (through the broker): the lane may be used."""
+        peer, token = header.get("from"), header.get("token")
+        lane = self.outbound.get(peer) if type(peer) is str else None
+        if lane is not None and lane.state is State.CONNECTING and token == lane.token:
+            with self.lock:
+                lane.state = State.READY
 
     def on_refuse(self, header: Mapping[str, Any]) -> None:
         peer = header.get("from")
@@ -404,6 +425,12 @@ class Lanes:
                 self._refuse("a lane message with an unknown token")
                 continue
             body = frames[1:]
+            if len(body) == 1 and body[0].bytes == _HI:
+                if not lane.greeted and self.to_broker is not None:
+                    lane.greeted = True
+                    answer = {"op": READY, "to": lane.peer, "token": lane.token}
+                    self.to_broker(wire.encode(Command.LANE, answer, self.limits))
+                continue
             if len(body) == 1 and body[0].bytes == _BYE:
                 lane.bye = True
                 if lane.parked is not None:

@@ -288,6 +288,12 @@ class Connection:
             except zmq.Again:
                 continue  # the I/O thread is behind (or gone): check, then wait again
 
+    def prepare_to_leave(self) -> None:
+        """The node is about to close: open no new lanes (what it still sends goes where it
+        would have gone)."""
+        if self._lane_path is not None:
+            self._lane_path.leaving = True
+
     def close(self) -> None:
         """Leave the broker (DISCONNECT) and stop the I/O thread. Idempotent."""
         if self._closed:

@@ -56,6 +56,8 @@ class Node(ProcessCalls):
             :class:`ActorLimits` and ``docs/actors.md``).
         lanes: send actor messages to other nodes that have lanes on direct connections, once
             the broker introduces them, instead of through the broker (``docs/actors.md``).
+        lane_host: the address to bind the lane on (default: the one this host reaches the
+            broker from).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class Node(ProcessCalls):
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
         lanes: bool = False,
+        lane_host: str | None = None,
     ) -> None:
         self.connection = Connection(
             url,
@@ -82,6 +85,7 @@ class Node(ProcessCalls):
             keys=keys,
             context=context,
             lanes=lanes,
+            lane_host=lane_host,
         )
         self.runtime = ActorRuntime(self.connection, self.report, actor_limits)
         self.jobs = JobRouter(self.connection)  # the RESULT routing of every job sent from here
@@ -104,6 +108,7 @@ class Node(ProcessCalls):
 
     def close(self) -> None:
         """End this node's processes (reason ``shutdown``) and leave the broker."""
+        self.connection.prepare_to_leave()
         self.runtime.exited(self.main, SHUTDOWN)
         self.runtime.shutdown()
         self.connection.close()

@@ -69,6 +69,7 @@ class Worker:
         allow_paths: bool = False,
         actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
         lanes: bool = False,
+        lane_host: str | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -105,6 +106,7 @@ class Worker:
             keys=keys,
             actor_limits=actor_limits,
             lanes=lanes,
+            lane_host=lane_host,
         )
         self.connection = self.node.connection
         self.connection.on(Command.JOB, self._on_job)
@@ -325,6 +327,7 @@ def serve(
     actor_limits: ActorLimits = DEFAULT_ACTOR_LIMITS,
     death_timeout_s: float | None = None,
     lanes: bool = False,
+    lane_host: str | None = None,
 ) -> None:
     """Run a worker until SIGTERM or Ctrl-C: what ``zimg worker`` and embedded workers do.
 
@@ -363,6 +366,7 @@ def serve(
         allow_paths=allow_paths,
         actor_limits=actor_limits,
         lanes=lanes,
+        lane_host=lane_host,
     )
     signal.signal(signal.SIGTERM, lambda *_: node.request_stop())
     try:

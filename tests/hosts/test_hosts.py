@@ -200,3 +200,37 @@ def test_d_lanes_bind_on_the_address_each_host_reaches_the_broker_from(hosts: Ho
     )
     assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
     assert "lanes ok" in result.stdout
+
+
+_UNREACHABLE_LANE_CLIENT = """
+import sys
+import zimg
+from zimg._lanes import State
+url = sys.argv[1]
+with zimg.connect(url, name="client", lanes=True) as node:
+    echo = node.spawn("w2", "zimg.behaviours:echo")
+    for i in range(200):
+        node.send(echo, ("echo", node.self(), i))
+        assert node.receive(timeout=10) == ("echo", i)
+    lane = node.connection.lanes.state("w2")
+    assert lane is not None and lane.state is State.CONNECTING, lane
+    assert node.connection.lanes.sent == 0
+print("broker path ok")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_e_a_lane_its_peer_cannot_reach_is_never_used(hosts: Hosts):
+    """w2 listens for lanes on its loopback only: the client's lane to it never connects, so
+    every message keeps going through the broker, and none is lost."""
+    hosts.broker()
+    hosts.worker("w2", "--lanes", "--lane-host", "127.0.0.1")
+    hosts.wait_ready(["w2"])
+    result = subprocess.run(
+        hosts.command("client", "-c", _UNREACHABLE_LANE_CLIENT, hosts.broker_url),
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
+    assert "broker path ok" in result.stdout

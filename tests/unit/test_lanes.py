@@ -25,6 +25,8 @@ class Pair:
         self.a = Lanes(ctx, "a", "127.0.0.1", wire.DEFAULT_LIMITS, None)
         self.b = Lanes(ctx, "b", "127.0.0.1", wire.DEFAULT_LIMITS, None)
         self.delivered: list[Message] = []
+        self.to_broker: list[Message] = []  # what b sent the broker
+        self.b.to_broker = lambda frames: self.to_broker.append(wire.decode(frames))
         assert self.a.ask("b") is not None
         accept = wire.decode(self.b.on_ask({"from": "a", "incarnation": 1})).header
         self.token = accept["token"]
@@ -39,17 +41,23 @@ class Pair:
         )
         lane = self.a.state("b")
         assert lane is not None
-        assert lane.state is State.READY
+        assert lane.state is State.CONNECTING  # nothing goes on it before b heard a's HI
         self.lane = lane
+        self.read(0, hi=True)
+        [ready] = self.to_broker
+        assert ready.header == {"op": "ready", "to": "a", "token": self.token}
+        self.a.on_ready({"from": "b", "token": self.token})
+        assert lane.state is State.READY
 
     def send(self, command: Command, **header) -> None:
         self.a.send(self.lane, wire.encode(command, header), lambda: False)
 
-    def read(self, count: int) -> None:
-        """Read until ``count`` more messages were taken off b's lane socket (or 5 s)."""
+    def read(self, count: int, hi: bool = False) -> None:
+        """Read until ``count`` more messages (or, with ``hi``, a's HI) were taken off b's lane
+        socket (or 5 s)."""
         b = self.b
         target = b.received + b.refused + count
-        while b.received + b.refused < target:
+        while b.received + b.refused < target or (hi and not self.to_broker):
             assert b.router.poll(5000), "nothing arrived on the lane"
             b.read(self.delivered.append)
 
@@ -198,3 +206,40 @@ def test_a_node_accepts_at_most_max_lanes(monkeypatch):
     finally:
         b.close()
         ctx.destroy(linger=0)
+
+
+def test_a_lane_whose_peer_never_hears_its_hi_is_never_used():
+    """A peer that accepted but cannot be reached on its lane (a firewall, a wrong address):
+    the lane stays CONNECTING, so every message keeps going through the broker."""
+    ctx: zmq.Context = zmq.Context()
+    a = Lanes(ctx, "a", "127.0.0.1", wire.DEFAULT_LIMITS, None)
+    nowhere = ctx.socket(zmq.ROUTER)
+    port = nowhere.bind_to_random_port("tcp://127.0.0.1")
+    nowhere.close(linger=0)  # nothing listens there any more
+    try:
+        assert a.ask("b") is not None
+        a.on_accept(
+            {
+                "from": "b",
+                "incarnation": 2,
+                "endpoint": f"tcp://127.0.0.1:{port}",
+                "lane_key": None,
+                "token": b"\x01" * 16,
+            }
+        )
+        lane = a.state("b")
+        assert lane is not None
+        assert lane.state is State.CONNECTING
+        a.on_ready({"from": "b", "token": b"\x02" * 16})  # not its token: ignored
+        assert lane.state is State.CONNECTING
+    finally:
+        a.close()
+        ctx.destroy(linger=0)
+
+
+def test_a_peer_answers_one_hi_per_lane(pair):
+    pair.lane.sock.send(b"HI")
+    pair.send(Command.SEND, to=B_PID, msg="after")
+    pair.switch()
+    pair.read(1)
+    assert len(pair.to_broker) == 1  # the first HI's READY only

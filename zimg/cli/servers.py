@@ -348,6 +348,15 @@ def worker(
             "the broker introduces them, instead of through the broker (docs/actors.md).",
         ),
     ] = False,
+    lane_host: Annotated[
+        str | None,
+        typer.Option(
+            "--lane-host",
+            metavar="ADDRESS",
+            help="With --lanes: the address to listen for lanes on (default: the one this host "
+            "reaches the broker from).",
+        ),
+    ] = None,
     key: KeyOpt = None,
     broker_key: BrokerKeyOpt = None,
     log_level: LogLevel = "info",
@@ -389,6 +398,7 @@ def worker(
             actor_limits=dataclasses.replace(DEFAULT_ACTOR_LIMITS, max_processes=max_processes),
             death_timeout_s=death_timeout,
             lanes=lanes,
+            lane_host=lane_host,
         )
     except ZimgError as exc:
         raise fail(str(exc)) from None
