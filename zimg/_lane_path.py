@@ -207,7 +207,7 @@ class LanePath:
         say so again)."""
         lanes, reader, kick = self.lanes, self.reader, self.kick
         if kick.fd in events:
-            kick.clear()
+            kick.drain()
         was_more, self._more = self._more, False
         signalled = was_more or self._resumed or reader.fd in events or kick.fd in events
         if self._watching and signalled and not reader.leader.locked():

@@ -62,10 +62,15 @@ class WakeFd:
             os.write(self._write_fd, b"\x01\0\0\0\0\0\0\0")
 
     def clear(self) -> None:
-        if self.is_set:  # a read of an empty descriptor raises: skip it when nothing was set
-            self.is_set = False
-            with contextlib.suppress(BlockingIOError):
-                os.read(self.fd, 4096)
+        """Make it unreadable, if it was set (the flag saves a failed read, which raises)."""
+        if self.is_set:
+            self.drain()
+
+    def drain(self) -> None:
+        """Make it unreadable (a poll said it is readable: read whatever the flag says)."""
+        self.is_set = False
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.fd, 4096)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -142,7 +147,7 @@ class LaneReader:
 
     def _wait(self, waker: Waker, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = self._poller
+        poller, wake_fd = self._poller, self.wake.fd
         lanes, deliver = self.lanes, self.deliver
         while True:
             more = True
@@ -152,14 +157,16 @@ class LaneReader:
             if waker.fired:
                 return True
             if deadline is None:
-                poller.poll()
+                events = poller.poll()
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                poller.poll(max(1, int(left * 1000 + 0.999)))
-            # A wake-up meant for an earlier leader must not keep this one spinning.
-            self.wake.clear()
+                events = poller.poll(max(1, int(left * 1000 + 0.999)))
+            # Whatever made the descriptor readable (a wake-up for this leader, or one meant
+            # for an earlier one), read it, or this leader would never block again.
+            if any(fd == wake_fd for fd, _ in events):
+                self.wake.drain()
 
     def end(self) -> None:
         """Give the role up; after a long wait, wake the I/O thread if it stopped watching."""

@@ -243,3 +243,29 @@ def test_a_peer_answers_one_hi_per_lane(pair):
     pair.switch()
     pair.read(1)
     assert len(pair.to_broker) == 1  # the first HI's READY only
+
+
+def test_a_leader_woken_by_a_stale_wake_up_does_not_spin():
+    """A wake-up can be written after a leader ended and its flag was cleared (another thread
+    set the flag, then wrote): the next leader must read it away, not poll it for ever."""
+    import os
+    import threading
+    import time
+
+    from zimg._lane_reader import LaneReader
+
+    ctx: zmq.Context = zmq.Context()
+    lanes = Lanes(ctx, "b", "127.0.0.1", wire.DEFAULT_LIMITS, None)
+    reader = LaneReader(lanes, threading.RLock(), lambda m: None, lambda: None)
+    try:
+        os.write(reader.wake.fd, (1).to_bytes(8, "little"))  # readable, flag not set
+        waker = reader.begin()
+        assert waker is not None
+        started = time.thread_time()
+        assert reader.wait(waker, 0.3) is False  # nobody woke it: it times out
+        reader.end()
+        assert time.thread_time() - started < 0.1  # it slept; a spin takes the whole 0.3 s
+    finally:
+        reader.close()
+        lanes.close()
+        ctx.destroy(linger=0)
