@@ -161,9 +161,11 @@ def test_c_killing_a_worker_host_mid_run_loses_nothing(hosts: Hosts, tmp_path, s
     assert "node w1 is down" not in hosts.output(), "the surviving worker was dropped"
 
 
+# Runs on the client host: 200 round trips with an echo on w2, then CHECK.
 _LANE_CLIENT = """
 import sys, time
 import zimg
+from zimg._lanes import State
 url = sys.argv[1]
 with zimg.connect(url, name="client", lanes=True) as node:
     echo = node.spawn("w2", "zimg.behaviours:echo")
@@ -171,6 +173,11 @@ with zimg.connect(url, name="client", lanes=True) as node:
         node.send(echo, ("echo", node.self(), i))
         assert node.receive(timeout=10) == ("echo", i)
     lanes = node.connection.lanes
+    CHECK
+print("ok")
+"""
+
+_ON_THE_LANE = """
     assert lanes.endpoint.startswith("tcp://198.18.0.4:"), lanes.endpoint
     assert lanes.sent > 0 and lanes.received > 0, (lanes.sent, lanes.received)
     deadline = time.monotonic() + 10
@@ -181,8 +188,26 @@ with zimg.connect(url, name="client", lanes=True) as node:
         time.sleep(0.2)
     assert w2["lanes"]["endpoint"].startswith("tcp://198.18.0.3:"), w2["lanes"]
     assert w2["lanes"]["received"] > 0 and w2["lanes"]["sent"] > 0, w2["lanes"]
-print("lanes ok")
 """
+
+_THROUGH_THE_BROKER = """
+    lane = lanes.state("w2")
+    assert lane is not None and lane.state is State.CONNECTING, lane
+    assert lanes.sent == 0
+"""
+
+
+def run_lane_client(hosts: Hosts, check: str) -> None:
+    """Run the lane client on the client host, with ``check`` at its end."""
+    script = _LANE_CLIENT.replace("    CHECK\n", check.lstrip("\n"))
+    result = subprocess.run(
+        hosts.command("client", "-c", script, hosts.broker_url),
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
+    assert "ok" in result.stdout
 
 
 @pytest.mark.timeout(60)
@@ -192,31 +217,7 @@ def test_d_lanes_bind_on_the_address_each_host_reaches_the_broker_from(hosts: Ho
     hosts.broker()
     hosts.worker("w2", "--lanes")
     hosts.wait_ready(["w2"])
-    result = subprocess.run(
-        hosts.command("client", "-c", _LANE_CLIENT, hosts.broker_url),
-        capture_output=True,
-        text=True,
-        timeout=45,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
-    assert "lanes ok" in result.stdout
-
-
-_UNREACHABLE_LANE_CLIENT = """
-import sys
-import zimg
-from zimg._lanes import State
-url = sys.argv[1]
-with zimg.connect(url, name="client", lanes=True) as node:
-    echo = node.spawn("w2", "zimg.behaviours:echo")
-    for i in range(200):
-        node.send(echo, ("echo", node.self(), i))
-        assert node.receive(timeout=10) == ("echo", i)
-    lane = node.connection.lanes.state("w2")
-    assert lane is not None and lane.state is State.CONNECTING, lane
-    assert node.connection.lanes.sent == 0
-print("broker path ok")
-"""
+    run_lane_client(hosts, _ON_THE_LANE)
 
 
 @pytest.mark.timeout(60)
@@ -226,11 +227,4 @@ def test_e_a_lane_its_peer_cannot_reach_is_never_used(hosts: Hosts):
     hosts.broker()
     hosts.worker("w2", "--lanes", "--lane-host", "127.0.0.1")
     hosts.wait_ready(["w2"])
-    result = subprocess.run(
-        hosts.command("client", "-c", _UNREACHABLE_LANE_CLIENT, hosts.broker_url),
-        capture_output=True,
-        text=True,
-        timeout=45,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr + hosts.output()
-    assert "broker path ok" in result.stdout
+    run_lane_client(hosts, _THROUGH_THE_BROKER)
