@@ -60,7 +60,6 @@ from zimg.wire import Command, Message, Pid, Ref
 log = logging.getLogger("zimg.lanes")
 
 ASK, ACCEPT, REFUSE, READY, SWITCH, CLOSE = "ask", "accept", "refuse", "ready", "switch", "close"
-OPS = frozenset((ASK, ACCEPT, REFUSE, READY, SWITCH, CLOSE))
 TOKEN_BYTES = 16
 # Lanes a node holds each way; beyond that, actor messages go through the broker.
 MAX_LANES = 256
@@ -77,8 +76,6 @@ _BYE = b"BYE"
 _HI = b"HI"  # the first frame on a lane: its peer answers READY through the broker
 _KEY_CHARS = 40  # a CURVE public key in z85
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-
-LANE_COMMANDS = frozenset(wire.ACTOR_COMMANDS)
 
 
 def destination(header: Mapping[str, Any], own: str) -> tuple[str, int | None] | None:
@@ -340,12 +337,7 @@ class Lanes:
                 return None
             del self.outbound[peer]
         with lane.cond:
-            if lane.sock is not None:
-                lane.sock.close(linger=0)
-                lane.sock = None
-            self.lost += len(lane.backlog)
-            lane.backlog.clear()
-            lane.cond.notify_all()
+            self._shut(lane, 0)
         return lane
 
     def say_bye(self, timeout_s: float) -> None:
@@ -365,11 +357,17 @@ class Lanes:
                 if lane.state is State.ACTIVE:
                     with contextlib.suppress(zmq.Again):
                         sock.send(_BYE, zmq.NOBLOCK)
-                sock.close(linger=linger_ms)
-                lane.sock = None
-                self.lost += len(lane.backlog)
-                lane.backlog.clear()
-                lane.cond.notify_all()
+                self._shut(lane, linger_ms)
+
+    def _shut(self, lane: Outbound, linger_ms: int) -> None:
+        """Close ``lane``'s socket (which sends what it holds for ``linger_ms`` more), count
+        what it still queued as lost, and wake its waiting senders (``lane.cond`` held)."""
+        if lane.sock is not None:
+            lane.sock.close(linger=linger_ms)
+            lane.sock = None
+        self.lost += len(lane.backlog)
+        lane.backlog.clear()
+        lane.cond.notify_all()
 
     # ------------------------------------------------------------------ receiving side
 
@@ -499,7 +497,7 @@ class Lanes:
     def _checked(self, lane: Inbound, msg: Message) -> bool:
         """Is ``msg`` an actor command from the lane's peer to this node?"""
         cmd, header = msg.command, msg.header
-        if cmd not in LANE_COMMANDS:
+        if cmd not in wire.ACTOR_COMMANDS:
             self._refuse(f"a {cmd.name} on the lane from {lane.peer}")
             return False
         field_name = wire.SENDER_FIELD.get(cmd)  # a pid (or ref) of the peer, as the broker

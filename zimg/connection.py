@@ -260,7 +260,7 @@ class Connection:
             BrokenError: the node lost its place at the broker for good (e.g. refused on rejoin).
         """
         frames = wire.encode(command, header, self.limits)
-        if self._lane_path is not None and command in _lanes.LANE_COMMANDS:
+        if self._lane_path is not None and command in wire.ACTOR_COMMANDS:
             peer = _lanes.destination(header, self.name)
             if peer is not None:
                 self._lane_path.send(peer[0], peer[1], frames)
