@@ -75,7 +75,7 @@ class LaneIntroductions:
         if op == "refuse":
             reason = str(header.get("reason", ""))[:_REASON_CHARS]
             return [_lane(target, {"op": "refuse", "from": sender.name, "reason": reason})]
-        if op in ("ready", "switch", "close"):
+        if op in ("ready", "switch", "switched", "close"):
             token = _token(header)
             if target not in sender.lane_peers:
                 return []

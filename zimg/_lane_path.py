@@ -42,6 +42,8 @@ class LanePath:
         dispatching: the dispatch lock, as a context (handlers run one at a time).
         on_io_thread: is the caller the I/O thread?
         closed: has the connection been closed?
+        in_handler: is the caller running a handler (it holds the dispatch lock, so it never
+            waits for room on a lane: the I/O thread may need that lock to make room)?
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LanePath:
         dispatching: Callable[[], AbstractContextManager[Any]],
         on_io_thread: Callable[[], bool],
         closed: Callable[[], bool],
+        in_handler: Callable[[], bool] = lambda: False,
     ) -> None:
         self.lanes = lanes
         lanes.to_broker = self.to_broker
@@ -70,7 +73,9 @@ class LanePath:
         self._dispatching = dispatching
         self._on_io_thread = on_io_thread
         self._closed = closed
+        self._in_handler = in_handler
         self.kick = WakeFd()
+        lanes.wake_io = self.kick.set  # a batch opened: send it when due
         # The leader role a waiting receive may take, reading lanes itself.
         self.reader = LaneReader(lanes, dispatch, handle, self.kick.set)
         self._watching = True  # the I/O thread watched the lane socket on its last pass
@@ -102,7 +107,7 @@ class LanePath:
         lane = lanes.outbound.get(peer)
         if lane is not None and lane.state is State.ACTIVE and _on_lane(lane, incarnation):
             # Switched for good (a lane closes, it never goes back): no lock needed to choose.
-            lanes.send(lane, frames, self._closed)
+            lanes.send(lane, frames, None if self._in_handler() else self._closed)
             return
         if self._on_io_thread():
             # The I/O thread never switches a lane (only senders holding the push lock do):
@@ -112,7 +117,7 @@ class LanePath:
             if lane is None and not self.leaving and (ask := lanes.ask(peer)) is not None:
                 self._send_direct(ask)
             elif lane is not None and _on_lane(lane, incarnation):
-                lanes.send(lane, frames, self._closed)
+                lanes.send(lane, frames, None)  # the I/O thread never waits for itself
                 return
             self._send_direct(frames)
             return
@@ -125,7 +130,7 @@ class LanePath:
             elif lane.state is State.READY and _on_lane(lane, incarnation, ready=True):
                 self._push(lanes.switch(lane))
             if lane is not None and _on_lane(lane, incarnation):
-                lanes.send(lane, frames, self._closed)
+                lanes.send(lane, frames, None if self._in_handler() else self._closed)
                 return
             self._push(frames)
 
@@ -155,6 +160,9 @@ class LanePath:
             lanes.on_ready(msg.header)
         elif op == _lanes.SWITCH:
             lanes.on_switch(msg.header, self._handle)
+        elif op == _lanes.SWITCHED:
+            lanes.on_switched(msg.header)
+            self._flushing = lanes.flush()  # what waited beyond the window goes now
         elif op == _lanes.CLOSE:
             peer = msg.header.get("from")
             if type(peer) is str:
@@ -191,6 +199,9 @@ class LanePath:
             wait_s = min(wait_s, glance_s)
         if self._flushing:
             wait_s = min(wait_s, FLUSH_RETRY_S)
+        due = self.lanes.batch_due()
+        if due is not None:
+            wait_s = min(wait_s, max(0.0, due - time.monotonic()))
         if self._more:
             wait_s = 0.0
         elif self.lanes.parked:

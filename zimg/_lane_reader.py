@@ -127,6 +127,12 @@ class LaneReader:
         self._poller.register(self.fd, select.POLLIN)
         self._poller.register(self.wake.fd, select.POLLIN)
 
+    def before_wait(self) -> None:
+        """A receive is about to wait: send the node's open lane batches now (the waiting
+        process may wait for the answer to one of their messages)."""
+        if self.lanes.batching:
+            self.lanes.flush_batches()
+
     def begin(self) -> Waker | None:
         """Take the leader role; None if another receive has it (or the node closed)."""
         if self.closed or not self.leader.acquire(False):

@@ -51,6 +51,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from zimg import _lane_batch as _batch
 from zimg import protocol, wire
 from zimg._errors import WireError
 from zimg._zsock import NOBLOCK, recv_frames, send_frames
@@ -60,11 +61,15 @@ from zimg.wire import Command, Message, Pid, Ref
 log = logging.getLogger("zimg.lanes")
 
 ASK, ACCEPT, REFUSE, READY, SWITCH, CLOSE = "ask", "accept", "refuse", "ready", "switch", "close"
+SWITCHED = "switched"  # B has A's switch: A may send on the lane beyond SWITCH_WINDOW
 TOKEN_BYTES = 16
 # Lanes a node holds each way; beyond that, actor messages go through the broker.
 MAX_LANES = 256
 # What B holds of a lane before its switch arrives through the broker.
 MAX_HELD = 10_000
+# What A sends on a lane before B says (through the broker) that it has the switch; the rest
+# waits in A's queue. Below MAX_HELD: a sender faster than the broker path never makes B drop.
+SWITCH_WINDOW = MAX_HELD // 2
 # Messages a lane queues beyond its socket's high-water mark before senders wait.
 MAX_BACKLOG = 10_000
 LANE_HWM = 10_000
@@ -112,8 +117,15 @@ class Outbound:
     incarnation: int | None = None
     token: bytes = b""
     sock: zmq.Socket[bytes] | None = None
-    backlog: deque[list[Any]] = field(default_factory=deque)
+    # What the socket would not take yet, in order: (frames, how many messages they hold).
+    backlog: deque[tuple[list[Any], int]] = field(default_factory=deque)
     cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
+    batch: list[bytes] = field(default_factory=list)  # the open batch (``zimg._lane_batch``)
+    batch_bytes: int = 0
+    batch_since: float = 0.0  # when the open batch opened
+    last_send: float = 0.0
+    switched: bool = False  # the peer has our switch (SWITCHED came back)
+    unswitched: int = 0  # messages sent on the lane before that
 
 
 @dataclass(eq=False)
@@ -192,6 +204,9 @@ class Lanes:
         self.lost = 0  # sent to a lane that closed under it
         # Sends a message to the broker (set by the connection): a HI's READY goes that way.
         self.to_broker: Callable[[list[Any]], None] | None = None
+        # Wakes the I/O thread, which sends a batch ``BATCH_DELAY_S`` after it opened.
+        self.wake_io: Callable[[], None] = _nothing
+        self.batching: set[Outbound] = set()  # lanes with an open batch
         self.parked = 0  # NODEDOWNs held for a BYE
 
     # ------------------------------------------------------------------ HELLO
@@ -224,33 +239,86 @@ class Lanes:
         header = {"op": SWITCH, "to": lane.peer, "token": lane.token}
         return wire.encode(Command.LANE, header, self.limits)
 
-    def send(self, lane: Outbound, frames: list[Any], closed: Callable[[], bool]) -> None:
-        """Send on an active lane; queue behind what it holds if its socket is full, and wait
-        (for the I/O thread to flush) once that queue is full too."""
+    def send(self, lane: Outbound, frames: list[Any], closed: Callable[[], bool] | None) -> None:
+        """Send on an active lane: at once, or in the lane's open batch during a burst
+        (``zimg._lane_batch``). Queue behind what the lane holds if its socket is full (or the
+        peer has not confirmed the switch), and wait, until the I/O thread makes room or
+        ``closed()``, once that queue is full too. ``closed`` None never waits (the I/O thread,
+        and handlers, which hold the lock the I/O thread may need to make room)."""
         with lane.cond:
-            while True:
-                sock = lane.sock
-                if sock is None:
-                    self.lost += 1
-                    return
-                if not lane.backlog:
-                    try:
-                        send_frames(sock, frames, NOBLOCK)
-                        self.sent += 1
-                        return
-                    except zmq.Again:
-                        pass
-                if len(lane.backlog) < MAX_BACKLOG:
-                    lane.backlog.append(frames)
-                    self.sent += 1
-                    return
-                if closed():
-                    self.lost += 1
-                    return
-                lane.cond.wait(0.2)
+            if lane.sock is None:
+                self.lost += 1
+                return
+            now = time.monotonic()
+            self.sent += 1
+            burst = now - lane.last_send < _batch.BURST_GAP_S
+            lane.last_send = now
+            if len(frames) == 1 and type(frames[0]) is bytes and (burst or lane.batch):
+                lead = frames[0]
+                if not lane.batch:
+                    lane.batch_since = now
+                    self.batching.add(lane)
+                    self.wake_io()
+                lane.batch.append(lead)
+                lane.batch_bytes += len(lead)
+                if len(lane.batch) >= _batch.BATCH_MAX or lane.batch_bytes >= _batch.BATCH_BYTES:
+                    self._send_batch(lane, closed)
+                return
+            if lane.batch:
+                self._send_batch(lane, closed)
+            self._put(lane, frames, 1, closed)
 
-    def flush(self) -> bool:
-        """Send what lanes queued (I/O thread); True while some lane still holds something."""
+    def _send_batch(self, lane: Outbound, closed: Callable[[], bool] | None) -> None:
+        """Send ``lane``'s open batch (``lane.cond`` held)."""
+        leads = lane.batch
+        lane.batch, lane.batch_bytes = [], 0
+        self.batching.discard(lane)
+        frames = [leads[0]] if len(leads) == 1 else _batch.pack(leads)
+        self._put(lane, frames, len(leads), closed)
+
+    def _put(
+        self, lane: Outbound, frames: list[Any], count: int, closed: Callable[[], bool] | None
+    ) -> None:
+        """Send ``frames`` (``count`` messages) on ``lane``, or queue them behind what it holds
+        (``lane.cond`` held). Then a sender (``closed`` given; not the I/O thread, which
+        empties the queue) waits while the queue is over ``MAX_BACKLOG``: queued first, so
+        nothing sent later by another thread overtakes it."""
+        sock = lane.sock
+        if sock is None:
+            self.lost += count
+            return
+        if not lane.backlog and self._may_send(lane, count):
+            try:
+                send_frames(sock, frames, NOBLOCK)
+                if not lane.switched:
+                    lane.unswitched += count
+                return
+            except zmq.Again:
+                pass
+        lane.backlog.append((frames, count))
+        while (
+            closed is not None
+            and len(lane.backlog) > MAX_BACKLOG
+            and lane.sock is not None
+            and not closed()
+        ):
+            lane.cond.wait(0.2)
+
+    @staticmethod
+    def _may_send(lane: Outbound, count: int) -> bool:
+        """May ``lane`` take ``count`` more messages now? Not beyond ``SWITCH_WINDOW`` before
+        SWITCHED."""
+        return lane.switched or lane.unswitched + count <= SWITCH_WINDOW
+
+    def flush(self, force: bool = False) -> bool:
+        """Send the batches due (all with ``force``) and what lanes queued (the I/O thread);
+        True while some lane still holds something."""
+        if self.batching:
+            due = time.monotonic() - _batch.BATCH_DELAY_S
+            for lane in list(self.batching):
+                with lane.cond:
+                    if lane.batch and (force or lane.batch_since <= due):
+                        self._send_batch(lane, None)
         pending = False
         for lane in list(self.outbound.values()):
             if not lane.backlog:
@@ -258,14 +326,33 @@ class Lanes:
             with lane.cond:
                 sock = lane.sock
                 while lane.backlog and sock is not None:
+                    frames, count = lane.backlog[0]
+                    if not self._may_send(lane, count):
+                        break
                     try:
-                        send_frames(sock, lane.backlog[0], NOBLOCK)
+                        send_frames(sock, frames, NOBLOCK)
                     except zmq.Again:
                         break
                     lane.backlog.popleft()
+                    if not lane.switched:
+                        lane.unswitched += count
                 lane.cond.notify_all()
-                pending = pending or bool(lane.backlog)
+                pending = pending or (
+                    bool(lane.backlog) and self._may_send(lane, lane.backlog[0][1])
+                )
         return pending
+
+    def flush_batches(self) -> None:
+        """Send every open batch now (a process of this node is about to wait)."""
+        for lane in list(self.batching):
+            with lane.cond:
+                if lane.batch:
+                    self._send_batch(lane, None)
+
+    def batch_due(self) -> float | None:
+        """When the oldest open batch is due (``time.monotonic``), or None."""
+        starts = [lane.batch_since for lane in list(self.batching)]
+        return min(starts) + _batch.BATCH_DELAY_S if starts else None
 
     def on_accept(self, header: Mapping[str, Any]) -> None:
         """The peer accepted our ask (through the broker): open the socket (I/O thread)."""
@@ -318,6 +405,15 @@ class Lanes:
             with self.lock:
                 lane.state = State.READY
 
+    def on_switched(self, header: Mapping[str, Any]) -> None:
+        """The peer has our switch (through the broker): what waits beyond the window may go
+        (the I/O thread's next flush sends it)."""
+        peer, token = header.get("from"), header.get("token")
+        lane = self.outbound.get(peer) if type(peer) is str else None
+        if lane is not None and lane.state is State.ACTIVE and token == lane.token:
+            with lane.cond:
+                lane.switched = True
+
     def on_refuse(self, header: Mapping[str, Any]) -> None:
         peer = header.get("from")
         lane = self.outbound.get(peer) if type(peer) is str else None
@@ -346,7 +442,7 @@ class Lanes:
         (a lane opened just before may not even be connected yet). That bounds how long a node
         whose peers have all gone waits for them as it exits, as the broker's socket does."""
         deadline = time.monotonic() + timeout_s
-        while self.flush() and time.monotonic() < deadline:
+        while self.flush(force=True) and time.monotonic() < deadline:
             time.sleep(0.001)  # the peer is slow to take what we hold: wait a little
         linger_ms = int(max(0.0, min(BYE_LINGER_S, deadline - time.monotonic())) * 1000)
         for lane in list(self.outbound.values()):
@@ -365,8 +461,10 @@ class Lanes:
         if lane.sock is not None:
             lane.sock.close(linger=linger_ms)
             lane.sock = None
-        self.lost += len(lane.backlog)
+        self.lost += sum(count for _, count in lane.backlog) + len(lane.batch)
         lane.backlog.clear()
+        lane.batch, lane.batch_bytes = [], 0
+        self.batching.discard(lane)
         lane.cond.notify_all()
 
     # ------------------------------------------------------------------ receiving side
@@ -396,6 +494,9 @@ class Lanes:
         if lane is None or lane.peer != header.get("from") or lane.switched:
             return
         lane.switched = True
+        if self.to_broker is not None:  # the peer may now send beyond SWITCH_WINDOW
+            answer = {"op": SWITCHED, "to": lane.peer, "token": lane.token}
+            self.to_broker(wire.encode(Command.LANE, answer, self.limits))
         while lane.held:
             deliver(lane.held.popleft())
 
@@ -434,21 +535,34 @@ class Lanes:
                 if lane.parked is not None:
                     deliver(self._end(lane))
                 continue
-            try:
-                msg = wire.decode(body, self.limits)
-            except WireError:
-                self._refuse(f"a malformed message on the lane from {lane.peer}")
+            if len(body) == 2 and body[0].bytes == _batch.BATCH:
+                try:
+                    leads = _batch.unpack(body[1].buffer, self.limits)
+                except WireError:
+                    self._refuse(f"a malformed batch on the lane from {lane.peer}")
+                    continue
+                for lead in leads:
+                    self._take(lane, [lead], deliver)
                 continue
-            if not self._checked(lane, msg):
-                continue
-            self.received += 1
-            if lane.switched:
-                deliver(msg)
-            elif len(lane.held) < MAX_HELD:
-                lane.held.append(msg)
-            else:
-                self._refuse(f"more than {MAX_HELD} messages from {lane.peer} before its switch")
+            self._take(lane, body, deliver)
         return True
+
+    def _take(self, lane: Inbound, body: list[Any], deliver: Callable[[Message], None]) -> None:
+        """Decode and check one message of ``lane``; deliver it, or hold it until the switch."""
+        try:
+            msg = wire.decode(body, self.limits)
+        except WireError:
+            self._refuse(f"a malformed message on the lane from {lane.peer}")
+            return
+        if not self._checked(lane, msg):
+            return
+        self.received += 1
+        if lane.switched:
+            deliver(msg)
+        elif len(lane.held) < MAX_HELD:
+            lane.held.append(msg)
+        else:
+            self._refuse(f"more than {MAX_HELD} messages from {lane.peer} before its switch")
 
     def on_nodedown(self, msg: Message, now: float) -> Message | None:
         """A peer went down: close both ways. The NODEDOWN goes on to the runtime now (it is
@@ -535,3 +649,7 @@ def _new_token() -> bytes:
         token = secrets.token_bytes(TOKEN_BYTES)
         if token[0]:  # a routing id may not start with a zero byte
             return token
+
+
+def _nothing() -> None:
+    pass

@@ -37,7 +37,11 @@ class Waiter(Protocol):
 class Leader(Protocol):
     """A way to wait that reads the node's sockets meanwhile (``zimg._lane_reader``): ``begin``
     gives a waiter (or None: wait as usual), ``wait`` returns True once it is released, False
-    after ``timeout``, and ``end`` is called after every ``wait``."""
+    after ``timeout``, and ``end`` is called after every ``wait``. ``before_wait`` is called
+    before every wait, led or not (the node sends what it held back: it may be what the waiting
+    process waits on)."""
+
+    def before_wait(self) -> None: ...
 
     def begin(self) -> Any: ...
 
@@ -280,6 +284,7 @@ class Mailbox:
         """Release the lock (held), wait until woken or ``timeout``, take the lock again."""
         lead = self.lead
         if lead is not None:
+            lead.before_wait()
             leading = lead.begin()
             if leading is not None:
                 self._waiters.append(leading)

@@ -108,6 +108,7 @@ class Connection:
         self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
         # Held while a handler runs or a lane socket is read (``zimg._lane_reader``).
         self._dispatch = threading.RLock()
+        self._handling = threading.local()  # ``depth``: handler calls running on this thread
         hello = dict(placement.to_hello()) if placement else {}
         lane_sockets = None
         if lanes:
@@ -149,6 +150,7 @@ class Connection:
                 dispatching=self._hooks_lock,
                 on_io_thread=lambda: threading.current_thread() is self._thread,
                 closed=lambda: self._closed,
+                in_handler=lambda: getattr(self._handling, "depth", 0) > 0,
             )
             self.counters.update(self._lane_path.counters())
         self._control = self._ctx.socket(zmq.PAIR)
@@ -589,6 +591,9 @@ class Connection:
         if handler is None:
             log.debug("node %s: no handler for %s", self.name, msg.command.name)
             return
+        handling = self._handling
+        depth = getattr(handling, "depth", 0)
+        handling.depth = depth + 1
         try:
             handler(msg)
         except Exception:
@@ -601,6 +606,8 @@ class Connection:
                 self.name,
                 msg.command.name,
             )
+        finally:
+            handling.depth = depth
 
     @contextlib.contextmanager
     def _hooks_lock(self) -> Iterator[None]:

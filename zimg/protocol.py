@@ -9,7 +9,7 @@ from typing import Any
 
 from zimg._errors import WireError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 DEFAULT_BROKER_URL = "tcp://127.0.0.1:5555"
 DEFAULT_HEARTBEAT_INTERVAL_S = 1.0
 DEFAULT_LIVENESS = 3

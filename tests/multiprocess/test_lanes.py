@@ -7,6 +7,9 @@ signals go on lanes."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import zmq
 
 import zimg
 from tests.multiprocess import zt_behaviours  # noqa: F401  (registers zt.* in this process)
-from zimg import wire
+from zimg import _lanes, wire
 from zimg._lanes import State
 from zimg.cluster import wait_for_workers
 from zimg.wire import Command
@@ -77,6 +80,41 @@ def test_streams_from_several_senders_keep_their_order_into_a_lane(cluster):
     for tag in "xym":
         assert [i for t, i in got if t == tag] == list(range(n)), tag
     assert wait_for_lane_count(node, "main", "sent", 1) >= 1
+
+
+def test_a_burst_while_the_switch_is_stuck_at_the_broker_loses_nothing(procs, ipc_url):
+    """main's switch to its new lane waits in a stopped broker while main sends n1 a burst on
+    the lane. n1 holds at most MAX_HELD messages before a switch, and main sends at most
+    SWITCH_WINDOW on the lane before n1 says (through the broker) that it has the switch; the
+    rest waits in main. Once the broker goes on, every message arrives, in order."""
+    n = _lanes.MAX_HELD + _lanes.SWITCH_WINDOW
+    # Liveness far longer than the pause: nobody may be declared gone while the broker sleeps.
+    broker = procs.broker(ipc_url, "--heartbeat", "1", "--liveness", "60")
+    worker = procs.worker(ipc_url, "n1", "--import", BEHAVIOURS, "--lanes", wait=False)
+    wait_for_workers(ipc_url, ["n1"], timeout_s=30, processes={"n1": worker})
+    with zimg.connect(ipc_url, name="main", lanes=True) as node:
+        collector = node.spawn("n1", "zt.collect", node.self(), n)
+        node.send(collector, 0)  # asks for the lane
+        lanes = node.connection.lanes
+        assert lanes is not None
+        deadline = time.monotonic() + WAIT
+        while (lane := lanes.state("n1")) is None or lane.state is not State.READY:
+            assert time.monotonic() < deadline, "the lane never became ready"
+            time.sleep(0.01)  # polling a state only the I/O thread changes
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            sender = threading.Thread(target=lambda: [node.send(collector, i) for i in range(1, n)])
+            sender.start()
+            sender.join(WAIT)  # what does not fit the window waits in main's queue, in batches
+            assert not sender.is_alive()
+            with lane.cond:
+                queued = sum(count for _, count in lane.backlog) + len(lane.batch)
+                assert lane.unswitched <= _lanes.SWITCH_WINDOW
+                assert lane.unswitched + queued == n - 1
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        _, got = node.receive(lambda m: m[0] == "collected", timeout=WAIT * 3)
+        assert got == list(range(n))
 
 
 def test_strangers_on_a_lane_port_are_refused_counted_and_change_nothing(cluster):

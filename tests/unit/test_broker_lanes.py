@@ -103,7 +103,7 @@ def test_no_node_holds_more_than_max_lanes(clock):
     assert len(state.by_name["a"].lane_peers) == 2
 
 
-def test_ready_switch_and_close_pass_only_between_lane_peers(clock):
+def test_ready_switch_switched_and_close_pass_only_between_lane_peers(clock):
     state = joined(clock, "a", "b", "c")
     lane(state, clock, "b", op="accept", to="a", incarnation=1, token=TOKEN)
     [(to, msg)] = lane(state, clock, "a", op="switch", to="b", token=TOKEN)
@@ -115,6 +115,10 @@ def test_ready_switch_and_close_pass_only_between_lane_peers(clock):
     assert to == ident("a")
     assert msg.header == {"op": "ready", "from": "b", "token": TOKEN}
     assert lane(state, clock, "c", op="ready", to="a", token=TOKEN) == []
+    [(to, msg)] = lane(state, clock, "b", op="switched", to="a", token=TOKEN)
+    assert to == ident("a")
+    assert msg.header == {"op": "switched", "from": "b", "token": TOKEN}
+    assert lane(state, clock, "c", op="switched", to="a", token=TOKEN) == []
 
 
 def test_a_nodes_lane_peers_hear_its_nodedown_once_even_if_they_also_watch_it(clock):

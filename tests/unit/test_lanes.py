@@ -3,12 +3,17 @@ switch, the checks on what a lane brings, the bounds, and the end of a lane."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import msgpack
+import numpy as np
 import pytest
 import zmq
 
+from zimg import _lane_batch as _batch
 from zimg import _lanes, wire
+from zimg._lane_reader import LaneReader
 from zimg._lanes import Lanes, State
 from zimg.wire import Command, Message, Pid
 
@@ -55,6 +60,7 @@ class Pair:
     def read(self, count: int, hi: bool = False) -> None:
         """Read until ``count`` more messages (or, with ``hi``, a's HI) were taken off b's lane
         socket (or 5 s)."""
+        self.a.flush(force=True)  # as a's I/O thread would (a burst waits in a batch)
         b = self.b
         target = b.received + b.refused + count
         while b.received + b.refused < target or (hi and not self.to_broker):
@@ -242,7 +248,8 @@ def test_a_peer_answers_one_hi_per_lane(pair):
     pair.send(Command.SEND, to=B_PID, msg="after")
     pair.switch()
     pair.read(1)
-    assert len(pair.to_broker) == 1  # the first HI's READY only
+    # the first HI's READY only (and the SWITCHED that answers the switch)
+    assert [m.header["op"] for m in pair.to_broker] == ["ready", "switched"]
 
 
 def test_a_leader_woken_by_a_stale_wake_up_does_not_spin():
@@ -269,3 +276,150 @@ def test_a_leader_woken_by_a_stale_wake_up_does_not_spin():
         reader.close()
         lanes.close()
         ctx.destroy(linger=0)
+
+
+# ---------------------------------------------------------------------- batches
+
+
+def test_a_burst_goes_in_one_batch_that_waits_until_due(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)  # every message after the first: a burst
+    pair.switch()
+    for i in range(5):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    assert pair.b.router.poll(5000)
+    pair.b.read(pair.delivered.append, limit=1)
+    assert [m.header["msg"] for m in pair.delivered] == [0]  # the first went alone, at once
+    assert not pair.a.flush()  # the batch is not due yet
+    assert not pair.b.router.poll(50)
+    monkeypatch.setattr(_batch, "BATCH_DELAY_S", 0.0)
+    pair.a.flush()  # due now: the I/O thread's flush sends it
+    assert pair.b.router.poll(5000)
+    pair.b.read(pair.delivered.append, limit=1)  # one ZeroMQ message: the four
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1, 2, 3, 4]
+    assert (pair.a.sent, pair.b.received) == (5, 5)
+
+
+def test_a_full_batch_goes_at_once(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    monkeypatch.setattr(_batch, "BATCH_MAX", 3)
+    pair.switch()
+    for i in range(4):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    for _ in range(2):
+        assert pair.b.router.poll(5000)
+        pair.b.read(pair.delivered.append, limit=1)
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1, 2, 3]
+
+
+def test_a_message_with_raw_frames_goes_after_the_open_batch(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    pair.switch()
+    pair.send(Command.SEND, to=B_PID, msg=0)
+    pair.send(Command.SEND, to=B_PID, msg=1)
+    pair.send(Command.SEND, to=B_PID, msg=np.arange(100_000, dtype=np.uint8))  # a raw frame
+    pair.send(Command.SEND, to=B_PID, msg=3)
+    pair.read(4)
+    got = [m.header["msg"] for m in pair.delivered]
+    assert got[:2] == [0, 1]
+    assert got[3] == 3
+    assert np.array_equal(got[2], np.arange(100_000, dtype=np.uint8))
+
+
+def test_a_waiting_receive_sends_the_open_batches(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    pair.switch()
+    pair.send(Command.SEND, to=B_PID, msg=0)
+    pair.send(Command.SEND, to=B_PID, msg=1)
+    reader = LaneReader(pair.a, threading.RLock(), lambda msg: None, lambda: None)
+    try:
+        reader.before_wait()
+    finally:
+        reader.close()
+    for _ in range(2):
+        assert pair.b.router.poll(5000)
+        pair.b.read(pair.delivered.append, limit=1)
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1]
+
+
+def test_a_bye_comes_after_the_open_batch(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    pair.switch()
+    down = nodedown("a", 1, "normal")
+    assert pair.b.on_nodedown(down, now=100.0) is None  # parked until a's BYE
+    for i in range(3):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    pair.a.say_bye(1.0)
+    while not pair.delivered or pair.delivered[-1] is not down:
+        assert pair.b.router.poll(5000)
+        pair.b.read(pair.delivered.append)
+    assert [m.header.get("msg") for m in pair.delivered] == [0, 1, 2, None]
+
+
+def test_a_closed_lane_counts_its_open_batch_as_lost(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    pair.switch()
+    for i in range(3):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+    pair.a.close_outbound("b")
+    assert (pair.a.sent, pair.a.lost) == (3, 2)
+    assert pair.a.batching == set()
+
+
+def raw_lane_send(pair: Pair, *frames: bytes) -> None:
+    assert pair.lane.sock is not None
+    pair.lane.sock.send_multipart(list(frames))
+
+
+def lead(command: Command, **header) -> bytes:
+    [frame] = wire.encode(command, header)
+    return frame
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xc1",  # not msgpack
+        msgpack.packb("not an array"),
+        msgpack.packb([1, 2]),  # not byte strings
+        msgpack.packb([lead(Command.SEND, to=B_PID, msg=1)] * (_batch.BATCH_MAX + 1)),
+    ],
+    ids=["not-msgpack", "not-an-array", "not-bytes", "too-many"],
+)
+def test_a_malformed_batch_is_refused_whole(pair, payload):
+    pair.switch()
+    raw_lane_send(pair, _batch.BATCH, payload)
+    pair.send(Command.SEND, to=B_PID, msg="after")
+    pair.read(2)
+    assert pair.b.refused == 1
+    assert [m.header["msg"] for m in pair.delivered] == ["after"]
+
+
+def test_each_message_of_a_batch_is_checked_alone(pair):
+    pair.switch()
+    forged = lead(Command.LINK, to=B_PID, **{"from": Pid("c", 1, 7)})  # another node's pid
+    good = [lead(Command.SEND, to=B_PID, msg=i) for i in range(2)]
+    raw_lane_send(pair, _batch.BATCH, msgpack.packb([good[0], forged, b"junk", good[1]]))
+    pair.read(4)
+    assert pair.b.refused == 2
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1]
+
+
+def test_a_lane_carries_at_most_switch_window_until_the_peer_has_the_switch(pair, monkeypatch):
+    monkeypatch.setattr(_lanes, "SWITCH_WINDOW", 3)
+    pair.a.switch(pair.lane)  # b has not seen the switch: what a sends there is held
+    for i in range(6):
+        pair.send(Command.SEND, to=B_PID, msg=i)
+        pair.lane.last_send = 0.0  # each one alone
+    pair.read(3)
+    assert pair.b.received == 3
+    assert pair.a.flush() is False  # the rest waits in a for the SWITCHED
+    assert not pair.b.router.poll(50)
+    pair.a.on_switched({"from": "b", "token": b"\x02" * 16})  # not the lane's token
+    assert pair.a.flush() is False
+    pair.b.on_switch({"from": "a", "token": pair.token}, pair.delivered.append)
+    switched = pair.to_broker[-1]
+    assert switched.header == {"op": "switched", "to": "a", "token": pair.token}
+    pair.a.on_switched({"from": "b", "token": pair.token})
+    pair.read(3)
+    assert [m.header["msg"] for m in pair.delivered] == list(range(6))
+    assert pair.b.refused == 0
