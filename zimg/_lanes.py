@@ -525,12 +525,16 @@ class Lanes:
                 continue
             body = frames[1:]
             if len(body) == 1 and body[0].bytes == _HI:
-                if not lane.greeted and self.to_broker is not None:
+                if lane.greeted:  # a lane says HI once: more is a peer wasting our time
+                    self._refuse(f"a HI more than once on the lane from {lane.peer}")
+                elif self.to_broker is not None:
                     lane.greeted = True
                     answer = {"op": READY, "to": lane.peer, "token": lane.token}
                     self.to_broker(wire.encode(Command.LANE, answer, self.limits))
                 continue
             if len(body) == 1 and body[0].bytes == _BYE:
+                if lane.bye:
+                    self._refuse(f"a BYE more than once on the lane from {lane.peer}")
                 lane.bye = True
                 if lane.parked is not None:
                     deliver(self._end(lane))
@@ -541,6 +545,8 @@ class Lanes:
                 except WireError:
                     self._refuse(f"a malformed batch on the lane from {lane.peer}")
                     continue
+                if not leads:
+                    self._refuse(f"an empty batch on the lane from {lane.peer}")
                 for lead in leads:
                     self._take(lane, [lead], deliver)
                 continue

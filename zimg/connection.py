@@ -261,7 +261,10 @@ class Connection:
             ClosedError: the node was closed.
             BrokenError: the node lost its place at the broker for good (e.g. refused on rejoin).
         """
-        frames = wire.encode(command, header, self.limits)
+        if command is Command.SEND and len(header) == 2 and "to" in header and "msg" in header:
+            frames = wire.encode_send(header["to"], header["msg"], self.limits)
+        else:
+            frames = wire.encode(command, header, self.limits)
         if self._lane_path is not None and command in wire.ACTOR_COMMANDS:
             peer = _lanes.destination(header, self.name)
             if peer is not None:

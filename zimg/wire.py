@@ -73,6 +73,7 @@ __all__ = [
     "command_of",
     "decode",
     "encode",
+    "encode_send",
     "is_v1_hello",
     "lead_frame",
     "peek_head",
@@ -174,6 +175,47 @@ class _Encoder:
 
 
 _PLAIN = frozenset({str, int, float, bool, type(None)})
+_SLOW = object()  # a term encode_send leaves to encode
+
+
+def _flat_term(term: Any, limits: Limits) -> Any:
+    """``term`` as ``_Encoder.walk`` would give it, for a plain value, a pid or short bytes;
+    ``_SLOW`` for anything else (containers, arrays, subclasses, long bytes)."""
+    kind = type(term)
+    if kind in _PLAIN:
+        return term
+    if (
+        kind is Pid
+        and type(term.node) is str
+        and type(term.incarnation) is int
+        and type(term.serial) is int
+    ):
+        return _pid_ext(term)
+    if kind is bytes and len(term) <= limits.inline_bytes_max:
+        return term
+    return _SLOW
+
+
+def encode_send(to: Any, message: Any, limits: Limits = DEFAULT_LIMITS) -> list[Any]:
+    """``encode(Command.SEND, {"to": to, "msg": message}, limits)``, the same frames, in about
+    half the time for the commonest actor messages: a plain value, a pid or short bytes, or a
+    flat tuple of those, sent to a pid. Anything else goes through :func:`encode`.
+
+    Raises:
+        WireError: as :func:`encode`.
+    """
+    dest = _flat_term(to, limits) if type(to) is Pid else _SLOW
+    if dest is not _SLOW:
+        if type(message) is tuple:
+            items = [_flat_term(x, limits) for x in message]
+            term = _SLOW if _SLOW in items else msgpack.ExtType(Ext.TUPLE, _pack(items))
+        else:
+            term = _flat_term(message, limits)
+        if term is not _SLOW:
+            packed = _pack({"to": dest, "msg": term})
+            if len(packed) <= limits.max_header_bytes:
+                return [lead_frame(Command.SEND, packed)]
+    return encode(Command.SEND, {"to": to, "msg": message}, limits)
 
 
 def encode(

@@ -247,9 +247,10 @@ def test_a_peer_answers_one_hi_per_lane(pair):
     pair.lane.sock.send(b"HI")
     pair.send(Command.SEND, to=B_PID, msg="after")
     pair.switch()
-    pair.read(1)
+    pair.read(2)  # the second HI, refused, and the message
     # the first HI's READY only (and the SWITCHED that answers the switch)
     assert [m.header["op"] for m in pair.to_broker] == ["ready", "switched"]
+    assert pair.b.refused == 1
 
 
 def test_a_leader_woken_by_a_stale_wake_up_does_not_spin():
@@ -382,8 +383,9 @@ def lead(command: Command, **header) -> bytes:
         msgpack.packb("not an array"),
         msgpack.packb([1, 2]),  # not byte strings
         msgpack.packb([lead(Command.SEND, to=B_PID, msg=1)] * (_batch.BATCH_MAX + 1)),
+        msgpack.packb([]),
     ],
-    ids=["not-msgpack", "not-an-array", "not-bytes", "too-many"],
+    ids=["not-msgpack", "not-an-array", "not-bytes", "too-many", "empty"],
 )
 def test_a_malformed_batch_is_refused_whole(pair, payload):
     pair.switch()
@@ -423,3 +425,13 @@ def test_a_lane_carries_at_most_switch_window_until_the_peer_has_the_switch(pair
     pair.read(3)
     assert [m.header["msg"] for m in pair.delivered] == list(range(6))
     assert pair.b.refused == 0
+
+
+def test_a_bye_more_than_once_is_refused(pair):
+    pair.switch()
+    raw_lane_send(pair, b"BYE")
+    raw_lane_send(pair, b"BYE")
+    pair.send(Command.SEND, to=B_PID, msg="after")
+    pair.read(2)
+    assert pair.b.refused == 1
+    assert [m.header["msg"] for m in pair.delivered] == ["after"]

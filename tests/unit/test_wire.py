@@ -28,6 +28,7 @@ from zimg.wire import (
     command_of,
     decode,
     encode,
+    encode_send,
     lead_frame,
     peek_head,
     peek_to,
@@ -189,6 +190,52 @@ terms = st.recursive(
     max_leaves=10,
 )
 headers = st.dictionaries(st.text(max_size=8), terms, max_size=4)
+
+
+# ---------------------------------------------------------------- encode_send
+
+
+def _outcome(encoder: Callable[[], list[Any]]) -> Any:
+    """The frames an encoder gives, as bytes, or the type of error it raises."""
+    try:
+        return [f if isinstance(f, bytes) else np.asarray(f).tobytes() for f in encoder()]
+    except WireError:
+        return WireError
+
+
+class _Str(str):
+    pass
+
+
+SMALL_INLINE = Limits(inline_bytes_max=16)  # Hypothesis cannot draw 64 KiB byte strings
+send_terms = (
+    terms
+    | st.lists(leaves, max_size=6).map(tuple)  # flat tuples: the quick path
+    | st.binary(min_size=15, max_size=17)  # about the inline bound
+    | st.text(max_size=4).map(_Str)  # a subclass: the long way
+    | st.integers(UINT64_MAX + 1, UINT64_MAX + 2)  # too large to encode
+)
+odd_pids = st.builds(Pid, st.just("n"), st.sampled_from([1, True]), st.sampled_from([1, True, 1.5]))
+
+
+@FAST
+@given(
+    to=pid_fields.map(lambda t: Pid(*t))
+    | odd_pids
+    | st.tuples(st.text(max_size=4), st.text(max_size=4)),
+    message=send_terms | odd_pids | st.lists(odd_pids, max_size=2).map(tuple),
+)
+def test_encode_send_gives_what_encode_gives(to: Any, message: Any) -> None:
+    assert _outcome(lambda: encode_send(to, message, SMALL_INLINE)) == _outcome(
+        lambda: encode(Command.SEND, {"to": to, "msg": message}, SMALL_INLINE)
+    )
+
+
+def test_encode_send_keeps_the_header_limit() -> None:
+    limits = Limits(max_header_bytes=100)
+    message = (b"x" * 60, b"y" * 60)  # each short, together too large
+    with pytest.raises(WireError, match="header of"):
+        encode_send(Pid("n", 1, 1), message, limits)
 
 
 # ---------------------------------------------------------------- round-trips
