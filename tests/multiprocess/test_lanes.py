@@ -18,7 +18,7 @@ import zmq
 
 import zimg
 from tests.multiprocess import zt_behaviours  # noqa: F401  (registers zt.* in this process)
-from zimg import _lanes, wire
+from zimg import _lane_terms, wire
 from zimg._lanes import State
 from zimg.cluster import wait_for_workers
 from zimg.wire import Command
@@ -87,7 +87,7 @@ def test_a_burst_while_the_switch_is_stuck_at_the_broker_loses_nothing(procs, ip
     the lane. n1 holds at most MAX_HELD messages before a switch, and main sends at most
     SWITCH_WINDOW on the lane before n1 says (through the broker) that it has the switch; the
     rest waits in main. Once the broker goes on, every message arrives, in order."""
-    n = _lanes.MAX_HELD + _lanes.SWITCH_WINDOW
+    n = _lane_terms.MAX_HELD + _lane_terms.SWITCH_WINDOW
     # Liveness far longer than the pause: nobody may be declared gone while the broker sleeps.
     broker = procs.broker(ipc_url, "--heartbeat", "1", "--liveness", "60")
     worker = procs.worker(ipc_url, "n1", "--import", BEHAVIOURS, "--lanes", wait=False)
@@ -109,7 +109,7 @@ def test_a_burst_while_the_switch_is_stuck_at_the_broker_loses_nothing(procs, ip
             assert not sender.is_alive()
             with lane.cond:
                 queued = sum(count for _, count in lane.backlog) + len(lane.batch)
-                assert lane.unswitched <= _lanes.SWITCH_WINDOW
+                assert lane.unswitched <= _lane_terms.SWITCH_WINDOW
                 assert lane.unswitched + queued == n - 1
         finally:
             os.kill(broker.pid, signal.SIGCONT)

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from zimg import _lane_batch as _batch
-from zimg import _lanes, wire
+from zimg import _lane_terms, _lanes, wire
 from zimg._lane_reader import LaneReader
 from zimg._lanes import Lanes, State
 from zimg.wire import Command, Message, Pid
@@ -134,7 +134,7 @@ def test_a_message_without_a_known_token_is_refused(pair):
 
 
 def test_a_lane_holds_at_most_max_held_before_its_switch(pair, monkeypatch):
-    monkeypatch.setattr(_lanes, "MAX_HELD", 3)
+    monkeypatch.setattr(_lane_terms, "MAX_HELD", 3)
     for i in range(5):
         pair.send(Command.SEND, to=B_PID, msg=i)
     pair.read(5)
@@ -200,7 +200,7 @@ def test_a_peers_nodedown_closes_the_lane_to_it(pair):
 
 
 def test_a_node_accepts_at_most_max_lanes(monkeypatch):
-    monkeypatch.setattr(_lanes, "MAX_LANES", 2)
+    monkeypatch.setattr(_lane_terms, "MAX_LANES", 2)
     ctx: zmq.Context = zmq.Context()
     b = Lanes(ctx, "b", "127.0.0.1", wire.DEFAULT_LIMITS, None)
     try:
@@ -407,7 +407,7 @@ def test_each_message_of_a_batch_is_checked_alone(pair):
 
 
 def test_a_lane_carries_at_most_switch_window_until_the_peer_has_the_switch(pair, monkeypatch):
-    monkeypatch.setattr(_lanes, "SWITCH_WINDOW", 3)
+    monkeypatch.setattr(_lane_terms, "SWITCH_WINDOW", 3)
     pair.a.switch(pair.lane)  # b has not seen the switch: what a sends there is held
     for i in range(6):
         pair.send(Command.SEND, to=B_PID, msg=i)
