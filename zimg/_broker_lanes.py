@@ -7,6 +7,15 @@ stamps every LANE it passes on with the sender's own name (``from``) and incarna
 learns a peer's name only from the broker. It keeps who has a lane with whom, at most
 ``max_lanes`` per node, so that a node's NODEDOWN also reaches its lane peers; it holds no
 token and routes no lane traffic.
+
+Asks are bounded, so that no node can make the broker flood another with them: per ordered pair
+(asker, target) at most one ask waits for the target's answer, none while the asker's lane to
+that target is open, and at most ``max_lanes`` per asker. A repeat of an ask still waiting is
+dropped (the waiting ask's answer answers it too); an ask beyond the other two bounds is
+answered ``refuse``. Both are counted ``lane_asks_refused`` and logged once per node. An ask
+stops waiting when the target accepts or refuses it, or either node goes down; a node asks
+again only after its lane ended with the peer's NODEDOWN (which the broker sends after dropping
+both of these) or in a new session (a new record, with nothing waiting).
 """
 
 from __future__ import annotations
@@ -74,6 +83,7 @@ class LaneIntroductions:
             return self._accept(sender, target, header)
         if op == "refuse":
             reason = str(header.get("reason", ""))[:_REASON_CHARS]
+            _answered(target, sender)
             return [_lane(target, {"op": "refuse", "from": sender.name, "reason": reason})]
         if op in ("ready", "switch", "switched", "close"):
             token = _token(header)
@@ -84,13 +94,23 @@ class LaneIntroductions:
         raise WireError(f"unknown LANE op {op!r}")
 
     def node_gone(self, node: NodeRecord) -> set[NodeRecord]:
-        """``node`` is down: the nodes it had lanes with (each hears its NODEDOWN)."""
-        peers, node.lane_peers = node.lane_peers, set()
+        """``node`` is down: the nodes it had lanes with (each hears its NODEDOWN). Its asks,
+        and the asks of it, stop waiting."""
+        peers, node.lane_peers, node.lanes_to = node.lane_peers, set(), set()
         for peer in peers:
             peer.lane_peers.discard(node)
+            peer.lanes_to.discard(node)
+        for target in node.lane_asks:
+            target.lane_asked_by.discard(node)
+        for asker in node.lane_asked_by:
+            asker.lane_asks.discard(node)
+        node.lane_asks, node.lane_asked_by = set(), set()
         return peers
 
     def _ask(self, sender: NodeRecord, to: str, target: NodeRecord | None) -> list[Instruction]:
+        if target is not None and target in sender.lane_asks:
+            # Asked already, not answered yet: that answer is this one's too.
+            return self._bounded(sender, to, "asked again before the answer")
         reason = None
         if sender.lane is None:
             reason = "this node said no lane in its HELLO"
@@ -104,15 +124,32 @@ class LaneIntroductions:
             self.stats["lanes_refused"] += 1
             return [_lane(sender, {"op": "refuse", "from": to, "reason": reason})]
         assert target is not None
+        if target in sender.lanes_to:
+            reason = "a lane to that node is open already"
+        elif len(sender.lane_asks) >= self.config.max_lanes:
+            reason = f"at most {self.config.max_lanes} asks waiting for an answer per node"
+        if reason is not None:
+            refuse = _lane(sender, {"op": "refuse", "from": to, "reason": reason})
+            return [refuse, *self._bounded(sender, to, reason)]
+        sender.lane_asks.add(target)
+        target.lane_asked_by.add(sender)
         ask = {"op": "ask", "from": sender.name, "incarnation": sender.incarnation}
         return [_lane(target, ask)]
+
+    def _bounded(self, sender: NodeRecord, to: str, why: str) -> list[Instruction]:
+        """An ask beyond the bounds: counted, and logged the first time this node goes there."""
+        self.stats["lane_asks_refused"] += 1
+        return self.log_once(sender.identity, f"refused a LANE ask for {to!r}: {why}")
 
     def _accept(
         self, sender: NodeRecord, target: NodeRecord, header: dict[str, Any]
     ) -> list[Instruction]:
         token = _token(header)
         incarnation = header.get("incarnation")
-        if target.incarnation != incarnation or target.lane is None or sender.lane is None:
+        if target.incarnation != incarnation:
+            return []  # an answer to an earlier incarnation of the asker
+        _answered(target, sender)
+        if target.lane is None or sender.lane is None:
             return []
         full = max(len(sender.lane_peers), len(target.lane_peers)) >= self.config.max_lanes
         if full and target not in sender.lane_peers:
@@ -121,6 +158,7 @@ class LaneIntroductions:
             return [_lane(target, {"op": "refuse", "from": sender.name, "reason": reason})]
         sender.lane_peers.add(target)
         target.lane_peers.add(sender)
+        target.lanes_to.add(sender)
         self.stats["lanes_opened"] += 1
         accept = {
             "op": "accept",
@@ -131,6 +169,12 @@ class LaneIntroductions:
             "token": token,
         }
         return [_lane(target, accept)]
+
+
+def _answered(asker: NodeRecord, target: NodeRecord) -> None:
+    """``target`` answered ``asker``'s ask (accepted or refused): it no longer waits."""
+    asker.lane_asks.discard(target)
+    target.lane_asked_by.discard(asker)
 
 
 def _token(header: dict[str, Any]) -> bytes:

@@ -44,7 +44,8 @@ class BrokerConfig:
             file-descriptor limit).
         max_watches: node names one node may WATCH at once.
         max_watch_total: WATCHes held at once, all nodes together.
-        max_lanes: lanes one node may have with other nodes (``zimg._broker_lanes``).
+        max_lanes: lanes one node may have with other nodes, and asks for a lane it may have
+            waiting for their answer (``zimg._broker_lanes``).
         nodes_page_bytes: about how large one page of the NODES reply may grow.
         nodes_bytes_per_s: bytes of NODES replies each node may ask for per second (also the
             budget shared by every peer that has not joined): a cap on what a flood of
@@ -183,6 +184,12 @@ class NodeRecord:
     lane: str | None = None
     lane_key: bytes | None = None
     lane_peers: set[NodeRecord] = field(default_factory=set)
+    # Lanes by direction: the nodes it has a lane to (it asked, they accepted), the nodes it
+    # asked for one that have not answered yet (at most ``max_lanes``), and the nodes that
+    # asked it and have not had its answer (``zimg._broker_lanes``).
+    lanes_to: set[NodeRecord] = field(default_factory=set)
+    lane_asks: set[NodeRecord] = field(default_factory=set)
+    lane_asked_by: set[NodeRecord] = field(default_factory=set)
     # What its lanes carried, as its heartbeats report: sent, received, refused, lost.
     lane_sent: int = 0
     lane_received: int = 0

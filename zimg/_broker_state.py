@@ -85,6 +85,7 @@ STATS = (
     "internal_errors",
     "lanes_opened",
     "lanes_refused",
+    "lane_asks_refused",
 )
 # The counts a node's heartbeat may carry (``NodeRecord`` has a field for each).
 _REPORTED = ("malformed", "dropped", "lane_sent", "lane_received", "lane_refused", "lane_lost")
