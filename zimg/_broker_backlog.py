@@ -64,8 +64,9 @@ class Backlogs:
         """Retry every backlog in order with ``send`` until a peer's queue is full again.
 
         Backlogs of peers no longer in ``nodes`` are dropped. Returns how many messages were
-        dropped that way, and the peers whose connection was found gone (their backlogs are
-        dropped too, uncounted: the node is declared dead).
+        dropped that way, and the peers whose connection was found gone: their backlogs are
+        dropped too, counted in the first number but for the message whose send failed (the
+        caller reports that one to ``BrokerState.on_unreachable``, which counts it).
         """
         unroutable = 0
         gone: list[bytes] = []
@@ -85,6 +86,7 @@ class Backlogs:
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
+                unroutable += len(waiting.messages) - 1
                 self.nbytes -= waiting.nbytes
                 del self.peers[identity]
                 gone.append(identity)

@@ -195,6 +195,9 @@ class NodeRecord:
     lane_received: int = 0
     lane_refused: int = 0
     lane_lost: int = 0
+    # When a send to it failed (its connection is gone): it is declared down once the loop has
+    # read what it sent before (``BrokerState.on_unreachable``). None while reachable.
+    unreachable_at: float | None = None
     # NODES pages it may still ask for.
     pages: TokenBucket = field(default_factory=lambda: TokenBucket(0.0, 0.0))
     # Bookkeeping of the worker index (``_dispatch``).

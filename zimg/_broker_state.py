@@ -6,7 +6,8 @@ instructions it returns:
 - ``on_message(identity, frames, now)``: a multipart message arrived from ``identity``
   (``forward_target`` and ``heard`` are its two fast paths: a SEND to a live pid, a HEARTBEAT);
 - ``on_tick(now, drained_at)``: time passed (heartbeats, silent nodes, job deadlines);
-- ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone;
+- ``on_unreachable(identity, now)``: a send to ``identity`` failed because its connection is gone
+  (the node is declared down by ``on_tick`` once the loop has read what it sent before);
 - ``on_probe(identity, reachable, now)``: the answer to a :class:`Probe` instruction;
 - ``on_backlog(dropped=...)``, ``on_backlog_unroutable(n)``: what the loop did with messages it
   could not send at once (counted only: the loop owns its backlog);
@@ -141,6 +142,8 @@ class BrokerState:
         self._warned = 0  # how many of _WARN_AT the node count has passed
         self._pending_hello: dict[bytes, tuple[bytes, dict[str, Any], str | None]] = {}
         self._logged_peers: set[bytes] = set()
+        # Nodes a send found unreachable, not yet declared down (``on_unreachable``).
+        self._unreachable: dict[bytes, NodeRecord] = {}
         self.downs: deque[dict[str, Any]] = deque(maxlen=RECENT_DOWNS)
         # A broker of a failover pair: its role and state, in every NODES page (``failover``).
         self.failover_report: Callable[[float], dict[str, Any]] | None = None
@@ -243,17 +246,30 @@ class BrokerState:
         limit = now if drained_at is None else min(now, drained_at)
         for node in self.liveness.silent(self.nodes, limit):
             out.extend(self._node_down(node, protocol.NOCONNECTION, now, "missed heartbeats"))
+        if self._unreachable:
+            out.extend(self._declare_unreachable(limit, now))
         for job in self.table.expired(now):
             out.extend(self.jobs.expire(job, now))
         return out
 
     def on_unreachable(self, identity: bytes, now: float) -> list[Instruction]:
-        """A send to ``identity`` failed: its connection is gone, so the node is dead."""
+        """A send to ``identity`` failed at ``now``: its connection is gone. The message is
+        dropped (counted ``unroutable``, as is every later one to it).
+
+        The node is not declared down yet: what it sent before its connection closed (its last
+        exit signals, its DISCONNECT) may still wait, unread, in the broker's socket. It is
+        *marked*: no new job goes to it, and :meth:`on_tick` declares it down (``noconnection``,
+        "connection closed") once the loop has found no message waiting after ``now`` (its
+        ``drained_at``), unless one of those messages ended it first (a DISCONNECT: it left,
+        with its own reason). A HELLO from it in the same session clears the mark (a node that
+        reconnected with the same routing id); the WELCOME that answers it tests the connection
+        again.
+        """
         self.stats["unroutable"] += 1
         node = self.nodes.get(identity)
-        if node is None:
-            return []
-        return self._node_down(node, protocol.NOCONNECTION, now, "connection closed")
+        if node is not None:
+            self._mark_unreachable(node, now)
+        return []
 
     def on_backlog(self, *, dropped: bool) -> None:
         """The loop could not send a message at once: it queued it behind the peer's full
@@ -280,12 +296,15 @@ class BrokerState:
         holder = self.nodes.get(identity)
         if reachable and holder is not None:
             return self._reject_name(new_identity, header["name"])
-        out: list[Instruction] = []
         if holder is not None:
-            out.extend(self._node_down(holder, protocol.NOCONNECTION, now, "connection closed"))
+            # Its connection is gone, but what it sent before may still wait unread: the
+            # newcomer is admitted once the holder is down (``_node_down``).
+            self._mark_unreachable(holder, now)
+            self._pending_hello[identity] = pending
+            return []
         if self.by_name.get(header["name"]) is None:
-            out.extend(self._admit(new_identity, header, now, user_id))
-        return out
+            return self._admit(new_identity, header, now, user_id)
+        return []
 
     @property
     def interval_s(self) -> float:
@@ -299,7 +318,11 @@ class BrokerState:
 
     def next_deadline(self) -> float:
         """The latest time by which ``on_tick`` should be called again."""
-        return min(self.liveness.next_deadline(len(self.nodes)), self.table.next_deadline())
+        deadline = min(self.liveness.next_deadline(len(self.nodes)), self.table.next_deadline())
+        for node in self._unreachable.values():  # due as soon as the loop has drained
+            if node.unreachable_at is not None:
+                deadline = min(deadline, node.unreachable_at)
+        return deadline
 
     # ------------------------------------------------------------------ commands
 
@@ -365,7 +388,9 @@ class BrokerState:
         if known is not None:
             if header.get("session", 0) != known.session:
                 # The node lost its session (it stopped hearing from us) and may have dropped
-                # messages: end the old session as a disconnection, then start a new one.
+                # messages: end the old session as a disconnection, then start a new one. It
+                # keeps its name: a newcomer waiting for it (``on_probe``) asks again later.
+                self._pending_hello.pop(identity, None)
                 out = self._node_down(
                     known, protocol.NOCONNECTION, now, "rejoined", spend_attempts=False
                 )
@@ -420,6 +445,11 @@ class BrokerState:
         else:
             # A repeated HELLO of this session: take its credit and placement as they are now.
             node.last_seen = now
+            if node.unreachable_at is not None:
+                # It speaks, so it may have reconnected with the same routing id: the WELCOME
+                # below finds out (a failed send marks it again).
+                node.unreachable_at = None
+                del self._unreachable[identity]
             if node.is_worker:
                 self.index.remove(node)
             node.capacity, node.placement = header["capacity"], placement
@@ -489,6 +519,8 @@ class BrokerState:
         if self.nodes.get(node.identity) is not node:
             return []
         del self.nodes[node.identity]
+        if node.unreachable_at is not None:
+            del self._unreachable[node.identity]
         if self.by_name.get(node.name) is node:
             del self.by_name[node.name]
         self.pages.changed()
@@ -508,6 +540,30 @@ class BrokerState:
         out.extend(self.actors.node_gone(node, reason, self.lanes.node_gone(node)))
         spend = reason != protocol.NORMAL if spend_attempts is None else spend_attempts
         out.extend(self.jobs.worker_gone(node, spend=spend, now=now))
+        newcomer = self._pending_hello.pop(node.identity, None)
+        if newcomer is not None and self.by_name.get(newcomer[1]["name"]) is None:
+            # A node that asked for this one's name while it was unreachable (``on_probe``).
+            new_identity, header, user_id = newcomer
+            out.extend(self._admit(new_identity, header, now, user_id))
+        return out
+
+    def _mark_unreachable(self, node: NodeRecord, now: float) -> None:
+        if node.unreachable_at is None:
+            node.unreachable_at = now
+            self._unreachable[node.identity] = node
+            self.index.remove(node)  # no new jobs or spawns for it
+
+    def _declare_unreachable(self, drained_at: float, now: float) -> list[Instruction]:
+        """Declare down the nodes marked unreachable before ``drained_at``: the loop has read
+        everything they sent before their connection closed."""
+        gone = [
+            n
+            for n in self._unreachable.values()
+            if n.unreachable_at is not None and n.unreachable_at < drained_at
+        ]
+        out: list[Instruction] = []
+        for node in gone:
+            out.extend(self._node_down(node, protocol.NOCONNECTION, now, "connection closed"))
         return out
 
     # ------------------------------------------------------------------ reporting

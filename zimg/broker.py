@@ -386,8 +386,8 @@ class Broker:
                 log.log(ins.level, "%s", ins.text)
 
     def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
-        """Send, or queue behind earlier messages if the peer's queue is full; a peer whose
-        connection is gone is declared dead."""
+        """Send, or queue behind earlier messages if the peer's queue is full; a send to a peer
+        whose connection is gone is dropped and reported (``BrokerState.on_unreachable``)."""
         waiting = self._backlogs.peers.get(identity)
         if waiting is not None:
             if not self._backlogs.queue_behind(waiting, frames):

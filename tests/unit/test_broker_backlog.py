@@ -78,13 +78,14 @@ def test_flush_sends_in_order_until_a_queue_is_full_and_frees_what_it_sent() -> 
 
 def test_flush_drops_the_backlogs_of_peers_gone_or_no_longer_nodes() -> None:
     backlogs = Backlogs()
-    for peer, count in ((A, 3), (B, 2), (C, 1)):
+    for peer, count in ((A, 3), (B, 2), (C, 2)):
         backlogs.start(peer, msg(0))
         for i in range(1, count):
             backlogs.queue_behind(backlogs.peers[peer], msg(i))
     sock = FakeSocket({A: 10, B: 10, C: 10}, gone=[C])
-    # A is no longer a node: its 3 messages are counted as unroutable; C's connection is gone.
-    assert backlogs.flush(sock.send, {B, C}) == (3, [C])
+    # A is no longer a node: its 3 messages are counted as unroutable. C's connection is gone:
+    # its second message is counted here, its first (whose send failed) by on_unreachable.
+    assert backlogs.flush(sock.send, {B, C}) == (3 + 1, [C])
     assert sock.sent == [(B, 0), (B, 1)]
     assert backlogs.peers == {}
     assert backlogs.nbytes == 0

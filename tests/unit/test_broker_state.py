@@ -65,6 +65,12 @@ def join(state: BrokerState, clock: Clock, name: str, **kw) -> list:
     return state.on_message(ident(name), hello(name, **kw), clock.now)
 
 
+def gone(state: BrokerState, clock: Clock, name: str) -> list:
+    """A send to ``name`` fails, then the loop finds its socket drained: the node is down."""
+    assert state.on_unreachable(ident(name), clock.now) == []
+    return state.on_tick(clock.advance(0.001), drained_at=clock.now)
+
+
 def job(job_id: int, **extra) -> list:
     header = {"id": job_id, "name": f"f{job_id}.jpg", "payload": np.zeros(4, np.uint8)}
     header.update(extra)
@@ -116,11 +122,15 @@ def test_name_of_a_dead_holder_goes_to_the_new_incarnation(state, clock):
     join(state, clock, "n1")
     newcomer = b"n1/2"
     state.on_message(newcomer, hello("n1", incarnation=2), clock.now)
-    out = state.on_probe(ident("n1"), False, clock.now)
-    [(to, msg)] = sends(out)
-    assert (to, msg.command) == (newcomer, Command.WELCOME)
+    # The holder's connection is gone, but what it sent may still wait: not yet
+    assert state.on_probe(ident("n1"), False, clock.now) == []
+    assert state.by_name["n1"].identity == ident("n1")
+    # once the loop has drained its socket, the holder is down and the newcomer welcomed
+    out = state.on_tick(clock.advance(0.001), drained_at=clock.now)
+    assert [(to, msg.command) for to, msg in sends(out)] == [(newcomer, Command.WELCOME)]
     assert state.by_name["n1"].identity == newcomer
     assert ident("n1") not in state.nodes
+    assert state.downs[-1]["why"] == "connection closed"
 
 
 def test_rehello_from_same_identity_is_welcomed_without_probe(state, clock):
@@ -320,7 +330,7 @@ def test_job_fails_after_max_attempts(state, clock):
     last = []
     for n in range(CFG.max_attempts):
         join(state, clock, f"w{n}")
-        last = state.on_unreachable(ident(f"w{n}"), clock.now)
+        last = gone(state, clock, f"w{n}")
     [(to, msg)] = [(to, m) for to, m in sends(last) if m.command is Command.RESULT]
     assert to == ident("c")
     assert msg.header["ok"] is False
@@ -348,7 +358,7 @@ def test_late_result_after_requeue_is_forwarded_and_cancels_the_retry(state, clo
     join(state, clock, "n1", capacity=1)
     state.on_message(ident("c"), job(0), clock.now)
     # n1 is declared dead while the job is queued again (no other worker)
-    state.on_unreachable(ident("n1"), clock.now)
+    gone(state, clock, "n1")
     assert state.table.jobs[ticket_of(state, 0, ident("c"))].worker is None
     # n1 comes back as a new incarnation and its old reply arrives
     state.on_message(b"n1/9", hello("n1", incarnation=9, capacity=0), clock.now)
@@ -366,7 +376,7 @@ def test_dead_client_jobs_are_dropped(state, clock):
     join(state, clock, "c", role="client", capacity=0)
     for i in range(3):
         state.on_message(ident("c"), job(i), clock.now)
-    state.on_unreachable(ident("c"), clock.now)
+    gone(state, clock, "c")
     assert state.table.jobs == {}
     out = sends(join(state, clock, "n1"))
     assert [m.command for _, m in out] == [Command.WELCOME]
@@ -536,7 +546,7 @@ def test_node_down_goes_to_its_watchers_only(state, clock):
     join(state, clock, "bystander", role="client", capacity=0)
     assert watch(state, clock, "n1", "n2", 1) == []  # n2 of incarnation 1 is up: no answer
     assert watch(state, clock, "c", "n2") == []
-    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    out = sends(gone(state, clock, "n2"))
     notices = sorted(
         (to, m.header["node"], m.header["incarnation"])
         for to, m in out
@@ -545,7 +555,7 @@ def test_node_down_goes_to_its_watchers_only(state, clock):
     assert notices == [(ident("c"), "n2", 1), (ident("n1"), "n2", 1)]
     # The watches of a node that went down are gone with it.
     assert state.actors.watch_total == 2
-    state.on_unreachable(ident("c"), clock.now)
+    gone(state, clock, "c")
     assert state.actors.watch_total == 1
 
 
@@ -559,7 +569,7 @@ def test_a_watch_of_a_node_that_is_not_up_is_answered_at_once(state, clock):
     [(_, msg)] = watch(state, clock, "n1", "n2", 7)
     assert (msg.command, msg.header["incarnation"]) == (Command.NODEDOWN, 7)
     # It stays registered, by name: the next n2 going down is reported.
-    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    out = sends(gone(state, clock, "n2"))
     assert [(to, m.header["incarnation"]) for to, m in out if m.command is Command.NODEDOWN] == [
         (ident("n1"), 1)
     ]
@@ -570,7 +580,7 @@ def test_unwatch_stops_the_notices(state, clock):
     join(state, clock, "n2")
     watch(state, clock, "n1", "n2")
     state.on_message(ident("n1"), wire.encode(Command.UNWATCH, {"node": "n2"}), clock.now)
-    out = sends(state.on_unreachable(ident("n2"), clock.now))
+    out = sends(gone(state, clock, "n2"))
     assert [m for _, m in out if m.command is Command.NODEDOWN] == []
 
 
@@ -820,7 +830,7 @@ def test_a_worker_that_leaves_hands_its_cpu_to_one_standing_by(state, clock):
     for n in ("n1", "n2"):
         join(state, clock, n, **placed([0]))
     assert dispatch(state, clock, 0, 3) == [ident("n1"), ident("n1")]
-    out = sends(state.on_unreachable(ident("n1"), clock.now))
+    out = sends(gone(state, clock, "n1"))
     jobs = [(to, m.header["id"]) for to, m in out if m.command is Command.JOB]
     assert sorted(jobs) == [(ident("n2"), 0), (ident("n2"), 1)]
 
