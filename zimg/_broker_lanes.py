@@ -85,10 +85,15 @@ class LaneIntroductions:
             reason = str(header.get("reason", ""))[:_REASON_CHARS]
             _answered(target, sender)
             return [_lane(target, {"op": "refuse", "from": sender.name, "reason": reason})]
-        if op in ("ready", "switch", "switched", "close"):
+        if op in ("ready", "switch", "switched", "close", "broken"):
             token = _token(header)
             if target not in sender.lane_peers:
                 return []
+            if op == "broken":  # both ways end: either may ask for a lane again
+                sender.lanes_to.discard(target)
+                target.lanes_to.discard(sender)
+            elif op == "close":
+                sender.lanes_to.discard(target)
             notice = {"op": op, "from": sender.name, "token": token}
             return [_lane(target, notice)]
         raise WireError(f"unknown LANE op {op!r}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from zimg import _lane_batch as _batch
 from zimg import _lane_terms as _t
@@ -24,6 +25,7 @@ from zimg._zsock import NOBLOCK, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
+_MONITORED = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 # Messages a lane queues beyond its socket's high-water mark before senders wait.
 MAX_BACKLOG = 10_000
 LANE_HWM = 10_000
@@ -57,6 +59,10 @@ class Outbound:
     last_send: float = 0.0
     switched: bool = False  # the peer has our switch (SWITCHED came back)
     unswitched: int = 0  # messages sent on the lane before that
+    # The socket's monitor (the I/O thread's): its connection to the peer came, then went.
+    monitor: zmq.Socket[bytes] | None = None
+    connected: bool = False
+    dropped_at: float | None = None  # when the connection went (broken, unless NODEDOWN comes)
 
 
 class Sending:
@@ -229,6 +235,11 @@ class Sending:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, LANE_HWM)
         sock.setsockopt(zmq.ROUTING_ID, token)
+        # A silent peer (a partition: no FIN, no RST) is dropped after LANE_PING_TIMEOUT_MS.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _t.LANE_PING_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, _t.LANE_PING_TIMEOUT_MS)
+        # Watched from before it connects: an event with no monitor listening is lost.
+        monitor = sock.get_monitor_socket(_MONITORED)
         try:
             if self.keys is not None:
                 assert type(key) is bytes
@@ -237,12 +248,15 @@ class Sending:
                 sock.setsockopt(zmq.IPV6, 1)
             sock.connect(endpoint)
         except zmq.ZMQError:  # a key or an endpoint libzmq will not take: no lane
+            sock.disable_monitor()  # first (see _shut)
+            monitor.close(linger=0)
             sock.close(linger=0)
             with self.lock:
                 lane.state = State.REFUSED
             return
         with lane.cond:
             lane.sock, lane.token, lane.incarnation = sock, token, incarnation
+            lane.monitor = monitor
             # Queued until the connection is made: nothing goes on the lane before the peer
             # says, through the broker, that this arrived (a peer we cannot reach stays
             # reachable through the broker).
@@ -309,9 +323,48 @@ class Sending:
                         sock.send(BYE, zmq.NOBLOCK)
                 self._shut(lane, linger_ms)
 
+    def on_monitor(self, lane: Outbound, now: float) -> None:
+        """Read what ``lane``'s monitor says (I/O thread): the connection came, or went. A
+        connection that went after it came may have lost what was in flight; the lane is
+        broken unless the peer's NODEDOWN comes within BREAK_GRACE_S (``dropped``)."""
+        monitor = lane.monitor
+        while monitor is not None:
+            try:
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                lane.connected = True
+            elif event == zmq.EVENT_DISCONNECTED and lane.connected and lane.dropped_at is None:
+                lane.dropped_at = now
+
+    def dropped(self, now: float) -> list[Outbound]:
+        """The lanes whose connection went more than BREAK_GRACE_S ago, with no NODEDOWN of
+        their peer since (it would have closed them): broken."""
+        due = now - _t.BREAK_GRACE_S
+        return [
+            lane
+            for lane in list(self.outbound.values())
+            if lane.dropped_at is not None and lane.dropped_at <= due
+        ]
+
+    def next_drop_due(self) -> float | None:
+        """When the next lane whose connection went is due to be declared broken, or None."""
+        starts = [
+            lane.dropped_at for lane in list(self.outbound.values()) if lane.dropped_at is not None
+        ]
+        return min(starts) + _t.BREAK_GRACE_S if starts else None
+
     def _shut(self, lane: Outbound, linger_ms: int) -> None:
         """Close ``lane``'s socket (which sends what it holds for ``linger_ms`` more), count
         what it still queued as lost, and wake its waiting senders (``lane.cond`` held)."""
+        if lane.monitor is not None:
+            # Stop the events first: libzmq sends them blocking, and an event for a monitor
+            # that is gone would stop the context's I/O thread for good.
+            if lane.sock is not None:
+                lane.sock.disable_monitor()
+            lane.monitor.close(linger=0)
+            lane.monitor = None
         if lane.sock is not None:
             lane.sock.close(linger=linger_ms)
             lane.sock = None

@@ -82,6 +82,7 @@ class LanePath:
         self._more = False  # its last read stopped at its limit
         self._flushing = False  # a lane's socket was full
         self._due_at = 0.0
+        self._monitors: dict[zmq.Socket[bytes], Outbound] = {}  # registered with the poller
         # The node is closing: no new lanes. (An ask sent as it leaves would bring an accept
         # back to a node that is gone, and a broker that finds it gone before it has read the
         # node's last messages drops them: its DISCONNECT, and the exit signals before it.)
@@ -163,6 +164,10 @@ class LanePath:
         elif op == _lanes.SWITCHED:
             lanes.on_switched(msg.header)
             self._flushing = lanes.flush()  # what waited beyond the window goes now
+        elif op == _lanes.BROKEN:
+            nodedown = lanes.on_broken(msg.header)
+            if nodedown is not None:
+                self._handle(nodedown)
         elif op == _lanes.CLOSE:
             peer = msg.header.get("from")
             if type(peer) is str:
@@ -191,6 +196,17 @@ class LanePath:
     def before_poll(self, poller: zmq.Poller, wait_s: float) -> float:
         """Register what the I/O thread waits on for lanes; the (shorter) wait."""
         poller.register(self.kick.fd, _POLLIN)
+        monitors = {
+            lane.monitor: lane for lane in self.lanes.outbound.values() if lane.monitor is not None
+        }
+        for gone in self._monitors.keys() - monitors.keys():
+            poller.unregister(gone)
+        for monitor in monitors.keys() - self._monitors.keys():
+            poller.register(monitor, _POLLIN)
+        self._monitors = monitors
+        drop_due = self.lanes.next_drop_due()
+        if drop_due is not None:
+            wait_s = min(wait_s, max(0.0, drop_due - time.monotonic()))
         watched = self._watching
         self._watching, glance_s = self.reader.io_should_watch()
         self._resumed = self._watching and not watched
@@ -225,11 +241,25 @@ class LanePath:
             with self._dispatching():
                 self._more = lanes.read(self._handle)
         self._flushing = lanes.flush()
+        for monitor, lane in self._monitors.items():
+            if monitor in events:
+                lanes.on_monitor(lane, now)
+        for lane in lanes.dropped(now):
+            self._break(lane)
         if lanes.parked and now >= self._due_at:
             self._due_at = now + _DUE_EVERY_S
             with self._dispatching():  # inbound lanes change only under the lock
                 for parked in lanes.due(now):
                     self._handle(parked)
+
+    def _break(self, lane: Outbound) -> None:
+        """Our lane to a peer lost its connection and no NODEDOWN of the peer came: tell the
+        peer through the broker (it ends its side), then end ours (I/O thread)."""
+        header = {"op": _lanes.BROKEN, "to": lane.peer, "token": lane.token}
+        self._send_direct(wire.encode(Command.LANE, header, self.limits))
+        with self._dispatching():
+            nodedown = self.lanes.break_lane(lane)
+            self._handle(nodedown)
 
     # ------------------------------------------------------------------ the end
 

@@ -40,6 +40,7 @@ the receiving half in ``zimg._lane_in``, the ops and bounds in ``zimg._lane_term
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -51,15 +52,18 @@ import zmq
 from zimg import protocol, wire
 from zimg._lane_in import BYE_WAIT_S, Inbound, Receiving
 from zimg._lane_out import LANE_HWM, Outbound, Sending, State
-from zimg._lane_terms import ACCEPT, ASK, CLOSE, READY, REFUSE, SWITCH, SWITCHED
+from zimg._lane_terms import ACCEPT, ASK, BROKEN, CLOSE, READY, REFUSE, SWITCH, SWITCHED
 from zimg.security import ClientKeys
-from zimg.wire import Message, Pid
+from zimg.wire import Command, Message, Pid
 
 # The ops, for the connection's side (``zimg._lane_path``); the bounds are in
 # ``zimg._lane_terms``, read from there (tests change them there).
+log = logging.getLogger("zimg.lanes")
+
 __all__ = [
     "ACCEPT",
     "ASK",
+    "BROKEN",
     "BYE_WAIT_S",
     "CLOSE",
     "READY",
@@ -158,6 +162,7 @@ class Lanes(Sending, Receiving):
         self.wake_io: Callable[[], None] = _nothing
         self.batching: set[Outbound] = set()  # lanes with an open batch
         self.parked = 0  # NODEDOWNs held for a BYE
+        self.broken = 0  # lanes that lost their connection while both nodes stayed joined
 
     # ------------------------------------------------------------------ HELLO
 
@@ -194,10 +199,43 @@ class Lanes(Sending, Receiving):
         self.close_inbound(name)
         return msg
 
+    def break_lane(self, lane: Outbound) -> Message:
+        """Our lane to a peer lost its connection while both of us stayed joined (I/O thread,
+        dispatch lock held): end both ways with it, as its NODEDOWN would. Returns the
+        NODEDOWN (``noconnection``) that ends the links and monitors between the two nodes."""
+        self.close_outbound(lane.peer, lane.incarnation)
+        self.close_inbound(lane.peer)
+        self.broken += 1
+        log.warning(
+            "node %s: the lane to %s lost its connection: links and monitors with "
+            "its processes end with noconnection",
+            self.name,
+            lane.peer,
+        )
+        return _nodedown(lane.peer, lane.incarnation)
+
+    def on_broken(self, header: Mapping[str, Any]) -> Message | None:
+        """The peer's lane to us broke (it says so through the broker; dispatch lock held): end
+        both ways with it. Returns the NODEDOWN (``noconnection``) for the runtime, or None if
+        the token is not that of the peer's lane to us (stale)."""
+        peer, token = header.get("from"), header.get("token")
+        lane = self.inbound_of.get(peer) if type(peer) is str else None
+        if lane is None or token != lane.token:
+            return None
+        self.close_inbound(lane.peer)
+        self.close_outbound(lane.peer, lane.incarnation)
+        self.broken += 1
+        return _nodedown(lane.peer, lane.incarnation)
+
     def close(self) -> None:
         for peer in list(self.outbound):
             self.close_outbound(peer)
         self.router.close(linger=0)
+
+
+def _nodedown(peer: str, incarnation: int | None) -> Message:
+    header = {"node": peer, "incarnation": incarnation, "reason": protocol.NOCONNECTION}
+    return Message(Command.NODEDOWN, header)
 
 
 def _nothing() -> None:

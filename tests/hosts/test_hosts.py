@@ -228,3 +228,44 @@ def test_e_a_lane_its_peer_cannot_reach_is_never_used(hosts: Hosts):
     hosts.worker("w2", "--lanes", "--lane-host", "127.0.0.1")
     hosts.wait_ready(["w2"])
     run_lane_client(hosts, _THROUGH_THE_BROKER)
+
+
+_A_SILENT_PARTITION_OF_THE_LANE = """
+    import subprocess
+    w2 = next(n for n in node.report()["nodes"] if n["name"] == "w2")
+    port = w2["lanes"]["endpoint"].rsplit(":", 1)[1]
+    ref = node.monitor(echo)
+    lane = lanes.state("w2")
+    assert lane is not None and lane.state is State.ACTIVE and lane.connected, lane
+    # Starve what the client sends to w2's lane port (8 bit/s: nothing gets through, with no
+    # reset and no close); the broker's path is untouched, so neither node is down. (A class
+    # of htb, as the kernels here lack tc's drop action and the prio and netem qdiscs.)
+    for command in (
+        "tc qdisc add dev eth0 root handle 1: htb default 10",
+        "tc class add dev eth0 parent 1: classid 1:10 htb rate 10gbit",
+        "tc class add dev eth0 parent 1: classid 1:20 htb rate 8bit ceil 8bit",
+        f"tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dport {port} 0xffff"
+        " flowid 1:20",
+    ):
+        subprocess.run(command.split(), check=True, capture_output=True)
+    started = time.monotonic()
+    assert node.receive(lambda m: m[0] == "DOWN", timeout=20) == ("DOWN", ref, echo, "noconnection")
+    took = time.monotonic() - started
+    assert 4.0 <= took <= 12.0, took  # 3 s without a ping's answer, then 2 s for a NODEDOWN
+    assert lanes.broken == 1
+    node.send(echo, ("echo", node.self(), "after"))  # the echo lives: through the broker now
+    assert node.receive(timeout=10) == ("echo", "after")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_f_a_lane_cut_off_silently_is_broken_and_says_noconnection(hosts: Hosts):
+    """The client's lane to w2 stops carrying anything (dropped on the way, with no reset),
+    while both stay joined to the broker: the lane's pings go unanswered, the lane is declared
+    broken, and the client's monitor of a process on w2 ends with noconnection."""
+    if hosts.tc is None:
+        pytest.skip("tc is not installed")
+    hosts.broker()
+    hosts.worker("w2", "--lanes")
+    hosts.wait_ready(["w2"])
+    run_lane_client(hosts, _A_SILENT_PARTITION_OF_THE_LANE)

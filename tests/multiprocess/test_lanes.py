@@ -8,7 +8,9 @@ signals go on lanes."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -115,6 +117,53 @@ def test_a_burst_while_the_switch_is_stuck_at_the_broker_loses_nothing(procs, ip
             os.kill(broker.pid, signal.SIGCONT)
         _, got = node.receive(lambda m: m[0] == "collected", timeout=WAIT * 3)
         assert got == list(range(n))
+
+
+def _kill_connections_to(port: int) -> bool:
+    """Kill every TCP connection to 127.0.0.1:``port`` (``ss -K``: what a middlebox reset or a
+    dead path does to a connection). False where ``ss`` cannot."""
+    if shutil.which("ss") is None:
+        return False
+    done = subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.returncode == 0 and f":{port}" in done.stdout
+
+
+def test_a_lane_that_loses_its_connection_ends_links_and_monitors_with_noconnection(cluster):
+    """main's lane to n1 loses its TCP connection while both nodes stay joined. After the
+    grace (no NODEDOWN of n1 comes), main declares the lane broken: its monitor of a process
+    on n1 says noconnection, and n1, told through the broker, ends the link from that process
+    to one on main with noconnection too. Messages then flow again (through the broker, or on
+    a new lane)."""
+    node, _ = cluster
+    waiter = node.spawn(node.name, "zt.waiter")
+    trapper = node.spawn("n1", "zt.trapper", node.self(), waiter)
+    assert node.receive(timeout=WAIT) == ("linked", trapper)
+    ref = node.monitor(trapper)
+    echo = node.spawn("n1", "zimg.behaviours:echo")
+    lanes = node.connection.lanes
+    assert lanes is not None
+    deadline = time.monotonic() + WAIT
+    while not ((lane := lanes.state("n1")) and lane.state is State.ACTIVE and lane.connected):
+        assert time.monotonic() < deadline, f"main's lane to n1 never went active: {lane}"
+        node.send(echo, ("echo", node.self(), "warm"))
+        assert node.receive(timeout=WAIT) == ("echo", "warm")
+    port = int(entry(node, "n1")["lanes"]["endpoint"].rsplit(":", 1)[1])
+    if not _kill_connections_to(port):
+        pytest.skip("ss -K cannot kill sockets here")
+    started = time.monotonic()
+    got = node.receive(lambda m: m[0] == "DOWN", timeout=WAIT)
+    assert got == ("DOWN", ref, trapper, "noconnection")
+    assert time.monotonic() - started >= _lane_terms.BREAK_GRACE_S * 0.9
+    _, exit_message = node.receive(lambda m: m[0] == "trapped", timeout=WAIT)
+    assert exit_message == ("EXIT", waiter, "noconnection")
+    assert lanes.broken == 1
+    node.send(echo, ("echo", node.self(), "after"))
+    assert node.receive(timeout=WAIT) == ("echo", "after")
 
 
 def test_strangers_on_a_lane_port_are_refused_counted_and_change_nothing(cluster):

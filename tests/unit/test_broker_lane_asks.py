@@ -141,3 +141,16 @@ def test_bounded_asks_are_logged_once_per_node_and_shown_in_the_stats(clock):
     assert log.level == logging.WARNING
     assert "LANE ask" in log.text
     assert state.nodes_report(clock.now)["stats"]["lane_asks_refused"] == 3
+
+
+def test_a_broken_lane_may_be_asked_for_again_both_ways(clock):
+    state = joined(clock, "a", "b")
+    for asker, to in (("a", "b"), ("b", "a")):
+        lane(state, clock, asker, op="ask", to=to)
+        accept(state, clock, to, asker)  # both ways open
+    [(to, msg)] = lane(state, clock, "a", op="broken", to="b", token=TOKEN)
+    assert (to, msg.header) == (ident("b"), {"op": "broken", "from": "a", "token": TOKEN})
+    for asker, to in (("a", "b"), ("b", "a")):
+        [(dest, msg)] = lane(state, clock, asker, op="ask", to=to)
+        assert (dest, msg.header["op"]) == (ident(to), "ask")
+    assert state.stats["lane_asks_refused"] == 0

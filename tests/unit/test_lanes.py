@@ -435,3 +435,89 @@ def test_a_bye_more_than_once_is_refused(pair):
     pair.read(2)
     assert pair.b.refused == 1
     assert [m.header["msg"] for m in pair.delivered] == ["after"]
+
+
+# ---------------------------------------------------------------------- a broken lane
+
+
+def wait_for_connection(pair: Pair) -> None:
+    """Read a's monitor of its lane until its connection came (the HI went over it)."""
+    lane = pair.lane
+    while not lane.connected:
+        assert lane.monitor is not None
+        assert lane.monitor.poll(5000), "the lane's monitor said nothing"
+        pair.a.on_monitor(lane, 0.0)
+
+
+def wait_for_drop(pair: Pair, now: float) -> None:
+    """Read a's monitor of its lane (as a's I/O thread would) until the connection went."""
+    lane = pair.lane
+    while lane.dropped_at is None:
+        assert lane.monitor is not None
+        assert lane.monitor.poll(5000), "the lane's monitor said nothing"
+        pair.a.on_monitor(lane, now)
+
+
+def test_a_lane_whose_connection_goes_is_broken_after_the_grace(pair):
+    pair.switch()
+    wait_for_connection(pair)
+    pair.b.router.close(linger=0)  # the connection goes; b itself stays joined
+    wait_for_drop(pair, now=100.0)
+    assert pair.a.next_drop_due() == 100.0 + _lane_terms.BREAK_GRACE_S
+    assert pair.a.dropped(100.0 + _lane_terms.BREAK_GRACE_S / 2) == []
+    [lane] = pair.a.dropped(100.0 + _lane_terms.BREAK_GRACE_S)
+    down = pair.a.break_lane(lane)
+    assert down.command is Command.NODEDOWN
+    assert down.header == {"node": "b", "incarnation": 2, "reason": "noconnection"}
+    assert pair.a.outbound == {}
+    assert (pair.a.broken, pair.a.next_drop_due()) == (1, None)
+
+
+def test_the_nodedown_of_a_peer_that_left_ends_its_dropped_lane_without_a_break(pair):
+    pair.switch()
+    wait_for_connection(pair)
+    pair.b.router.close(linger=0)
+    wait_for_drop(pair, now=100.0)
+    assert pair.a.on_nodedown(nodedown("b", 2, "normal"), now=100.5) is not None
+    assert pair.a.dropped(100.0 + _lane_terms.BREAK_GRACE_S) == []
+    assert pair.a.broken == 0
+
+
+def test_the_peer_ends_both_ways_when_told_its_lane_broke(pair):
+    pair.switch()
+    assert pair.b.on_broken({"from": "a", "token": b"\x03" * 16}) is None  # not its token
+    assert pair.b.on_broken({"from": "c", "token": pair.token}) is None  # not its peer
+    down = pair.b.on_broken({"from": "a", "token": pair.token})
+    assert down is not None
+    assert down.header == {"node": "a", "incarnation": 1, "reason": "noconnection"}
+    assert pair.b.inbound == {}
+    assert pair.b.broken == 1
+
+
+def test_closing_a_watched_lane_as_its_peer_goes_leaves_the_context_working():
+    """libzmq sends a socket's monitor events blocking: an event sent to a monitor already
+    closed (the peer went as the lane closed) would stop the context's I/O thread, and with it
+    every socket of the node. A hundred lanes close as their peers go; the context still
+    works."""
+    ctx: zmq.Context = zmq.Context()
+    try:
+        for _ in range(100):
+            made = Pair(ctx)
+            made.switch()
+            wait_for_connection(made)
+            made.b.router.close(linger=0)  # the peer goes...
+            made.a.close_outbound("b")  # ...as the lane closes
+            made.a.close()
+            made.b.close()
+        sink = ctx.socket(zmq.ROUTER)
+        other = ctx.socket(zmq.DEALER)
+        try:
+            port = sink.bind_to_random_port("tcp://127.0.0.1")
+            other.connect(f"tcp://127.0.0.1:{port}")
+            other.send(b"still moving")
+            assert sink.poll(3000), "the context's I/O thread stopped"
+        finally:
+            sink.close(linger=0)
+            other.close(linger=0)
+    finally:
+        ctx.destroy(linger=0)
