@@ -30,6 +30,7 @@ from zimg._batch_files import (
     write_output,
 )
 from zimg._errors import ImageError, ZimgError
+from zimg._manifest import line as manifest_line
 from zimg._progress import progress_bar
 from zimg.distribute import DEFAULT_WINDOW, Completed, JobClient, JobTarget
 from zimg.jobs import MAX_ITEMS, JobItem, JobRequest, PayloadMode
@@ -247,7 +248,7 @@ def run_batch(
         def record(entry: dict[str, Any]) -> None:
             """One manifest line, and the report's counts."""
             nonlocal flushed_at
-            write_line(_to_json(entry) + "\n")
+            write_line(manifest_line(entry))
             now = time.monotonic()
             if now - flushed_at > MANIFEST_FLUSH_S:
                 manifest.flush()
@@ -425,10 +426,6 @@ def _load_payload(path: str, options: BatchOptions) -> np.ndarray[Any, Any]:
             f"{path}: {size[0]}x{size[1]} pixels exceeds the limit of {options.max_pixels}"
         )
     return np.frombuffer(data, dtype=np.uint8)
-
-
-# json.dumps without its per-call check of the keyword arguments (the same encoder).
-_to_json = json.JSONEncoder().encode
 
 
 def _entry(
