@@ -41,6 +41,8 @@ MANIFEST_NAME = "manifest.jsonl"
 # 1080p jobs hold 5 images instead of 2, and that process's CPU per image fell by a quarter
 # (docs/performance-notes.md). Guided sizes still end a batch with one-image jobs.
 PATH_JOB_BYTES = 2 << 20
+# An encoded job carries its files' bytes: 32 small images, or a few larger ones.
+ENCODED_JOB_BYTES = 512 << 10
 
 
 @dataclass(slots=True)
@@ -56,12 +58,12 @@ class BatchOptions:
         max_pixels: larger images are refused.
         idle_timeout_s: fail the rest of the batch if no result comes for this long.
         job_bytes: small files are grouped into one job until their input bytes reach this
-            (measured: per-message costs are then paid once for several images). None: 256 KiB,
+            (measured: per-message costs are then paid once for several images). None: 512 KiB,
             or 2 MiB in ``path`` mode, where the bytes stay on disk and only stand for the
             work (decoding time grows with them): about five 1080p JPEGs, 80 ms of work.
-        job_items: the most images in one job; None: 8 in ``path`` mode, 16 in ``encoded``
+        job_items: the most images in one job; None: 8 in ``path`` mode, 32 in ``encoded``
             mode (small images share a job until ``job_bytes``: the fixed cost of a message is
-            paid once for all of them; 16 of 12 KB, where 8 left a quarter of the sender's CPU
+            paid once for all of them; 32 of 16 KB, where 16 left a fifth of the sender's CPU
             per image in per-job costs), 1 in ``raw`` mode (an array is large already).
             The default is also *guided* (see :func:`group_items`): a job takes at most a
             fraction of the images still to come, so the last jobs hold one image each; a
@@ -91,7 +93,7 @@ class BatchOptions:
         """Input bytes after which a job is closed, for this mode."""
         if self.job_bytes is not None:
             return self.job_bytes
-        return PATH_JOB_BYTES if self.mode == "path" else (256 << 10)
+        return PATH_JOB_BYTES if self.mode == "path" else ENCODED_JOB_BYTES
 
     def guided_spread(self) -> int | None:
         """A job takes at most 1/this of the images still to come; None: not guided."""
@@ -115,11 +117,12 @@ class NodeSummary:
     total_ms: float = 0.0
 
 
-# Images per job when ``job_items`` is not set. In encoded mode only images under 16 KB reach
-# 16 before 256 KiB; for the 4,000 12 KB images of python -m zimg.bench.throughput, 16 instead
-# of 8 halved the jobs (277, not 521) and cut the sender's CPU per image by 14%
-# (docs/decisions.md, "Jobs").
-_ITEMS_PER_JOB: dict[str, int] = {"path": 8, "encoded": 16, "raw": 1}
+# Images per job when ``job_items`` is not set. In encoded mode only images under 16 KiB reach
+# 32 before ENCODED_JOB_BYTES; for the 4,000 small JPEGs of python -m zimg.bench.throughput
+# (about 16 KB each), 16 instead of 8 halved the jobs (277, not 521) and cut the sender's CPU
+# per image by 14%, and 32 within 512 KiB instead of 16 within 256 KiB made 157 jobs, not 277,
+# and cut it by 12-23% (docs/decisions.md, "Jobs").
+_ITEMS_PER_JOB: dict[str, int] = {"path": 8, "encoded": 32, "raw": 1}
 MAX_KEPT_FAILURES = 1000
 # The manifest is flushed at least this often, and at the end (a flush per line was a system
 # call per image).

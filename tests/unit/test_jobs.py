@@ -105,7 +105,7 @@ def test_item_results_keep_their_order_and_kind():
 
 def test_items_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), mode="path").items_per_job() == 8
-    assert BatchOptions(outdir=Path("."), mode="encoded").items_per_job() == 16
+    assert BatchOptions(outdir=Path("."), mode="encoded").items_per_job() == 32
     assert BatchOptions(outdir=Path("."), mode="raw").items_per_job() == 1
     assert BatchOptions(outdir=Path("."), mode="encoded", job_items=4).items_per_job() == 4
     assert BatchOptions(outdir=Path("."), job_items=10_000).items_per_job() == MAX_ITEMS
@@ -125,7 +125,7 @@ def test_guided_spread_follows_the_workers_when_known():
 
 def test_bytes_per_job_by_mode():
     assert BatchOptions(outdir=Path("."), mode="path").bytes_per_job() == 2 << 20
-    assert BatchOptions(outdir=Path("."), mode="encoded").bytes_per_job() == 256 << 10
+    assert BatchOptions(outdir=Path("."), mode="encoded").bytes_per_job() == 512 << 10
     assert BatchOptions(outdir=Path("."), mode="raw", job_bytes=1).bytes_per_job() == 1
 
 
