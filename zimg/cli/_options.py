@@ -137,7 +137,7 @@ JobItems = Annotated[
         metavar="N",
         min=1,
         max=64,
-        help="At most this many images in one job (default: 16, grouped up to 256 KiB; 8 up to "
+        help="At most this many images in one job (default: 32, grouped up to 512 KiB; 8 up to "
         "2 MiB with path payloads; 1 with raw ones). 1 redelivers the finest, and a poison image "
         "then costs no retries of its neighbours.",
         show_default=False,
