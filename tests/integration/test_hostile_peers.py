@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,14 +122,6 @@ class Raw:
             self._stop.set()
             self._beater.join(WAIT_S)
         self.ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def raws() -> Iterator[list[Raw]]:
-    made: list[Raw] = []
-    yield made
-    for raw in made:
-        raw.close()
 
 
 def stats(url: str, keys: ClientKeys | None = None) -> dict[str, int]:
