@@ -284,6 +284,7 @@ def test_a_leader_woken_by_a_stale_wake_up_does_not_spin():
 
 def test_a_burst_goes_in_one_batch_that_waits_until_due(pair, monkeypatch):
     monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)  # every message after the first: a burst
+    monkeypatch.setattr(_batch, "BATCH_DELAY_S", 60.0)  # not due until the test says so
     pair.switch()
     for i in range(5):
         pair.send(Command.SEND, to=B_PID, msg=i)
