@@ -52,6 +52,7 @@ class Outbound:
     sock: zmq.Socket[bytes] | None = None
     # What the socket would not take yet, in order: (frames, how many messages they hold).
     backlog: deque[tuple[list[Any], int]] = field(default_factory=deque)
+    queued: int = 0  # messages in ``backlog`` (a batch is one entry of many)
     cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
     batch: list[bytes] = field(default_factory=list)  # the open batch (``zimg._lane_batch``)
     batch_bytes: int = 0
@@ -156,9 +157,10 @@ class Sending:
             except zmq.Again:
                 pass
         lane.backlog.append((frames, count))
+        lane.queued += count
         while (
             closed is not None
-            and len(lane.backlog) > MAX_BACKLOG
+            and lane.queued > MAX_BACKLOG
             and lane.sock is not None
             and not closed()
         ):
@@ -194,6 +196,7 @@ class Sending:
                     except zmq.Again:
                         break
                     lane.backlog.popleft()
+                    lane.queued -= count
                     if not lane.switched:
                         lane.unswitched += count
                 lane.cond.notify_all()
@@ -368,8 +371,9 @@ class Sending:
         if lane.sock is not None:
             lane.sock.close(linger=linger_ms)
             lane.sock = None
-        self.lost += sum(count for _, count in lane.backlog) + len(lane.batch)
+        self.lost += lane.queued + len(lane.batch)
         lane.backlog.clear()
+        lane.queued = 0
         lane.batch, lane.batch_bytes = [], 0
         self.batching.discard(lane)
         lane.cond.notify_all()

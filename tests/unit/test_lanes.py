@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from zimg import _lane_batch as _batch
-from zimg import _lane_terms, _lanes, wire
+from zimg import _lane_out, _lane_terms, _lanes, wire
 from zimg._lane_reader import LaneReader
 from zimg._lanes import Lanes, State
 from zimg.wire import Command, Message, Pid
@@ -522,3 +522,36 @@ def test_closing_a_watched_lane_as_its_peer_goes_leaves_the_context_working():
             other.close(linger=0)
     finally:
         ctx.destroy(linger=0)
+
+
+def test_a_sender_waits_once_its_lane_queues_max_backlog_messages_batches_or_not(pair, monkeypatch):
+    monkeypatch.setattr(_lane_terms, "SWITCH_WINDOW", 0)  # nothing goes before SWITCHED
+    monkeypatch.setattr(_lane_out, "MAX_BACKLOG", 10)
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)
+    monkeypatch.setattr(_batch, "BATCH_MAX", 4)  # queued four messages at a time
+    pair.a.switch(pair.lane)
+    waited = threading.Event()
+
+    def closed() -> bool:
+        waited.set()  # the sender is waiting for room
+        return False
+
+    def send_all() -> None:
+        for i in range(30):
+            header = {"to": B_PID, "msg": i}
+            pair.a.send(pair.lane, wire.encode(Command.SEND, header), closed)
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    try:
+        assert waited.wait(5), "the sender never waited"
+        assert pair.lane.queued <= 10 + 4
+        assert sender.is_alive()
+    finally:
+        pair.b.on_switch({"from": "a", "token": pair.token}, pair.delivered.append)
+        pair.a.on_switched({"from": "b", "token": pair.token})
+        while sender.is_alive():  # as a's I/O thread: make room until the sender is done
+            pair.a.flush(force=True)
+            sender.join(0.01)
+    pair.read(30 - len(pair.delivered))
+    assert [m.header["msg"] for m in pair.delivered] == list(range(30))
