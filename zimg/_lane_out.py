@@ -77,6 +77,8 @@ class Sending:
     lock: threading.Lock
     outbound: dict[str, Outbound]
     batching: set[Outbound]  # lanes with an open batch
+    dropping: set[Outbound]  # lanes whose connection went (the I/O thread's)
+    monitors: dict[zmq.Socket[bytes], Outbound]  # each lane's monitor (the I/O thread's)
     wake_io: Callable[[], None]
     sent: int
     lost: int  # sent to a lane that closed under it
@@ -265,6 +267,7 @@ class Sending:
             # reachable through the broker).
             with contextlib.suppress(zmq.Again):
                 sock.send(HI, zmq.NOBLOCK)
+        self.monitors[monitor] = lane
         with self.lock:
             lane.state = State.CONNECTING
 
@@ -340,6 +343,7 @@ class Sending:
                 lane.connected = True
             elif event == zmq.EVENT_DISCONNECTED and lane.connected and lane.dropped_at is None:
                 lane.dropped_at = now
+                self.dropping.add(lane)
 
     def dropped(self, now: float) -> list[Outbound]:
         """The lanes whose connection went more than BREAK_GRACE_S ago, with no NODEDOWN of
@@ -347,15 +351,13 @@ class Sending:
         due = now - _t.BREAK_GRACE_S
         return [
             lane
-            for lane in list(self.outbound.values())
+            for lane in list(self.dropping)
             if lane.dropped_at is not None and lane.dropped_at <= due
         ]
 
     def next_drop_due(self) -> float | None:
         """When the next lane whose connection went is due to be declared broken, or None."""
-        starts = [
-            lane.dropped_at for lane in list(self.outbound.values()) if lane.dropped_at is not None
-        ]
+        starts = [lane.dropped_at for lane in self.dropping if lane.dropped_at is not None]
         return min(starts) + _t.BREAK_GRACE_S if starts else None
 
     def _shut(self, lane: Outbound, linger_ms: int) -> None:
@@ -367,7 +369,9 @@ class Sending:
             if lane.sock is not None:
                 lane.sock.disable_monitor()
             lane.monitor.close(linger=0)
+            self.monitors.pop(lane.monitor, None)
             lane.monitor = None
+        self.dropping.discard(lane)
         if lane.sock is not None:
             lane.sock.close(linger=linger_ms)
             lane.sock = None

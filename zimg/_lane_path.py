@@ -196,14 +196,13 @@ class LanePath:
     def before_poll(self, poller: zmq.Poller, wait_s: float) -> float:
         """Register what the I/O thread waits on for lanes; the (shorter) wait."""
         poller.register(self.kick.fd, _POLLIN)
-        monitors = {
-            lane.monitor: lane for lane in self.lanes.outbound.values() if lane.monitor is not None
-        }
-        for gone in self._monitors.keys() - monitors.keys():
-            poller.unregister(gone)
-        for monitor in monitors.keys() - self._monitors.keys():
-            poller.register(monitor, _POLLIN)
-        self._monitors = monitors
+        monitors = self.lanes.monitors
+        if monitors.keys() != self._monitors.keys():  # a lane opened or closed
+            for gone in self._monitors.keys() - monitors.keys():
+                poller.unregister(gone)
+            for monitor in monitors.keys() - self._monitors.keys():
+                poller.register(monitor, _POLLIN)
+            self._monitors = dict(monitors)
         drop_due = self.lanes.next_drop_due()
         if drop_due is not None:
             wait_s = min(wait_s, max(0.0, drop_due - time.monotonic()))

@@ -161,6 +161,8 @@ class Lanes(Sending, Receiving):
         # Wakes the I/O thread, which sends a batch ``BATCH_DELAY_S`` after it opened.
         self.wake_io: Callable[[], None] = _nothing
         self.batching: set[Outbound] = set()  # lanes with an open batch
+        self.dropping: set[Outbound] = set()  # lanes whose connection went
+        self.monitors: dict[zmq.Socket[bytes], Outbound] = {}  # each lane's monitor
         self.parked = 0  # NODEDOWNs held for a BYE
         self.broken = 0  # lanes that lost their connection while both nodes stayed joined
 
