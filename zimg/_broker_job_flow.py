@@ -213,10 +213,69 @@ def result_head(
         command = wire.command_of(frames)
     if command is not Command.RESULT:
         return None
-    peeked = wire.peek_head(frames, 3, limits, command)
-    if peeked is None:
-        return None
-    head = peeked[1]
+    head = _quick_head(frames, limits)
+    if head is None:
+        peeked = wire.peek_head(frames, 3, limits, command)
+        if peeked is None:
+            return None
+        head = peeked[1]
     if type(head.get("id")) not in (int, str) or type(head.get("ticket")) is not int:
         return None
     return head
+
+
+_PREFIX = len(wire.MAGIC) + 1
+_QUICK_BYTES = 96  # the first entries of a worker's RESULT header lie within these
+_INT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+
+
+def _quick_head(frames: Sequence[Any], limits: wire.Limits) -> dict[str, Any] | None:
+    """The first three entries of a RESULT header, read by hand when they take the shape a
+    worker writes (a fixmap of 3 to 15 entries; short str keys; int or short str values): what
+    :func:`wire.peek_head` returns for them, in a third of its time (it builds a
+    ``msgpack.Unpacker`` per message). None for any other shape, and the caller asks
+    ``peek_head``, which decides. Never raises; validates nothing after those entries."""
+    try:
+        if len(frames) > limits.max_frames + 1:
+            return None
+        lead = frames[0]
+        size = len(lead)
+        if size - _PREFIX > limits.max_header_bytes:
+            return None
+        head = bytes(lead) if size <= _QUICK_BYTES else bytes(memoryview(lead)[:_QUICK_BYTES])
+        if not 0x83 <= head[_PREFIX] <= 0x8F:  # fixmap of at least 3 entries
+            return None
+        pos = _PREFIX + 1
+        out: dict[str, Any] = {}
+        # Past the bytes read, a slice comes back short and an index raises: the length check
+        # at the end catches the first, the except the second.
+        for _ in range(3):
+            marker = head[pos]
+            if marker & 0xE0 != 0xA0:  # a fixstr key
+                return None
+            end = pos + 1 + (marker & 0x1F)
+            key = head[pos + 1 : end].decode()
+            marker = head[end]
+            pos = end + 1
+            if marker <= 0x7F:  # positive fixint
+                value: Any = marker
+            elif marker >= 0xE0:  # negative fixint
+                value = marker - 0x100
+            elif marker & 0xE0 == 0xA0:  # fixstr
+                end = pos + (marker & 0x1F)
+                value = head[pos:end].decode()
+                pos = end
+            else:
+                width = _INT_SIZES.get(marker)
+                if width is None:
+                    return None
+                value = int.from_bytes(head[pos : pos + width], "big", signed=marker >= 0xD0)
+                pos += width
+            if key in out:
+                return None  # a repeated key: peek_head says what
+            out[key] = value
+        if pos > len(head):
+            return None
+        return out
+    except Exception:  # not buffers, bad UTF-8: peek_head decides
+        return None
