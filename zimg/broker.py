@@ -44,6 +44,10 @@ _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this
 _IDLE_AFTER_S = 1.0  # no message but heartbeats for this long: the cluster is idle
 _EMPTY_HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # a HEARTBEAT with an empty header
 _PROBE = [_EMPTY_HEARTBEAT]
+# Only a SEND is forwarded unread (BrokerState.forward_target): the loop asks for its target
+# only when the lead frame's command byte says SEND, which a JOB or a RESULT skips at once.
+_COMMAND_AT = len(lead_frame(Command.HEARTBEAT, b"")) - 1
+_SEND = int(Command.SEND)
 
 
 class Broker:
@@ -301,7 +305,12 @@ class Broker:
                         busy_at = at
                         try:
                             # Most other messages go to a live pid, unread: no instructions.
-                            target = forward_target(identity, message, at, user_id)
+                            target = (
+                                forward_target(identity, message, at, user_id)
+                                if len(lead) > _COMMAND_AT
+                                and memoryview(lead)[_COMMAND_AT] == _SEND
+                                else None
+                            )
                             if target is None:
                                 instructions = on_unforwarded(identity, message, at, user_id)
                         except Exception:
@@ -371,18 +380,20 @@ class Broker:
             self._run_instructions(self.state.on_unreachable(identity, time.monotonic()))
 
     def _run_instructions(self, instructions: Sequence[Instruction]) -> None:
+        send = self._send
         for ins in instructions:
-            if isinstance(ins, Send):
-                self._send(ins.identity, ins.frames)
-            elif isinstance(ins, SendMany):
+            kind = type(ins)
+            if kind is Send:
+                send(ins.identity, ins.frames)
+            elif kind is SendMany:
                 for identity in ins.identities:
                     self._send(identity, ins.frames)
-            elif isinstance(ins, Probe):
+            elif kind is Probe:
                 reachable = self._probe(ins.identity)
                 self._run_instructions(
                     self.state.on_probe(ins.identity, reachable, time.monotonic())
                 )
-            elif isinstance(ins, Log):
+            elif kind is Log:
                 log.log(ins.level, "%s", ins.text)
 
     def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
@@ -394,8 +405,11 @@ class Broker:
                 # Count what we drop rather than grow without bound (see _broker_backlog).
                 self.state.on_backlog(dropped=True)
             return
+        sock = self._sock
         try:
-            self._send_now(identity, frames)
+            if sock is None:
+                raise RuntimeError("the broker socket is not open")
+            send_frames(sock, [identity, *frames], NOBLOCK)
         except zmq.Again:
             started = self._backlogs.start(identity, frames)
             self.state.on_backlog(dropped=not started)
