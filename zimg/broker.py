@@ -307,8 +307,7 @@ class Broker:
                             # Most other messages go to a live pid, unread: no instructions.
                             target = (
                                 forward_target(identity, message, at, user_id)
-                                if len(lead) > _COMMAND_AT
-                                and memoryview(lead)[_COMMAND_AT] == _SEND
+                                if len(lead) > _COMMAND_AT and lead.buffer[_COMMAND_AT] == _SEND
                                 else None
                             )
                             if target is None:
@@ -382,18 +381,17 @@ class Broker:
     def _run_instructions(self, instructions: Sequence[Instruction]) -> None:
         send = self._send
         for ins in instructions:
-            kind = type(ins)
-            if kind is Send:
+            if type(ins) is Send:
                 send(ins.identity, ins.frames)
-            elif kind is SendMany:
+            elif type(ins) is SendMany:
                 for identity in ins.identities:
                     self._send(identity, ins.frames)
-            elif kind is Probe:
+            elif type(ins) is Probe:
                 reachable = self._probe(ins.identity)
                 self._run_instructions(
                     self.state.on_probe(ins.identity, reachable, time.monotonic())
                 )
-            elif kind is Log:
+            elif type(ins) is Log:
                 log.log(ins.level, "%s", ins.text)
 
     def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
