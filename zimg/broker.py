@@ -10,27 +10,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
 
 import zmq
 
 from zimg import _failover, protocol
 from zimg._broker_backlog import MAX_BACKLOG, MAX_BACKLOG_BYTES, Backlogs
 from zimg._broker_pair import PairHost
-from zimg._broker_state import (
-    BrokerConfig,
-    BrokerState,
-    Instruction,
-    Log,
-    Probe,
-    Send,
-    SendMany,
-)
+from zimg._broker_sending import _EMPTY_HEARTBEAT, Sending
+from zimg._broker_state import BrokerConfig, BrokerState
 from zimg._bug_log import log_bug
 from zimg._errors import ZimgTimeout
 from zimg._fd_limit import raise_open_file_limit
 from zimg._peer_link import FailoverConfig, PeerLink
-from zimg._zsock import NOBLOCK, recv_frames, send_frames
+from zimg._zsock import NOBLOCK, recv_frames
 from zimg.security import BrokerKeys
 from zimg.wire import Command, lead_frame
 
@@ -42,15 +34,13 @@ RESERVED_FDS = 64
 _MAX_BATCH = 256  # messages handled per poll wake-up before timers get a turn
 _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this often
 _IDLE_AFTER_S = 1.0  # no message but heartbeats for this long: the cluster is idle
-_EMPTY_HEARTBEAT = lead_frame(Command.HEARTBEAT, b"\x80")  # a HEARTBEAT with an empty header
-_PROBE = [_EMPTY_HEARTBEAT]
 # Only a SEND is forwarded unread (BrokerState.forward_target): the loop asks for its target
 # only when the lead frame's command byte says SEND, which a JOB or a RESULT skips at once.
 _COMMAND_AT = len(lead_frame(Command.HEARTBEAT, b"")) - 1
 _SEND = int(Command.SEND)
 
 
-class Broker:
+class Broker(Sending):
     """A zimg broker bound to ``url`` (and to each of ``also_bind``: an ``inproc://`` endpoint
     lets a node in this process that shares ``context`` skip the kernel).
 
@@ -369,76 +359,3 @@ class Broker:
                 "the broker's limit (ulimit -n, and the hard limit: limits.conf, or LimitNOFILE "
                 "for a systemd service)"
             )
-
-    def _execute(self, instructions: Sequence[Instruction]) -> None:
-        """Carry out ``instructions``, then handle the peers found gone while sending (which
-        make more instructions), one at a time until none is left."""
-        self._run_instructions(instructions)
-        while self._unreachable:
-            identity = self._unreachable.popleft()
-            self._run_instructions(self.state.on_unreachable(identity, time.monotonic()))
-
-    def _run_instructions(self, instructions: Sequence[Instruction]) -> None:
-        send = self._send
-        for ins in instructions:
-            if type(ins) is Send:
-                send(ins.identity, ins.frames)
-            elif type(ins) is SendMany:
-                for identity in ins.identities:
-                    self._send(identity, ins.frames)
-            elif type(ins) is Probe:
-                reachable = self._probe(ins.identity)
-                self._run_instructions(
-                    self.state.on_probe(ins.identity, reachable, time.monotonic())
-                )
-            elif type(ins) is Log:
-                log.log(ins.level, "%s", ins.text)
-
-    def _send(self, identity: bytes, frames: Sequence[Any]) -> None:
-        """Send, or queue behind earlier messages if the peer's queue is full; a send to a peer
-        whose connection is gone is dropped and reported (``BrokerState.on_unreachable``)."""
-        waiting = self._backlogs.peers.get(identity)
-        if waiting is not None:
-            if not self._backlogs.queue_behind(waiting, frames):
-                # Count what we drop rather than grow without bound (see _broker_backlog).
-                self.state.on_backlog(dropped=True)
-            return
-        sock = self._sock
-        try:
-            if sock is None:
-                raise RuntimeError("the broker socket is not open")
-            send_frames(sock, [identity, *frames], NOBLOCK)
-        except zmq.Again:
-            started = self._backlogs.start(identity, frames)
-            self.state.on_backlog(dropped=not started)
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self._unreachable.append(identity)  # handled by _execute, after what it runs now
-
-    def _probe(self, identity: bytes) -> bool:
-        """Is ``identity`` still connected? A full queue means it is; a vanished pipe, not."""
-        try:
-            self._send_now(identity, _PROBE)
-        except zmq.Again:
-            return True
-        except zmq.ZMQError as exc:
-            if exc.errno == zmq.EHOSTUNREACH:
-                return False
-            raise
-        return True
-
-    def _send_now(self, identity: bytes, frames: Sequence[Any]) -> None:
-        if self._sock is None:
-            raise RuntimeError("the broker socket is not open")
-        send_frames(self._sock, [identity, *frames], NOBLOCK)
-
-    def _flush_backlog(self) -> None:
-        """Retry queued messages; drop those for peers that are no longer nodes."""
-        unroutable, gone = self._backlogs.flush(self._send_now, self.state.nodes)
-        if unroutable:
-            self.state.on_backlog_unroutable(unroutable)
-        if gone:
-            self._unreachable.extend(gone)
-        if self._unreachable:
-            self._execute(())
