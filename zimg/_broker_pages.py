@@ -82,6 +82,7 @@ def _node_entry(n: NodeRecord, now: float) -> dict[str, Any]:
             "received": n.lane_received,
             "refused": n.lane_refused,
             "lost": n.lane_lost,
+            "broken": n.lane_broken,
         }
     return entry
 

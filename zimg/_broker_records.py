@@ -190,11 +190,13 @@ class NodeRecord:
     lanes_to: set[NodeRecord] = field(default_factory=set)
     lane_asks: set[NodeRecord] = field(default_factory=set)
     lane_asked_by: set[NodeRecord] = field(default_factory=set)
-    # What its lanes carried, as its heartbeats report: sent, received, refused, lost.
+    # What its lanes carried, as its heartbeats report: sent, received, refused, lost, and how
+    # many of its lanes broke (lost their connection while both nodes stayed joined).
     lane_sent: int = 0
     lane_received: int = 0
     lane_refused: int = 0
     lane_lost: int = 0
+    lane_broken: int = 0
     # When a send to it failed (its connection is gone): it is declared down once the loop has
     # read what it sent before (``BrokerState.on_unreachable``). None while reachable.
     unreachable_at: float | None = None

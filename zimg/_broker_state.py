@@ -89,7 +89,15 @@ STATS = (
     "lane_asks_refused",
 )
 # The counts a node's heartbeat may carry (``NodeRecord`` has a field for each).
-_REPORTED = ("malformed", "dropped", "lane_sent", "lane_received", "lane_refused", "lane_lost")
+_REPORTED = (
+    "malformed",
+    "dropped",
+    "lane_sent",
+    "lane_received",
+    "lane_refused",
+    "lane_lost",
+    "lane_broken",
+)
 _MAX_LOGGED_PEERS = 1024
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
 _WARN_AT = (0.8, 0.95)  # shares of the node limit at which the broker warns

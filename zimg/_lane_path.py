@@ -92,7 +92,8 @@ class LanePath:
         """The lane counts a heartbeat reports."""
         lanes = self.lanes
         return {
-            f"lane_{key}": _counter(lanes, key) for key in ("sent", "received", "refused", "lost")
+            f"lane_{key}": _counter(lanes, key)
+            for key in ("sent", "received", "refused", "lost", "broken")
         }
 
     # ------------------------------------------------------------------ sending

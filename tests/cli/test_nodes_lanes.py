@@ -26,10 +26,10 @@ def node(name: str, **extra: object) -> dict:
 
 def test_lane_counts_get_a_column(monkeypatch: pytest.MonkeyPatch) -> None:
     lanes = {"endpoint": "tcp://10.0.0.2:4000", "peers": 1, "sent": 12, "received": 30,
-             "refused": 3, "lost": 0}  # fmt: skip
+             "refused": 3, "lost": 0, "broken": 1}  # fmt: skip
     out = nodes_output(monkeypatch, [node("w1", lanes=lanes), node("w2")])
     assert "lanes sent/received" in out
-    assert "12/30, 3 refused" in out
+    assert "12/30, 3 refused, 1 broken" in out
 
 
 def test_no_lane_column_without_lanes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,6 +166,9 @@ def test_a_lane_that_loses_its_connection_ends_links_and_monitors_with_noconnect
     assert lanes.broken == 1
     node.send(echo, ("echo", node.self(), "after"))
     assert node.receive(timeout=WAIT) == ("echo", "after")
+    # Both sides count it, and their heartbeats tell the broker (NODES, `zimg nodes`).
+    assert wait_for_lane_count(node, "main", "broken", 1) == 1
+    assert wait_for_lane_count(node, "n1", "broken", 1) == 1
 
 
 def test_strangers_on_a_lane_port_are_refused_counted_and_change_nothing(cluster):

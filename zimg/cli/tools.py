@@ -113,7 +113,7 @@ def _lane_cell(lanes: Any) -> str:
     if not isinstance(lanes, dict):
         return ""
     text = f"{lanes.get('sent', 0)}/{lanes.get('received', 0)}"
-    for key in ("refused", "lost"):
+    for key in ("refused", "lost", "broken"):
         if lanes.get(key):
             text += f", {lanes[key]} {key}"
     return text
