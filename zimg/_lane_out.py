@@ -178,11 +178,7 @@ class Sending:
         """Send the batches due (all with ``force``) and what lanes queued (the I/O thread);
         True while some lane still holds something."""
         if self.batching:
-            due = time.monotonic() - _batch.BATCH_DELAY_S
-            for lane in list(self.batching):
-                with lane.cond:
-                    if lane.batch and (force or lane.batch_since <= due):
-                        self._send_batch(lane, None)
+            self._send_batches(None if force else time.monotonic() - _batch.BATCH_DELAY_S)
         pending = False
         for lane in list(self.outbound.values()):
             if not lane.backlog:
@@ -209,9 +205,13 @@ class Sending:
 
     def flush_batches(self) -> None:
         """Send every open batch now (a process of this node is about to wait)."""
+        self._send_batches(None)
+
+    def _send_batches(self, opened_by: float | None) -> None:
+        """Send the open batches opened at or before ``opened_by`` (None: all of them)."""
         for lane in list(self.batching):
             with lane.cond:
-                if lane.batch:
+                if lane.batch and (opened_by is None or lane.batch_since <= opened_by):
                     self._send_batch(lane, None)
 
     def batch_due(self) -> float | None:

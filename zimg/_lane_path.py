@@ -41,6 +41,8 @@ class LanePath:
         handle: handles a message (a lane's, already checked) as the broker's would be.
         dispatching: the dispatch lock, as a context (handlers run one at a time).
         on_io_thread: is the caller the I/O thread?
+        to_broker: sends already-encoded frames to the broker from any thread, behind what
+            other threads queued (the connection's ``send_frames``).
         closed: has the connection been closed?
         in_handler: is the caller running a handler (it holds the dispatch lock, so it never
             waits for room on a lane: the I/O thread may need that lock to make room)?
@@ -59,11 +61,12 @@ class LanePath:
         handle: Callable[[Message], None],
         dispatching: Callable[[], AbstractContextManager[Any]],
         on_io_thread: Callable[[], bool],
+        to_broker: Callable[[Frames], None],
         closed: Callable[[], bool],
         in_handler: Callable[[], bool] = lambda: False,
     ) -> None:
         self.lanes = lanes
-        lanes.to_broker = self.to_broker
+        lanes.to_broker = to_broker  # a HI's READY and a switch's SWITCHED go that way
         self.limits = limits
         self._push_lock = push_lock
         self._push = push
@@ -136,15 +139,6 @@ class LanePath:
                 return
             self._push(frames)
 
-    def to_broker(self, frames: Frames) -> None:
-        """Send a message to the broker from any thread (a HI's READY, read by a leader or by
-        the I/O thread)."""
-        if self._on_io_thread():
-            self._send_direct(frames)
-            return
-        with self._push_lock:
-            self._push(frames)
-
     # ------------------------------------------------------------------ from the broker
 
     def on_lane(self, msg: Message) -> None:
@@ -204,9 +198,10 @@ class LanePath:
             for monitor in monitors.keys() - self._monitors.keys():
                 poller.register(monitor, _POLLIN)
             self._monitors = dict(monitors)
-        drop_due = self.lanes.next_drop_due()
-        if drop_due is not None:
-            wait_s = min(wait_s, max(0.0, drop_due - time.monotonic()))
+        # Wake for the next open batch due to go, and the next dropped lane due to break.
+        for due in (self.lanes.batch_due(), self.lanes.next_drop_due()):
+            if due is not None:
+                wait_s = min(wait_s, max(0.0, due - time.monotonic()))
         watched = self._watching
         self._watching, glance_s = self.reader.io_should_watch()
         self._resumed = self._watching and not watched
@@ -215,9 +210,6 @@ class LanePath:
             wait_s = min(wait_s, glance_s)
         if self._flushing:
             wait_s = min(wait_s, FLUSH_RETRY_S)
-        due = self.lanes.batch_due()
-        if due is not None:
-            wait_s = min(wait_s, max(0.0, due - time.monotonic()))
         if self._more:
             wait_s = 0.0
         elif self.lanes.parked:

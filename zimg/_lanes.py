@@ -205,16 +205,13 @@ class Lanes(Sending, Receiving):
         """Our lane to a peer lost its connection while both of us stayed joined (I/O thread,
         dispatch lock held): end both ways with it, as its NODEDOWN would. Returns the
         NODEDOWN (``noconnection``) that ends the links and monitors between the two nodes."""
-        self.close_outbound(lane.peer, lane.incarnation)
-        self.close_inbound(lane.peer)
-        self.broken += 1
         log.warning(
             "node %s: the lane to %s lost its connection: links and monitors with "
             "its processes end with noconnection",
             self.name,
             lane.peer,
         )
-        return _nodedown(lane.peer, lane.incarnation)
+        return self._end_both_ways(lane.peer, lane.incarnation)
 
     def on_broken(self, header: Mapping[str, Any]) -> Message | None:
         """The peer's lane to us broke (it says so through the broker; dispatch lock held): end
@@ -224,10 +221,15 @@ class Lanes(Sending, Receiving):
         lane = self.inbound_of.get(peer) if type(peer) is str else None
         if lane is None or token != lane.token:
             return None
-        self.close_inbound(lane.peer)
-        self.close_outbound(lane.peer, lane.incarnation)
+        return self._end_both_ways(lane.peer, lane.incarnation)
+
+    def _end_both_ways(self, peer: str, incarnation: int | None) -> Message:
+        """Close both directions with ``peer`` after a break, count it, and return the
+        NODEDOWN (``noconnection``) that ends what the two nodes' processes share."""
+        self.close_outbound(peer, incarnation)
+        self.close_inbound(peer)
         self.broken += 1
-        return _nodedown(lane.peer, lane.incarnation)
+        return _nodedown(peer, incarnation)
 
     def close(self) -> None:
         for peer in list(self.outbound):

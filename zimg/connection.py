@@ -149,6 +149,7 @@ class Connection:
                 handle=self._handle_lane,
                 dispatching=self._hooks_lock,
                 on_io_thread=lambda: threading.current_thread() is self._thread,
+                to_broker=self.send_frames,
                 closed=lambda: self._closed,
                 in_handler=lambda: getattr(self._handling, "depth", 0) > 0,
             )
