@@ -146,7 +146,7 @@ class Receiving:
     def _take(self, lane: Inbound, body: list[Any], deliver: Callable[[Message], None]) -> None:
         """Decode and check one message of ``lane``; deliver it, or hold it until the switch."""
         try:
-            msg = wire.decode(body, self.limits)
+            msg = wire.decode_common(body, self.limits)
         except WireError:
             self._refuse(f"a malformed message on the lane from {lane.peer}")
             return

@@ -509,7 +509,7 @@ class Connection:
                 break
             now = time.monotonic()
             try:
-                msg = wire.decode(frames, limits)
+                msg = wire.decode_common(frames, limits)
             except WireError as exc:
                 self._carry_out(session.on_malformed(exc, now))
                 continue

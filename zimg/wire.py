@@ -38,7 +38,7 @@ import numpy as np
 
 from zimg import _wire_terms
 from zimg._errors import WireError
-from zimg._wire_decode import decode
+from zimg._wire_decode import decode, decode_common, decode_send
 from zimg._wire_peek import ACTOR_COMMANDS, SENDER_FIELD, command_of, peek_head, peek_to
 from zimg._wire_terms import (
     _COMMANDS,
@@ -72,6 +72,8 @@ __all__ = [
     "Ref",
     "command_of",
     "decode",
+    "decode_common",
+    "decode_send",
     "encode",
     "encode_send",
     "is_v1_hello",

@@ -27,6 +27,8 @@ from zimg.wire import (
     Ref,
     command_of,
     decode,
+    decode_common,
+    decode_send,
     encode,
     encode_send,
     lead_frame,
@@ -236,6 +238,79 @@ def test_encode_send_keeps_the_header_limit() -> None:
     message = (b"x" * 60, b"y" * 60)  # each short, together too large
     with pytest.raises(WireError, match="header of"):
         encode_send(Pid("n", 1, 1), message, limits)
+
+
+# ---------------------------------------------------------------- decode_send
+
+
+def _decoded(decoder: Callable[[], Message | None]) -> Any:
+    """What a decoder gives, as its command and header encoded again (NaN equals itself so),
+    or None, or the type of error it raises."""
+    try:
+        msg = decoder()
+    except WireError:
+        return WireError
+    return None if msg is None else (msg.command, encode(msg.command, msg.header)[0])
+
+
+LIMITS = st.sampled_from([DEFAULT_LIMITS, Limits(max_header_bytes=24), Limits(max_depth=0)])
+flat_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers(INT64_MIN, UINT64_MAX)
+    | st.floats()
+    | st.text(max_size=16)
+    | st.binary(max_size=32)
+    | pid_fields.map(lambda t: Pid(*t))
+)
+flat_messages = flat_leaves | st.lists(flat_leaves, max_size=6).map(tuple)
+
+
+@FAST
+@given(to=pid_fields.map(lambda t: Pid(*t)), message=flat_messages)
+def test_decode_send_takes_the_commonest_sends(to: Pid, message: Any) -> None:
+    (lead,) = encode(Command.SEND, {"to": to, "msg": message})
+    assert decode_send(lead) is not None
+    assert _decoded(lambda: decode_send(lead)) == _decoded(lambda: decode([lead]))
+
+
+@FAST
+@given(
+    to=pid_fields.map(lambda t: Pid(*t)) | st.tuples(st.text(max_size=4), st.text(max_size=4)),
+    message=send_terms,
+    limits=LIMITS,
+)
+def test_decode_send_gives_what_decode_gives_or_leaves_it_to_decode(
+    to: Any, message: Any, limits: Limits
+) -> None:
+    try:
+        frames = encode(Command.SEND, {"to": to, "msg": message}, SMALL_INLINE)
+    except WireError:
+        return  # nothing to decode
+    fast = _decoded(lambda: decode_send(frames[0], limits))
+    slow = _decoded(lambda: decode(frames, limits))
+    assert fast is None or (len(frames) == 1 and fast == slow)
+    assert _decoded(lambda: decode_common(frames, limits)) == slow
+
+
+@FAST
+@given(
+    header=st.binary(max_size=40),
+    flip=st.tuples(st.integers(0, 40), st.integers(0, 255)),
+    limits=LIMITS,
+)
+def test_decode_send_never_takes_what_decode_refuses(
+    header: bytes, flip: tuple[int, int], limits: Limits
+) -> None:
+    good = encode(Command.SEND, {"to": Pid("n", 1, 2), "msg": ("m", 1, b"x")})[0]
+    index, value = flip
+    mutated = bytearray(good)
+    mutated[min(index, len(good) - 1)] = value
+    for lead in (MAGIC + SEND + header, bytes(mutated)):
+        fast = _decoded(lambda lead=lead: decode_send(lead, limits))
+        slow = _decoded(lambda lead=lead: decode([lead], limits))
+        assert fast is None or fast == slow
+        assert _decoded(lambda lead=lead: decode_common([memoryview(lead)], limits)) == slow
 
 
 # ---------------------------------------------------------------- round-trips
