@@ -27,6 +27,9 @@ def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) ->
     queued, ZeroMQ takes the rest of the message.
     """
     last = len(frames) - 1
+    if last == 0 and type(frames[0]) is bytes:  # the commonest: one small lead frame
+        _send(sock, frames[0], flags, copy=len(frames[0]) < _COPY_BELOW)
+        return
     for i, frame in enumerate(frames):
         # Small buffers are cheapest copied: a zero-copy send of an array or a memoryview has
         # pyzmq's garbage-collector thread release it later, a thread wake-up per frame (an

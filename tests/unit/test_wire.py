@@ -233,6 +233,19 @@ def test_encode_send_gives_what_encode_gives(to: Any, message: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 8, 15, 16, 17, 255, 256, 0xFFFF, 0x10000])
+def test_encode_send_writes_each_size_of_tuple_as_msgpack_does(size: int) -> None:
+    # The empty tuple packs into 1 byte; a tuple of one str into 1 byte of array head, the
+    # str's head (1, 2 or 3 bytes), then the str: its ext holds `size` bytes, and msgpack picks
+    # fixext, ext 8, 16 or 32 by that size.
+    head = 3 if size > 0xFFFC else 2 if size > 33 else 1
+    message = () if size == 1 else ("x" * (size - 1 - head),)
+    assert len(msgpack.packb(list(message))) == size
+    assert encode_send(Pid("n", 1, 1), message) == encode(
+        Command.SEND, {"to": Pid("n", 1, 1), "msg": message}
+    )
+
+
 def test_encode_send_keeps_the_header_limit() -> None:
     limits = Limits(max_header_bytes=100)
     message = (b"x" * 60, b"y" * 60)  # each short, together too large
