@@ -302,10 +302,12 @@ class Signals:
         send_quietly(self._connection, Command.DOWN, header)
 
     def deliver_down(self, proc: Process, ref: Ref, pid: Pid, reason: Any, nbytes: int = 0) -> None:
+        # The DOWN goes in under the lock that popped its monitor: a demonitor(flush=True) that
+        # finds the monitor gone then finds its DOWN in the mailbox, and none comes after it.
         with self._lock:
             if self.pop_monitor(proc, ref) is None:
                 return  # demonitored, or already told: one DOWN per monitor
-        self._put_signal(proc, ("DOWN", ref, pid), reason, nbytes)
+            self._put_signal(proc, ("DOWN", ref, pid), reason, nbytes)
 
     def on_monitor(self, msg: Message) -> None:
         to, watcher, ref = msg.header.get("to"), msg.header.get("from"), msg.header.get("ref")

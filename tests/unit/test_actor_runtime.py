@@ -6,6 +6,7 @@ threads, as in a real node, so the tests wait on mailboxes (``receive`` with a t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -247,6 +248,44 @@ def test_a_demonitor_lets_go_of_the_node(router: MemoryRouter) -> None:
     assert router.sent("a", Command.UNWATCH) == unwatches  # nothing has swept yet
     router.tick()
     assert router.sent("a", Command.UNWATCH) == [*unwatches, {"node": "b"}]
+    a.main.send(pid, "stop")
+
+
+def test_no_down_comes_after_a_demonitor_with_flush_returns(
+    router: MemoryRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Erlang's promise: once ``demonitor(ref, flush=True)`` returns, no DOWN of ``ref`` is in
+    the mailbox or comes later, even when the DOWN was being delivered as it was called."""
+    a, _ = nodes(router, "a", "b")
+    pid = a.main.spawn("b", "zt.rt.waiter")
+    ref = a.main.monitor(pid)
+    signals = a._signals
+    putting, go, returned = threading.Event(), threading.Event(), threading.Event()
+    put = signals._put_signal
+
+    def slow_put(*args: Any) -> None:  # the DOWN is half-delivered: its monitor popped
+        putting.set()
+        go.wait(WAIT)
+        put(*args)
+
+    monkeypatch.setattr(signals, "_put_signal", slow_put)
+    deliverer = threading.Thread(target=signals.deliver_down, args=(a.main, ref, pid, "bye"))
+    deliverer.start()
+    assert putting.wait(WAIT)
+
+    def demonitor() -> None:
+        a.main.demonitor(ref, flush=True)
+        returned.set()
+
+    caller = threading.Thread(target=demonitor)
+    caller.start()
+    returned_first = returned.wait(0.5)  # it may not return while the DOWN is on its way
+    go.set()
+    deliverer.join(WAIT)
+    caller.join(WAIT)
+    assert returned.is_set()
+    assert not returned_first
+    nothing_more(a.main)
     a.main.send(pid, "stop")
 
 
