@@ -28,7 +28,7 @@ import pytest
 import zmq
 
 import zimg
-from tests.integration.test_hostile_peers import Raw
+from tests.integration.test_hostile_peers import BEHAVIOURS, Raw
 from zimg import _lane_batch, _lane_terms, wire
 from zimg._errors import ZimgTimeout
 from zimg._wire_terms import _PREFIX
@@ -52,12 +52,12 @@ class Hostile:
     """The node "evil", joined to the broker by hand, with (after :meth:`open_lane`) a lane to
     a real node. Only the test's thread uses its sockets."""
 
-    def __init__(self, url: str, name: str = "evil") -> None:
+    def __init__(self, url: str, name: str = "evil", incarnation: int = 1) -> None:
         self.raw = Raw(url)
         # It says it has a lane (the broker asks no proof); nothing listens there.
-        self.raw.hello(name, lane="tcp://127.0.0.1:9")
+        self.raw.hello(name, lane="tcp://127.0.0.1:9", incarnation=incarnation)
         self.raw.expect(Command.WELCOME)
-        self.pid = Pid(name, 1, 1)  # a pid of its own (Raw's incarnation is 1)
+        self.pid = Pid(name, incarnation, 1)  # a pid of its own
         self.inbox: list[Message] = []  # everything the broker sent it
         self.good = 0  # messages sent on the lane that the peer must accept
         self.lane: zmq.Socket[bytes] | None = None
@@ -171,7 +171,7 @@ class Cluster:
 def cluster(procs: Processes, ipc_url: str) -> Iterator[Cluster]:
     # A long liveness: the attacker heartbeats only while it reads, not while it floods.
     procs.broker(ipc_url, "--heartbeat", str(HEARTBEAT_S), "--liveness", "100")
-    worker = procs.worker(ipc_url, "n1", "--lanes")
+    worker = procs.worker(ipc_url, "n1", "--lanes", "--import", BEHAVIOURS)
     with zimg.connect(ipc_url, name="main") as main:
         echo = main.spawn("n1", "zimg.behaviours:echo")
         evil = Hostile(ipc_url)
@@ -341,3 +341,24 @@ def test_a_lane_never_switched_holds_at_most_max_held(cluster: Cluster) -> None:
         cluster.assert_alive()  # main got none of the held messages
     finally:
         evil2.close()
+
+
+def test_a_peer_back_before_its_bye_never_loses_its_nodedown(cluster: Cluster) -> None:
+    """A process on n1 monitors a process of evil. evil leaves without its BYE: n1 holds
+    evil's NODEDOWN for the BYE (at most BYE_WAIT_S). evil joins again at once, in a new
+    incarnation, and asks n1 for a new lane, which replaces the old one. The old lane's
+    NODEDOWN must still reach n1's processes (it was lost: the monitor never fired)."""
+    evil, main = cluster.evil, cluster.main
+    main.spawn("n1", "zt.watcher", main.self(), evil.pid)
+    _, ref = main.receive(lambda m: m[0] == "watching", timeout=WAIT_S)
+    evil.pump(lambda m: m.command is Command.MONITOR, "n1's MONITOR")
+    evil.raw.send(Command.DISCONNECT, {"reason": "normal"})  # and no BYE on its lane
+    back = Hostile(cluster.url, evil.pid.node, incarnation=evil.pid.incarnation + 1)
+    try:
+        back.open_lane("n1")
+        back.round_trip(cluster.echo, "back")
+    finally:
+        back.close()
+    _, down = main.receive(lambda m: m[0] == "seen", timeout=WAIT_S)
+    assert down == ("DOWN", ref, evil.pid, "noconnection")
+    cluster.assert_alive()
