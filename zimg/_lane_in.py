@@ -152,13 +152,14 @@ class Receiving:
             return
         if not self._checked(lane, msg):
             return
+        if not lane.switched and len(lane.held) >= _t.MAX_HELD:  # refused, so not received
+            self._refuse(f"more than {_t.MAX_HELD} messages from {lane.peer} before its switch")
+            return
         self.received += 1
         if lane.switched:
             deliver(msg)
-        elif len(lane.held) < _t.MAX_HELD:
-            lane.held.append(msg)
         else:
-            self._refuse(f"more than {_t.MAX_HELD} messages from {lane.peer} before its switch")
+            lane.held.append(msg)
 
     def due(self, now: float) -> list[Message]:
         """The parked NODEDOWNs whose BYE did not come in time."""
