@@ -161,6 +161,14 @@ class Receiving:
         else:
             lane.held.append(msg)
 
+    def back_before_bye(self, peer: Any) -> Message | None:
+        """``peer``, whose NODEDOWN is held for its BYE, asks for a lane again (back, in a new
+        incarnation): that BYE will not come. The held NODEDOWN, to hand on now, or None."""
+        lane = self.inbound_of.get(peer) if type(peer) is str else None
+        if lane is None or lane.parked is None:
+            return None
+        return self._end(lane)
+
     def due(self, now: float) -> list[Message]:
         """The parked NODEDOWNs whose BYE did not come in time."""
         late = [lane for lane in self.inbound.values() if lane.parked and now >= lane.parked_until]

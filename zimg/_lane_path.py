@@ -145,14 +145,9 @@ class LanePath:
         """A LANE through the broker (a handler: dispatch lock held)."""
         lanes, op = self.lanes, msg.header.get("op")
         if op == _lanes.ASK:
-            peer = msg.header.get("from")
-            old = lanes.inbound_of.get(peer) if type(peer) is str else None
-            if old is not None and old.parked is not None:
-                # The peer left without its BYE and is back, asking for a new lane: the BYE
-                # will not come. Its NODEDOWN goes on now (the new lane replaces the old one).
-                old.parked_until = 0.0
-                for parked in lanes.due(time.monotonic()):
-                    self._handle(parked)
+            nodedown = lanes.back_before_bye(msg.header.get("from"))
+            if nodedown is not None:  # its old incarnation's NODEDOWN goes first
+                self._handle(nodedown)
             answer = lanes.on_ask(msg.header)
             if answer:
                 self._send_direct(answer)
