@@ -99,3 +99,25 @@ def test_the_throughput_harness_runs_end_to_end(tmp_path: Path) -> None:
     assert isinstance(figures["send_cpu_ms_per_image"], float)
     assert figures["images"] == 60
     assert "zimg --help" in result.stdout
+
+
+@pytest.mark.timeout(120)
+def test_actor_cpu_runs_and_prints_each_figure(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "zimg.bench.actor_cpu", "--quick"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in ("send, in a round trip", "receive, in a round trip", "round trip, wall"):
+        (line,) = [x for x in lines if x.startswith(label)]
+        raw, ours, ratio = line[len(label) :].split()
+        assert float(raw) > 0
+        assert float(ours) > 0
+        assert ratio.endswith("x")
+    (burst,) = [x for x in lines if x.startswith("send, in a burst of 5,000")]
+    assert float(burst.split()[-1]) > 0
