@@ -9,10 +9,13 @@ compared with raw pyzmq's, measured in the same run:
 - **zimg, round trips**: the main node's ``send`` and ``receive`` with an echo actor on a worker,
   over a lane (``lanes=True``);
 - **zimg, a burst**: the main node's ``send`` of many messages in a row to a sink on the worker
-  (they go in batches: ``docs/actors.md`` §4.1).
+  (they go in batches: ``docs/actors.md`` §4.1);
+- **a mailbox alone**: ``Mailbox.receive`` of a message already there, in a loop, and after a
+  2 ms sleep before each call.
 
-A round trip wakes each side from sleep: its CPU per call is that of code run with cold caches,
-several times the same code's cost in a hot loop (the burst). Nothing is written to disk.
+A round trip wakes each side from sleep, and code that runs just after a sleep costs several
+times what it costs in a hot loop (the last two lines show it for one function): the more
+Python a hop runs, the more this costs it. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zimg
+from zimg._mailbox import Mailbox
 from zimg.bench._common import children, progress
 from zimg.bench.actors import ECHO, MODULE, SINK
 from zimg.bench.raw_zmq import _QUIT, _client, _raw_server
@@ -95,6 +99,23 @@ def zimg_lanes(rounds: int, warmup: int, burst: int) -> Figures:
     return figures
 
 
+def mailbox(rounds: int) -> Figures:
+    """Thread CPU of one ``Mailbox.receive`` of a message already there, hot and after a sleep."""
+    box = Mailbox()
+    figures = {}
+    for label, pause in (("mailbox_hot_us", 0.0), ("mailbox_after_sleep_us", 0.002)):
+        spent = 0
+        for i in range(rounds):
+            box.put(("echo", i))
+            if pause:
+                time.sleep(pause)  # the thread sleeps, as a receive that waits for a reply does
+            started = time.thread_time_ns()
+            box.receive(None, 1)
+            spent += time.thread_time_ns() - started
+        figures[label] = spent / rounds / 1e3
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m zimg.bench.actor_cpu", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5000, help="timed round trips (5000)")
@@ -107,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     base = raw(rounds, warmup)
     progress("zimg, lanes ...")
     ours = zimg_lanes(rounds, warmup, burst)
+    alone = mailbox(min(rounds, 2000))
     print(f"thread CPU per call, us ({rounds} round trips of each, one run)")
     print(f"{'':34}{'raw pyzmq':>12}{'zimg lanes':>12}{'ratio':>8}")
     for key, label in (
@@ -116,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         print(f"{label:34}{base[key]:12.1f}{ours[key]:12.1f}{ours[key] / base[key]:7.2f}x")
     print(f"{'send, in a burst of ' + format(burst, ','):34}{'-':>12}{ours['burst_send_us']:12.1f}")
+    print(f"{'Mailbox.receive, hot':34}{'-':>12}{alone['mailbox_hot_us']:12.1f}")
+    print(f"{'Mailbox.receive, after a sleep':34}{'-':>12}{alone['mailbox_after_sleep_us']:12.1f}")
     return 0
 
 
