@@ -19,14 +19,13 @@ from zimg import _lane_terms as _t
 from zimg import wire
 from zimg._errors import WireError
 from zimg._lane_terms import ACCEPT, BYE, HI, READY, REFUSE, SWITCHED, TOKEN_BYTES
-from zimg._zsock import NOBLOCK, recv_frames
+from zimg._zsock import NOBLOCK, readable, recv_frames
 from zimg.wire import Command, Message, Pid, Ref
 
 log = logging.getLogger("zimg.lanes")
 
 # How long a node holds the NODEDOWN of a peer that left for that peer's BYE on its lane.
 BYE_WAIT_S = 2.0
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 @dataclass(eq=False)
@@ -102,8 +101,7 @@ class Receiving:
         (more may be waiting); False once the socket had nothing more."""
         router = self.router
         for _ in range(limit):
-            # Asking costs about 2 us; a receive that fails raises zmq.Again, about 10.
-            if not int(router.get(_EVENTS)) & _POLLIN:
+            if not readable(router):
                 return False
             try:
                 frames = recv_frames(router, NOBLOCK)

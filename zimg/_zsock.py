@@ -9,6 +9,7 @@ from typing import Any
 import zmq
 
 NOBLOCK = int(zmq.NOBLOCK)
+_POLLIN = int(zmq.POLLIN)
 _MORE = int(zmq.SNDMORE)
 _COPY_BELOW = 1 << 16  # pyzmq's own copy threshold
 
@@ -52,3 +53,11 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
     while frames[-1].more:
         frames.append(sock.recv(0, copy=False))
     return frames
+
+
+def readable(sock: zmq.Socket[Any]) -> bool:
+    """Does ``sock`` hold a message now? A ``zmq_poll`` that does not wait: about 1.7 us, and
+    no Python code, where ``sock.get(zmq.EVENTS)`` builds an enum in Python on every call (2 us
+    in a loop, several times that in a thread just woken from sleep) and a failed receive
+    raises ``zmq.Again`` (5 us)."""
+    return bool(zmq.zmq_poll([(sock, _POLLIN)], 0))

@@ -32,12 +32,12 @@ from zimg._errors import BrokenError, ClosedError, WireError, ZimgTimeout
 from zimg._lane_path import LanePath
 from zimg._lane_reader import LaneReader
 from zimg._placement import Placement
-from zimg._zsock import NOBLOCK, recv_frames, send_frames
+from zimg._zsock import NOBLOCK, readable, recv_frames, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
 
 # Plain ints: pyzmq's PollEvent flags cost microseconds per operation in this loop.
-_POLLIN, _POLLOUT, _EVENTS = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.EVENTS)
+_POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
 _SESSION_COMMANDS = ns.SESSION_COMMANDS
 
 log = logging.getLogger("zimg.node")
@@ -413,7 +413,7 @@ class Connection:
         inbox = self._inbox
         count = 0
         while limit is None or count < limit:
-            if count == 1 and not _readable(inbox):
+            if count == 1 and not readable(inbox):
                 return  # see _read_dealer
             try:
                 frames = recv_frames(inbox, NOBLOCK)
@@ -501,7 +501,7 @@ class Connection:
         for count in range(256):
             # Most wake-ups bring one message: asking whether another is there costs less than
             # the zmq.Again of a failed receive; in a burst, receiving until Again costs less.
-            if count == 1 and not _readable(dealer):
+            if count == 1 and not readable(dealer):
                 break
             try:
                 frames = recv_frames(dealer, NOBLOCK)
@@ -646,8 +646,3 @@ class Connection:
         elif self._dealer is not None:
             self._dealer.close(linger=0)
         self._dealer = None
-
-
-def _readable(sock: zmq.Socket[bytes]) -> bool:
-    """Does ``sock`` hold a message now? (ZMQ_EVENTS: about 2 us; a failed receive, 5.)"""
-    return bool(int(sock.get(_EVENTS)) & _POLLIN)
