@@ -21,20 +21,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from zimg import _lanes, protocol, wire
 from zimg import _node_session as ns
+from zimg import protocol, wire
 from zimg._bug_log import log_bug
 from zimg._errors import BrokenError, ClosedError, WireError, ZimgTimeout
-from zimg._lane_path import LanePath
-from zimg._lane_reader import LaneReader
 from zimg._placement import Placement
 from zimg._zsock import NOBLOCK, readable, recv_frames, send_frames
 from zimg.security import ClientKeys
 from zimg.wire import Command
+
+if TYPE_CHECKING:  # imported when a connection opens lanes: a job client never does, and
+    # their pyzmq socket monitor imports asyncio (about 20 ms of a `zimg send`'s start)
+    from zimg import _lanes
+    from zimg._lane_path import LanePath
+    from zimg._lane_reader import LaneReader
 
 # Plain ints: pyzmq's PollEvent flags cost microseconds per operation in this loop.
 _POLLIN, _POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
@@ -111,7 +115,13 @@ class Connection:
         self._handling = threading.local()  # ``depth``: handler calls running on this thread
         hello = dict(placement.to_hello()) if placement else {}
         lane_sockets = None
+        # Where an actor command goes (``zimg._lanes.destination``), with lanes only.
+        self._destination: Callable[[Mapping[str, Any], str], tuple[str, int | None] | None]
+        self._destination = lambda header, own: None
         if lanes:
+            from zimg import _lanes
+
+            self._destination = _lanes.destination
             host = lane_host or _lanes.lane_host(url)
             lane_sockets = _lanes.Lanes(self._ctx, self.name, host, limits, keys)
             hello.update(lane_sockets.hello_fields())
@@ -138,6 +148,8 @@ class Connection:
         self._push_lock = threading.Lock()
         self._lane_path: LanePath | None = None
         if lane_sockets is not None:
+            from zimg._lane_path import LanePath
+
             self._lane_path = LanePath(
                 lane_sockets,
                 limits=limits,
@@ -267,7 +279,7 @@ class Connection:
         else:
             frames = wire.encode(command, header, self.limits)
         if self._lane_path is not None and command in wire.ACTOR_COMMANDS:
-            peer = _lanes.destination(header, self.name)
+            peer = self._destination(header, self.name)
             if peer is not None:
                 self._lane_path.send(peer[0], peer[1], frames)
                 return
