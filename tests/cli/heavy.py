@@ -9,9 +9,9 @@ import sys
 HEAVY = ("cv2", "numpy", "zmq", "rich", "starlette", "uvicorn")
 
 
-def heavy_modules_after(*args: str) -> list[str]:
-    """The heavy modules (OpenCV, NumPy, pyzmq, rich) that ``zimg ARGS`` imported, through the
-    console script's entry point, in a new process."""
+def heavy_modules_after(*args: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
+    """The heavy modules (OpenCV, NumPy, pyzmq, rich; or ``modules``) that ``zimg ARGS``
+    imported, through the console script's entry point, in a new process."""
     code = (
         "import sys\n"
         "from zimg.cli import main\n"
@@ -20,7 +20,7 @@ def heavy_modules_after(*args: str) -> list[str]:
         "    main()\n"
         "except SystemExit:\n"
         "    pass\n"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+        f"print(sorted(m for m in {modules!r} if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -88,6 +88,7 @@ def _app_for(first: list[str]) -> typer.Typer:
         if first == [name]:
             alone = copy.copy(app)
             alone.registered_commands = [info]
+            alone.registered_groups = []  # `keys`: not named either
             return alone
     return app
 
