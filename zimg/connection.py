@@ -15,12 +15,12 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
+from random import SystemRandom
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -56,6 +56,8 @@ LEAVE_FLUSH_S = 2.0
 # How often a start that can be cancelled looks at its cancel event while it waits.
 _CANCEL_CHECK_S = 0.1
 _inproc_ids = itertools.count()
+# secrets.randbits, without importing secrets: its hmac loads OpenSSL's hashlib (5 ms).
+_randbits = SystemRandom().getrandbits
 
 
 class Connection:
@@ -102,8 +104,8 @@ class Connection:
         self.placement = placement
         self.limits = limits
         self.keys = keys
-        self.incarnation = secrets.randbits(62)
-        self.identity = protocol.node_identity(name, self.incarnation, secrets.randbits(64))
+        self.incarnation = _randbits(62)
+        self.identity = protocol.node_identity(name, self.incarnation, _randbits(64))
         # Counts reported to the broker with every heartbeat, when not zero (``zimg nodes``
         # shows them): ``malformed`` here, ``dropped`` from the actor runtime's mailboxes.
         self.counters: dict[str, Callable[[], int]] = {"malformed": lambda: self.malformed}

@@ -1,6 +1,6 @@
 """What ``zimg send`` does before its first job goes out (issue 18): it loads neither the lane
-modules (their pyzmq socket monitor imports asyncio) nor OpenCV, and typer builds the one
-command it runs, not all of them."""
+modules (their pyzmq socket monitor imports asyncio), hmac (``secrets``' OpenSSL) nor OpenCV,
+and typer builds the one command it runs, not all of them."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from zimg.cli._app import _app_for
 
 pytestmark = pytest.mark.timeout(120)
 
-NOT_FOR_A_SENDER = ("asyncio", "cv2", "zimg._lanes", "zimg._lane_out", "zimg._lane_path")
+NOT_FOR_A_SENDER = ("asyncio", "cv2", "hmac", "zimg._lanes", "zimg._lane_out", "zimg._lane_path")
 
 
-def test_an_encoded_send_loads_no_lanes_no_asyncio_and_no_opencv(
+def test_an_encoded_send_loads_no_lanes_no_asyncio_no_hmac_and_no_opencv(
     procs, ipc_url, tmp_path: Path, samples: Path
 ) -> None:
     procs.broker(ipc_url)
