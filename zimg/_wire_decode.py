@@ -336,8 +336,8 @@ def _flat_ext(code: int, data: bytes) -> Any:
 
 
 def decode_send(lead: bytes, limits: Limits = DEFAULT_LIMITS) -> Message | None:
-    """``decode([lead], limits)`` for the commonest actor message, in about a third of the
-    time: a SEND of one frame whose ``msg`` is a plain value (None, bool, int, float, str,
+    """``decode([lead], limits)`` for the commonest actor message, in about half the time: a
+    SEND of one frame whose ``msg`` is a plain value (None, bool, int, float, str,
     bytes, a pid) or a flat tuple of those, to a pid. None for anything else, valid or not:
     the caller then decodes it with :func:`decode`, which says what is wrong, if anything.
     """
