@@ -642,8 +642,10 @@ class Connection:
             lock.release()
 
     def _handle_lane(self, msg: wire.Message) -> None:
-        """Handle a message a lane brought (already checked), or a NODEDOWN held for a BYE."""
-        self._handle(msg, lane_checked=True)
+        """Handle a message a lane brought (already checked), or a NODEDOWN held for a BYE.
+        Its callers hold the dispatch lock already: lanes are read, and their NODEDOWNs
+        handed on, only under it (``zimg._lane_path``, ``zimg._lane_reader``)."""
+        self._call(self._handlers.get(msg.command), msg)
 
     def _leave(self, farewell: list[Any] | None) -> None:
         if farewell is not None and self._dealer is not None:
