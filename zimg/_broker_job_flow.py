@@ -19,6 +19,7 @@ from zimg._broker_jobs import JobTable
 from zimg._broker_records import BrokerConfig, Instruction, JobRecord, Log, NodeRecord, Send
 from zimg._dispatch import WorkerIndex
 from zimg._errors import WireError
+from zimg._wire_terms import _PREFIX
 from zimg.wire import Command
 
 MAX_JOB_ID_CHARS = 128  # a str job id; ints are 64-bit by the wire's rules
@@ -224,7 +225,6 @@ def result_head(
     return head
 
 
-_PREFIX = len(wire.MAGIC) + 1
 _QUICK_BYTES = 96  # the first entries of a worker's RESULT header lie within these
 _INT_SIZES = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
 

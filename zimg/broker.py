@@ -22,9 +22,10 @@ from zimg._bug_log import log_bug
 from zimg._errors import ZimgTimeout
 from zimg._fd_limit import raise_open_file_limit
 from zimg._peer_link import FailoverConfig, PeerLink
+from zimg._wire_terms import _PREFIX
 from zimg._zsock import NOBLOCK, recv_frames
 from zimg.security import BrokerKeys
-from zimg.wire import Command, lead_frame
+from zimg.wire import Command
 
 log = logging.getLogger("zimg.broker")
 
@@ -36,7 +37,7 @@ _MAX_SLEEP_S = 0.1  # the loop looks at its timers (and stop_soon) at least this
 _IDLE_AFTER_S = 1.0  # no message but heartbeats for this long: the cluster is idle
 # Only a SEND is forwarded unread (BrokerState.forward_target): the loop asks for its target
 # only when the lead frame's command byte says SEND, which a JOB or a RESULT skips at once.
-_COMMAND_AT = len(lead_frame(Command.HEARTBEAT, b"")) - 1
+_COMMAND_AT = _PREFIX - 1  # the lead frame's command byte
 _SEND = int(Command.SEND)
 
 

@@ -40,10 +40,11 @@ import numpy as np
 
 from zimg import _wire_terms
 from zimg._errors import WireError
-from zimg._wire_decode import decode, decode_common, decode_send
+from zimg._wire_decode import _SEND_PREFIX, decode, decode_common, decode_send
 from zimg._wire_peek import ACTOR_COMMANDS, SENDER_FIELD, command_of, peek_head, peek_to
 from zimg._wire_terms import (
     _COMMANDS,
+    _PREFIX,
     DEFAULT_LIMITS,
     MAGIC,
     Command,
@@ -229,14 +230,13 @@ def encode_send(to: Any, message: Any, limits: Limits = DEFAULT_LIMITS) -> list[
             term = None  # encode says what is wrong
         if term is not None:
             lead = b"".join((_SEND_TO, _packed_pid(to), _MSG_KEY, term))
-            if len(lead) - len(_SEND_PREFIX) <= limits.max_header_bytes:
+            if len(lead) - _PREFIX <= limits.max_header_bytes:
                 return [lead]
     return encode(Command.SEND, {"to": to, "msg": message}, limits)
 
 
 # A SEND's lead frame, as encode_send builds it: the prefix, a map of two entries, "to", the
 # pid's ext, "msg", the message.
-_SEND_PREFIX = lead_frame(Command.SEND, b"")
 _SEND_TO = _SEND_PREFIX + b"\x82\xa2to"
 _MSG_KEY = b"\xa3msg"
 _EXT_TUPLE_CODE = int(Ext.TUPLE)
