@@ -48,6 +48,9 @@ class LanePath:
             waits for room on a lane: the I/O thread may need that lock to make room)?
     """
 
+    # The node an actor command goes to (and the incarnation, for a pid), or None.
+    destination = staticmethod(_lanes.destination)
+
     def __init__(
         self,
         lanes: Lanes,

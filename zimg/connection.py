@@ -117,13 +117,9 @@ class Connection:
         self._handling = threading.local()  # ``depth``: handler calls running on this thread
         hello = dict(placement.to_hello()) if placement else {}
         lane_sockets = None
-        # Where an actor command goes (``zimg._lanes.destination``), with lanes only.
-        self._destination: Callable[[Mapping[str, Any], str], tuple[str, int | None] | None]
-        self._destination = lambda header, own: None
         if lanes:
             from zimg import _lanes
 
-            self._destination = _lanes.destination
             host = lane_host or _lanes.lane_host(url)
             lane_sockets = _lanes.Lanes(self._ctx, self.name, host, limits, keys)
             hello.update(lane_sockets.hello_fields())
@@ -281,7 +277,7 @@ class Connection:
         else:
             frames = wire.encode(command, header, self.limits)
         if self._lane_path is not None and command in wire.ACTOR_COMMANDS:
-            peer = self._destination(header, self.name)
+            peer = self._lane_path.destination(header, self.name)
             if peer is not None:
                 self._lane_path.send(peer[0], peer[1], frames)
                 return
@@ -573,17 +569,16 @@ class Connection:
                 return False
         return True
 
-    def _handle(self, msg: wire.Message, *, lane_checked: bool = False) -> None:
+    def _handle(self, msg: wire.Message) -> None:
         handler = self._handlers.get(msg.command)
         path = self._lane_path
         if path is None:
             self._call(handler, msg)
             return
-        if not lane_checked:
-            if msg.command is Command.LANE:
-                handler = path.on_lane
-            elif msg.command is Command.NODEDOWN and handler is not None:
-                handler = partial(path.on_nodedown, handler)
+        if msg.command is Command.LANE:
+            handler = path.on_lane
+        elif msg.command is Command.NODEDOWN and handler is not None:
+            handler = partial(path.on_nodedown, handler)
         # Handlers run one at a time, on whichever thread reads (``zimg._lane_reader``).
         lock = self._dispatch
         if not lock.acquire(False):
