@@ -24,6 +24,34 @@ def _clock_ticks() -> int:
     return os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by all the live threads of process ``pid``."""
+    return sum(thread_cpu_s(pid).values())
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of each live thread of process ``pid``, by thread name (several of one
+    name are added up); empty once the process is gone."""
+    out: dict[str, float] = {}
+    base = Path(f"/proc/{pid}/task")
+    try:
+        tasks = list(base.iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            try:
+                seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                seconds = (int(fields[11]) + int(fields[12])) / _clock_ticks()
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended meanwhile
+        out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
 class BrokerProcess:
     """A ``python -m zimg broker`` subprocess, and its CPU time and memory from ``/proc``."""
 
@@ -57,29 +85,12 @@ class BrokerProcess:
 
     def cpu_s(self) -> float:
         """CPU seconds used so far by all the broker's threads."""
-        return sum(self.thread_cpu_s().values())
+        return process_cpu_s(self.pid)
 
     def thread_cpu_s(self) -> dict[str, float]:
         """CPU seconds of each live thread, by name (``python`` is the loop, ``ZMQbg/IO/0``
         libzmq's I/O thread; several of one name are added up)."""
-        out: dict[str, float] = {}
-        base = Path(f"/proc/{self.pid}/task")
-        try:
-            tasks = list(base.iterdir())
-        except OSError:
-            return out
-        for task in tasks:
-            try:
-                name = (task / "comm").read_text().strip()
-                try:
-                    seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
-                except (OSError, ValueError, IndexError):
-                    fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                    seconds = (int(fields[11]) + int(fields[12])) / _clock_ticks()
-            except (OSError, ValueError, IndexError):
-                continue  # the thread ended meanwhile
-            out[name] = out.get(name, 0.0) + seconds
-        return out
+        return thread_cpu_s(self.pid)
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():

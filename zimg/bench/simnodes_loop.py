@@ -19,7 +19,7 @@ import zmq
 
 from zimg import protocol
 from zimg._fd_limit import raise_open_file_limit
-from zimg._zsock import send_frames
+from zimg._zsock import readable, recv_frames, send_frames
 from zimg.wire import MAGIC, Command, lead_frame
 
 FDS_PER_NODE = 2  # a DEALER's mailbox (its ZMQ_FD) and its TCP connection
@@ -368,8 +368,8 @@ class SimNodes:
         """Read everything waiting on node ``i``'s socket."""
         sock = self._socks[i]
         now = time.monotonic()
-        while sock is not None and int(sock.getsockopt(zmq.EVENTS)) & _POLLIN:
-            frames = sock.recv_multipart(_NOBLOCK, copy=False)
+        while sock is not None and readable(sock):
+            frames = recv_frames(sock, _NOBLOCK)
             self._heard[i] = now
             self._handle(i, frames, now)
             sock = self._socks[i]
