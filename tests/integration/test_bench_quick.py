@@ -97,7 +97,13 @@ def test_the_throughput_harness_runs_end_to_end(tmp_path: Path) -> None:
     for key in ("send_images_per_s", "broker_jobs_per_s", "proxy_round_trips_per_s"):
         assert figures[key] > 0, figures
     assert isinstance(figures["send_cpu_ms_per_image"], float)
-    for key in ("broker_us_per_job_light", "client_us_per_job_light", "workers_us_per_job_light"):
+    for key in (
+        "broker_us_per_job_light",
+        "client_us_per_job_light",
+        "workers_us_per_job_light",
+        "floor_jobs_per_s",
+        "floor_us_per_job",
+    ):
         assert figures[key] > 0, figures
     assert figures["images"] == 60
     assert "zimg --help" in result.stdout

@@ -10,6 +10,10 @@ feeding simulated workers that answer at once.
 - **the broker**: its CPU per job during that run, and the jobs per second it sustains for a
   light client that keeps many small JOBs in flight (``zimg.bench.scale.LightClient``, which
   costs little per job, as the proxy benchmark's client does), with its CPU per job;
+- **the Python floor**: the same light client and workers against
+  :mod:`zimg.bench.floor_broker`, a Python ROUTER loop that makes the broker loop's socket calls
+  and keeps no other books: a floor for a Python broker that makes those calls, so that the
+  broker's CPU per job above it is its bookkeeping;
 - **zmq.proxy**: small-message round trips per second through a ``zmq.proxy`` process on the
   same machine (``zimg.bench.micro``), the ceiling of any Python forwarding loop; a job is two
   forwards (JOB and RESULT), as a round trip is;
@@ -178,6 +182,65 @@ def _cluster(workdir: Path, workers: int, tcp: bool) -> Iterator[tuple[str, Brok
 
 
 @dataclass
+class LightFigures:
+    """The light client's runs against one broker: medians of jobs/s and of the CPU per job
+    (µs) of the broker, of this process (the light client and its libzmq thread) and of the
+    simulated workers. On two cores the three share the machine, so the drivers' cost bounds
+    the jobs/s too."""
+
+    jobs_per_s: float
+    broker_us: float
+    client_us: float
+    workers_us: float
+
+
+def _light(url: str, broker_pid: int, workers_pid: int, jobs: int, repeat: int) -> LightFigures:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    client = LightClient(url, context)
+    try:
+        client.join()
+        client.run(min(2000, jobs))  # warm-up
+        runs: list[tuple[float, float, float, float]] = []
+        for _ in range(repeat):
+            pids = (broker_pid, workers_pid)
+            before = (*map(process_cpu_s, pids), time.process_time())
+            light = client.run(jobs, window=256)
+            after = (*map(process_cpu_s, pids), time.process_time())
+            done = max(1, light.jobs)
+            broker_s, workers_s, client_s = (
+                (b - a) / done * 1e6 for a, b in zip(before, after, strict=True)
+            )
+            runs.append((light.jobs / light.wall_s, broker_s, client_s, workers_s))
+        client.leave()
+    finally:
+        context.destroy(linger=0)
+    medians = (statistics.median(run[i] for run in runs) for i in range(4))
+    return LightFigures(*medians)
+
+
+@contextmanager
+def _floor_cluster(workdir: Path, workers: int, tcp: bool) -> Iterator[tuple[str, int, int]]:
+    """:mod:`zimg.bench.floor_broker` and ``workers`` instant simulated workers; yields the url
+    and the two processes' ids."""
+    url = free_tcp_url() if tcp else f"ipc://{workdir}/floor.sock"
+    floor = subprocess.Popen(
+        [sys.executable, "-m", "zimg.bench.floor_broker", "--bind", url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sims = None
+    try:
+        sims = SimProcess(url, workers, "--prefix", "f", log=workdir / "floor-sims.log")
+        sims.wait_ready(60.0)
+        yield url, floor.pid, sims.proc.pid
+    finally:
+        for proc in (sims.proc if sims is not None else None, floor):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
 class Figures:
     images: int
     workers: int
@@ -190,6 +253,8 @@ class Figures:
     broker_us_per_job_light: float
     client_us_per_job_light: float
     workers_us_per_job_light: float
+    floor_jobs_per_s: float
+    floor_us_per_job: float
     proxy_round_trips_per_s: float
     help_wall_s: float
 
@@ -229,25 +294,10 @@ def measure(
             ones.append(_run_send(files[:1], url, workdir / "out1", broker, env))
             runs.append(_run_send(files, url, workdir / "out", broker, env))
         progress("the light client: broker jobs/s")
-        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        client = LightClient(url, context)
-        client.join()
-        client.run(min(2000, light_jobs))  # warm-up
-        # Per run: jobs/s, then CPU seconds per job of the broker, of this process (the light
-        # client and its libzmq thread) and of the simulated workers: on two cores the three
-        # share the machine, so the drivers' cost bounds the jobs/s too.
-        lights: list[tuple[float, float, float, float]] = []
-        for _ in range(repeat):
-            before = (broker.cpu_s(), time.process_time(), process_cpu_s(workers_pid))
-            light = client.run(light_jobs, window=256)
-            after = (broker.cpu_s(), time.process_time(), process_cpu_s(workers_pid))
-            jobs = max(1, light.jobs)
-            broker_s, client_s, workers_s = (
-                (b - a) / jobs for a, b in zip(before, after, strict=True)
-            )
-            lights.append((light.jobs / light.wall_s, broker_s, client_s, workers_s))
-        client.leave()
-        context.term()
+        light = _light(url, broker.pid, workers_pid, light_jobs, repeat)
+    with _floor_cluster(workdir, workers, tcp) as (url, floor_pid, workers_pid):
+        progress("the light client: the Python floor's jobs/s")
+        floor = _light(url, floor_pid, workers_pid, light_jobs, repeat)
     progress("zmq.proxy beside it")
     rounds, trips = (1, 3000) if quick else (3, 20_000)
     forwarding = micro.run_forwarding(
@@ -274,10 +324,12 @@ def measure(
         send_one_wall_s=statistics.median(o.wall_s for o in ones),
         broker_us_per_job_send=broker_us,
         images_per_job=per_job,
-        broker_jobs_per_s=statistics.median(run[0] for run in lights),
-        broker_us_per_job_light=statistics.median(run[1] for run in lights) * 1e6,
-        client_us_per_job_light=statistics.median(run[2] for run in lights) * 1e6,
-        workers_us_per_job_light=statistics.median(run[3] for run in lights) * 1e6,
+        broker_jobs_per_s=light.jobs_per_s,
+        broker_us_per_job_light=light.broker_us,
+        client_us_per_job_light=light.client_us,
+        workers_us_per_job_light=light.workers_us,
+        floor_jobs_per_s=floor.jobs_per_s,
+        floor_us_per_job=floor.broker_us,
         proxy_round_trips_per_s=proxy_rate,
         help_wall_s=help_wall,
     )
@@ -292,6 +344,8 @@ def table(f: Figures, command: str) -> str:
         ("broker CPU per image, during zimg send", f"{f.broker_us_per_image_send:.0f} µs", ""),
         ("broker, light client: jobs/s", f"{f.broker_jobs_per_s:,.0f}", ">= 20,000"),
         ("broker, light client: CPU per job", f"{f.broker_us_per_job_light:.0f} µs", "<= 40"),
+        ("Python floor (floor_broker), light client: jobs/s", f"{f.floor_jobs_per_s:,.0f}", ""),
+        ("Python floor: CPU per job", f"{f.floor_us_per_job:.0f} µs", ""),
         ("light client's own CPU per job", f"{f.client_us_per_job_light:.0f} µs", ""),
         ("simulated workers' CPU per job", f"{f.workers_us_per_job_light:.0f} µs", ""),
         ("zmq.proxy beside it: round trips/s", f"{f.proxy_round_trips_per_s:,.0f}", ""),
