@@ -53,7 +53,8 @@ class JobFlow:
             raise WireError(f"a job id may have at most {MAX_JOB_ID_CHARS} characters")
         if self.table.holds(client, job_id):
             return []  # a resend of a job we already hold: idempotent
-        refusal = self.table.refusal(client, sum(len(f) for f in frames))
+        nbytes = sum(map(len, frames))
+        refusal = self.table.refusal(client, nbytes)
         if refusal is not None:
             why, busy = refusal
             self.stats["jobs_refused"] += 1
@@ -62,7 +63,7 @@ class JobFlow:
                 reply["busy"] = True
             return [Send(client.identity, wire.encode(Command.RESULT, reply))]
         self.stats["jobs_received"] += 1
-        self.table.add(client, job_id, header, frames)
+        self.table.add(client, job_id, header, frames, nbytes)
         return self.assign(now)
 
     def result(

@@ -78,15 +78,19 @@ class JobTable:
         return None
 
     def add(
-        self, client: NodeRecord, job_id: Any, header: dict[str, Any], frames: Sequence[Any]
+        self,
+        client: NodeRecord,
+        job_id: Any,
+        header: dict[str, Any],
+        frames: Sequence[Any],
+        nbytes: int,
     ) -> JobRecord:
-        """Take a new job in (the caller checked :meth:`holds` and :meth:`refusal`) and queue
-        it last."""
+        """Take a new job of ``nbytes`` (its frames' total) in (the caller checked
+        :meth:`holds` and :meth:`refusal`) and queue it last."""
         deadline_s = self.config.job_deadline_s
         asked = header.get("deadline_s")
         if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
             deadline_s = min(deadline_s, float(asked))
-        nbytes = _size(frames)
         job = JobRecord(next(self._tickets), client, job_id, header, frames, nbytes, deadline_s)
         self.jobs[job.ticket] = job
         self._keys[(client.identity, job_id)] = job
@@ -195,10 +199,6 @@ class JobTable:
         return math.inf
 
 
-def _size(frames: Sequence[Any]) -> int:
-    return sum(len(f) for f in frames)
-
-
 def _job_frames(job: JobRecord, extra: dict[str, Any], limits: wire.Limits) -> list[Any]:
     """The JOB's frames with the broker's fields added to its header.
 
@@ -206,7 +206,7 @@ def _job_frames(job: JobRecord, extra: dict[str, Any], limits: wire.Limits) -> l
     array frames keep their numbers), unless the client wrote fields the broker owns; then the
     header is encoded again without them.
     """
-    if not RESERVED_FIELDS & job.header.keys():
+    if RESERVED_FIELDS.isdisjoint(job.header):
         lead = _append_entries(job.frames[0], len(job.header), extra)
         if lead is not None and len(lead) - _LEAD_PREFIX <= limits.max_header_bytes:
             return [lead, *job.frames[1:]]

@@ -167,7 +167,7 @@ class WorkerIndex:
         is its :meth:`~NodeRecord.running` count before the change, if that may have moved."""
         if not node.indexed:
             return
-        host = self._placed_host(node)
+        host = self._placed_host(node) if self.cpu_slots else None
         if host is not None and running_before is not None:
             now_running = node.running()
             if now_running != running_before:
@@ -252,10 +252,13 @@ class WorkerIndex:
         if not node.indexed:
             return
         self._spawn_dirty.add(node)
-        if node.free() > 0 and not node.hung and not node.parked:
-            ratio = len(node.active) / node.capacity
-            self._push_job(node, ratio, self._shares(node))
-        self._compact()
+        active = len(node.active)
+        if active < node.capacity and not node.hung and not node.parked:  # it has credit
+            shares = self._shares(node) if self.cpu_slots else False
+            self._push_job(node, active / node.capacity, shares)
+        bound = self._heap_bound()
+        if len(self._jobs) > bound or len(self._spawns) > bound:
+            self._compact()
 
     def _renew_spawns(self) -> None:
         """Push a fresh spawn entry for every worker changed since the last SPAWN pick."""
@@ -295,10 +298,14 @@ class WorkerIndex:
             node.parked = False
             self._touch(node)
 
+    def _heap_bound(self) -> int:
+        """Entries a heap may hold, live or stale, before :meth:`_compact` drops the stale."""
+        return 4 * self.workers + 64
+
     def _compact(self) -> None:
         """Drop stale entries once they outnumber the live ones (bounded memory)."""
         for heap in (self._jobs, self._spawns):
-            if len(heap) > 4 * self.workers + 64:
+            if len(heap) > self._heap_bound():
                 live: list[Any] = [e for e in heap if e[-2] == e[-1].version]
                 heapq.heapify(live)
                 self.steps += len(heap)
