@@ -12,21 +12,17 @@ import pytest
 from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, BrokerState, Send
 from zimg.nodes_query import collect_pages
+from zimg.testing import FakeClock
 from zimg.wire import Command, Pid, Ref
 
-from .test_broker_state import Clock, hello, ident, job, sends, ticket_of
+from .test_broker_state import hello, ident, job, sends, ticket_of
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def make_state(clock: Clock, **config: Any) -> BrokerState:
+def make_state(clock: FakeClock, **config: Any) -> BrokerState:
     return BrokerState(BrokerConfig(**config), now=clock.now, epoch=7)
 
 
-def join(state: BrokerState, clock: Clock, name: str, **kw: Any) -> list[Any]:
+def join(state: BrokerState, clock: FakeClock, name: str, **kw: Any) -> list[Any]:
     return state.on_message(ident(name), hello(name, **kw), clock.now)
 
 
@@ -66,7 +62,7 @@ PID = Pid("n1", 1, 5)  # a pid of n1 (incarnation 1, as hello() says)
     ],
 )
 def test_an_actor_message_naming_another_nodes_pid_is_dropped_and_counted(
-    clock: Clock, command: Command, header: dict[str, Any]
+    clock: FakeClock, command: Command, header: dict[str, Any]
 ) -> None:
     state = make_state(clock)
     for name in ("n1", "n2", "n3"):
@@ -76,7 +72,7 @@ def test_an_actor_message_naming_another_nodes_pid_is_dropped_and_counted(
     assert state.stats["forged"] == 1
 
 
-def test_actor_messages_naming_the_senders_own_pids_are_routed(clock: Clock) -> None:
+def test_actor_messages_naming_the_senders_own_pids_are_routed(clock: FakeClock) -> None:
     state = make_state(clock)
     for name in ("n1", "n2"):
         join(state, clock, name)
@@ -95,7 +91,7 @@ def test_actor_messages_naming_the_senders_own_pids_are_routed(clock: Clock) -> 
     assert state.stats["forged"] == 0
 
 
-def test_a_peer_that_has_not_joined_routes_nothing(clock: Clock) -> None:
+def test_a_peer_that_has_not_joined_routes_nothing(clock: FakeClock) -> None:
     state = make_state(clock)
     join(state, clock, "n2")
     for command, header in [
@@ -110,7 +106,9 @@ def test_a_peer_that_has_not_joined_routes_nothing(clock: Clock) -> None:
 # ------------------------------------------------------------------ jobs: tickets and ids
 
 
-def test_a_result_for_another_job_of_the_client_under_its_ticket_is_forged(clock: Clock) -> None:
+def test_a_result_for_another_job_of_the_client_under_its_ticket_is_forged(
+    clock: FakeClock,
+) -> None:
     state = make_state(clock)
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1", capacity=1)
@@ -127,7 +125,7 @@ def test_a_result_for_another_job_of_the_client_under_its_ticket_is_forged(clock
     assert len(state.table.jobs) == 2
 
 
-def test_nobody_learns_another_peers_routing_id(clock: Clock) -> None:
+def test_nobody_learns_another_peers_routing_id(clock: FakeClock) -> None:
     state = make_state(clock)
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1")
@@ -143,7 +141,7 @@ def test_nobody_learns_another_peers_routing_id(clock: Clock) -> None:
 
 
 def test_a_job_past_its_deadline_is_retried_elsewhere_and_its_worker_is_hung(
-    clock: Clock,
+    clock: FakeClock,
 ) -> None:
     state = make_state(clock, job_deadline_s=10.0)
     join(state, clock, "c", role="client", capacity=0)
@@ -183,7 +181,7 @@ def test_a_job_past_its_deadline_is_retried_elsewhere_and_its_worker_is_hung(
     assert [job.job_id for job in state.table.jobs.values()] == [1]  # job 0 is gone
 
 
-def test_a_job_that_keeps_timing_out_fails_after_max_attempts(clock: Clock) -> None:
+def test_a_job_that_keeps_timing_out_fails_after_max_attempts(clock: FakeClock) -> None:
     state = make_state(clock, job_deadline_s=5.0, max_attempts=2)
     join(state, clock, "c", role="client", capacity=0)
     for name in ("n1", "n2"):
@@ -201,7 +199,7 @@ def test_a_job_that_keeps_timing_out_fails_after_max_attempts(clock: Clock) -> N
     assert state.table.jobs == {}
 
 
-def test_a_client_may_ask_for_a_shorter_deadline_never_a_longer_one(clock: Clock) -> None:
+def test_a_client_may_ask_for_a_shorter_deadline_never_a_longer_one(clock: FakeClock) -> None:
     state = make_state(clock, job_deadline_s=60.0)
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1", capacity=4)
@@ -212,7 +210,7 @@ def test_a_client_may_ask_for_a_shorter_deadline_never_a_longer_one(clock: Clock
     assert deadlines == [5.0, 60.0, 60.0, 60.0]
 
 
-def test_a_client_that_leaves_does_not_strand_its_workers_credit(clock: Clock) -> None:
+def test_a_client_that_leaves_does_not_strand_its_workers_credit(clock: FakeClock) -> None:
     state = make_state(clock, job_deadline_s=5.0)
     join(state, clock, "c", role="client", capacity=0)
     join(state, clock, "n1", capacity=1)
@@ -230,7 +228,9 @@ def test_a_client_that_leaves_does_not_strand_its_workers_credit(clock: Clock) -
 # ------------------------------------------------------------------ bounded queues
 
 
-def test_jobs_beyond_a_clients_byte_cap_are_answered_busy_and_held_nowhere(clock: Clock) -> None:
+def test_jobs_beyond_a_clients_byte_cap_are_answered_busy_and_held_nowhere(
+    clock: FakeClock,
+) -> None:
     state = make_state(clock, max_client_job_bytes=10_000)
     join(state, clock, "c", role="client", capacity=0)  # no worker: everything queues
     payload = np.zeros(4000, np.uint8)
@@ -251,7 +251,7 @@ def test_jobs_beyond_a_clients_byte_cap_are_answered_busy_and_held_nowhere(clock
     assert "at most 10000 bytes" in refused.header["error"]
 
 
-def test_the_broker_wide_byte_cap_holds_across_clients(clock: Clock) -> None:
+def test_the_broker_wide_byte_cap_holds_across_clients(clock: FakeClock) -> None:
     state = make_state(clock, max_job_bytes=20_000, max_client_job_bytes=15_000)
     payload = np.zeros(6000, np.uint8)
     for name in ("a", "b", "c"):
@@ -265,7 +265,7 @@ def test_the_broker_wide_byte_cap_holds_across_clients(clock: Clock) -> None:
 # ------------------------------------------------------------------ liveness from arrival
 
 
-def test_a_node_is_not_declared_dead_while_its_messages_wait_unread(clock: Clock) -> None:
+def test_a_node_is_not_declared_dead_while_its_messages_wait_unread(clock: FakeClock) -> None:
     state = make_state(clock)
     join(state, clock, "n1")
     drained = clock.now
@@ -286,7 +286,7 @@ def test_a_node_is_not_declared_dead_while_its_messages_wait_unread(clock: Clock
 # ------------------------------------------------------------------ NODES
 
 
-def test_the_nodes_report_comes_in_pages_that_stay_small(clock: Clock) -> None:
+def test_the_nodes_report_comes_in_pages_that_stay_small(clock: FakeClock) -> None:
     state = make_state(clock, nodes_page_bytes=4096, nodes_bytes_per_s=1e9)
     for i in range(300):
         name = f"w{i:03d}"
@@ -307,7 +307,7 @@ def test_the_nodes_report_comes_in_pages_that_stay_small(clock: Clock) -> None:
     assert seen == sorted(state.by_name)
 
 
-def test_collect_pages_reads_every_page_or_stops_when_told(clock: Clock) -> None:
+def test_collect_pages_reads_every_page_or_stops_when_told(clock: FakeClock) -> None:
     """``collect_pages`` gathers every page; with ``until`` it asks no page beyond the first
     after which the condition holds (the send warning stops at the first worker it sees)."""
     state = make_state(clock, nodes_page_bytes=2000, nodes_bytes_per_s=1e9)
@@ -340,7 +340,7 @@ def test_collect_pages_reads_every_page_or_stops_when_told(clock: Clock) -> None
     assert worker["nodes"][-1]["name"] == "w000"
 
 
-def test_nodes_requests_beyond_the_rate_are_dropped_and_counted(clock: Clock) -> None:
+def test_nodes_requests_beyond_the_rate_are_dropped_and_counted(clock: FakeClock) -> None:
     # A budget of 20 kB/s, and pages of about 2 kB (256 nodes' entries cost ~270 B each, but a
     # page holds at most nodes_page_bytes of them).
     state = make_state(clock, nodes_bytes_per_s=20_000.0, nodes_page_bytes=2000)
@@ -361,7 +361,7 @@ def test_nodes_requests_beyond_the_rate_are_dropped_and_counted(clock: Clock) ->
 # ------------------------------------------------------------------ names and limits
 
 
-def test_a_key_cannot_take_a_name_that_belongs_to_a_longer_key(clock: Clock) -> None:
+def test_a_key_cannot_take_a_name_that_belongs_to_a_longer_key(clock: FakeClock) -> None:
     state = BrokerState(BrokerConfig(), now=clock.now, epoch=1, key_names={"n1", "n1.gpu"})
     for name, allowed in (("n1.gpu", False), ("n1.gpu.x", False), ("n1.cpu", True)):
         out = sends(state.on_message(ident(name), hello(name), clock.now, user_id="n1"))
@@ -372,7 +372,7 @@ def test_a_key_cannot_take_a_name_that_belongs_to_a_longer_key(clock: Clock) -> 
     assert out[0][1].command is Command.WELCOME
 
 
-def test_nodes_beyond_the_limit_are_refused_with_the_fix(clock: Clock) -> None:
+def test_nodes_beyond_the_limit_are_refused_with_the_fix(clock: FakeClock) -> None:
     state = make_state(clock)
     state.node_limit, state.node_limit_fix = 3, "raise ulimit -n"
     for i in range(3):
@@ -385,7 +385,7 @@ def test_nodes_beyond_the_limit_are_refused_with_the_fix(clock: Clock) -> None:
     assert sends(join(state, clock, "n1"))[0][1].command is Command.WELCOME
 
 
-def test_the_broker_warns_as_nodes_approach_the_limit(clock: Clock) -> None:
+def test_the_broker_warns_as_nodes_approach_the_limit(clock: FakeClock) -> None:
     state = make_state(clock)
     state.node_limit = 20
     warnings = []
@@ -399,7 +399,7 @@ def test_the_broker_warns_as_nodes_approach_the_limit(clock: Clock) -> None:
     assert "near this broker's limit of 20" in warnings[0]
 
 
-def test_reject_says_why_in_a_code(clock: Clock) -> None:
+def test_reject_says_why_in_a_code(clock: FakeClock) -> None:
     state = make_state(clock)
     join(state, clock, "n1")
     cases = [
@@ -415,7 +415,7 @@ def test_reject_says_why_in_a_code(clock: Clock) -> None:
     assert msg.header["code"] == protocol.REJECT_NAME_TAKEN
 
 
-def test_a_job_id_too_long_to_repeat_in_a_result_is_malformed(clock: Clock) -> None:
+def test_a_job_id_too_long_to_repeat_in_a_result_is_malformed(clock: FakeClock) -> None:
     state = make_state(clock)
     join(state, clock, "c", role="client", capacity=0)
     out = state.on_message(ident("c"), job("x" * 129), clock.now)  # type: ignore[arg-type]
@@ -424,7 +424,7 @@ def test_a_job_id_too_long_to_repeat_in_a_result_is_malformed(clock: Clock) -> N
     assert state.queue_length == 0
 
 
-def test_fields_the_broker_owns_cannot_be_set_by_a_client(clock: Clock) -> None:
+def test_fields_the_broker_owns_cannot_be_set_by_a_client(clock: FakeClock) -> None:
     """A client that writes ``ticket``, ``client``, ``attempt``, ``deadline_s`` or ``queued``
     into its JOB (to answer for another job, or to look like a retry) gets the broker's own."""
     state = make_state(clock, job_deadline_s=30.0)

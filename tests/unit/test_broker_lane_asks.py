@@ -7,18 +7,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import pytest
-
 from tests.unit.test_broker_lanes import TOKEN, joined, lane
-from tests.unit.test_broker_state import CFG, Clock, ident, join
+from tests.unit.test_broker_state import CFG, ident, join
 from zimg import wire
 from zimg._broker_state import Log
 from zimg.wire import Command
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def accept(state, clock, sender: str, to: str) -> list:

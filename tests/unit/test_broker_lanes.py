@@ -7,25 +7,21 @@ import dataclasses
 
 import pytest
 
-from tests.unit.test_broker_state import CFG, Clock, ident, join, sends
+from tests.unit.test_broker_state import CFG, ident, join, sends
 from zimg import protocol, wire
 from zimg._broker_state import BrokerState
+from zimg.testing import FakeClock
 from zimg.wire import Command
 
 TOKEN = b"\x01" * 16
 KEY = b"k" * 40
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-def lane(state: BrokerState, clock: Clock, sender: str, **header) -> list:
+def lane(state: BrokerState, clock: FakeClock, sender: str, **header) -> list:
     return sends(state.on_message(ident(sender), wire.encode(Command.LANE, header), clock.now))
 
 
-def joined(clock: Clock, *names: str, cfg=CFG) -> BrokerState:
+def joined(clock: FakeClock, *names: str, cfg=CFG) -> BrokerState:
     state = BrokerState(cfg, now=clock.now, epoch=1)
     for name in names:
         join(state, clock, name, role="client", capacity=0, lane=f"tcp://127.0.0.1:7{len(name)}")

@@ -10,17 +10,18 @@ import pytest
 
 from zimg import wire
 from zimg._broker_state import BrokerConfig, BrokerState, Send
+from zimg.testing import FakeClock
 from zimg.wire import Command
 
-from .test_broker_state import Clock, hello, ident, job, sends, ticket_of
+from .test_broker_state import hello, ident, job, sends, ticket_of
 
 JOBS = 300
 
 
-def cluster(workers: int, *, per_host: int | None, cpus: int = 2) -> tuple[BrokerState, Clock]:
+def cluster(workers: int, *, per_host: int | None, cpus: int = 2) -> tuple[BrokerState, FakeClock]:
     """A broker with one client and ``workers`` workers, ``per_host`` to a host of ``cpus``
     CPUs (None: the workers say nothing of where they run)."""
-    clock = Clock()
+    clock = FakeClock()
     state = BrokerState(BrokerConfig(), now=clock.now, epoch=1)
     state.on_message(ident("c"), hello("c", role="client", capacity=0), clock.now)
     for i in range(workers):
@@ -32,7 +33,7 @@ def cluster(workers: int, *, per_host: int | None, cpus: int = 2) -> tuple[Broke
     return state, clock
 
 
-def steps_per_job(state: BrokerState, clock: Clock) -> float:
+def steps_per_job(state: BrokerState, clock: FakeClock) -> float:
     """Heap operations per job in a steady stream: each job is submitted, dispatched and
     answered, with a window of 20 jobs in flight (those beyond the CPU slots queue)."""
     client = ident("c")
@@ -89,7 +90,7 @@ def test_heartbeats_go_round_in_slices_and_expiry_rearms_once_per_node() -> None
 def test_a_mass_death_costs_linear_work_not_quadratic() -> None:
     """1,000 nodes die at once; each was watched by one other node. The broker's work (the
     instructions it produces) is O(1,000), not O(1,000²) as a NODEDOWN broadcast was."""
-    clock = Clock()
+    clock = FakeClock()
     state = BrokerState(BrokerConfig(), now=clock.now, epoch=1)
     n = 1000
     for i in range(2 * n):

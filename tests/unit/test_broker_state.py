@@ -11,27 +11,14 @@ import pytest
 
 from zimg import protocol, wire
 from zimg._broker_state import BrokerConfig, BrokerState, Log, Probe, Send, SendMany
+from zimg.testing import FakeClock
 from zimg.wire import Command, Pid
 
 CFG = BrokerConfig(heartbeat_interval_s=1.0, liveness=3, max_attempts=3)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def advance(self, s: float) -> float:
-        self.now += s
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def state(clock: Clock) -> BrokerState:
+def state(clock: FakeClock) -> BrokerState:
     return BrokerState(CFG, now=clock.now, epoch=42)
 
 
@@ -61,11 +48,11 @@ def sends(instructions) -> list[tuple[bytes, wire.Message]]:
     return out
 
 
-def join(state: BrokerState, clock: Clock, name: str, **kw) -> list:
+def join(state: BrokerState, clock: FakeClock, name: str, **kw) -> list:
     return state.on_message(ident(name), hello(name, **kw), clock.now)
 
 
-def gone(state: BrokerState, clock: Clock, name: str) -> list:
+def gone(state: BrokerState, clock: FakeClock, name: str) -> list:
     """A send to ``name`` fails, then the loop finds its socket drained: the node is down."""
     assert state.on_unreachable(ident(name), clock.now) == []
     return state.on_tick(clock.advance(0.001), drained_at=clock.now)
@@ -534,7 +521,7 @@ def test_spawn_any_goes_round_the_workers(state, clock):
     assert targets == [ident("n1"), ident("n2"), ident("n1"), ident("n2")]
 
 
-def watch(state: BrokerState, clock: Clock, who: str, name: str, incarnation=None) -> list:
+def watch(state: BrokerState, clock: FakeClock, who: str, name: str, incarnation=None) -> list:
     header = {"node": name, "incarnation": incarnation}
     return sends(state.on_message(ident(who), wire.encode(Command.WATCH, header), clock.now))
 
@@ -794,7 +781,7 @@ def placed(cpus: list[int], host: str = "boot:a", threads: int = 1) -> dict[str,
     return {"host": host, "cpus": cpus, "threads": threads}
 
 
-def dispatch(state: BrokerState, clock: Clock, first: int, count: int) -> list[bytes]:
+def dispatch(state: BrokerState, clock: FakeClock, first: int, count: int) -> list[bytes]:
     """Submit jobs ``first`` .. ``first + count - 1``; the workers each was handed to."""
     targets = []
     for i in range(first, first + count):
@@ -803,7 +790,7 @@ def dispatch(state: BrokerState, clock: Clock, first: int, count: int) -> list[b
     return targets
 
 
-def finish(state: BrokerState, clock: Clock, worker: str, job_id: int) -> list[bytes]:
+def finish(state: BrokerState, clock: FakeClock, worker: str, job_id: int) -> list[bytes]:
     """``worker`` returns job ``job_id``; the workers handed a job in exchange."""
     out = sends(state.on_message(ident(worker), result(state, job_id, ident("c")), clock.now))
     return [to for to, m in out if m.command is Command.JOB]
@@ -954,7 +941,7 @@ def test_the_nodes_report_shows_where_workers_run(state, clock):
 
 
 def test_every_counter_is_reported_from_the_start_and_only_the_state_writes_them(
-    state: BrokerState, clock: Clock
+    state: BrokerState, clock: FakeClock
 ) -> None:
     import inspect
 

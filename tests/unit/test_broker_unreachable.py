@@ -13,7 +13,6 @@ import pytest
 
 from tests.unit.test_broker_state import (
     CFG,
-    Clock,
     hello,
     ident,
     job,
@@ -22,20 +21,16 @@ from tests.unit.test_broker_state import (
 )
 from zimg import protocol, wire
 from zimg._broker_state import BrokerState, Send
+from zimg.testing import FakeClock
 from zimg.wire import Command, Pid
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def state(clock: Clock) -> BrokerState:
+def state(clock: FakeClock) -> BrokerState:
     return BrokerState(CFG, now=clock.now, epoch=42)
 
 
-def watched(state: BrokerState, clock: Clock, name: str, by: str) -> None:
+def watched(state: BrokerState, clock: FakeClock, name: str, by: str) -> None:
     watch = wire.encode(Command.WATCH, {"node": name, "incarnation": 1})
     assert state.on_message(ident(by), watch, clock.now) == []
 

@@ -30,11 +30,6 @@ INTERVAL, LIVENESS = 0.5, 4  # the broker's, unlike the defaults (1.0 s, 3)
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def session(clock: FakeClock) -> NodeSession:
     s = NodeSession(
         "n1",
