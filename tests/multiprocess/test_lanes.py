@@ -59,13 +59,30 @@ def wait_for_lane_count(node: zimg.Node, name: str, key: str, at_least: int) -> 
 
 
 def test_a_stream_and_the_down_after_it_keep_their_order_across_the_switch(cluster):
+    """n1 streams to main until main has seen n1's lane to it switch and 200 more messages
+    come: the first messages go through the broker (behind the lane's ask), later ones on the
+    lane, all in one order, and the DOWN comes after the last. main stops the stream itself, so
+    the switch falls inside it however long the lane takes to open on a loaded machine."""
     node, _ = cluster
-    n = 5000
-    pid, ref = node.spawn_monitor("n1", "zt.count_to", node.self(), "a", n)
-    got = [node.receive(timeout=WAIT) for _ in range(n + 1)]
-    assert got[:n] == [("a", i) for i in range(n)]
-    assert got[n] == ("DOWN", ref, pid, "normal")
-    # The first message went through the broker (behind the ask), later ones on the lane.
+    lanes = node.connection.lanes
+    assert lanes is not None
+    most = 90_000  # within main's mailbox bound (100,000) even if main read nothing
+    pid, ref = node.spawn_monitor("n1", "zt.count_until_stopped", node.self(), "a", most)
+    got = []
+    switched_at = None  # how many messages had come when main saw the lane switched
+    while not got or got[-1][0] != "sent":
+        got.append(node.receive(timeout=WAIT))
+        if switched_at is None:
+            lane = lanes.inbound_of.get("n1")
+            if lane is not None and lane.switched:  # a flag the I/O thread sets
+                switched_at = len(got)
+        elif len(got) == switched_at + 200:
+            node.send(pid, "stop")
+    count = got[-1][1]
+    assert switched_at is not None, f"n1's lane to main never switched in {count} messages"
+    assert count >= switched_at + 200
+    assert got[:-1] == [("a", i) for i in range(count)]
+    assert node.receive(timeout=WAIT) == ("DOWN", ref, pid, "normal")
     assert wait_for_lane_count(node, "n1", "sent", 1) >= 1
     assert node.report()["stats"]["lanes_opened"] >= 1
 

@@ -14,6 +14,24 @@ def count_to(ctx, to, tag, n):
         ctx.send(to, (tag, i))
 
 
+@zimg.behaviour("zt.count_until_stopped")
+def count_until_stopped(ctx, to, tag, most):
+    """Send (tag, 0), (tag, 1), ... to ``to`` until a "stop" comes or ``most`` are sent, then
+    ("sent", count). It looks for the stop every 20 messages, waiting up to 1 ms, which also
+    paces the stream: at most ``most`` / 20 ms of it, whatever the machine's speed."""
+    sent = 0
+    while sent < most:
+        ctx.send(to, (tag, sent))
+        sent += 1
+        if sent % 20 == 0:
+            try:
+                if ctx.receive(lambda m: m == "stop", timeout=0.001) == "stop":
+                    break
+            except TimeoutError:
+                pass
+    ctx.send(to, ("sent", sent))
+
+
 @zimg.behaviour("zt.waiter")
 def waiter(ctx):
     """Wait for one message: 'crash' raises, anything else ends normally."""
