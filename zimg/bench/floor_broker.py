@@ -58,10 +58,12 @@ def serve(url: str, *, deadline_s: float = 60.0) -> None:
     workers: list[bytes] = []
     waiting: dict[int, bytes] = {}  # ticket -> the client's routing id
     tickets = itertools.count(1)
-    recv, monotonic = sock.recv, time.monotonic
+    poller = zmq.Poller()  # as the broker's loop polls
+    poller.register(sock, zmq.POLLIN)
+    poll, recv, monotonic = poller.poll, sock.recv, time.monotonic
     beat_at = monotonic() + interval
     while True:
-        if sock.poll(int(interval * 1000)):
+        if poll(int(interval * 1000)):
             while True:
                 try:
                     identity = recv(NOBLOCK)
