@@ -71,6 +71,9 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
             assert summary["run_s"]["median"] > 0
         assert data["contenders"]["loop"]["ratio"]["median"] == pytest.approx(1.0)
     assert {"actors", "forwarding", "startup", "memory"} <= results["micro"].keys()
+    floor = results["micro"]["actors"]["pyzmq"]["floor"]  # the Python floor of a message
+    assert floor["rtt"]["p50_us"] > 0
+    assert floor["one_way"]["per_s"] > 0
     assert len(results["targets"]) == 7
     page = (out / "performance.md").read_text()
     assert page.startswith("# Performance")

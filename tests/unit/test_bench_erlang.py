@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -131,3 +132,41 @@ def _machine() -> dict[str, object]:
     keys = ("date", "cpu_count", "cpus_usable", "cpu_model", "load_avg_1m", "platform", "python")
     keys += ("pyzmq", "libzmq", "msgpack", "numpy", "zimg")
     return dict.fromkeys(keys, "?")
+
+
+def test_the_python_floor_has_its_column_between_the_proxy_and_erlang() -> None:
+    cfg = actor_figures.make_config(quick=True, rounds=10, messages=10, spawns=1)
+    erl = actor_figures.ErlangResults(
+        "25", 64, 12, _rtt(50.0), actor_figures.Rate(10, 0.001, 10_000.0)
+    )
+    z, raw = _zimg(), _raw()
+    raw["floor"] = actor_figures.RawResults(_rtt(250.0), actor_figures.Rate(10, 0.002, 5_000.0))
+    table = actor_report.format_table(cfg, _machine(), z, raw, erl)
+    head = next(line for line in table.splitlines() if "pyzmq direct" in line)
+    assert head.split()[-4:] == ["floor", "zimg/flr", "erlang", "zimg/erl"]
+    p50 = next(line for line in table.splitlines() if line.strip().startswith("p50"))
+    assert p50.split()[-4:] == ["250.0", "2.00x", "50.0", "10.00x"]  # zimg 500 us
+    messages = next(line for line in table.splitlines() if "messages/s" in line)
+    assert messages.split()[-4:-2] == ["5,000", "0.20x"]  # zimg 1,000 messages/s
+    assert "py floor:" in table
+    report = actor_report.to_json(cfg, _machine(), z, raw, Timings(), erl)
+    assert report["ratios"]["rtt_n1_n2.p50_us/floor"] == 2.0
+    assert report["ratios"]["one_way.per_s/floor"] == 0.2
+
+
+def test_micro_rows_have_python_floor_rows_when_it_was_measured() -> None:
+    act: dict[str, Any] = {
+        "zimg": {"rtt_n1_n2": {"p50_us": 500.0, "p99_us": 900.0}, "one_way_n1_n2": {"per_s": 1e3}},
+        "pyzmq": {
+            name: {"rtt": {"p50_us": 100.0, "p99_us": 300.0}, "one_way": {"per_s": 1e4}}
+            for name in ("direct", "proxy")
+        },
+    }
+    assert not [r for r in micro_rows({"micro": {"actors": act}}) if "floor" in r[0]]
+    act["pyzmq"]["floor"] = {"rtt": {"p50_us": 125.0, "p99_us": 450.0}, "one_way": {"per_s": 4e3}}
+    floor_rows = [r for r in micro_rows({"micro": {"actors": act}}) if "floor" in r[0]]
+    assert [r[1:] for r in floor_rows] == [
+        ("500", "125", "4.00x"),
+        ("900", "450", "2.00x"),
+        ("1,000", "4,000", "0.25x"),
+    ]

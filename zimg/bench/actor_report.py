@@ -18,6 +18,7 @@ def erlang_json(erl: ErlangResults | str) -> dict[str, Any]:
 
 
 Row = tuple[str, float, tuple[float | None, ...], str]  # label, zimg, one base per column, format
+_PATHS = ("direct", "proxy", "floor")  # the pyzmq paths, in the table's order of columns
 
 
 def _rows(
@@ -26,9 +27,10 @@ def _rows(
     erl: ErlangResults | None,
     lanes: bool = False,
 ) -> list[Row | str]:
-    """The table's rows; the bases are pyzmq direct, pyzmq proxy and (if given) Erlang.
-    ``lanes``: the rows of a run on lanes (what lanes change: messages between nodes)."""
-    paths = [raw["direct"], raw["proxy"]]
+    """The table's rows; the bases are pyzmq direct, pyzmq proxy, the Python floor (if
+    measured) and Erlang (if given). ``lanes``: the rows of a run on lanes (what lanes change:
+    messages between nodes)."""
+    paths = [raw[name] for name in _PATHS if name in raw]
     rows: list[Row | str] = []
     on = ", on lanes" if lanes else ""
     blocks = [
@@ -38,7 +40,7 @@ def _rows(
     if not lanes:
         blocks.append(("RTT n1 <-> n1 (same node: no socket)", z.rtt_same_node, False, False))
     for label, rtt, compare, with_erl in blocks:
-        rtts: list[Rtt | None] = [b.rtt for b in paths] if compare else [None, None]
+        rtts: list[Rtt | None] = [b.rtt for b in paths] if compare else [None] * len(paths)
         if erl is not None:
             rtts.append(erl.rtt if with_erl else None)
         rows.append(label)
@@ -91,6 +93,8 @@ def format_table(
     ]
     # (heading, width) of each base's column, then its ratio column
     columns = [("pyzmq direct", 14, "zimg/dir"), ("pyzmq proxy", 13, "zimg/prx")]
+    if "floor" in raw:
+        columns.append(("py floor", 12, "zimg/flr"))
     if isinstance(erl, ErlangResults):
         columns.append(("erlang", 12, "zimg/erl"))
     head = f"{'':38}{'zimg':>12}" + "".join(f"{c:>{w}}{r:>10}" for c, w, r in columns)
@@ -116,6 +120,14 @@ def format_table(
         "ratio = zimg / baseline: above 1 is slower for latencies, below 1 is slower for rates.",
         "pyzmq direct: DEALER (this process) <-> ROUTER echo (child process).",
         "pyzmq proxy:  DEALER <-> zmq.proxy ROUTER|DEALER (child) <-> DEALER echo (child).",
+    ]
+    if "floor" in raw:
+        lines.append(
+            "py floor:     pyzmq direct with zimg's messages, encoded (wire.encode_send) and"
+            " decoded (wire.decode_common) at each end, one thread each: the least Python an"
+            " actor message needs."
+        )
+    lines += [
         "zimg n1<->n2: actor thread -> I/O thread -> broker thread (main process) -> I/O thread"
         " -> actor, each way.",
     ]

@@ -1,5 +1,7 @@
 """The raw pyzmq baselines of :mod:`zimg.bench.actors`: an echo server in another process,
-direct and through a ``zmq.proxy`` device, with the same message sizes and counts as zimg's."""
+direct and through a ``zmq.proxy`` device, with the same message sizes and counts as zimg's;
+and the Python floor of an actor message, the same path with zimg's encoding and decoding at
+each end and nothing else."""
 
 from __future__ import annotations
 
@@ -7,14 +9,18 @@ import contextlib
 import multiprocessing
 import signal
 import time
+from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import zmq
 
+from zimg import wire
 from zimg._heap import keep_freed_memory
 from zimg.bench._common import BenchError, Timings, children
 from zimg.bench.actor_figures import REPLY_TIMEOUT_S, Config, Rate, RawResults, Rtt, check_reply
+from zimg.wire import Pid
 
 # ---------------------------------------------------------------------- raw pyzmq baselines
 
@@ -49,6 +55,46 @@ def _raw_server(endpoint: str, connect: bool) -> None:
                     recv()
                 frames[-1] = _DONE
             send(frames)
+    finally:
+        ctx.destroy(linger=0)
+
+
+_FLOOR_SERVER = Pid("floor-server", 1, 1)
+_FLOOR_CLIENT = Pid("floor-client", 1, 1)
+_MORE = int(zmq.SNDMORE)
+
+
+def _floor_server(endpoint: str) -> None:
+    """The Python floor of an actor's end, as a bound ROUTER: each message is decoded as a
+    node decodes it (``wire.decode_common``) and its term passed through a deque (a mailbox
+    with no thread between the socket and the reader); a round trip's request is answered with
+    a SEND encoded as a node encodes it (``wire.encode_send``). ``C<n>``, sent raw, starts a
+    batch of n to decode and count, answered by one raw ``D``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(endpoint)
+        recv, send = sock.recv, sock.send
+        decode, encode = wire.decode_common, wire.encode_send
+        box: deque[Any] = deque()
+        while True:
+            identity, lead = recv(), recv()  # every message here is one frame
+            if lead == _QUIT:
+                return
+            if lead[:1] == _COUNT:
+                for _ in range(int(lead[1:])):
+                    recv()
+                    box.append(decode([recv()]).header["msg"])
+                    box.popleft()
+                send(identity, _MORE)
+                send(_DONE)
+                continue
+            box.append(decode([lead]).header["msg"])
+            _, reply_to, tag = box.popleft()  # ("echo", reply_to, tag), as zimg's ping sends
+            send(identity, _MORE)
+            send(encode(reply_to, ("echo", tag))[0])
     finally:
         ctx.destroy(linger=0)
 
@@ -127,9 +173,53 @@ def raw_one_way(sock: zmq.Socket[bytes], payload: bytes, count: int, warmup: int
     return Rate.of(count, time.perf_counter() - started)
 
 
+def floor_rtt(sock: zmq.Socket[bytes], rounds: int, warmup: int) -> Rtt:
+    """Round trips to :func:`_floor_server` with the messages of zimg's ping
+    (``("echo", me, i)``, answered ``("echo", i)``), each encoded and decoded as a node does,
+    timed like :func:`raw_rtt`."""
+    send, recv = sock.send, sock.recv
+    decode, encode = wire.decode_common, wire.encode_send
+
+    def trip(i: int) -> None:
+        send(encode(_FLOOR_SERVER, ("echo", _FLOOR_CLIENT, i))[0])
+        reply = decode([recv()]).header["msg"]
+        if reply != ("echo", i):
+            check_reply(reply, ("echo", i))
+
+    for i in range(warmup):
+        trip(i)
+    samples = np.empty(rounds, dtype=np.float64)
+    clock = time.perf_counter
+    started = clock()
+    for i in range(rounds):
+        t0 = clock()
+        trip(i)
+        samples[i] = clock() - t0
+    total = clock() - started
+    return Rtt.of(samples * 1e6, total)
+
+
+def floor_one_way(sock: zmq.Socket[bytes], count: int, warmup: int) -> Rate:
+    """``("m", i)`` to :func:`_floor_server`, encoded as a node encodes it, as
+    :func:`zimg.bench.actors.blast` sends: the rate of the Python floor."""
+    send, encode = sock.send, wire.encode_send
+
+    def batch(n: int) -> None:
+        send(_COUNT + str(n).encode())
+        for i in range(n):
+            send(encode(_FLOOR_SERVER, ("m", i))[0])
+        check_reply(sock.recv(), _DONE)
+
+    batch(warmup)
+    started = time.perf_counter()
+    batch(count)
+    return Rate.of(count, time.perf_counter() - started)
+
+
 def run_pyzmq(cfg: Config, tmp: str, timings: Timings) -> dict[str, RawResults]:
-    """The raw pyzmq figures: ``direct`` (DEALER-ROUTER) and ``proxy`` (through zmq.proxy)."""
-    direct = f"ipc://{tmp}/direct"
+    """The raw pyzmq figures: ``direct`` (DEALER-ROUTER) and ``proxy`` (through zmq.proxy);
+    and ``floor``, the Python floor of an actor message (:func:`_floor_server`)."""
+    direct, floor = f"ipc://{tmp}/direct", f"ipc://{tmp}/floor"
     front, back = f"ipc://{tmp}/proxy-front", f"ipc://{tmp}/proxy-back"
     rtt_payload = b"x" * cfg.rtt_bytes
     one_way_payload = b"x" * cfg.one_way_bytes
@@ -140,6 +230,7 @@ def run_pyzmq(cfg: Config, tmp: str, timings: Timings) -> dict[str, RawResults]:
             (_raw_server, (direct, False)),
             (raw_proxy, (front, back)),
             (_raw_server, (back, True)),
+            (_floor_server, (floor,)),
         ):
             procs.append(mp.Process(target=target, args=args, daemon=True))
             procs[-1].start()
@@ -149,4 +240,9 @@ def run_pyzmq(cfg: Config, tmp: str, timings: Timings) -> dict[str, RawResults]:
                 rate = raw_one_way(sock, one_way_payload, cfg.messages, cfg.warmup_messages)
                 sock.send(_QUIT)
                 results[name] = RawResults(rtt, rate)
+        with timings.phase("python floor"), _client(floor) as sock:
+            rtt = floor_rtt(sock, cfg.rounds, cfg.warmup_rounds)
+            rate = floor_one_way(sock, cfg.messages, cfg.warmup_messages)
+            sock.send(_QUIT)
+            results["floor"] = RawResults(rtt, rate)
     return results

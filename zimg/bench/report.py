@@ -222,14 +222,21 @@ def _erlang_rows(z: dict[str, Any], erl: dict[str, Any] | None) -> list[tuple[st
 def micro_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(figure, zimg, baseline, ratio) rows for the micro-figures.
 
-    The baselines are raw pyzmq, Erlang/OTP distribution (where ``erl`` was installed) and, for
-    memory, the shorter run.
+    The baselines are raw pyzmq, the Python floor of an actor message (``raw_zmq.floor_rtt``),
+    Erlang/OTP distribution (where ``erl`` was installed) and, for memory, the shorter run.
     """
     rows: list[tuple[str, str, str, str]] = []
     act = lookup(results, "micro", "actors")
     if act is not None:
         z, raw = act["zimg"], act["pyzmq"]
-        for base, label in (("direct", "DEALER-ROUTER echo"), ("proxy", "echo via zmq.proxy")):
+        bases = (
+            ("direct", "DEALER-ROUTER echo"),
+            ("proxy", "echo via zmq.proxy"),
+            ("floor", "the Python floor"),  # zimg's codec on the direct path, no runtime
+        )
+        for base, label in bases:
+            if base not in raw:
+                continue  # results of a run before the floor was measured
             r = raw[base]
             for stat in ("p50_us", "p99_us"):
                 zv, rv = z["rtt_n1_n2"][stat], r["rtt"][stat]
