@@ -10,7 +10,7 @@ import multiprocessing
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -137,24 +137,33 @@ def _client(endpoint: str) -> Iterator[zmq.Socket[bytes]]:
         ctx.destroy(linger=0)
 
 
-def raw_rtt(sock: zmq.Socket[bytes], payload: bytes, rounds: int, warmup: int) -> Rtt:
-    """Round trips through ``sock`` to an echo server, timed like :func:`ping_loop`."""
-    send, recv = sock.send, sock.recv
-    for _ in range(warmup):
-        send(payload)
-        check_reply(recv(), payload)
+def _round_trips(trip: Callable[[int], None], rounds: int, warmup: int) -> Rtt:
+    """``warmup`` untimed calls of ``trip(i)``, then ``rounds`` timed ones, timed like
+    :func:`zimg.bench.actors.ping_loop`."""
+    for i in range(warmup):
+        trip(i)
     samples = np.empty(rounds, dtype=np.float64)
     clock = time.perf_counter
     started = clock()
     for i in range(rounds):
         t0 = clock()
-        send(payload)
-        reply = recv()
+        trip(i)
         samples[i] = clock() - t0
-        if reply != payload:
-            check_reply(reply, payload)
     total = clock() - started
     return Rtt.of(samples * 1e6, total)
+
+
+def raw_rtt(sock: zmq.Socket[bytes], payload: bytes, rounds: int, warmup: int) -> Rtt:
+    """Round trips through ``sock`` to an echo server."""
+    send, recv = sock.send, sock.recv
+
+    def trip(_: int) -> None:
+        send(payload)
+        reply = recv()
+        if reply != payload:
+            check_reply(reply, payload)
+
+    return _round_trips(trip, rounds, warmup)
 
 
 def raw_one_way(sock: zmq.Socket[bytes], payload: bytes, count: int, warmup: int) -> Rate:
@@ -175,8 +184,7 @@ def raw_one_way(sock: zmq.Socket[bytes], payload: bytes, count: int, warmup: int
 
 def floor_rtt(sock: zmq.Socket[bytes], rounds: int, warmup: int) -> Rtt:
     """Round trips to :func:`_floor_server` with the messages of zimg's ping
-    (``("echo", me, i)``, answered ``("echo", i)``), each encoded and decoded as a node does,
-    timed like :func:`raw_rtt`."""
+    (``("echo", me, i)``, answered ``("echo", i)``), each encoded and decoded as a node does."""
     send, recv = sock.send, sock.recv
     decode, encode = wire.decode_common, wire.encode_send
 
@@ -186,17 +194,7 @@ def floor_rtt(sock: zmq.Socket[bytes], rounds: int, warmup: int) -> Rtt:
         if reply != ("echo", i):
             check_reply(reply, ("echo", i))
 
-    for i in range(warmup):
-        trip(i)
-    samples = np.empty(rounds, dtype=np.float64)
-    clock = time.perf_counter
-    started = clock()
-    for i in range(rounds):
-        t0 = clock()
-        trip(i)
-        samples[i] = clock() - t0
-    total = clock() - started
-    return Rtt.of(samples * 1e6, total)
+    return _round_trips(trip, rounds, warmup)
 
 
 def floor_one_way(sock: zmq.Socket[bytes], count: int, warmup: int) -> Rate:
