@@ -15,13 +15,13 @@ import zmq
 from zimg import _failover, protocol, wire
 from zimg._broker_state import BrokerState, Instruction, Send
 from zimg._peer_link import FailoverConfig, PeerLink
+from zimg._zsock import readable
 from zimg.security import BrokerKeys
 from zimg.wire import Command
 
 __all__ = ["PairHost"]
 
 log = logging.getLogger("zimg.broker")
-_POLLIN, _EVENTS = int(zmq.POLLIN), int(zmq.EVENTS)
 
 
 class PairHost:
@@ -118,7 +118,7 @@ class PairHost:
     def hear(self) -> None:
         """Feed what the peer published to the state machine."""
         link = self.link
-        if link is None or not int(link.sub.get(_EVENTS)) & _POLLIN:
+        if link is None or not readable(link.sub):
             return
         for item in link.receive():
             if isinstance(item, str):
