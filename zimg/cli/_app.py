@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from typer.main import get_command_name
 
 if TYPE_CHECKING:
     pass
@@ -85,7 +86,7 @@ def _app_for(first: list[str]) -> typer.Typer:
     """
     for info in app.registered_commands:
         callback = info.callback
-        name = info.name or (callback.__name__.lower().replace("_", "-") if callback else None)
+        name = info.name or (get_command_name(callback.__name__) if callback else None)
         if first == [name]:
             alone = copy.copy(app)
             alone.registered_commands = [info]
