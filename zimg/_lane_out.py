@@ -53,7 +53,10 @@ class Outbound:
     # What the socket would not take yet, in order: (frames, how many messages they hold).
     backlog: deque[tuple[list[Any], int]] = field(default_factory=deque)
     queued: int = 0  # messages in ``backlog`` (a batch is one entry of many)
-    cond: threading.Condition = field(default_factory=lambda: threading.Condition(threading.Lock()))
+    # ``cond`` waits on ``lock``: holding either is holding both (the hot path takes the lock,
+    # which costs no Python call).
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cond: threading.Condition = field(init=False)
     batch: list[bytes] = field(default_factory=list)  # the open batch (``zimg._lane_batch``)
     batch_bytes: int = 0
     batch_since: float = 0.0  # when the open batch opened
@@ -64,6 +67,9 @@ class Outbound:
     monitor: zmq.Socket[bytes] | None = None
     connected: bool = False
     dropped_at: float | None = None  # when the connection went (broken, unless NODEDOWN comes)
+
+    def __post_init__(self) -> None:
+        self.cond = threading.Condition(self.lock)
 
 
 class Sending:
@@ -106,9 +112,10 @@ class Sending:
         """Send on an active lane: at once, or in the lane's open batch during a burst
         (``zimg._lane_batch``). Queue behind what the lane holds if its socket is full (or the
         peer has not confirmed the switch), and wait, until the I/O thread makes room or
-        ``closed()``, once that queue is full too. ``closed`` None never waits (the I/O thread,
-        and handlers, which hold the lock the I/O thread may need to make room)."""
-        with lane.cond:
+        ``closed()``, once that queue is full too. ``closed`` None never waits (the I/O thread);
+        a handler's ``closed`` says True (it holds the lock the I/O thread may need to make
+        room)."""
+        with lane.lock:
             if lane.sock is None:
                 self.lost += 1
                 return

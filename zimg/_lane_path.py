@@ -115,7 +115,7 @@ class LanePath:
         lane = lanes.outbound.get(peer)
         if lane is not None and lane.state is State.ACTIVE and _on_lane(lane, incarnation):
             # Switched for good (a lane closes, it never goes back): no lock needed to choose.
-            lanes.send(lane, frames, None if self._in_handler() else self._closed)
+            lanes.send(lane, frames, self._stop_waiting)
             return
         if self._on_io_thread():
             # The I/O thread never switches a lane (only senders holding the push lock do):
@@ -138,9 +138,15 @@ class LanePath:
             elif lane.state is State.READY and _on_lane(lane, incarnation, ready=True):
                 self._push(lanes.switch(lane))
             if lane is not None and _on_lane(lane, incarnation):
-                lanes.send(lane, frames, None if self._in_handler() else self._closed)
+                lanes.send(lane, frames, self._stop_waiting)
                 return
             self._push(frames)
+
+    def _stop_waiting(self) -> bool:
+        """Should a sender stop waiting for room on a lane? Once the connection closed, and at
+        once in a handler (it holds the dispatch lock, which the I/O thread may need to make
+        room). Asked only when a lane is full, not per message."""
+        return self._in_handler() or self._closed()
 
     # ------------------------------------------------------------------ from the broker
 
