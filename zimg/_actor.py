@@ -129,6 +129,7 @@ class ActorRuntime:
         }
         for command, handler in handlers.items():
             connection.on(command, handler)
+        connection.on_run(Command.SEND, self._on_sends)
         connection.on_session(self._nodes.on_session)
         connection.on_tick(self._nodes.on_tick)
         connection.counters["dropped"] = lambda: self.dropped_messages  # in every heartbeat
@@ -254,11 +255,47 @@ class ActorRuntime:
         raise TypeError(f"send to a Pid or a (name, node) pair, not {to!r}")
 
     def _on_send(self, msg: Message) -> None:
-        to = msg.header.get("to")
         message = msg.header.get("msg")
-        if isinstance(to, Pid):
-            target = self._local(to)
-        elif (
+        target = self._addressee(msg.header.get("to"))
+        if target is not None and not target.mailbox.put(message, term_size(message)):
+            self._dropped(target)
+        if self._watches.unwatch_due:
+            self.sweep_watches()
+
+    def _on_sends(self, msgs: list[Message]) -> None:
+        """SENDs that came together (a lane's batch), in order: as ``_on_send`` of each, with
+        each run to one addressee put in its mailbox at once."""
+        run: list[Any] = []
+        sizes: list[int] = []
+        to: Any = None
+        target: Process | None = None
+        for msg in msgs:
+            header = msg.header
+            message, address = header.get("msg"), header.get("to")
+            if address is not to:  # decoded pids are shared: a run names one object
+                if run:
+                    self._put_run(target, run, sizes)
+                    run, sizes = [], []
+                to, target = address, self._addressee(address)
+            if target is not None:
+                run.append(message)
+                sizes.append(term_size(message))
+        if run:
+            self._put_run(target, run, sizes)
+        if self._watches.unwatch_due:
+            self.sweep_watches()
+
+    def _put_run(self, target: Process | None, run: list[Any], sizes: list[int]) -> None:
+        if target is not None:
+            for _ in range(target.mailbox.put_many(run, sizes)):
+                self._dropped(target)
+
+    def _addressee(self, to: Any) -> Process | None:
+        """The live local process a SEND's ``to`` names (a pid, or a registered name and this
+        node), or None."""
+        if type(to) is Pid:
+            return self._local(to)
+        if (
             isinstance(to, tuple | list)
             and len(to) == 2
             # Compared and hashed only as strs: an array would raise (the broker drops such a
@@ -268,13 +305,8 @@ class ActorRuntime:
             and to[1] == self.name
         ):
             with self._lock:
-                target = self._names.get(to[0])
-        else:
-            target = None
-        if target is not None and not target.mailbox.put(message, term_size(message)):
-            self._dropped(target)
-        if self._watches.unwatch_due:
-            self.sweep_watches()
+                return self._names.get(to[0])
+        return None
 
     # ------------------------------------------------------------------ spawning
 

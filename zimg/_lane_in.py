@@ -95,10 +95,16 @@ class Receiving:
             del self.inbound_of[peer]
             del self.inbound[lane.token]
 
-    def read(self, deliver: Callable[[Message], None], limit: int = 256) -> bool:
-        """Receive what lanes brought: check each message, hold or deliver it. The caller holds
-        the connection's dispatch lock (``zimg._lane_reader``). True if it stopped at ``limit``
-        (more may be waiting); False once the socket had nothing more."""
+    def read(
+        self,
+        deliver: Callable[[Message], None],
+        deliver_run: Callable[[list[Message]], None] | None = None,
+        limit: int = 256,
+    ) -> bool:
+        """Receive what lanes brought: check each message, hold or deliver it (the messages of
+        a batch together, to ``deliver_run``, if given). The caller holds the connection's
+        dispatch lock (``zimg._lane_reader``). True if it stopped at ``limit`` (more may be
+        waiting); False once the socket had nothing more."""
         router = self.router
         for _ in range(limit):
             if not readable(router):
@@ -135,20 +141,22 @@ class Receiving:
                     continue
                 if not leads:
                     self._refuse(f"an empty batch on the lane from {lane.peer}")
-                for lead in leads:
-                    self._take(lane, [lead], deliver)
+                if deliver_run is None or not lane.switched:
+                    for lead in leads:
+                        self._take(lane, [lead], deliver)
+                    continue
+                run = [msg for lead in leads if (msg := self._checked_one(lane, [lead]))]
+                if run:
+                    self.received += len(run)
+                    deliver_run(run)
                 continue
             self._take(lane, body, deliver)
         return True
 
     def _take(self, lane: Inbound, body: list[Any], deliver: Callable[[Message], None]) -> None:
         """Decode and check one message of ``lane``; deliver it, or hold it until the switch."""
-        try:
-            msg = wire.decode_common(body, self.limits)
-        except WireError:
-            self._refuse(f"a malformed message on the lane from {lane.peer}")
-            return
-        if not self._checked(lane, msg):
+        msg = self._checked_one(lane, body)
+        if msg is None:
             return
         if not lane.switched and len(lane.held) >= _t.MAX_HELD:  # refused, so not received
             self._refuse(f"more than {_t.MAX_HELD} messages from {lane.peer} before its switch")
@@ -158,6 +166,16 @@ class Receiving:
             deliver(msg)
         else:
             lane.held.append(msg)
+
+    def _checked_one(self, lane: Inbound, body: list[Any]) -> Message | None:
+        """One message of ``lane``, decoded and checked; None (refused and counted) if it is
+        malformed or not one ``lane``'s peer may send us."""
+        try:
+            msg = wire.decode_common(body, self.limits)
+        except WireError:
+            self._refuse(f"a malformed message on the lane from {lane.peer}")
+            return None
+        return msg if self._checked(lane, msg) else None
 
     def back_before_bye(self, peer: Any) -> Message | None:
         """``peer``, whose NODEDOWN is held for its BYE, asks for a lane again (back, in a new

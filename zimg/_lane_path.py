@@ -39,6 +39,8 @@ class LanePath:
         forward: the I/O thread sends what other threads handed it, in order.
         send_direct: the I/O thread sends to the broker.
         handle: handles a message (a lane's, already checked) as the broker's would be.
+        handle_run: handles the messages of a lane's batch (checked), in order, as ``handle``
+            would each (None: ``handle`` each).
         dispatching: the dispatch lock, as a context (handlers run one at a time).
         on_io_thread: is the caller the I/O thread?
         to_broker: sends already-encoded frames to the broker from any thread, behind what
@@ -67,6 +69,7 @@ class LanePath:
         to_broker: Callable[[Frames], None],
         closed: Callable[[], bool],
         in_handler: Callable[[], bool] = lambda: False,
+        handle_run: Callable[[list[Message]], None] | None = None,
     ) -> None:
         self.lanes = lanes
         lanes.to_broker = to_broker  # a HI's READY and a switch's SWITCHED go that way
@@ -76,6 +79,7 @@ class LanePath:
         self._forward = forward
         self._send_direct = send_direct
         self._handle = handle
+        self._handle_run = handle_run
         self._dispatching = dispatching
         self._on_io_thread = on_io_thread
         self._closed = closed
@@ -83,7 +87,7 @@ class LanePath:
         self.kick = WakeFd()
         lanes.wake_io = self.kick.set  # a batch opened: send it when due
         # The leader role a waiting receive may take, reading lanes itself.
-        self.reader = LaneReader(lanes, dispatch, handle, self.kick.set)
+        self.reader = LaneReader(lanes, dispatch, handle, self.kick.set, handle_run)
         self._watching = True  # the I/O thread watched the lane socket on its last pass
         self._more = False  # its last read stopped at its limit
         self._flushing = False  # a lane's socket was full
@@ -243,7 +247,7 @@ class LanePath:
         signalled = was_more or self._resumed or reader.fd in events or kick.fd in events
         if self._watching and signalled and not reader.leader.locked():
             with self._dispatching():
-                self._more = lanes.read(self._handle)
+                self._more = lanes.read(self._handle, self._handle_run)
         self._flushing = lanes.flush()
         for monitor, lane in self._monitors.items():
             if monitor in events:

@@ -102,6 +102,7 @@ class LaneReader:
         lock: the connection's dispatch lock.
         deliver: what the I/O thread does with a message read off a lane.
         kick: wakes the I/O thread (it watches the lane socket again).
+        deliver_run: what it does with the messages of a lane's batch (None: ``deliver`` each).
     """
 
     def __init__(
@@ -110,10 +111,12 @@ class LaneReader:
         lock: AbstractContextManager[Any],
         deliver: Callable[[Message], None],
         kick: Callable[[], None],
+        deliver_run: Callable[[list[Message]], None] | None = None,
     ) -> None:
         self.lanes = lanes
         self.lock = lock
         self.deliver = deliver
+        self.deliver_run = deliver_run
         self.kick = kick
         self.leader = threading.Lock()
         self.wake = WakeFd()
@@ -154,12 +157,12 @@ class LaneReader:
     def _wait(self, waker: Waker, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         poller, wake_fd = self._poller, self.wake.fd
-        lanes, deliver = self.lanes, self.deliver
+        lanes, deliver, deliver_run = self.lanes, self.deliver, self.deliver_run
         while True:
             more = True
             while more and not waker.fired:
                 with self.lock:
-                    more = lanes.read(deliver)
+                    more = lanes.read(deliver, deliver_run)
             if waker.fired:
                 return True
             if deadline is None:

@@ -179,25 +179,7 @@ class Mailbox:
         with self._lock:
             if self._closed:
                 return True
-            if nbytes:
-                if (not system and len(self._items) >= self.max_messages) or (
-                    self.nbytes and self.nbytes + nbytes > self.max_bytes
-                ):
-                    self.dropped += 1
-                    return False
-                credit = self._credit
-                if nbytes > credit:
-                    budget, want = self.budget, nbytes - credit
-                    if budget.take(want + budget.chunk):
-                        credit += want + budget.chunk
-                    elif budget.take(want):
-                        credit += want
-                    else:
-                        self.dropped += 1
-                        return False
-                self._credit = credit - nbytes
-                self.nbytes += nbytes
-            elif not system and len(self._items) >= self.max_messages:
+            if not self._admit(nbytes, system):
                 self.dropped += 1
                 return False
             self._items.append(message)
@@ -205,6 +187,53 @@ class Mailbox:
             if self._waiters:  # wake the receive that has waited longest
                 self._waiters.popleft().release()
         return True
+
+    def put_many(self, messages: list[Any], sizes: list[int]) -> int:
+        """:meth:`put` each of ``messages`` (ordinary ones; ``sizes[i]`` counted bytes for
+        ``messages[i]``), in order, under one lock: as many puts would, for less work per
+        message (a run of messages that came together off the network).
+
+        Returns:
+            How many were dropped because a bound was reached.
+        """
+        dropped = 0
+        with self._lock:
+            if self._closed:
+                return 0
+            items, held = self._items, self._sizes
+            for message, nbytes in zip(messages, sizes, strict=True):
+                if self._admit(nbytes, False):
+                    items.append(message)
+                    held.append(nbytes)
+                else:
+                    dropped += 1
+            self.dropped += dropped
+            waiters = self._waiters
+            for _ in range(min(len(waiters), len(messages) - dropped)):
+                waiters.popleft().release()  # one receive woken per message taken
+        return dropped
+
+    def _admit(self, nbytes: int, system: bool) -> bool:
+        """May one more message of ``nbytes`` counted bytes go in? If so, its bytes are now
+        counted (reserved from the node's budget as needed). The lock is held."""
+        if nbytes:
+            if (not system and len(self._items) >= self.max_messages) or (
+                self.nbytes and self.nbytes + nbytes > self.max_bytes
+            ):
+                return False
+            credit = self._credit
+            if nbytes > credit:
+                budget, want = self.budget, nbytes - credit
+                if budget.take(want + budget.chunk):
+                    credit += want + budget.chunk
+                elif budget.take(want):
+                    credit += want
+                else:
+                    return False
+            self._credit = credit - nbytes
+            self.nbytes += nbytes
+            return True
+        return system or len(self._items) < self.max_messages
 
     def close(self) -> None:
         """Drop every message and take no more (the process ended); returns their bytes."""
@@ -255,23 +284,24 @@ class Mailbox:
                 if check is not None:
                     check()
                 items = self._items
-                for index in range(scanned, len(items)):
-                    message = items[index]
-                    if match is None or _accepts(match, message):
-                        del items[index]
-                        sizes = self._sizes
-                        nbytes = sizes[index]
-                        del sizes[index]
+                if match is None:  # the first message, if any
+                    if items:
+                        nbytes = self._sizes.popleft()
                         if nbytes:
-                            self.nbytes -= nbytes
-                            credit = self._credit + nbytes
-                            chunk = self.budget.chunk
-                            if credit > 2 * chunk:  # keep one chunk, give the rest back
-                                self.budget.give(credit - chunk)
-                                credit = chunk
-                            self._credit = credit
-                        return message
-                scanned = len(items)
+                            self._release(nbytes)
+                        return items.popleft()
+                else:
+                    for index in range(scanned, len(items)):
+                        message = items[index]
+                        if _accepts(match, message):
+                            del items[index]
+                            sizes = self._sizes
+                            nbytes = sizes[index]
+                            del sizes[index]
+                            if nbytes:
+                                self._release(nbytes)
+                            return message
+                    scanned = len(items)
                 if deadline is None:
                     left = None
                 else:
@@ -279,6 +309,17 @@ class Mailbox:
                     if left <= 0:
                         raise ZimgTimeout(f"no matching message within {timeout} s")
                 self._wait(left)
+
+    def _release(self, nbytes: int) -> None:
+        """A message of ``nbytes`` counted bytes left (the lock is held): uncount them, and give
+        the node's budget back what this mailbox keeps beyond a chunk."""
+        self.nbytes -= nbytes
+        credit = self._credit + nbytes
+        chunk = self.budget.chunk
+        if credit > 2 * chunk:  # keep one chunk, give the rest back
+            self.budget.give(credit - chunk)
+            credit = chunk
+        self._credit = credit
 
     def _wait(self, timeout: float | None) -> None:
         """Release the lock (held), wait until woken or ``timeout``, take the lock again."""

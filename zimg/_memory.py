@@ -22,7 +22,7 @@ from zimg._broker_actors import ActorRouter
 from zimg._broker_records import BrokerConfig, Instruction, NodeRecord, Send
 from zimg._dispatch import WorkerIndex
 from zimg._errors import BrokenError, WireError, ZimgTimeout
-from zimg._transport import Handler, SessionHook, TickHook
+from zimg._transport import Handler, RunHandler, SessionHook, TickHook
 from zimg.wire import Command
 
 log = logging.getLogger("zimg.testing")
@@ -58,6 +58,7 @@ class MemoryTransport:
         self.counters: dict[str, Callable[[], int]] = {}
         self.connected = True  # False once the router let it go (kill, restart)
         self._handlers: dict[Command, Handler] = {}
+        self.run_handlers: dict[Command, RunHandler] = {}  # kept, for tests to call
         self._session_hooks: list[SessionHook] = []
         self._tick_hooks: list[TickHook] = []
 
@@ -75,6 +76,9 @@ class MemoryTransport:
 
     def on(self, command: Command, handler: Handler) -> None:
         self._handlers[command] = handler
+
+    def on_run(self, command: Command, handler: RunHandler) -> None:
+        self.run_handlers[command] = handler  # the router hands messages over one at a time
 
     def on_session(self, hook: SessionHook) -> None:
         self._session_hooks.append(hook)

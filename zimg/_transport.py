@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from zimg.wire import Command, Message
 
 Handler = Callable[[Message], None]
+RunHandler = Callable[[list[Message]], None]
 SessionHook = Callable[[bool], None]
 TickHook = Callable[[], None]
 
@@ -58,6 +59,11 @@ class Transport(Protocol):
 
     def on(self, command: Command, handler: Handler) -> None:
         """Call ``handler(message)`` whenever ``command`` arrives."""
+
+    def on_run(self, command: Command, handler: RunHandler) -> None:
+        """Also take ``handler(messages)``: several ``command`` messages that arrived together,
+        in order, which the transport may hand over at once instead of calling ``on``'s
+        handler for each. It must do what that handler would do for each, in turn."""
 
     def on_session(self, hook: SessionHook) -> None:
         """Call ``hook(broker_restarted)`` whenever the node joins the broker again."""

@@ -47,6 +47,7 @@ _SESSION_COMMANDS = ns.SESSION_COMMANDS
 log = logging.getLogger("zimg.node")
 
 Handler = Callable[[wire.Message], None]
+RunHandler = Callable[[list[wire.Message]], None]
 SessionHook = Callable[[bool], None]
 
 _STOP = b"stop"
@@ -135,6 +136,7 @@ class Connection:
         )
         self.job_ids = itertools.count()
         self._handlers: dict[Command, Handler] = dict(handlers or {})
+        self._run_handlers: dict[Command, RunHandler] = {}
         self._session_hooks: list[SessionHook] = []
         self._tick_hooks: list[Callable[[], None]] = []
         n = next(_inproc_ids)
@@ -162,6 +164,7 @@ class Connection:
                 to_broker=self.send_frames,
                 closed=lambda: self._closed,
                 in_handler=lambda: getattr(self._handling, "depth", 0) > 0,
+                handle_run=self._handle_lane_run,
             )
             self.counters.update(self._lane_path.counters())
         self._control = self._ctx.socket(zmq.PAIR)
@@ -197,6 +200,22 @@ class Connection:
                 f"refusing a second one, {handler!r}"
             )
         self._handlers[command] = handler
+
+    def on_run(self, command: Command, handler: RunHandler) -> None:
+        """Also call ``handler(messages)`` with a run of ``command`` messages that came together
+        (in a lane's batch), instead of ``command``'s handler once per message. It must do what
+        that handler would do for each, in order.
+
+        Raises:
+            ValueError: ``command`` has a run handler already (as :meth:`on`).
+        """
+        existing = self._run_handlers.get(command)
+        if existing is not None:
+            raise ValueError(
+                f"node {self.name}: {command.name} already has a run handler, {existing!r}; "
+                f"refusing a second one, {handler!r}"
+            )
+        self._run_handlers[command] = handler
 
     def on_session(self, hook: SessionHook) -> None:
         """Call ``hook(broker_restarted)`` on the I/O thread whenever the node rejoins the broker.
@@ -600,9 +619,10 @@ class Connection:
             if self._lane_path is not None:
                 self._lane_path.lanes.flush()
 
-    def _call(self, handler: Handler | None, msg: wire.Message) -> None:
+    def _call(self, handler: Callable[[Any], None] | None, msg: Any) -> None:
+        """Run ``handler(msg)`` (``msg``: a message, or a run of them for a run handler)."""
         if handler is None:
-            log.debug("node %s: no handler for %s", self.name, msg.command.name)
+            log.debug("node %s: no handler for %s", self.name, _command_of(msg).name)
             return
         handling = self._handling
         depth = getattr(handling, "depth", 0)
@@ -617,7 +637,7 @@ class Connection:
                 self.handler_errors,
                 "node %s: handler for %s failed",
                 self.name,
-                msg.command.name,
+                _command_of(msg).name,
             )
         finally:
             handling.depth = depth
@@ -642,6 +662,23 @@ class Connection:
         handed on, only under it (``zimg._lane_path``, ``zimg._lane_reader``)."""
         self._call(self._handlers.get(msg.command), msg)
 
+    def _handle_lane_run(self, msgs: list[wire.Message]) -> None:
+        """Handle the messages of a lane's batch (checked), in order, as :meth:`_handle_lane`
+        does each: a run of one command that has a run handler goes to it at once."""
+        handlers, runs = self._handlers, self._run_handlers
+        start, end = 0, len(msgs)
+        while start < end:
+            command = msgs[start].command
+            stop = start + 1
+            run_handler = runs.get(command)
+            if run_handler is None:
+                self._call(handlers.get(command), msgs[start])
+            else:
+                while stop < end and msgs[stop].command is command:
+                    stop += 1
+                self._call(run_handler, msgs[start:stop] if start or stop < end else msgs)
+            start = stop
+
     def _leave(self, farewell: list[Any] | None) -> None:
         if farewell is not None and self._dealer is not None:
             # What other threads sent before close() goes out first, the DISCONNECT last: a
@@ -657,3 +694,8 @@ class Connection:
         elif self._dealer is not None:
             self._dealer.close(linger=0)
         self._dealer = None
+
+
+def _command_of(msg: wire.Message | list[wire.Message]) -> Command:
+    """The command of a message, or of a run of them (all of one command)."""
+    return msg[0].command if isinstance(msg, list) else msg.command

@@ -35,6 +35,7 @@ class FakeConnection:
         self.heartbeat_interval_s = 0.0  # sweeps are not rate-limited here
         self.liveness = 3
         self.handlers: dict[Command, Any] = {}
+        self.run_handlers: dict[Command, Any] = {}
         self.hooks: list[Any] = []
         self.ticks: list[Any] = []
         self.counters: dict[str, Any] = {}
@@ -43,6 +44,9 @@ class FakeConnection:
 
     def on(self, command: Command, handler: Any) -> None:
         self.handlers[command] = handler
+
+    def on_run(self, command: Command, handler: Any) -> None:
+        self.run_handlers[command] = handler
 
     def on_session(self, hook: Any) -> None:
         self.hooks.append(hook)
@@ -676,3 +680,25 @@ def test_a_send_to_a_name_pair_holding_arrays_is_dropped_without_an_error(make: 
         fake.deliver(Command.SEND, to=to, msg="odd")
     fake.deliver(Command.SEND, to=("inbox", "n1"), msg="plain")
     assert drain(runtime.main) == ["plain"]
+
+
+def test_a_run_of_sends_lands_as_the_sends_one_by_one_would(make):
+    """A lane's batch of SENDs goes to the runtime's run handler: each message reaches the
+    mailbox its ``to`` names, in order, within the same bounds, drops counted one by one."""
+    runs, one_by_one = make(mailbox_messages=3), make(mailbox_messages=3)
+    ends = []
+    for runtime, fake in (runs, one_by_one):
+        main = runtime.main
+        other, _ = runtime.spawn(main, "n1", "zt.unit.sleeper", [], {}, False, True, 1)
+        runtime.register(main, "named")
+        to = [main.pid, other, ("named", "n1"), main.pid, remote(5), other, main.pid]
+        msgs = [Message(Command.SEND, {"to": pid, "msg": i}) for i, pid in enumerate(to)]
+        if fake is runs[1]:
+            fake.run_handlers[Command.SEND](msgs)
+        else:
+            for msg in msgs:
+                fake.handlers[Command.SEND](msg)
+        procs = {p.pid: p for p in runtime.processes()}
+        ends.append((drain(main), drain(procs[other]), runtime.dropped_messages))
+        runtime.send(other, "stop")
+    assert ends[0] == ends[1] == ([0, 2, 3], [1, 5], 1)  # main's bound dropped 6

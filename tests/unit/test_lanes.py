@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from zimg import _lane_batch as _batch
-from zimg import _lane_out, _lane_terms, _lanes, wire
+from zimg import _lane_out, _lane_path, _lane_terms, _lanes, wire
 from zimg._lane_reader import LaneReader
 from zimg._lanes import Lanes, State
 from zimg.wire import Command, Message, Pid
@@ -555,3 +555,58 @@ def test_a_sender_waits_once_its_lane_queues_max_backlog_messages_batches_or_not
             sender.join(0.01)
     pair.read(30 - len(pair.delivered))
     assert [m.header["msg"] for m in pair.delivered] == list(range(30))
+
+
+# ---------------------------------------------------------------------- runs and readers
+
+
+def test_a_batchs_checked_messages_go_to_the_run_handler_in_one_call(pair):
+    pair.switch()
+    leads = [
+        lead(Command.SEND, to=B_PID, msg=0),
+        lead(Command.LINK, to=B_PID, **{"from": Pid("c", 1, 7)}),  # another node's pid
+        lead(Command.LINK, to=B_PID, **{"from": A_PID}),
+        b"junk",
+        lead(Command.SEND, to=B_PID, msg=1),
+    ]
+    raw_lane_send(pair, _batch.BATCH, msgpack.packb(leads))
+    runs: list[list[Message]] = []
+    assert pair.b.router.poll(5000)
+    pair.b.read(pair.delivered.append, runs.append)
+    assert pair.delivered == []  # nothing one at a time
+    [run] = runs
+    assert [m.command for m in run] == [Command.SEND, Command.LINK, Command.SEND]
+    assert [run[0].header["msg"], run[2].header["msg"]] == [0, 1]
+    assert (pair.b.received, pair.b.refused) == (3, 2)
+
+
+def test_a_batch_before_the_switch_is_held_message_by_message(pair):
+    batch = [lead(Command.SEND, to=B_PID, msg=i) for i in range(3)]
+    raw_lane_send(pair, _batch.BATCH, msgpack.packb(batch))
+    runs: list[list[Message]] = []
+    assert pair.b.router.poll(5000)
+    pair.b.read(pair.delivered.append, runs.append)
+    assert runs == []  # held
+    assert pair.delivered == []
+    pair.switch()
+    assert [m.header["msg"] for m in pair.delivered] == [0, 1, 2]
+
+
+def lane_path(lanes: Lanes, delivered: list[Message]) -> _lane_path.LanePath:
+    """``lanes``' side of a connection, with plain callables for the connection's parts."""
+    dispatch = threading.RLock()
+    return _lane_path.LanePath(
+        lanes,
+        limits=wire.DEFAULT_LIMITS,
+        dispatch=dispatch,
+        push_lock=threading.Lock(),
+        push=lambda frames: None,
+        forward=lambda: None,
+        send_direct=lambda frames: None,
+        handle=delivered.append,
+        dispatching=lambda: dispatch,
+        on_io_thread=lambda: True,
+        to_broker=lambda frames: None,
+        closed=lambda: False,
+        handle_run=delivered.extend,
+    )

@@ -223,3 +223,54 @@ def test_term_size_counts_strings_bytes_and_arrays_in_nested_terms():
     nested = [{"k": ("a" * 1000, [b"y" * 2000])}, Ref("n1", 1, 3), None, 1.5]
     assert 3000 < term_size(nested) < 4000
     assert term_size(list(range(1000))) >= 1000 * 64  # many small objects count too
+
+
+def test_put_many_bounds_and_counts_each_message_as_put_would():
+    budget = ByteBudget(max_bytes=10_000)
+    many = Mailbox(max_messages=4, max_bytes=1000, budget=budget)
+    one = Mailbox(max_messages=4, max_bytes=1000, budget=ByteBudget(max_bytes=10_000))
+    messages, sizes = ["a", "b", "c", "d", "e", "f"], [400, 400, 400, 100, 100, 100]
+    kept = [one.put(m, n) for m, n in zip(messages, sizes, strict=True)]
+    assert many.put_many(messages, sizes) == kept.count(False) == 2  # "c" (bytes), "f" (count)
+    assert (many.dropped, many.nbytes) == (one.dropped, one.nbytes)
+    assert drain(many) == drain(one) == ["a", "b", "d", "e"]
+    assert many.nbytes == 0
+    many.close()
+    assert budget.held == 0
+
+
+def test_put_many_wakes_one_waiting_receive_per_message():
+    box = Mailbox()
+    got: list[object] = []
+
+    def take() -> None:
+        got.append(box.receive(timeout=5))
+
+    waiting = [threading.Thread(target=take) for _ in range(3)]
+    for thread in waiting:
+        thread.start()
+    assert until(lambda: len(box._waiters) == 3)  # all three wait
+    assert box.put_many(["x", "y"], [10, 10]) == 0
+    assert until(lambda: len(got) == 2)
+    assert sorted(got) == ["x", "y"]
+    box.put("z")
+    for thread in waiting:
+        thread.join(5)
+    assert sorted(got) == ["x", "y", "z"]
+
+
+def test_a_closed_mailbox_takes_no_run():
+    box = Mailbox()
+    box.close()
+    assert box.put_many(["a"], [10]) == 0
+    assert (len(box), box.dropped) == (0, 0)
+
+
+def until(condition, timeout: float = 5.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
