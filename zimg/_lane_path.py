@@ -226,7 +226,7 @@ class LanePath:
             wait_s = min(wait_s, glance_s)
         if self._flushing:
             wait_s = min(wait_s, FLUSH_RETRY_S)
-        if self._more:
+        if self._more or self._resumed:  # read now: the descriptor may not say so again
             wait_s = 0.0
         elif self.lanes.parked:
             wait_s = min(wait_s, _DUE_EVERY_S)

@@ -12,12 +12,17 @@ Who reads, and when:
 - Reading the lane socket, and calling the connection's handlers, are done under the
   connection's *dispatch lock*, whoever does them: messages keep their order, and handlers run
   one at a time, as the transport promises.
-- The I/O thread reads the lane socket while there is no leader. While there is one, it leaves
-  the socket alone. A receive that ends soon after it began does not wake the I/O thread: most
-  such receives are followed by another one at once (a request and its reply), and a wake-up
-  per message would cost as much as the hand-off it saves. Instead, the I/O thread looks again
-  every ``GLANCE_S`` while a leader is new; a leader that ends after ``LONG_WAIT_S`` wakes it
-  (``kick``). A message that arrives between leaders so waits at most ``GLANCE_S``.
+- The I/O thread reads the lane socket once there has been no leader for ``GLANCE_S``. While
+  there is one, or was one a moment ago, it leaves the socket alone. A receive that ends soon
+  after it began does not wake the I/O thread: most such receives are followed by another one
+  at once (a request and its reply; the next message of a stream), and a wake-up per message
+  would cost as much as the hand-off it saves. Instead, the I/O thread looks again every
+  ``GLANCE_S`` while a leader is new; a leader that ends after ``LONG_WAIT_S`` wakes it
+  (``kick``). A message that arrives between leaders so waits at most about ``GLANCE_S``.
+- A leader reads ``LEADER_READ`` lane messages at a time (a batch is one), and stops as soon as
+  its own mailbox has something: the process takes what came, and reads on at its next
+  receive. A stream to one process so goes from socket to mailbox to ``receive`` on one
+  thread, with no I/O thread filling that mailbox (and taking the GIL) meanwhile.
 - Both wait on the socket's file descriptor (``ZMQ_FD``), never on the socket: only the lock
   holder touches the socket, and it reads until ZeroMQ says there is nothing more, so a message
   that arrives later makes the descriptor readable again.
@@ -41,6 +46,9 @@ from zimg.wire import Message
 
 GLANCE_S = 0.002
 LONG_WAIT_S = 0.05
+# A leader reads this many lane messages (a batch is one) at a time, and stops once its own
+# mailbox has something: the rest wait for its next receive, a moment later.
+LEADER_READ = 4
 
 
 class WakeFd:
@@ -126,6 +134,7 @@ class LaneReader:
         self.closed = False
         self.io_watching = True  # the I/O thread polls the lane socket (set by it alone)
         self.began = 0.0  # when the leader took the role
+        self.ended = 0.0  # when the last leader gave it up
         self._poller = select.poll()  # the leader's (one at a time)
         self._poller.register(self.fd, select.POLLIN)
         self._poller.register(self.wake.fd, select.POLLIN)
@@ -162,7 +171,7 @@ class LaneReader:
             more = True
             while more and not waker.fired:
                 with self.lock:
-                    more = lanes.read(deliver, deliver_run)
+                    more = lanes.read(deliver, deliver_run, LEADER_READ)
             if waker.fired:
                 return True
             if deadline is None:
@@ -179,20 +188,26 @@ class LaneReader:
 
     def end(self) -> None:
         """Give the role up; after a long wait, wake the I/O thread if it stopped watching."""
-        long_wait = time.monotonic() - self.began >= LONG_WAIT_S
+        self.ended = now = time.monotonic()
+        long_wait = now - self.began >= LONG_WAIT_S
         self.leader.release()
         if long_wait and not self.io_watching:
             self.kick()
 
     def io_should_watch(self) -> tuple[bool, float | None]:
-        """The I/O thread, before each poll: watch the lane socket (only with no leader), and
-        the longest it may then wait before it looks again (None: no bound from lanes)."""
+        """The I/O thread, before each poll: watch the lane socket (only once there has been
+        no leader for ``GLANCE_S``), and the longest it may then wait before it looks again
+        (None: no bound from lanes)."""
         self.io_watching = False
+        now = time.monotonic()
         if not self.leader.locked():
-            self.io_watching = True
-            return True, None
+            idle = now - self.ended
+            if idle >= GLANCE_S:
+                self.io_watching = True
+                return True, None
+            return False, GLANCE_S - idle  # a process that just led may lead again
         # A new leader may end without a kick: look again soon. An old one kicks.
-        return False, GLANCE_S if time.monotonic() - self.began < LONG_WAIT_S else None
+        return False, GLANCE_S if now - self.began < LONG_WAIT_S else None
 
     def close(self) -> None:
         """The node closed: no more leaders (one still waiting ends when its read fails)."""

@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from zimg import _lane_batch as _batch
-from zimg import _lane_out, _lane_path, _lane_terms, _lanes, wire
+from zimg import _lane_out, _lane_path, _lane_reader, _lane_terms, _lanes, wire
 from zimg._lane_reader import LaneReader
 from zimg._lanes import Lanes, State
 from zimg.wire import Command, Message, Pid
@@ -610,3 +610,39 @@ def lane_path(lanes: Lanes, delivered: list[Message]) -> _lane_path.LanePath:
         closed=lambda: False,
         handle_run=delivered.extend,
     )
+
+
+def test_what_a_leader_leaves_unread_the_io_thread_reads_without_a_signal(pair, monkeypatch):
+    """A leader stops once its own mailbox has something, and its reads took the socket's
+    signal: the I/O thread, which leaves the socket alone for GLANCE_S after a leader, then
+    reads at once, without waiting for a signal that will not come."""
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 0.0)  # each message goes alone
+    pair.switch()
+    delivered: list[Message] = []
+    path = lane_path(pair.b, delivered)
+    poller = zmq.Poller()
+    try:
+        for i in range(10):
+            pair.send(Command.SEND, to=B_PID, msg=i)
+        assert pair.b.router.poll(5000)
+        while pair.b.received < 2:  # a leader's read, which took two
+            waker = path.reader.begin()
+            assert waker is not None
+            with path.reader.lock:
+                pair.b.read(delivered.append, limit=2 - pair.b.received)
+            path.reader.end()
+        assert path.before_poll(poller, 10.0) <= _lane_reader.GLANCE_S  # a leader just ended
+        path.after_poll({}, 0.0)
+        assert len(delivered) == 2  # not yet: the leader may come back
+        monkeypatch.setattr(_lane_reader, "GLANCE_S", 0.0)  # ... time passes
+        assert path.before_poll(poller, 10.0) == 0.0  # it reads now, no signal needed
+        path.after_poll({}, 0.0)
+        for _ in range(100):  # any message still on its way comes with a signal
+            if len(delivered) == 10:
+                break
+            path.before_poll(poller, 10.0)
+            path.after_poll(dict(poller.poll(100)), 0.0)
+        assert [m.header["msg"] for m in delivered] == list(range(10))
+    finally:
+        path.reader.close()
+        path.kick.close()
