@@ -193,13 +193,7 @@ class Connection:
             ValueError: ``command`` has a handler already. Replacing it would silently cut off its
                 owner, so a second registration is refused as the bug it is.
         """
-        existing = self._handlers.get(command)
-        if existing is not None:
-            raise ValueError(
-                f"node {self.name}: {command.name} already has a handler, {existing!r}; "
-                f"refusing a second one, {handler!r}"
-            )
-        self._handlers[command] = handler
+        _register(self._handlers, command, handler, self.name, "a handler")
 
     def on_run(self, command: Command, handler: RunHandler) -> None:
         """Also call ``handler(messages)`` with a run of ``command`` messages that came together
@@ -209,13 +203,7 @@ class Connection:
         Raises:
             ValueError: ``command`` has a run handler already (as :meth:`on`).
         """
-        existing = self._run_handlers.get(command)
-        if existing is not None:
-            raise ValueError(
-                f"node {self.name}: {command.name} already has a run handler, {existing!r}; "
-                f"refusing a second one, {handler!r}"
-            )
-        self._run_handlers[command] = handler
+        _register(self._run_handlers, command, handler, self.name, "a run handler")
 
     def on_session(self, hook: SessionHook) -> None:
         """Call ``hook(broker_restarted)`` on the I/O thread whenever the node rejoins the broker.
@@ -699,3 +687,17 @@ class Connection:
 def _command_of(msg: wire.Message | list[wire.Message]) -> Command:
     """The command of a message, or of a run of them (all of one command)."""
     return msg[0].command if isinstance(msg, list) else msg.command
+
+
+def _register(
+    table: dict[Command, Any], command: Command, handler: Any, node: str, kind: str
+) -> None:
+    """``table[command] = handler``, once: a second registration raises ``ValueError``, naming
+    ``node``, the command, the ``kind`` of handler and both handlers."""
+    existing = table.get(command)
+    if existing is not None:
+        raise ValueError(
+            f"node {node}: {command.name} already has {kind}, {existing!r}; "
+            f"refusing a second one, {handler!r}"
+        )
+    table[command] = handler
