@@ -255,8 +255,9 @@ class ActorRuntime:
         raise TypeError(f"send to a Pid or a (name, node) pair, not {to!r}")
 
     def _on_send(self, msg: Message) -> None:
-        message = msg.header.get("msg")
-        target = self._addressee(msg.header.get("to"))
+        header = msg.header
+        message, to = header.get("msg"), header.get("to")
+        target = self._local(to) if type(to) is Pid else self._addressee(to)
         if target is not None and not target.mailbox.put(message, term_size(message)):
             self._dropped(target)
         if self._watches.unwatch_due:

@@ -183,8 +183,9 @@ class LaneReader:
                 events = poller.poll(max(1, int(left * 1000 + 0.999)))
             # Whatever made the descriptor readable (a wake-up for this leader, or one meant
             # for an earlier one), read it, or this leader would never block again.
-            if any(fd == wake_fd for fd, _ in events):
-                self.wake.drain()
+            for fd, _ in events:
+                if fd == wake_fd:
+                    self.wake.drain()
 
     def end(self) -> None:
         """Give the role up; after a long wait, wake the I/O thread if it stopped watching."""
