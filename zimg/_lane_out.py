@@ -86,6 +86,10 @@ class Sending:
     dropping: set[Outbound]  # lanes whose connection went (the I/O thread's)
     monitors: dict[zmq.Socket[bytes], Outbound]  # each lane's monitor (the I/O thread's)
     wake_io: Callable[[], None]
+    # When the I/O thread will next look at the open batches at the latest (``time.monotonic``;
+    # set by it before each wait, infinite while it works out how long to wait): a batch due
+    # before then wakes it, one due later need not.
+    io_looks_by: float
     sent: int
     lost: int  # sent to a lane that closed under it
 
@@ -128,7 +132,8 @@ class Sending:
                 if not lane.batch:
                     lane.batch_since = now
                     self.batching.add(lane)
-                    self.wake_io()
+                    if self.io_looks_by > now + _batch.BATCH_DELAY_S:
+                        self.wake_io()  # it would look too late
                 lane.batch.append(lead)
                 lane.batch_bytes += len(lead)
                 if len(lane.batch) >= _batch.BATCH_MAX or lane.batch_bytes >= _batch.BATCH_BYTES:

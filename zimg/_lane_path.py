@@ -8,6 +8,7 @@ class: the send lock and the queue to the I/O thread, the broker socket, the han
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -205,7 +206,11 @@ class LanePath:
     # ------------------------------------------------------------------ the I/O thread's loop
 
     def before_poll(self, poller: zmq.Poller, wait_s: float) -> float:
-        """Register what the I/O thread waits on for lanes; the (shorter) wait."""
+        """Register what the I/O thread waits on for lanes; the (shorter) wait, which the
+        caller waits at most."""
+        # A sender that opens a batch from now on, until the wait is known, wakes us: we may
+        # not see its batch below.
+        self.lanes.io_looks_by = math.inf
         poller.register(self.kick.fd, _POLLIN)
         monitors = self.lanes.monitors
         if monitors.keys() != self._monitors.keys():  # a lane opened or closed
@@ -230,6 +235,7 @@ class LanePath:
             wait_s = 0.0
         elif self.lanes.parked:
             wait_s = min(wait_s, _DUE_EVERY_S)
+        self.lanes.io_looks_by = time.monotonic() + wait_s
         return wait_s
 
     def after_poll(self, events: dict[Any, int], now: float) -> None:

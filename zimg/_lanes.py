@@ -41,6 +41,7 @@ the receiving half in ``zimg._lane_in``, the ops and bounds in ``zimg._lane_term
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -160,6 +161,7 @@ class Lanes(Sending, Receiving):
         self.to_broker: Callable[[list[Any]], None] | None = None
         # Wakes the I/O thread, which sends a batch ``BATCH_DELAY_S`` after it opened.
         self.wake_io: Callable[[], None] = _nothing
+        self.io_looks_by = math.inf
         self.batching: set[Outbound] = set()  # lanes with an open batch
         self.dropping: set[Outbound] = set()  # lanes whose connection went
         self.monitors: dict[zmq.Socket[bytes], Outbound] = {}  # each lane's monitor

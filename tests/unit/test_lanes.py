@@ -3,7 +3,9 @@ switch, the checks on what a lane brings, the bounds, and the end of a lane."""
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Iterator
 
 import msgpack
@@ -643,6 +645,39 @@ def test_what_a_leader_leaves_unread_the_io_thread_reads_without_a_signal(pair, 
             path.before_poll(poller, 10.0)
             path.after_poll(dict(poller.poll(100)), 0.0)
         assert [m.header["msg"] for m in delivered] == list(range(10))
+    finally:
+        path.reader.close()
+        path.kick.close()
+
+
+def test_a_batch_wakes_the_io_thread_only_if_it_would_look_too_late(pair, monkeypatch):
+    monkeypatch.setattr(_batch, "BURST_GAP_S", 60.0)  # every message after the first: a burst
+    pair.switch()
+    woken = []
+    pair.a.wake_io = lambda: woken.append(1)
+    now = time.monotonic()
+
+    def burst(looks_by: float) -> None:
+        pair.a.io_looks_by = looks_by
+        for i in range(3):  # the first goes alone, the others open a batch
+            pair.send(Command.SEND, to=B_PID, msg=i)
+        pair.a.flush(force=True)
+
+    burst(now + 3600)  # the I/O thread sleeps long: wake it
+    assert woken == [1]
+    burst(now)  # it looks before the batch is due: no wake-up
+    assert woken == [1]
+    burst(math.inf)  # it is working out how long to wait: wake it
+    assert woken == [1, 1]
+
+
+def test_the_io_thread_says_when_it_will_look_at_the_batches_again(pair):
+    delivered: list[Message] = []
+    path = lane_path(pair.a, delivered)
+    try:
+        before = time.monotonic()
+        wait_s = path.before_poll(zmq.Poller(), 7.0)
+        assert before + wait_s <= pair.a.io_looks_by <= time.monotonic() + wait_s
     finally:
         path.reader.close()
         path.kick.close()
