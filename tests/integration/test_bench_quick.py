@@ -74,6 +74,9 @@ def test_smoke_run_writes_complete_results(tmp_path: Path) -> None:
     floor = results["micro"]["actors"]["pyzmq"]["floor"]  # the Python floor of a message
     assert floor["rtt"]["p50_us"] > 0
     assert floor["one_way"]["per_s"] > 0
+    zimg_actors = results["micro"]["actors"]["zimg"]  # the workers' CPU per one-way message
+    assert zimg_actors["one_way_sender_cpu_us"] > 0
+    assert zimg_actors["one_way_receiver_cpu_us"] > 0
     assert len(results["targets"]) == 7
     page = (out / "performance.md").read_text()
     assert page.startswith("# Performance")

@@ -5,14 +5,18 @@ Nothing here starts a BEAM; tests/integration/test_bench_erlang.py runs the peer
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from zimg.bench import actor_figures, actor_report, actors, erlang
+from zimg.bench import actor_figures, actor_report, actors, broker_process, erlang
 from zimg.bench._common import BenchError, Timings
 from zimg.bench.report import micro_rows
 
@@ -170,3 +174,32 @@ def test_micro_rows_have_python_floor_rows_when_it_was_measured() -> None:
         ("900", "450", "2.00x"),
         ("1,000", "4,000", "0.25x"),
     ]
+
+
+def test_the_workers_cpu_per_one_way_message_has_its_rows_when_measured() -> None:
+    cfg = actor_figures.make_config(quick=True, rounds=10, messages=10, spawns=1)
+    z = _zimg()
+    table = actor_report.format_table(cfg, _machine(), z, _raw(), "not installed")
+    assert "CPU per message" not in table  # not measured (no /proc)
+    z = dataclasses.replace(z, one_way_sender_cpu_us=7.25, one_way_receiver_cpu_us=9.5)
+    table = actor_report.format_table(cfg, _machine(), z, _raw(), "not installed")
+    rows = {line.split("(us)")[0].strip(): line.split()[-5:] for line in table.splitlines()}
+    assert rows["sending node's CPU per message"][0] == "7.2"
+    assert rows["receiving node's CPU per message"][0] == "9.5"
+    report = actor_report.to_json(cfg, _machine(), z, _raw(), Timings(), "not installed")
+    assert report["zimg"]["one_way_receiver_cpu_us"] == 9.5
+
+
+def test_a_workers_total_cpu_counts_threads_that_ended() -> None:
+    pid = os.getpid()
+    before = broker_process.process_total_cpu_s(pid)
+
+    def spin() -> None:
+        end = time.thread_time() + 0.2
+        while time.thread_time() < end:
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    worker.join()
+    assert broker_process.process_total_cpu_s(pid) - before >= 0.15  # the thread is gone

@@ -79,6 +79,10 @@ class ZimgResults:
     rtt_same_node: Rtt
     one_way_n1_n2: Rate
     spawn: Spawns
+    # CPU per message of the whole sending (n1) and receiving (n2) worker process during the
+    # one-way phase, in microseconds (None where /proc is not there to read).
+    one_way_sender_cpu_us: float | None = None
+    one_way_receiver_cpu_us: float | None = None
 
 
 @dataclass(frozen=True)

@@ -53,11 +53,17 @@ def _rows(
     rows.append(f"One-way n1 -> n2 (counting sink{on})")
     rates = [b.one_way.per_s for b in paths] + ([erl.one_way.per_s] if erl is not None else [])
     rows.append(("  messages/s", z.one_way_n1_n2.per_s, tuple(rates), ",.0f"))
+    none = (None,) * len(rates)
+    for label, cpu_us in (
+        ("  sending node's CPU per message (us)", z.one_way_sender_cpu_us),
+        ("  receiving node's CPU per message (us)", z.one_way_receiver_cpu_us),
+    ):
+        if cpu_us is not None:
+            rows.append((label, cpu_us, none, ".1f"))
     if lanes:
         return rows
     rows.append("Spawn on n1 (zimg.behaviours:echo)")
     s = z.spawn
-    none = (None,) * len(rates)
     rows.append(("  spawn -> first reply, median (ms)", s.first_reply_median_ms, none, ".2f"))
     rows.append(("  spawn -> first reply, min (ms)", s.first_reply_min_ms, none, ".2f"))
     rows.append(("  spawn -> first reply, max (ms)", s.first_reply_max_ms, none, ".2f"))

@@ -12,7 +12,9 @@ What is measured, on this machine, in one process tree:
    for reference, between two actors on ``n1`` (same node: no broker, no socket).
 2. **One-way message rate**: an actor on ``n1`` (``zimg.bench.blast``) sends M small messages to
    a counting sink (``zimg.bench.sink``) on ``n2``, which replies once it has them all.
-   Messages per second is M over the time from the first send to that reply.
+   Messages per second is M over the time from the first send to that reply. Beside it, the CPU
+   each of the two worker processes used per message (``/proc/PID/stat``, warm-up included): a
+   steadier figure than the rate on a shared machine.
 3. **Spawn to first reply**: the main node times ``node.spawn("n1", "zimg.behaviours:echo")``
    plus one echo round trip with the new actor; the median over K spawns (and the median of the
    ``spawn`` call alone).
@@ -79,6 +81,7 @@ from zimg.bench.actor_figures import (
     make_config,
 )
 from zimg.bench.actor_report import format_table, to_json
+from zimg.bench.broker_process import process_total_cpu_s
 from zimg.bench.raw_zmq import run_pyzmq
 from zimg.wire import Pid
 
@@ -286,7 +289,9 @@ def run_zimg(cfg: Config, timings: Timings, lanes: bool = False) -> ZimgResults:
         with timings.phase(f"zimg one-way n1->n2{on}"):
             sink_n2 = node.spawn("n2", SINK)
             args = (sink_n2, me, cfg.messages, cfg.warmup_messages)
+            cpu = _WorkersCpu(node, ("n1", "n2"))
             _, count, seconds = _spawn_for_result(node, "n1", BLAST, args, "blast-result")
+            sender_cpu_us, receiver_cpu_us = cpu.per_message_us(count + cfg.warmup_messages)
             one_way = Rate.of(count, seconds)
             node.send(sink_n2, "stop")
 
@@ -295,7 +300,34 @@ def run_zimg(cfg: Config, timings: Timings, lanes: bool = False) -> ZimgResults:
         progress(f"zimg cluster stop{on} ...")
         stopping = time.perf_counter()
     timings.phases[f"zimg cluster stop{on}"] = round(time.perf_counter() - stopping, 3)
-    return ZimgResults(rtt_n1_n2, rtt_main_n1, rtt_same_node, one_way, spawn)
+    return ZimgResults(
+        rtt_n1_n2, rtt_main_n1, rtt_same_node, one_way, spawn, sender_cpu_us, receiver_cpu_us
+    )
+
+
+class _WorkersCpu:
+    """The CPU time local-cluster workers use from now on (``/proc``; None where it is not
+    there): the whole process, the threads that end meanwhile included."""
+
+    def __init__(self, cluster: zimg.LocalCluster, names: tuple[str, ...]) -> None:
+        self.pids = [cluster.processes[name].pid for name in names]
+        self.start = [self._cpu_s(pid) for pid in self.pids]
+
+    @staticmethod
+    def _cpu_s(pid: int) -> float | None:
+        try:
+            return process_total_cpu_s(pid)
+        except (OSError, ValueError, IndexError):  # no /proc (not Linux), or the process went
+            return None
+
+    def per_message_us(self, messages: int) -> list[float | None]:
+        """Each worker's CPU since this was made, in microseconds per message."""
+        out: list[float | None] = []
+        for pid, start in zip(self.pids, self.start, strict=True):
+            end = self._cpu_s(pid)
+            used = None if start is None or end is None else end - start
+            out.append(None if used is None else round(used / messages * 1e6, 1))
+        return out
 
 
 # ---------------------------------------------------------------------- command line

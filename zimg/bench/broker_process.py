@@ -29,6 +29,14 @@ def process_cpu_s(pid: int) -> float:
     return sum(thread_cpu_s(pid).values())
 
 
+def process_total_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process ``pid``, threads that have ended included
+    (``/proc/PID/stat``: user and system time)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
 def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds of each live thread of process ``pid``, by thread name (several of one
     name are added up); empty once the process is gone."""
