@@ -145,7 +145,8 @@ class Receiving:
                     for lead in leads:
                         self._take(lane, [lead], deliver)
                     continue
-                run = [msg for lead in leads if (msg := self._checked_one(lane, [lead]))]
+                checked = (self._checked_one(lane, [lead]) for lead in leads)
+                run = [msg for msg in checked if msg is not None]
                 if run:
                     self.received += len(run)
                     deliver_run(run)
