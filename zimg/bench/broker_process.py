@@ -32,8 +32,12 @@ def process_cpu_s(pid: int) -> float:
 def process_total_cpu_s(pid: int) -> float:
     """CPU seconds used so far by process ``pid``, threads that have ended included
     (``/proc/PID/stat``: user and system time)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+    return _stat_cpu_s(Path(f"/proc/{pid}/stat"))
+
+
+def _stat_cpu_s(stat: Path) -> float:
+    """User plus system CPU seconds from a ``/proc`` ``stat`` file (a process's or a thread's)."""
+    fields = stat.read_text().rpartition(")")[2].split()  # after the name, which may hold spaces
     return (int(fields[11]) + int(fields[12])) / _clock_ticks()
 
 
@@ -52,8 +56,7 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             try:
                 seconds = int((task / "schedstat").read_text().split()[0]) / 1e9
             except (OSError, ValueError, IndexError):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                seconds = (int(fields[11]) + int(fields[12])) / _clock_ticks()
+                seconds = _stat_cpu_s(task / "stat")
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
         out[name] = out.get(name, 0.0) + seconds
